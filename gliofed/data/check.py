@@ -1,0 +1,212 @@
+"""`gliofed check`: every problem of a manifest and its files, one line each.
+
+The volume rules (:func:`volume_problems`) are shared with preprocessing, so a case that ``check``
+passes is a case ``preprocess`` can read.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from gliofed.data.manifest import MODALITIES, _read_raw, label_problems
+
+__all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES"]
+
+#: segmentation values allowed on disk (BraTS convention)
+SEG_VALUES = frozenset({0, 1, 2, 4})
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: the subject, the file (or manifest column) concerned, and what is wrong."""
+
+    subject: str
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.subject}: {self.where}: {self.message}"
+
+
+@dataclass
+class CheckReport:
+    """Result of :func:`check_manifest`."""
+
+    manifest: str
+    n_subjects: int
+    problems: list[Problem]
+    summary: pd.DataFrame
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def __str__(self) -> str:
+        lines = [str(p) for p in self.problems]
+        if self.ok:
+            lines.append(f"{self.manifest}: {self.n_subjects} subjects, no problems.")
+        else:
+            lines.append(f"{self.manifest}: {len(self.problems)} problem(s) in {self.n_subjects} subjects.")
+        lines.append(self.summary.to_string())
+        return "\n".join(lines)
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a NIfTI file fully; return (data as float32, affine).
+
+    Raises:
+        OSError / EOFError / zlib.error / nibabel ImageFileError on unreadable or truncated files.
+    """
+    image = nib.load(str(path))
+    return np.asarray(image.dataobj, dtype=np.float32), image.affine
+
+
+def _gzip_broken(path: str | Path) -> bool:
+    """True when a ``.gz`` file does not decompress to its end (truncated download, corrupt copy)."""
+    if not str(path).endswith(".gz"):
+        return False
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+    except (EOFError, zlib.error, gzip.BadGzipFile, OSError):
+        return True
+    return False
+
+
+def read_error(path: str | Path, error: Exception) -> str:
+    """One-phrase reason why ``path`` could not be read."""
+    if isinstance(error, FileNotFoundError) or not Path(path).exists():
+        return "file not found"
+    if _gzip_broken(path):
+        return "truncated or corrupt gzip file"
+    return f"unreadable NIfTI file ({type(error).__name__}: {error})"
+
+
+def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, str]]:
+    """Consistency rules for one case's loaded volumes.
+
+    Args:
+        volumes: key (``t1`` ... ``flair``, ``seg``) -> (data, affine); keys may be missing.
+
+    Returns:
+        list of (key, message); empty when the case is consistent.
+    """
+    problems: list[tuple[str, str]] = []
+    reference_key = next((k for k in (*MODALITIES, "seg") if k in volumes), None)
+    if reference_key is None:
+        return problems
+    ref_data, ref_affine = volumes[reference_key]
+    for key, (data, affine) in volumes.items():
+        if data.ndim != 3:
+            problems.append((key, f"expected a 3D volume, found shape {data.shape}"))
+            continue
+        if key != reference_key and data.shape != ref_data.shape:
+            problems.append((key, f"shape {data.shape} differs from {reference_key} shape {ref_data.shape}"))
+        elif key != reference_key and not np.allclose(affine, ref_affine, atol=1e-3):
+            problems.append((key, f"affine differs from {reference_key} affine (not co-registered)"))
+        if not np.all(np.isfinite(data)):
+            problems.append((key, f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels"))
+        elif key != "seg" and float(data.max()) == float(data.min()):
+            problems.append((key, f"empty modality (every voxel is {float(data.min()):g})"))
+        if key == "seg" and np.all(np.isfinite(data)):
+            bad = sorted(set(np.unique(data).tolist()) - SEG_VALUES)
+            if bad:
+                shown = ", ".join(f"{v:g}" for v in bad[:5])
+                problems.append((key, f"segmentation values {shown} outside {{0, 1, 2, 4}}"))
+    return problems
+
+
+def _check_files(task: tuple[str, dict[str, str]]) -> list[Problem]:
+    subject, paths = task
+    problems: list[Problem] = []
+    volumes = {}
+    for key, path in paths.items():
+        name = Path(path).name
+        if not Path(path).is_file():
+            problems.append(Problem(subject, name or key, "file not found"))
+            continue
+        try:
+            volumes[key] = load_volume(path)
+        except Exception as error:  # any reader failure is reported, never raised
+            problems.append(Problem(subject, name, read_error(path, error)))
+    for key, message in volume_problems(volumes):
+        problems.append(Problem(subject, Path(paths[key]).name, message))
+    return problems
+
+
+def _summary(raw: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for site, group in raw.groupby("site", sort=True):
+        row = {"site": site, "subjects": len(group), "with seg": int((group["seg"].str.strip() != "").sum())}
+        for marker in ("idh", "codeletion", "mgmt", "grade"):
+            row[f"{marker} known"] = int((group[marker].str.strip() != "").sum())
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("site") if rows else pd.DataFrame()
+
+
+def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) -> CheckReport:
+    """Check a manifest and every file it names.
+
+    Reports: missing or unreadable files, truncated gzip, shape or affine mismatch between a subject's
+    modalities, NaN/Inf voxels, empty modalities, segmentation values outside {0, 1, 2, 4}, invalid
+    label codes, blank required fields, duplicate subject IDs and a subject listed in two splits.
+
+    Args:
+        path: manifest CSV.
+        workers: processes reading files in parallel (default 1).
+        progress: show a progress bar (default True).
+
+    Returns:
+        :class:`CheckReport`; ``report.ok`` is True when nothing was found.
+    """
+    path = Path(path)
+    raw = _read_raw(path)
+    root = path.resolve().parent
+    problems: list[Problem] = []
+    splits_seen: dict[str, set[str]] = {}
+    tasks = []
+    for index, row in raw.iterrows():
+        subject = row["subject_id"].strip() or f"row {index + 2}"
+        if not row["subject_id"].strip():
+            problems.append(Problem(subject, "subject_id", "blank subject ID"))
+        if not row["site"].strip():
+            problems.append(Problem(subject, "site", "blank site"))
+        for message in label_problems(row):
+            problems.append(Problem(subject, message.split()[0], message))
+        split = row["split"].strip()
+        if subject in splits_seen:
+            if split in splits_seen[subject]:
+                problems.append(Problem(subject, "subject_id", "duplicate subject ID"))
+            else:
+                both = ", ".join(sorted(splits_seen[subject] | {split}))
+                problems.append(Problem(subject, "split", f"subject is in two splits ({both})"))
+        splits_seen.setdefault(subject, set()).add(split)
+        paths = {}
+        for key in (*MODALITIES, "seg"):
+            value = row[key].strip()
+            if value:
+                paths[key] = str(root / value)
+            elif key != "seg":
+                problems.append(Problem(subject, key, f"no {key} file given"))
+        tasks.append((subject, paths))
+    iterator: object
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            iterator = list(tqdm(pool.map(_check_files, tasks, chunksize=4), total=len(tasks),
+                                 desc="check", disable=not progress))
+    else:
+        iterator = [_check_files(t) for t in tqdm(tasks, desc="check", disable=not progress)]
+    for found in iterator:
+        problems.extend(found)
+    return CheckReport(str(path), len(raw), problems, _summary(raw))
+

@@ -1,0 +1,173 @@
+"""The manifest: one row per subject, the single entry point of every dataset into gliofed.
+
+Schema (documented for users in ``data_manifests/README.md``):
+
+========== ===========================================================================
+column     meaning
+========== ===========================================================================
+subject_id unique subject (= patient) identifier
+dataset    source dataset, e.g. ``synthetic``, ``brats2021``, ``upenn-gbm``
+site       institution / federated site the subject belongs to
+t1 .. flair NIfTI paths of the four contrasts, relative to the manifest file
+seg        NIfTI segmentation (BraTS labels 0/1/2/4), blank when the subject has none
+idh        0 wildtype, 1 mutant, blank unknown
+codeletion 0 1p/19q intact, 1 co-deleted, blank unknown
+mgmt       0 unmethylated, 1 methylated, blank unknown
+grade      WHO grade coded 0 = II, 1 = III, 2 = IV, blank unknown
+age        years, blank unknown
+sex        ``M`` / ``F``, blank unknown
+split      ``train``, ``test`` or ``external``, blank = assign later (seeded, stratified by site)
+========== ===========================================================================
+
+In memory, unknown marker labels are ``-1`` (ignored by losses and metrics), unknown age is NaN and
+paths are absolute.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gliofed.errors import ManifestError
+
+__all__ = [
+    "COLUMNS",
+    "MODALITIES",
+    "MARKERS",
+    "MARKER_CLASSES",
+    "SPLITS",
+    "read_manifest",
+    "write_manifest",
+    "label_problems",
+]
+
+COLUMNS: tuple[str, ...] = (
+    "subject_id", "dataset", "site", "t1", "t1ce", "t2", "flair", "seg",
+    "idh", "codeletion", "mgmt", "grade", "age", "sex", "split",
+)
+MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
+#: marker -> human-readable class names, index = code
+MARKER_CLASSES: dict[str, tuple[str, ...]] = {
+    "idh": ("wildtype", "mutant"),
+    "codeletion": ("intact", "co-deleted"),
+    "mgmt": ("unmethylated", "methylated"),
+    "grade": ("II", "III", "IV"),
+}
+MARKERS: tuple[str, ...] = tuple(MARKER_CLASSES)
+SPLITS: tuple[str, ...] = ("train", "test", "external")
+_PATH_COLUMNS = (*MODALITIES, "seg")
+_SEXES = ("M", "F")
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value)) or str(value).strip() == ""
+
+
+def _parse_code(value: object, allowed: int) -> int | None:
+    """Parse a marker cell: blank -> -1, an integer code in range -> code, anything else -> None."""
+    if _blank(value):
+        return -1
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not number.is_integer() or not (0 <= number < allowed) and number != -1:
+        return None
+    return int(number)
+
+
+def label_problems(row: pd.Series) -> list[str]:
+    """Every invalid label value of one raw manifest row, as messages (empty when the row is valid)."""
+    problems = []
+    for marker, classes in MARKER_CLASSES.items():
+        if _parse_code(row.get(marker, ""), len(classes)) is None:
+            allowed = ", ".join(str(i) for i in range(len(classes)))
+            problems.append(f"{marker} value {str(row[marker]).strip()!r} is not one of {allowed} or blank")
+    age = row.get("age", "")
+    if not _blank(age):
+        try:
+            if not 0 <= float(age) <= 120:
+                raise ValueError
+        except ValueError:
+            problems.append(f"age value {str(age).strip()!r} is not a number of years between 0 and 120")
+    sex = row.get("sex", "")
+    if not _blank(sex) and str(sex).strip().upper() not in _SEXES:
+        problems.append(f"sex value {str(sex).strip()!r} is not M, F or blank")
+    split = row.get("split", "")
+    if not _blank(split) and str(split).strip() not in SPLITS:
+        problems.append(f"split value {str(split).strip()!r} is not one of {', '.join(SPLITS)} or blank")
+    return problems
+
+
+def _read_raw(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found.")
+    try:
+        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path}: not a readable CSV file ({error}).") from error
+    missing = [c for c in COLUMNS if c not in raw.columns]
+    if missing:
+        raise ManifestError(f"{path}: manifest lacks the column(s) {', '.join(missing)}.")
+    return raw
+
+
+def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
+    """Read a manifest CSV into memory encoding.
+
+    Args:
+        path: the manifest file.
+        strict: raise :class:`ManifestError` on the first invalid label value (default ``True``);
+            with ``False`` invalid values become unknown (-1) — use :func:`gliofed.data.check` to list them.
+
+    Returns:
+        DataFrame with the :data:`COLUMNS`; absolute paths (``""`` where blank), integer marker codes
+        with -1 for unknown, float ``age`` (NaN unknown), ``sex`` and ``split`` as strings.
+
+    >>> df = read_manifest("cohort/manifest.csv")  # doctest: +SKIP
+    """
+    path = Path(path)
+    raw = _read_raw(path)
+    root = path.resolve().parent
+    if strict:
+        for _, row in raw.iterrows():
+            problems = label_problems(row)
+            if problems:
+                raise ManifestError(f"{path}: subject {row['subject_id']}: {problems[0]}.")
+    df = pd.DataFrame({c: raw[c].str.strip() for c in COLUMNS})
+    for column in _PATH_COLUMNS:
+        df[column] = [str((root / p).resolve()) if p else "" for p in df[column]]
+    for marker, classes in MARKER_CLASSES.items():
+        df[marker] = [(_parse_code(v, len(classes)) if _parse_code(v, len(classes)) is not None else -1)
+                      for v in df[marker]]
+        df[marker] = df[marker].astype(np.int64)
+    df["age"] = pd.to_numeric(df["age"], errors="coerce").astype(float)
+    df["sex"] = df["sex"].str.upper()
+    df.attrs["path"] = str(path)
+    return df
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write an in-memory manifest to CSV with paths relative to the file and blanks for unknowns."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    root = path.resolve().parent
+    out = pd.DataFrame(index=df.index)
+    for column in COLUMNS:
+        values = df[column] if column in df.columns else pd.Series([""] * len(df), index=df.index)
+        if column in _PATH_COLUMNS:
+            values = [Path(p).resolve().relative_to(root).as_posix() if p and Path(p).resolve().is_relative_to(root)
+                      else (str(p) if p else "") for p in values]
+        elif column in MARKERS:
+            values = ["" if int(v) < 0 else str(int(v)) for v in values]
+        elif column == "age":
+            values = ["" if pd.isna(v) else f"{float(v):g}" for v in values]
+        else:
+            values = ["" if _blank(v) else str(v) for v in values]
+        out[column] = values
+    out.to_csv(path, index=False)
+    return path

@@ -1,0 +1,558 @@
+"""Synthetic multi-site glioma cohort on real MNI152 anatomy — gliofed's embedded default dataset.
+
+Each subject is a real brain (nilearn's MNI152 2009 T1 / GM / WM templates and brain mask, shipped in
+the nilearn wheel, randomly warped per subject) carrying a synthetic glioma whose appearance follows
+its (hidden, always generated) molecular profile; the manifest reveals each label only where the
+subject's site would have it, reproducing the patchy label availability of the seed study
+(Ren et al., Front. Radiol. 2025, Tables 1-2).
+
+Anatomy and contrasts
+    CSF = brain mask - GM - WM. Four contrasts are mixed from tissue probabilities:
+    T1 (WM > GM > CSF), T2 (CSF brightest), FLAIR (T2-like with CSF suppressed) and T1ce
+    (T1 plus contrast uptake in enhancing tumour).
+
+Tumour phenotypes (literature-grounded; strength scaled by ``difficulty``)
+    * grade IV: ring enhancement around central necrosis, large oedema (WHO CNS5 glioblastoma).
+    * grade III: patchy enhancement, moderate oedema. grade II: no enhancement, little oedema.
+    * IDH-mutant: mostly lower grade, frontal preference, homogeneous texture, younger patients.
+    * IDH-mutant, 1p/19q intact: T2-FLAIR mismatch sign — homogeneously bright on T2, relatively
+      dark FLAIR core with a bright rim (Patel et al., Clin Cancer Res 2017; Jain et al. 2020).
+    * 1p/19q co-deleted (only ever IDH-mutant): calcification-like hypointense foci, cortical
+      involvement, ill-defined margins (oligodendroglioma features).
+    * MGMT methylation: only a weak cue (slightly less oedema, slightly more homogeneous core), so
+      it stays the hardest marker, as in real data.
+    A fraction of "atypical" subjects (growing with ``difficulty``) carry the phenotype of another
+    profile, so no marker is perfectly predictable.
+
+Sites (:data:`SITES`) follow the five institutions of the seed's Table 2: case counts, grade mix,
+marker prevalence, which labels are recorded, whether masks exist (REMBRANDT has none), and a scanner
+profile each (intensity gain/offset per contrast, bias field, Rician noise, slice thickness, storage
+orientation).
+
+Files: ``DIR/<site>/<subject>/<subject>_{t1,t1ce,t2,flair,seg}.nii.gz`` (int16 images, uint8 seg with
+BraTS values 0/1/2/4, skull-stripped, zero background) and ``DIR/manifest.csv``.
+
+>>> manifest = make_cohort("cohort", preset="tiny", seed=0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+from gliofed.data.manifest import MARKERS, MODALITIES, write_manifest
+from gliofed.data.split import assign_splits
+from gliofed.data.tables import site_heterogeneity
+from gliofed.errors import ConfigError
+
+__all__ = [
+    "ScannerProfile",
+    "SiteProfile",
+    "CohortPreset",
+    "SITES",
+    "PRESETS",
+    "make_cohort",
+    "synthesize_subject",
+]
+
+# ----------------------------------------------------------------------------------------------------
+# Knobs
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScannerProfile:
+    """How one site's scanners render a subject.
+
+    Attributes:
+        gain: intensity scale per contrast (t1, t1ce, t2, flair); stored values are tissue intensity x gain.
+        offset: additive offset inside the brain, per contrast.
+        bias: peak multiplicative bias-field amplitude (0.2 = up to about +-20 %).
+        noise: Rician noise sigma relative to white-matter T1 intensity (before ``difficulty`` scaling).
+        slice_thickness_mm: axial slice thickness at the ``paper`` preset (presets scale it).
+        orientation: storage axis codes; ``"LAS"`` stores x flipped, as many DICOM converters do.
+    """
+
+    gain: tuple[float, float, float, float] = (1000.0, 1000.0, 1000.0, 1000.0)
+    offset: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    bias: float = 0.15
+    noise: float = 0.03
+    slice_thickness_mm: float = 1.0
+    orientation: str = "RAS"
+
+
+@dataclass(frozen=True)
+class SiteProfile:
+    """Case mix, label availability and scanner of one synthetic site.
+
+    Attributes:
+        name: site identifier (also the folder name and subject-ID prefix).
+        mirrors: the seed-study dataset whose role this site plays.
+        n_cases: subjects at the ``paper`` preset (the seed's Table 2 counts).
+        grade_mix: probability of WHO grade II, III, IV.
+        idh_mutant: probability of IDH mutation given grade II, III, IV.
+        codeletion_given_idh: probability of 1p/19q co-deletion given IDH-mutant (never in wildtype).
+        mgmt_methylated: probability of MGMT methylation in IDH-wildtype tumours (IDH-mutant: 0.85).
+        known: fraction of subjects whose label is recorded, per marker (and ``age``).
+        has_masks: whether segmentations are distributed.
+        scanner: :class:`ScannerProfile`.
+    """
+
+    name: str
+    mirrors: str
+    n_cases: int
+    grade_mix: tuple[float, float, float]
+    idh_mutant: tuple[float, float, float]
+    codeletion_given_idh: float
+    mgmt_methylated: float
+    known: dict[str, float]
+    has_masks: bool = True
+    scanner: ScannerProfile = field(default_factory=ScannerProfile)
+
+
+#: The five sites of the seed study (Table 2), biology made consistent (co-deletion only if IDH-mutant).
+SITES: tuple[SiteProfile, ...] = (
+    SiteProfile(
+        "brats21", "BraTS 2021", 384, (0.0, 0.02, 0.98), (0.0, 0.35, 0.04), 0.3, 0.5,
+        {"idh": 0.6, "codeletion": 0.5, "mgmt": 0.85, "grade": 0.87, "age": 0.9},
+        scanner=ScannerProfile((900, 950, 1100, 800), (0, 0, 0, 0), 0.10, 0.025, 1.0, "RAS"),
+    ),
+    SiteProfile(
+        "upenn", "UPENN-GBM", 671, (0.0, 0.0, 1.0), (0.0, 0.0, 0.03), 0.0, 0.45,
+        {"idh": 0.7, "codeletion": 0.0, "mgmt": 0.45, "grade": 0.2, "age": 1.0},
+        scanner=ScannerProfile((1200, 1300, 900, 1000), (50, 50, 0, 30), 0.20, 0.03, 1.0, "LAS"),
+    ),
+    SiteProfile(
+        "tcga_gbm", "TCGA-GBM", 262, (0.0, 0.0, 1.0), (0.0, 0.0, 0.05), 0.0, 0.45,
+        {"idh": 0.9, "codeletion": 0.0, "mgmt": 0.0, "grade": 0.0, "age": 0.95},
+        scanner=ScannerProfile((700, 800, 1400, 1200), (0, 0, 0, 0), 0.25, 0.045, 1.5, "RAS"),
+    ),
+    SiteProfile(
+        "tcga_lgg", "TCGA-LGG", 108, (0.44, 0.56, 0.0), (0.85, 0.7, 0.0), 0.4, 0.5,
+        {"idh": 1.0, "codeletion": 1.0, "mgmt": 0.0, "grade": 1.0, "age": 0.95},
+        scanner=ScannerProfile((1000, 1000, 1000, 1000), (100, 100, 50, 50), 0.15, 0.035, 2.0, "LAS"),
+    ),
+    SiteProfile(
+        "rembrandt", "REMBRANDT", 127, (0.46, 0.28, 0.26), (0.75, 0.6, 0.05), 0.35, 0.5,
+        {"idh": 0.0, "codeletion": 0.0, "mgmt": 0.0, "grade": 0.7, "age": 0.6},
+        has_masks=False,
+        scanner=ScannerProfile((600, 650, 800, 700), (20, 20, 20, 20), 0.30, 0.05, 5.0, "RAS"),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class CohortPreset:
+    """Size of a generated cohort.
+
+    Attributes:
+        name: preset name.
+        cases_per_site: subjects per site; ``None`` = each site's ``n_cases`` (the seed's sizes).
+        inplane: in-plane matrix (x, y) of the stored volumes.
+        thickness_factor: multiplies each site's slice thickness (coarser, faster volumes).
+        min_slices: lower bound on the slice count.
+        cache_size: in-plane size the notebooks preprocess this preset to.
+    """
+
+    name: str
+    cases_per_site: int | None
+    inplane: tuple[int, int]
+    thickness_factor: float
+    min_slices: int
+    cache_size: int
+
+
+#: ``tiny`` for CI (seconds), ``workshop`` for the CPU demo, ``paper`` for the seed's 1,552 subjects.
+PRESETS: dict[str, CohortPreset] = {
+    "tiny": CohortPreset("tiny", 4, (40, 46), 10.0, 8, 32),
+    "workshop": CohortPreset("workshop", 24, (80, 96), 6.0, 10, 48),
+    "paper": CohortPreset("paper", None, (128, 128), 1.0, 24, 128),
+}
+
+#: brain bounding box of the MNI152 1 mm template (voxels), with a margin; computed once
+_MARGIN_VOX = 4
+
+# Tissue intensities (arbitrary units, T1 white matter = 1) per contrast: t1, t1ce, t2, flair.
+_HEALTHY = {
+    "wm": (1.00, 1.00, 0.45, 0.55),
+    "gm": (0.70, 0.72, 0.65, 0.70),
+    "csf": (0.30, 0.30, 1.00, 0.12),
+}
+_LESION = {
+    "oedema": (0.62, 0.62, 0.90, 0.95),
+    "core": (0.50, 0.55, 0.88, 0.85),       # non-enhancing tumour core (label 1)
+    "necrosis": (0.35, 0.35, 1.00, 0.50),   # label 1
+    "enhancing": (0.55, 1.55, 0.75, 0.85),  # label 4
+    "calcification": (0.30, 0.30, 0.20, 0.25),
+}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Anatomy
+# ----------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=4)
+def _anatomy(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue probability maps (wm, gm, csf) of the MNI152 brain resampled to ``shape``; spacing (mm)."""
+    from nilearn import datasets
+
+    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
+    wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
+    gm /= max(float(gm.max()), 1e-6)
+    wm /= max(float(wm.max()), 1e-6)
+    lo = np.maximum(np.argwhere(mask).min(0) - _MARGIN_VOX, 0)
+    hi = np.minimum(np.argwhere(mask).max(0) + _MARGIN_VOX + 1, mask.shape)
+    crop = tuple(slice(a, b) for a, b in zip(lo, hi))
+    maps = []
+    for tissue in (wm, gm, mask.astype(np.float32)):
+        maps.append(ndimage.zoom(tissue[crop], np.array(shape) / (hi - lo), order=1, grid_mode=True,
+                                 mode="grid-constant"))
+    wm_r, gm_r, mask_r = (np.clip(m, 0, 1) for m in maps)
+    total = wm_r + gm_r
+    scale = np.where(total > 1, 1 / np.maximum(total, 1e-6), 1.0)
+    wm_r, gm_r = wm_r * scale * mask_r, gm_r * scale * mask_r
+    csf = np.clip(mask_r - wm_r - gm_r, 0, 1)
+    spacing = (hi - lo) / np.array(shape)
+    return np.stack([wm_r, gm_r, csf]).astype(np.float32), spacing.astype(np.float64)
+
+
+def _random_warp(maps: np.ndarray, spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Per-subject anatomy: a random rotation (+-8 deg axial, +-4 deg otherwise), scaling and shift."""
+    angles = np.deg2rad(rng.uniform([-4, -4, -8], [4, 4, 8]))
+    cx, cy, cz = np.cos(angles)
+    sx, sy, sz = np.sin(angles)
+    rot = (np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+           @ np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+           @ np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]]))
+    transform = rot @ np.diag(rng.uniform(0.92, 1.08, 3))
+    # output voxel -> mm -> inverse transform -> input voxel
+    matrix = np.diag(1 / spacing) @ np.linalg.inv(transform) @ np.diag(spacing)
+    centre = (np.array(maps.shape[1:]) - 1) / 2
+    shift_vox = rng.uniform(-3, 3, 3) / spacing
+    offset = centre - matrix @ centre + shift_vox
+    return np.stack([ndimage.affine_transform(m, matrix, offset, order=1, mode="constant") for m in maps])
+
+
+def _smooth_noise(shape: tuple[int, ...], spacing: np.ndarray, correlation_mm: float,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean unit-variance Gaussian random field with roughly the given correlation length (mm).
+
+    White noise on a grid about a third of the correlation length, Gaussian-blurred there and linearly
+    upsampled: smooth, isotropic in mm, and cheap at full resolution.
+    """
+    factor = np.maximum(1, np.floor(correlation_mm / (3 * spacing))).astype(int)
+    coarse = [max(2, int(math.ceil(n / f))) for n, f in zip(shape, factor)]
+    noise = ndimage.gaussian_filter(rng.standard_normal(coarse), correlation_mm / (2 * spacing * factor),
+                                    mode="wrap")
+    field_ = ndimage.zoom(noise, np.array(shape) / np.array(coarse), order=1, grid_mode=True, mode="nearest")
+    field_ = field_[: shape[0], : shape[1], : shape[2]]
+    return ((field_ - field_.mean()) / (field_.std() + 1e-6)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Subjects
+# ----------------------------------------------------------------------------------------------------
+
+
+def _draw_profile(site: SiteProfile, rng: np.random.Generator) -> dict[str, int]:
+    grade = int(rng.choice(3, p=np.array(site.grade_mix) / sum(site.grade_mix)))
+    idh = int(rng.random() < site.idh_mutant[grade])
+    codeletion = int(idh == 1 and grade < 2 and rng.random() < site.codeletion_given_idh)
+    mgmt = int(rng.random() < (0.85 if idh else site.mgmt_methylated))
+    return {"idh": idh, "codeletion": codeletion, "mgmt": mgmt, "grade": grade}
+
+
+def _phenotype(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
+    """Image cues of a subject; atypical subjects borrow another profile's cues."""
+    shown = dict(truth)
+    if rng.random() < 0.05 + 0.3 * difficulty:  # atypical presentation
+        shown["grade"] = int(np.clip(shown["grade"] + rng.choice([-1, 1]), 0, 2))
+    if rng.random() < 0.03 + 0.2 * difficulty:
+        shown["idh"] = 1 - shown["idh"]
+        shown["codeletion"] = 0
+    strength = float(np.clip(rng.normal(1.5 - difficulty, 0.15 + 0.2 * difficulty), 0.1, 2.0))
+    grade, idh, codel = shown["grade"], shown["idh"], shown["codeletion"]
+    mgmt_cue = (0.12 * (1.2 - difficulty)) if truth["mgmt"] else 0.0
+    return {
+        "radius_mm": float(rng.uniform(*[(12, 20), (15, 24), (16, 27)][grade])),
+        "oedema_mm": float(rng.uniform(*[(1, 6), (5, 14), (10, 26)][grade]) * (1 - mgmt_cue)
+                           * (0.6 if idh else 1.0)),
+        "ring": float(grade == 2) * strength,
+        "patchy": float(grade == 1) * strength,
+        "mismatch": float(idh and not codel) * strength,
+        "calcification": float(bool(codel)) * strength,
+        "margin_mm": 2.5 * strength if codel else 0.8,
+        "cortical": float(bool(codel)),
+        "frontal": float(bool(idh)),
+        "texture": (0.05 if idh else 0.12) * (1 - mgmt_cue * 2),
+    }
+
+
+def _place_tumour(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
+                  rng: np.random.Generator) -> np.ndarray:
+    """Tumour centre (voxel) respecting depth (cortical or deep) and lobe preferences."""
+    brain = maps.sum(0) > 0.5
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+    radius = pheno["radius_mm"]
+    if pheno["cortical"]:
+        allowed = (depth > 0.5 * radius) & (depth < 1.0 * radius) & (maps[1] > 0.3)
+    else:
+        allowed = (depth > radius + 4) & (maps[0] > 0.4)
+    if not allowed.any():
+        allowed = depth >= np.percentile(depth[brain], 90)
+    candidates = np.argwhere(allowed)
+    weights = np.ones(len(candidates))
+    if pheno["frontal"]:  # anterior third (RAS: +y anterior)
+        weights += 3.0 * (candidates[:, 1] > 0.6 * maps.shape[2])
+    return candidates[rng.choice(len(candidates), p=weights / weights.sum())]
+
+
+def _tumour_regions(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
+                    rng: np.random.Generator) -> dict[str, np.ndarray]:
+    shape = maps.shape[1:]
+    centre = _place_tumour(maps, spacing, pheno, rng)
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)], indexing="ij")
+    axes = rng.uniform(0.75, 1.25, 3)
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    rotated = [sum(q[i, j] * grids[j] for j in range(3)) / axes[i] for i in range(3)]
+    r = np.sqrt(sum(g**2 for g in rotated)).astype(np.float32) / pheno["radius_mm"]
+    brain = maps.sum(0) > 0.5
+    tissue = (maps[0] + maps[1]) > 0.35
+    core = (r + 0.22 * _smooth_noise(shape, spacing, 12, rng) < 1.0) & brain
+    if core.sum() < 8:  # guarantee a visible lesion at the coarsest presets
+        core = (r < 1.0) & brain
+    ratio = 1.0 + pheno["oedema_mm"] / pheno["radius_mm"]
+    oedema = (r + 0.3 * _smooth_noise(shape, spacing, 15, rng) < ratio) & brain & tissue & ~core
+    inside = ndimage.distance_transform_edt(core, sampling=spacing)
+    regions = {"oedema": oedema, "core": core.copy(), "necrosis": np.zeros_like(core),
+               "enhancing": np.zeros_like(core), "calcification": np.zeros_like(core)}
+    if pheno["ring"] > 0:
+        rim_mm = rng.uniform(2.5, 5.0) * np.clip(1 + 0.35 * _smooth_noise(shape, spacing, 10, rng), 0.6, None)
+        rim_mm = np.maximum(rim_mm, 1.01 * spacing.max())  # at least one voxel thick, also across thick slices
+        regions["enhancing"] = core & (inside <= rim_mm)
+        regions["necrosis"] = core & ~regions["enhancing"]
+        regions["core"][:] = False
+    elif pheno["patchy"] > 0:
+        blotches = _smooth_noise(shape, spacing, 6, rng)
+        threshold = np.quantile(blotches[core], 0.8) if core.any() else np.inf
+        regions["enhancing"] = core & (blotches > threshold)
+        regions["core"] &= ~regions["enhancing"]
+    if pheno["calcification"] > 0 and core.any():
+        seeds = np.zeros(shape, np.float32)
+        inner = np.argwhere(core)
+        for idx in inner[rng.choice(len(inner), size=min(len(inner), int(rng.integers(4, 10))), replace=False)]:
+            seeds[tuple(idx)] = 1.0
+        blurred = ndimage.gaussian_filter(seeds, 1.2 / spacing)
+        regions["calcification"] = (blurred > 0.25 * blurred.max()) & core
+    return regions
+
+
+def _render(maps: np.ndarray, regions: dict[str, np.ndarray], pheno: dict[str, float], spacing: np.ndarray,
+            rng: np.random.Generator) -> np.ndarray:
+    """Noise-free tissue intensities (4, x, y, z) of one subject."""
+    shape = maps.shape[1:]
+    jitter = lambda values: np.array(values) * rng.normal(1.0, 0.04, 4)  # noqa: E731
+    image = sum(maps[i][None] * jitter(_HEALTHY[t])[:, None, None, None]
+                for i, t in enumerate(("wm", "gm", "csf")))
+    texture = 1 + pheno["texture"] * _smooth_noise(shape, spacing, 5, rng)
+    sigma = pheno["margin_mm"] / spacing
+    weights = {name: ndimage.gaussian_filter(mask.astype(np.float32), sigma) for name, mask in regions.items()}
+    total = np.clip(sum(weights.values()), 0, 1)
+    lesion = np.zeros_like(image)
+    for name, weight in weights.items():
+        values = np.array(_LESION[name], dtype=np.float32)
+        if name == "enhancing":
+            values[1] = 0.55 + (values[1] - 0.55) * min(1.0, max(pheno["ring"], pheno["patchy"]))
+        lesion += weight[None] * values[:, None, None, None]
+    if pheno["mismatch"] > 0:  # T2 homogeneously bright, FLAIR core dark with a bright rim
+        core = regions["core"]
+        inside = ndimage.distance_transform_edt(core, sampling=spacing)
+        dark = ndimage.gaussian_filter((core & (inside > 2.5)).astype(np.float32), 0.8 / spacing)
+        m = min(1.0, pheno["mismatch"])
+        lesion[2] += m * 0.1 * weights["core"]
+        lesion[3] -= m * 0.45 * dark
+        texture = 1 + (texture - 1) * (1 - 0.7 * m)
+    image = image * (1 - total[None]) + lesion * texture[None]
+    return np.clip(image, 0, None).astype(np.float32)
+
+
+def _scanner(image: np.ndarray, brain: np.ndarray, scanner: ScannerProfile, difficulty: float,
+             rng: np.random.Generator) -> np.ndarray:
+    shape = image.shape[1:]
+    coords = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    poly = sum(rng.normal(0, 1) * c for c in coords) + sum(rng.normal(0, 0.5) * c * c for c in coords)
+    bias = np.exp(scanner.bias * poly / (np.abs(poly).max() + 1e-6))
+    sigma = scanner.noise * (0.5 + difficulty)
+    out = np.empty(image.shape, np.int16)
+    for c in range(4):
+        noisy = np.sqrt((image[c] * bias + rng.normal(0, sigma, shape)) ** 2 + rng.normal(0, sigma, shape) ** 2)
+        values = (noisy * scanner.gain[c] * rng.normal(1, 0.03) + scanner.offset[c]) * brain
+        out[c] = np.clip(np.round(values), 0, np.iinfo(np.int16).max).astype(np.int16)
+    return out
+
+
+def _segmentation(regions: dict[str, np.ndarray]) -> np.ndarray:
+    seg = np.zeros(regions["core"].shape, np.uint8)
+    seg[regions["oedema"]] = 2
+    seg[regions["core"] | regions["necrosis"] | regions["calcification"]] = 1
+    seg[regions["enhancing"]] = 4
+    return seg
+
+
+def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficulty: float,
+                       seed: int | tuple[int, ...]) -> dict:
+    """Generate one subject in memory (RAS voxel order).
+
+    Args:
+        site: the subject's :class:`SiteProfile`.
+        shape: volume shape (x, y, z).
+        difficulty: 0 (strong cues, little noise) .. 1 (weak cues, noisy, many atypical subjects).
+        seed: anything :func:`numpy.random.default_rng` takes.
+
+    Returns:
+        dict with ``images`` int16 (4, x, y, z) in contrast order t1, t1ce, t2, flair; ``seg`` uint8
+        (x, y, z) with BraTS values; ``spacing`` (mm); ``truth`` marker codes; ``age``; ``sex``.
+    """
+    rng = np.random.default_rng(seed)
+    template, spacing = _anatomy(tuple(shape))
+    maps = _random_warp(template, spacing, rng)
+    truth = _draw_profile(site, rng)
+    pheno = _phenotype(truth, difficulty, rng)
+    regions = _tumour_regions(maps, spacing, pheno, rng)
+    brain = (maps.sum(0) > 0.5) | regions["core"]
+    image = _render(maps, regions, pheno, spacing, rng)
+    mean_age = (40, 46, 62)[truth["grade"]] - 6 * truth["idh"]
+    return {
+        "images": _scanner(image, brain, site.scanner, difficulty, rng),
+        "seg": _segmentation(regions) * brain.astype(np.uint8),
+        "spacing": spacing,
+        "truth": truth,
+        "age": float(np.clip(round(rng.normal(mean_age, 11)), 18, 90)),
+        "sex": "M" if rng.random() < (0.6 if truth["grade"] == 2 else 0.55) else "F",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Cohort
+# ----------------------------------------------------------------------------------------------------
+
+
+def _storage_affine(spacing: np.ndarray, shape: tuple[int, int, int], orientation: str) -> np.ndarray:
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = -(np.array(shape) - 1) / 2 * spacing  # centred on the origin, like MNI space
+    if orientation == "LAS":
+        affine[0, 0] = -spacing[0]
+        affine[0, 3] = -affine[0, 3]
+    elif orientation != "RAS":
+        raise ConfigError(f"scanner orientation {orientation!r} is not RAS or LAS.")
+    return affine
+
+
+def _site_shape(site: SiteProfile, preset: CohortPreset) -> tuple[int, int, int]:
+    _, mni_spacing = _anatomy((64, 64, 64))
+    extent_z = mni_spacing[2] * 64  # brain height in mm
+    slices = int(round(extent_z / (site.scanner.slice_thickness_mm * preset.thickness_factor)))
+    return (*preset.inplane, max(preset.min_slices, slices))
+
+
+def _write_subject(task: tuple) -> dict:
+    site, shape, difficulty, seed, out_dir, subject_id = task
+    subject = synthesize_subject(site, shape, difficulty, seed)
+    affine = _storage_affine(subject["spacing"], shape, site.scanner.orientation)
+    flip = site.scanner.orientation == "LAS"
+    folder = Path(out_dir) / site.name / subject_id
+    folder.mkdir(parents=True, exist_ok=True)
+    row = {"subject_id": subject_id, "dataset": "synthetic", "site": site.name}
+    volumes = dict(zip(MODALITIES, subject["images"]))
+    if site.has_masks:
+        volumes["seg"] = subject["seg"]
+    for key in (*MODALITIES, "seg"):
+        if key not in volumes:
+            row[key] = ""
+            continue
+        data = volumes[key][::-1] if flip else volumes[key]
+        image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+        image.header.set_xyzt_units("mm")
+        path = folder / f"{subject_id}_{key}.nii.gz"
+        nib.save(image, path)
+        row[key] = str(path)
+    rng = np.random.default_rng((*seed, 7))  # label availability, independent of the image draw
+    for marker in MARKERS:
+        row[marker] = subject["truth"][marker] if rng.random() < site.known[marker] else -1
+        row[f"true_{marker}"] = subject["truth"][marker]
+    row["age"] = subject["age"] if rng.random() < site.known.get("age", 1.0) else float("nan")
+    row["sex"] = subject["sex"]
+    return row
+
+
+def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, difficulty: float = 0.5,
+                sites: tuple[str, ...] | None = None, cases_per_site: int | None = None, workers: int = 1,
+                test_size: float = 0.3, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
+    """Generate the synthetic multi-site cohort and its manifest.
+
+    Args:
+        out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
+            ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training).
+        preset: ``tiny``, ``workshop`` or ``paper`` (:data:`PRESETS`; default ``workshop``).
+        seed: reproduces the cohort exactly (default 0).
+        difficulty: 0..1, strength of the image cues and noise (default 0.5).
+        sites: subset of :data:`SITES` names (default: all five).
+        cases_per_site: override the preset's subjects per site.
+        workers: processes (default 1); the result does not depend on it.
+        test_size: fraction of each site's subjects put in the ``test`` split (default 0.3).
+        progress: show a progress bar. verbose: print the summary.
+
+    Returns:
+        the manifest (memory encoding), also written to ``out_dir/manifest.csv``.
+    """
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ConfigError(f"difficulty {difficulty} is outside 0..1.")
+    chosen = [s for s in SITES if sites is None or s.name in sites]
+    unknown = set(sites or ()) - {s.name for s in SITES}
+    if unknown:
+        raise ConfigError(f"unknown site(s) {', '.join(sorted(unknown))}; choose from "
+                          f"{', '.join(s.name for s in SITES)}.")
+    config = PRESETS[preset]
+    if cases_per_site is not None:
+        config = replace(config, cases_per_site=cases_per_site)
+    out_dir = Path(out_dir)
+    tasks = []
+    for site_index, site in enumerate(SITES):
+        if site not in chosen:
+            continue
+        n = config.cases_per_site or site.n_cases
+        shape = _site_shape(site, config)
+        for i in range(n):
+            tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}"))
+    start = time.perf_counter()
+    bar = dict(total=len(tasks), desc=f"synth {preset}", unit="subject", disable=not progress)
+    if workers > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            rows = list(tqdm(pool.map(_write_subject, tasks, chunksize=2), **bar))
+    else:
+        rows = [_write_subject(t) for t in tqdm(tasks, **bar)]
+    table = pd.DataFrame(rows)
+    truth = table[["subject_id", "site"] + [f"true_{m}" for m in MARKERS]]
+    manifest = table.drop(columns=[f"true_{m}" for m in MARKERS])
+    manifest["split"] = assign_splits(manifest, test_size=test_size, seed=seed)
+    write_manifest(manifest, out_dir / "manifest.csv")
+    truth.to_csv(out_dir / "truth.csv", index=False)
+    if verbose:
+        print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
+              f"(preset {preset}, seed {seed}, difficulty {difficulty}).")
+        print(site_heterogeneity(manifest).to_string())
+    return manifest

@@ -1,0 +1,118 @@
+"""MONAI dictionary pipelines: the seed's preprocessing and the training-time augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    CropForegroundd,
+    DeleteItemsd,
+    EnsureChannelFirstd,
+    LoadImaged,
+    MapLabelValued,
+    MapTransform,
+    NormalizeIntensityd,
+    Orientationd,
+    RandAdjustContrastd,
+    RandFlipd,
+    RandScaleIntensityd,
+    Resized,
+)
+
+from gliofed.data.check import volume_problems
+from gliofed.data.manifest import MODALITIES
+from gliofed.errors import DataError
+
+__all__ = ["ValidateCased", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline"]
+
+
+class ValidateCased(MapTransform):
+    """Raise :class:`DataError` naming the subject when loaded volumes break the :func:`volume_problems` rules.
+
+    Args:
+        keys: the loaded volume keys.
+        subject_key: key holding the subject ID for the message (default ``"subject_id"``).
+        allow_missing_keys: don't raise if a key is absent (default False).
+    """
+
+    def __init__(self, keys, subject_key: str = "subject_id", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.subject_key = subject_key
+
+    def __call__(self, data):
+        volumes = {}
+        for key in self.key_iterator(data):
+            array = np.asarray(data[key])[0]  # channel-first after loading
+            volumes[key] = (array, np.asarray(data[key].affine))
+        problems = volume_problems(volumes)
+        if problems:
+            key, message = problems[0]
+            raise DataError(f"subject {data.get(self.subject_key, '?')}: {key}: {message}.")
+        return data
+
+
+class ToDepthFirstd(MapTransform):
+    """(C, x, y, z) in RAS -> (C, D, H, W) = (C, z, y, x): depth is the axial slice axis.
+
+    Args:
+        keys: keys to transpose. allow_missing_keys: don't raise if a key is absent (default False).
+    """
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = torch.as_tensor(d[key]).permute(0, 3, 2, 1).contiguous()
+        return d
+
+
+def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
+    """The seed's preprocessing as MONAI dictionary transforms.
+
+    load -> channel first -> validate -> orient to RAS -> stack the four contrasts -> crop to the
+    brain (non-zero voxels) -> resample in-plane to ``size`` x ``size`` keeping the slice count
+    (area for images, nearest for the mask) -> BraTS label 4 -> 3 -> z-score each contrast over
+    brain voxels -> (C, D, H, W).
+
+    Args:
+        size: in-plane size (default 128, the seed's).
+        with_seg: whether the input dict has a ``seg`` path (default True).
+
+    Returns:
+        a Compose taking ``{"subject_id", "t1", "t1ce", "t2", "flair"[, "seg"]}`` paths and returning
+        ``image`` float32 (4, D, size, size) and ``seg`` (1, D, size, size) with classes 0..3.
+    """
+    volumes = [*MODALITIES, "seg"] if with_seg else list(MODALITIES)
+    spatial = ["image", "seg"] if with_seg else ["image"]
+    steps = [
+        LoadImaged(volumes, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(volumes, channel_dim="no_channel"),
+        ValidateCased(volumes),
+        Orientationd(volumes, axcodes="RAS", labels=None),
+        ConcatItemsd(list(MODALITIES), name="image"),
+        DeleteItemsd(list(MODALITIES)),
+        CropForegroundd(spatial, source_key="image", allow_smaller=True),
+        Resized(["image"], spatial_size=(size, size, -1), mode="area"),
+    ]
+    if with_seg:
+        steps += [
+            Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
+            MapLabelValued("seg", orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3]),
+        ]
+    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), ToDepthFirstd(spatial)]
+    return Compose(steps)
+
+
+def augment_pipeline(seed: int = 0) -> Compose:
+    """Light training augmentation on (C, D, H, W) tensors: left-right flip, intensity scale, gamma.
+
+    The same draw is applied to ``image`` and ``seg``. Args: seed for the random state.
+    """
+    pipeline = Compose([
+        RandFlipd(["image", "seg"], prob=0.5, spatial_axis=2, allow_missing_keys=True),
+        RandScaleIntensityd("image", factors=0.1, prob=0.5),
+        RandAdjustContrastd("image", gamma=(0.8, 1.25), prob=0.3),
+    ])
+    pipeline.set_random_state(seed)
+    return pipeline

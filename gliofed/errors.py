@@ -1,0 +1,29 @@
+"""Exceptions raised for bad user input.
+
+Every message is one sentence naming the subject or file and the problem; the CLI prints it without a
+traceback and exits non-zero.
+"""
+
+from __future__ import annotations
+
+__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError"]
+
+
+class GliofedError(Exception):
+    """Base class of every error gliofed raises for bad input or configuration."""
+
+
+class ManifestError(GliofedError):
+    """A manifest file is missing, malformed or holds invalid values."""
+
+
+class DataError(GliofedError):
+    """An image or segmentation file is missing, unreadable or inconsistent."""
+
+
+class CacheError(GliofedError):
+    """The preprocessed case cache is missing, stale or inconsistent."""
+
+
+class ConfigError(GliofedError):
+    """A configuration value is invalid."""
