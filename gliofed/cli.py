@@ -58,6 +58,82 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
+    """The cache of ``manifest`` (default ``<manifest dir>/cache_<size>``), brought up to date first."""
+    from pathlib import Path
+
+    from gliofed.data.cache import preprocess
+
+    cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{size}"
+    report = preprocess(manifest, cache_dir, size=size, workers=workers, progress=False)
+    if len(report.skipped):
+        print(report)
+    return cache_dir
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from gliofed.config import train_preset
+    from gliofed.data.dataset import CaseDataset
+    from gliofed.data.transforms import augment_pipeline
+    from gliofed.engine import build_model, fit, save_checkpoint, seed_everything
+
+    overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
+                                         batch_size=args.batch_size).items() if v is not None}
+    if args.modalities:
+        overrides["modalities"] = tuple(args.modalities.split(","))
+    config = train_preset(args.preset, **overrides)
+    cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    train_set = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
+                            transform=augment_pipeline(config.seed) if config.augment else None)
+    model = build_model(config)
+    print(f"centralized training: {len(train_set)} cases, {config.epochs} epochs, {config.optimizer} lr {config.lr}")
+    history = fit(model, train_set, config)
+    checkpoint = save_checkpoint(out / "model.ckpt", model, config, epoch=config.epochs,
+                                 extra={"history": history, "strategy": args.strategy, "cache": str(cache_dir)})
+    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    print(f"saved {checkpoint}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from gliofed.data.dataset import CaseDataset
+    from gliofed.engine import load_checkpoint, predict
+    from gliofed.metrics import evaluate_predictions, results_table
+
+    model, config, _ = load_checkpoint(args.checkpoint)
+    cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
+    dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictions = predict(model, dataset, device=args.device or "auto")
+    predictions.to_csv(out / "predictions.csv", index=False)
+    tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
+    table3 = results_table(tables["classification"])
+    tables["classification"].to_csv(out / "metrics_classification.csv", index=False)
+    tables["segmentation"].to_csv(out / "metrics_segmentation.csv", index=False)
+    table3.to_csv(out / "table3.csv")
+    summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions),
+               "classification": tables["classification"].to_dict(orient="records"),
+               "segmentation": tables["segmentation"].to_dict(orient="records")}
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    print(table3.to_string())
+    print(tables["segmentation"].to_string(index=False))
+    print(f"wrote predictions and metrics to {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gliofed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +159,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="in-plane size (default 128, the seed's)")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_preprocess)
+
+    p = commands.add_parser("train", help="train the multi-task network on a manifest")
+    p.add_argument("manifest")
+    p.add_argument("--strategy", default="centralized", choices=["centralized"])
+    p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
+                   help="training recipe (default: the seed's, SGD lr 1e-3, 60 epochs)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--modalities", help="comma-separated contrasts, e.g. t1,t2 (default all four)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--out", default="runs/train")
+    p.set_defaults(func=_cmd_train)
+
+    p = commands.add_parser("evaluate", help="predict and score a checkpoint on a manifest's split")
+    p.add_argument("checkpoint")
+    p.add_argument("manifest")
+    p.add_argument("--split", default="test", choices=["train", "test", "external"])
+    p.add_argument("--cache")
+    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
+    p.add_argument("--out", default="runs/evaluate")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = commands.add_parser("notebooks", help="execute the ordered notebooks with papermill")
     sub = p.add_subparsers(dest="action", required=True)

@@ -36,3 +36,28 @@ def test_synth_then_preprocess_from_the_command_line(tmp_path, capsys):
                  "--size", "16"]) == 0
     out = capsys.readouterr().out
     assert "2 subjects written" in out and "2 preprocessed, 0 up to date, 0 skipped" in out
+
+
+def test_train_then_evaluate_write_checkpoint_predictions_and_metrics(tiny_cohort, tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    manifest = str(tiny_cohort / "manifest.csv")
+    cache = str(tmp_path / "cache")
+    assert main(["train", manifest, "--preset", "tiny", "--epochs", "1", "--modalities", "t1,t2", "--size", "16",
+                 "--cache", cache, "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    assert (tmp_path / "run" / "model.ckpt").is_file() and (tmp_path / "run" / "history.csv").is_file()
+    assert main(["evaluate", str(tmp_path / "run" / "model.ckpt"), manifest, "--size", "16", "--cache", cache,
+                 "--bootstrap", "20", "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
+    predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
+    expected = (pd.read_csv(manifest)["split"] == "test").sum()
+    assert len(predictions) == expected
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["cases"] == expected and metrics["classification"]
+    assert "IDH" in capsys.readouterr().out
+
+
+def test_evaluate_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "none.ckpt"), str(tmp_path / "m.csv")]) == 2
+    assert capsys.readouterr().err.strip() == f"gliofed: error: {tmp_path / 'none.ckpt'}: checkpoint not found."

@@ -1,0 +1,233 @@
+"""Train / predict loops shared by every training strategy (centralized, local, FedAvg, FedProx, distillation).
+
+AMP (bf16 autocast on CUDA), channels_last_3d, optional ``torch.compile``, seeded determinism, progress
+bars, checkpoints; the CPU path is what the tests run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.utils import set_determinism
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from gliofed.config import TrainConfig
+from gliofed.data.dataset import collate_cases
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS
+from gliofed.errors import ConfigError
+from gliofed.losses import MultiTaskLoss
+from gliofed.model import MultiTaskUNet
+
+__all__ = [
+    "REGIONS",
+    "resolve_device",
+    "build_model",
+    "make_optimizer",
+    "make_loader",
+    "train_epoch",
+    "fit",
+    "predict",
+    "save_checkpoint",
+    "load_checkpoint",
+    "seed_everything",
+]
+
+#: evaluation regions as sets of in-memory classes: WT (the seed's T2w-hyperintense region), TC, ET
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (MONAI's ``set_determinism``) and prefer deterministic kernels."""
+    set_determinism(seed=seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was requested but CUDA is not available on this machine.")
+    return device
+
+
+def build_model(config: TrainConfig) -> MultiTaskUNet:
+    """The configured :class:`MultiTaskUNet`, with as many input channels as ``config.modalities``."""
+    return MultiTaskUNet(in_channels=len(config.modalities), **config.model)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
+    """DataLoader with MONAI's padding collate (cases differ in depth) and a seeded shuffle."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_cases,
+                      num_workers=num_workers, generator=generator, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
+    image = batch["image"].to(device, non_blocking=True)
+    if channels_last:
+        image = image.contiguous(memory_format=torch.channels_last_3d)
+    return (image, batch["seg"].to(device, non_blocking=True).long(),
+            torch.as_tensor(batch["has_mask"]).to(device).bool(), batch["labels"].to(device))
+
+
+def _autocast(device: torch.device, amp: bool):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
+
+
+def train_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: MultiTaskLoss, optimizer: torch.optim.Optimizer,
+                device: torch.device, amp: bool = True, channels_last: bool = False,
+                extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None, desc: str = "train",
+                progress: bool = True) -> dict[str, float]:
+    """One pass over ``loader``; returns the mean of each loss part (and ``total``).
+
+    ``extra_loss(model)`` is added to every step's loss (FedProx's proximal term uses it).
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    steps = 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress):
+        image, seg, has_mask, labels = _to_device(batch, device, channels_last)
+        with _autocast(device, amp):
+            outputs = model(image)
+        total, parts = loss_fn(outputs, seg, has_mask, labels)
+        if extra_loss is not None:
+            prox = extra_loss(model)
+            total = total + prox
+            parts["extra"] = float(prox.detach())
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        parts["total"] = float(total.detach())
+        for key, value in parts.items():
+            sums[key] = sums.get(key, 0.0) + value
+        steps += 1
+    return {key: value / max(steps, 1) for key, value in sums.items()}
+
+
+def prepare_model(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """Move to ``device``; channels_last_3d and ``torch.compile`` where configured (CUDA only for the former)."""
+    model = model.to(device)
+    if config.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last_3d)
+    if config.compile:
+        model = torch.compile(model)
+    return model
+
+
+def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs: int | None = None,
+        optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
+        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True, desc: str = "epoch") -> list[dict]:
+    """Train ``model`` in place for ``epochs`` (default ``config.epochs``); return per-epoch loss dicts.
+
+    The data order of epoch ``e`` is seeded by ``(config.seed, e)``, so resuming at ``start_epoch``
+    reproduces an uninterrupted run.
+    """
+    device = resolve_device(config.device)
+    model.to(device)
+    optimizer = optimizer or make_optimizer(model, config)
+    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma)
+    channels_last = config.channels_last and device.type == "cuda"
+    history = []
+    total_epochs = config.epochs if epochs is None else epochs
+    for epoch in tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc, disable=not progress or total_epochs < 2):
+        loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
+                             num_workers=config.num_workers)
+        losses = train_epoch(model, loader, loss_fn, optimizer, device, config.amp, channels_last, extra_loss,
+                             desc=f"{desc} {epoch + 1}", progress=progress)
+        losses["epoch"] = epoch + 1
+        history.append(losses)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, losses)
+    return history
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto", amp: bool = True,
+            save_masks: str | Path | None = None, progress: bool = True) -> pd.DataFrame:
+    """Run ``model`` on every case (batch size 1, no padding) and score it.
+
+    Returns one row per case: ``subject``, ``site``, the true labels (-1 unknown), ``p_<marker>_<k>``
+    class probabilities, ``has_mask`` and per-region ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (voxels;
+    NaN when the case has no mask). With ``save_masks`` the predicted class maps are written there as
+    ``<subject>.pred.npy`` (uint8, (D, H, W)).
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    model.eval().to(device)
+    rows = []
+    if save_masks is not None:
+        Path(save_masks).mkdir(parents=True, exist_ok=True)
+    loader = make_loader(dataset, batch_size=1, shuffle=False)
+    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        image, seg, has_mask, labels = _to_device(batch, device, channels_last=False)
+        with _autocast(device, amp):
+            outputs = model(image)
+        row = {"subject": batch["subject"][0], "site": batch["site"][0], "has_mask": bool(has_mask[0])}
+        for i, marker in enumerate(MARKERS):
+            row[marker] = int(labels[0, i])
+            probs = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
+            for k in range(len(MARKER_CLASSES[marker])):
+                row[f"p_{marker}_{k}"] = float(probs[k])
+        predicted = outputs["seg"].float().argmax(1, keepdim=True)
+        for region, classes in REGIONS.items():
+            if not row["has_mask"]:
+                row[f"dice_{region}"] = row[f"hd95_{region}"] = float("nan")
+                continue
+            pred_r = torch.isin(predicted, torch.tensor(classes, device=device)).float()
+            true_r = torch.isin(seg, torch.tensor(classes, device=device)).float()
+            row[f"dice_{region}"] = float(compute_dice(pred_r, true_r, include_background=True, ignore_empty=False)[0, 0])
+            if pred_r.sum() > 0 and true_r.sum() > 0:
+                row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
+                                                                         percentile=95)[0, 0])
+            else:
+                row[f"hd95_{region}"] = float("nan")
+        if save_masks is not None:
+            np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
+                    optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None) -> Path:
+    """Save model weights, model and training config, optimiser state, epoch and ``extra`` (e.g. history)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    state = {
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_config": getattr(model, "config", {}),
+        "train_config": config.to_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": epoch,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:
+    """Load a checkpoint; return (model with weights, training config, the whole checkpoint dict)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: checkpoint not found.")
+    state = torch.load(path, map_location=device, weights_only=False)
+    config = TrainConfig.from_dict(state["train_config"])
+    model = MultiTaskUNet(**state["model_config"]) if state.get("model_config") else build_model(config)
+    model.load_state_dict(state["model"])
+    return model, config, state

@@ -1,0 +1,68 @@
+"""Masked multi-task loss: Dice + CE on cases with a mask, cross-entropy per marker ignoring unknown labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss, FocalLoss
+from torch import nn
+
+from gliofed.data.manifest import MARKERS
+
+__all__ = ["MultiTaskLoss"]
+
+
+class MultiTaskLoss(nn.Module):
+    """Masked multi-task loss of the seed study.
+
+    total = w_seg * DiceCE(seg | cases with a mask) + sum_m w_m * CE_m(marker m | cases with a known label).
+
+    A task with no usable case in the batch contributes exactly zero (never NaN) and keeps the graph
+    connected so that every strategy can call ``backward`` unconditionally.
+
+    Args:
+        task_weights: weight per task, keys ``seg`` and the markers (default 1.0 each).
+        class_weights: optional per-marker class weights for the CE (imbalance), e.g. ``{"idh": [1, 5]}``.
+        focal_gamma: if > 0, MONAI's focal loss replaces the marker CE (default 0: plain CE).
+
+    Returns (forward):
+        (total loss scalar, dict of detached per-task losses).
+
+    >>> loss = MultiTaskLoss(task_weights={"mgmt": 0.5})
+    """
+
+    def __init__(self, task_weights: Mapping[str, float] | None = None,
+                 class_weights: Mapping[str, Sequence[float]] | None = None, focal_gamma: float = 0.0) -> None:
+        super().__init__()
+        self.task_weights = {"seg": 1.0, **{m: 1.0 for m in MARKERS}, **dict(task_weights or {})}
+        self.class_weights = {m: torch.tensor(w, dtype=torch.float32) for m, w in (class_weights or {}).items()}
+        self.focal_gamma = focal_gamma
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, include_background=True)
+
+    def marker_loss(self, marker: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Loss of one marker over the rows whose label is known (>= 0); zero if there are none."""
+        known = target >= 0
+        if not bool(known.any()):
+            return logits.sum() * 0.0
+        logits, target = logits[known].float(), target[known]
+        weight = self.class_weights.get(marker)
+        weight = weight.to(logits.device) if weight is not None else None
+        if self.focal_gamma > 0:
+            focal = FocalLoss(gamma=self.focal_gamma, weight=weight, use_softmax=True, to_onehot_y=True)
+            return focal(logits, target[:, None])
+        return F.cross_entropy(logits, target, weight=weight)
+
+    def forward(self, outputs: Mapping[str, torch.Tensor], seg: torch.Tensor, has_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Args: model outputs; seg (B, 1, D, H, W) class indices; has_mask (B,) bool; labels (B, 4), -1 unknown."""
+        parts: dict[str, torch.Tensor] = {}
+        if bool(has_mask.any()):
+            parts["seg"] = self.dice_ce(outputs["seg"][has_mask].float(), seg[has_mask])
+        else:
+            parts["seg"] = outputs["seg"].sum() * 0.0
+        for i, marker in enumerate(MARKERS):
+            parts[marker] = self.marker_loss(marker, outputs[marker], labels[:, i])
+        total = sum(self.task_weights[name] * value for name, value in parts.items())
+        return total, {name: float(value.detach()) for name, value in parts.items()}

@@ -1,0 +1,143 @@
+"""Classification and segmentation metrics with seeded bootstrap 95 % CIs, in the seed's Table 3 layout.
+
+Input is the per-case prediction table of :func:`gliofed.engine.predict`. Unknown labels (-1) are
+excluded and the number of cases used is reported with every row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, recall_score, roc_auc_score
+
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS
+
+__all__ = ["classification_metrics", "segmentation_metrics", "expected_calibration_error", "evaluate_predictions",
+           "results_table"]
+
+_BINARY = ("idh", "codeletion", "mgmt")
+
+
+def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
+    """ECE of binary probabilities: bin-weighted |accuracy - confidence| over ``bins`` equal-width bins."""
+    y_true, prob = np.asarray(y_true), np.asarray(prob)
+    predicted = (prob >= 0.5).astype(int)
+    confidence = np.where(predicted == 1, prob, 1 - prob)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence >= lo) & ((confidence < hi) if hi < 1.0 else (confidence <= hi))
+        if in_bin.any():
+            ece += in_bin.mean() * abs((predicted[in_bin] == y_true[in_bin]).mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def _binary_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    pred = (p >= 0.5).astype(int)
+    both = len(np.unique(y)) == 2
+    return {
+        "AUC": roc_auc_score(y, p) if both else np.nan,
+        "accuracy": accuracy_score(y, pred),
+        "recall": recall_score(y, pred, zero_division=0) if (y == 1).any() else np.nan,
+        "specificity": recall_score(1 - y, 1 - pred, zero_division=0) if (y == 0).any() else np.nan,
+        "F1": f1_score(y, pred, zero_division=0),
+        "ECE": expected_calibration_error(y, p),
+        "Brier": brier_score_loss(y, p, pos_label=1) if both else np.nan,
+    }
+
+
+def _bootstrap(y: np.ndarray, p: np.ndarray, score: Callable, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        for key, value in score(y[idx], p[idx]).items():
+            draws.setdefault(key, []).append(value)
+    cis = {}
+    for key, values in draws.items():
+        values = np.asarray(values, dtype=float)
+        values = values[np.isfinite(values)]
+        cis[key] = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if len(values) else (np.nan, np.nan)
+    return cis
+
+
+def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per binary marker (IDH, 1p/19q, MGMT): AUC, accuracy, recall, specificity, F1, ECE, Brier with
+    bootstrap 95 % CIs; grade: macro one-vs-rest AUC plus one one-vs-rest row per grade (II, III, IV).
+
+    Returns:
+        long table: ``task``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n`` (cases with a known label).
+    """
+    rows = []
+    for marker in MARKERS:
+        known = predictions[predictions[marker] >= 0]
+        y = known[marker].to_numpy()
+        n_classes = len(MARKER_CLASSES[marker])
+        probs = known[[f"p_{marker}_{k}" for k in range(n_classes)]].to_numpy()
+        if marker in _BINARY:
+            tasks = {marker: (y, probs[:, 1])}
+        else:  # grade: one-vs-rest per class
+            tasks = {f"grade {name}": ((y == k).astype(int), probs[:, k]) for k, name in enumerate(MARKER_CLASSES[marker])}
+        for task, (yt, pt) in tasks.items():
+            if len(yt) == 0:
+                continue
+            values = _binary_scores(yt, pt)
+            cis = _bootstrap(yt, pt, _binary_scores, n_boot, seed)
+            for metric, value in values.items():
+                rows.append({"task": task, "metric": metric, "value": float(value), "ci_low": cis[metric][0],
+                             "ci_high": cis[metric][1], "n": len(yt)})
+        if marker == "grade" and len(y) and len(np.unique(y)) > 1:
+            present = np.unique(y)
+
+            def macro(yb: np.ndarray, pb: np.ndarray) -> dict[str, float]:
+                aucs = [roc_auc_score((yb == k).astype(int), pb[:, k]) for k in present if 0 < (yb == k).sum() < len(yb)]
+                return {"AUC": float(np.mean(aucs)) if aucs else np.nan}
+
+            value = macro(y, probs)["AUC"]
+            ci = _bootstrap(y, probs, macro, n_boot, seed)["AUC"]
+            rows.append({"task": "grade", "metric": "AUC", "value": value, "ci_low": ci[0], "ci_high": ci[1], "n": len(y)})
+    return pd.DataFrame(rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n"])
+
+
+def segmentation_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Dice and HD95 per region (WT, TC, ET) over cases with a mask: median, IQR, mean and n."""
+    rows = []
+    masked = predictions[predictions["has_mask"]]
+    for metric in ("dice", "hd95"):
+        for region in ("WT", "TC", "ET"):
+            column = f"{metric}_{region}"
+            if column not in masked:
+                continue
+            values = masked[column].dropna().to_numpy()
+            q1, median, q3 = (np.percentile(values, [25, 50, 75]) if len(values) else (np.nan,) * 3)
+            rows.append({"region": region, "metric": "Dice" if metric == "dice" else "HD95 (voxels)",
+                         "median": median, "q1": q1, "q3": q3, "mean": float(values.mean()) if len(values) else np.nan,
+                         "n": len(values)})
+    return pd.DataFrame(rows)
+
+
+def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Both tables: ``{"classification": ..., "segmentation": ...}``."""
+    return {"classification": classification_metrics(predictions, n_boot, seed),
+            "segmentation": segmentation_metrics(predictions)}
+
+
+def results_table(classification: pd.DataFrame) -> pd.DataFrame:
+    """The seed's Table 3 layout: one row per task (IDH, 1p/19q, MGMT, grade, grade II/III/IV), columns
+    AUC, accuracy, recall, specificity, F1 as ``value (low-high)`` strings, and n."""
+    names = {"idh": "IDH", "codeletion": "1p/19q", "mgmt": "MGMT", "grade": "Grade (macro)"}
+    order = ["idh", "codeletion", "mgmt", "grade", "grade II", "grade III", "grade IV"]
+    rows = []
+    for task in order:
+        part = classification[classification["task"] == task]
+        if part.empty:
+            continue
+        row = {"task": names.get(task, task.replace("grade", "Grade")), "n": int(part["n"].iloc[0])}
+        for metric in ("AUC", "accuracy", "recall", "specificity", "F1"):
+            hit = part[part["metric"] == metric]
+            row[metric] = ("" if hit.empty or not np.isfinite(hit["value"].iloc[0]) else
+                           f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})")
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("task")

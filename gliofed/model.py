@@ -1,0 +1,117 @@
+"""MultiTaskUNet: the seed study's multi-task 3D U-Net (segmentation + four molecular / grade heads)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets.basic_unet import TwoConv
+from torch import nn
+
+from gliofed.data.manifest import MARKER_CLASSES
+
+__all__ = ["MultiTaskUNet", "HEADS"]
+
+#: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
+HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
+
+
+class _Down(nn.Module):
+    """Max-pool (kernel = stride = ``pool``) then TwoConv."""
+
+    def __init__(self, in_chns: int, out_chns: int, pool: Sequence[int], act, norm, dropout: float) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool3d(kernel_size=tuple(pool), stride=tuple(pool), ceil_mode=True)
+        self.convs = TwoConv(3, in_chns, out_chns, act, norm, True, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.convs(self.pool(x))
+
+
+class _UpCat(nn.Module):
+    """Transposed conv (kernel = stride = ``pool``), crop to the skip's size, concatenate, TwoConv."""
+
+    def __init__(self, in_chns: int, skip_chns: int, out_chns: int, pool: Sequence[int], act, norm,
+                 dropout: float) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose3d(in_chns, in_chns // 2, kernel_size=tuple(pool), stride=tuple(pool))
+        self.convs = TwoConv(3, in_chns // 2 + skip_chns, out_chns, act, norm, True, dropout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        # ceil-mode pooling of odd sizes makes the upsampled map one voxel larger: crop it back
+        x = x[..., : skip.shape[-3], : skip.shape[-2], : skip.shape[-1]]
+        return self.convs(torch.cat([x, skip], dim=1))
+
+
+class MultiTaskUNet(nn.Module):
+    """Multi-task 3D U-Net of Ren et al. (Front. Radiol. 2025): one encoder, a segmentation decoder and a
+    classification branch with one head per marker.
+
+    Encoder stages of two (conv 3x3x3, norm, ReLU) with ``features`` channels (default 16-32-64-128),
+    max-pool ``pool`` between stages (default (1, 2, 2): depth is kept, any depth works); decoder by
+    transposed convolution and skip concatenation; a 1x1x1 segmentation head; classification by global
+    average pooling of the bottleneck, an MLP and one linear head per marker. Any in-plane size works
+    (odd sizes are ceil-pooled and cropped back). 1,395,645 parameters at the default (measured).
+
+    Args:
+        in_channels: input contrasts (default 4: t1, t1ce, t2, flair).
+        seg_classes: segmentation classes (default 4: background, NCR, ED, ET).
+        features: channels per stage, one more than the number of down-sampling steps (default (16, 32, 64, 128)).
+        pool: pooling kernel/stride per down-sampling step (default (1, 2, 2)).
+        norm: MONAI norm name (default ``"batch"``; ``"instance"`` for tiny batches).
+        act: MONAI activation (default ReLU).
+        hidden: width of the classification MLP (default 256).
+        dropout: dropout in the MLP (default 0.2).
+        heads: marker -> classes (default :data:`HEADS`).
+
+    Returns (forward):
+        dict of logits: ``seg`` (B, seg_classes, D, H, W); ``idh``, ``codeletion``, ``mgmt`` (B, 2);
+        ``grade`` (B, 3). With ``return_features=True`` also ``bottleneck`` (B, features[-1]) pooled
+        bottleneck features and ``decoder`` (B, features[0], D, H, W) last decoder features.
+
+    >>> net = MultiTaskUNet()
+    >>> out = net(torch.zeros(1, 4, 5, 33, 40))
+    >>> out["seg"].shape, out["grade"].shape
+    (torch.Size([1, 4, 5, 33, 40]), torch.Size([1, 3]))
+    """
+
+    def __init__(self, in_channels: int = 4, seg_classes: int = 4, features: Sequence[int] = (16, 32, 64, 128),
+                 pool: Sequence[int] = (1, 2, 2), norm: str | tuple = "batch",
+                 act: str | tuple = ("relu", {"inplace": True}), hidden: int = 256, dropout: float = 0.2,
+                 heads: dict[str, int] | None = None) -> None:
+        super().__init__()
+        if len(features) != 4:
+            raise ValueError("features needs four stage widths (three down-sampling steps), e.g. (16, 32, 64, 128).")
+        f0, f1, f2, f3 = features
+        self.conv_0 = TwoConv(3, in_channels, f0, act, norm, True, 0.0)
+        self.down_1 = _Down(f0, f1, pool, act, norm, 0.0)
+        self.down_2 = _Down(f1, f2, pool, act, norm, 0.0)
+        self.down_3 = _Down(f2, f3, pool, act, norm, 0.0)
+        self.upcat_3 = _UpCat(f3, f2, f2, pool, act, norm, 0.0)
+        self.upcat_2 = _UpCat(f2, f1, f1, pool, act, norm, 0.0)
+        self.upcat_1 = _UpCat(f1, f0, f0, pool, act, norm, 0.0)
+        self.seg_head = nn.Conv3d(f0, seg_classes, kernel_size=1)
+        self.mlp = nn.Sequential(nn.Linear(f3, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
+        self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in (heads or HEADS).items()})
+        self.config = dict(in_channels=in_channels, seg_classes=seg_classes, features=tuple(features),
+                           pool=tuple(pool), norm=norm, act=act, hidden=hidden, dropout=dropout,
+                           heads=dict(heads or HEADS))
+
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:
+        x0 = self.conv_0(x)
+        x1 = self.down_1(x0)
+        x2 = self.down_2(x1)
+        x3 = self.down_3(x2)
+        u2 = self.upcat_3(x3, x2)
+        u1 = self.upcat_2(u2, x1)
+        u0 = self.upcat_1(u1, x0)
+        pooled = F.adaptive_avg_pool3d(x3, 1).flatten(1)
+        hidden = self.mlp(pooled)
+        out = {"seg": self.seg_head(u0)}
+        out.update({name: head(hidden) for name, head in self.heads.items()})
+        if return_features:
+            out["bottleneck"] = pooled
+            out["decoder"] = u0
+        return out

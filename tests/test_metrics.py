@@ -1,0 +1,82 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from monai.metrics import compute_dice
+from sklearn.metrics import f1_score, roc_auc_score
+
+from gliofed.metrics import classification_metrics, expected_calibration_error, results_table, segmentation_metrics
+
+
+def _predictions(n=60, seed=0):
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"subject": [f"s{i}" for i in range(n)], "site": "a", "has_mask": True})
+    for marker, k in (("idh", 2), ("codeletion", 2), ("mgmt", 2), ("grade", 3)):
+        y = rng.integers(0, k, n)
+        y[rng.random(n) < 0.2] = -1
+        logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[np.clip(y, 0, None)] * (y >= 0)[:, None]
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        df[marker] = y
+        for c in range(k):
+            df[f"p_{marker}_{c}"] = probs[:, c]
+    df["dice_WT"] = rng.random(n)
+    df["hd95_WT"] = rng.random(n) * 10
+    return df
+
+
+def _value(table, task, metric):
+    return table[(table["task"] == task) & (table["metric"] == metric)].iloc[0]
+
+
+def test_binary_metrics_match_scikit_learn_and_exclude_unknown():
+    df = _predictions()
+    table = classification_metrics(df, n_boot=50, seed=1)
+    known = df[df["idh"] >= 0]
+    row = _value(table, "idh", "AUC")
+    assert row["n"] == len(known)
+    assert row["value"] == pytest.approx(roc_auc_score(known["idh"], known["p_idh_1"]))
+    assert row["ci_low"] <= row["value"] <= row["ci_high"]
+    f1 = _value(table, "idh", "F1")["value"]
+    assert f1 == pytest.approx(f1_score(known["idh"], (known["p_idh_1"] >= 0.5).astype(int)))
+
+
+def test_grade_macro_auc_matches_scikit_learn_ovr():
+    df = _predictions()
+    known = df[df["grade"] >= 0]
+    table = classification_metrics(df, n_boot=20)
+    expected = roc_auc_score(known["grade"], known[["p_grade_0", "p_grade_1", "p_grade_2"]].to_numpy(),
+                             multi_class="ovr", average="macro")
+    assert _value(table, "grade", "AUC")["value"] == pytest.approx(expected)
+    assert {"grade II", "grade III", "grade IV"} <= set(table["task"])
+
+
+def test_bootstrap_is_seeded():
+    df = _predictions()
+    a = classification_metrics(df, n_boot=30, seed=3)
+    b = classification_metrics(df, n_boot=30, seed=3)
+    c = classification_metrics(df, n_boot=30, seed=4)
+    pd.testing.assert_frame_equal(a, b)
+    assert not a["ci_low"].equals(c["ci_low"])
+
+
+def test_ece_of_perfectly_calibrated_and_overconfident_predictions():
+    y = np.array([1] * 7 + [0] * 3)
+    assert expected_calibration_error(y, np.full(10, 0.7)) == pytest.approx(0.0)
+    assert expected_calibration_error(np.array([1, 0, 1, 0]), np.array([0.99, 0.99, 0.99, 0.99])) == pytest.approx(0.49)
+
+
+def test_results_table_has_the_seed_layout():
+    table = results_table(classification_metrics(_predictions(), n_boot=20))
+    assert list(table.index[:4]) == ["IDH", "1p/19q", "MGMT", "Grade (macro)"]
+    assert list(table.columns) == ["n", "AUC", "accuracy", "recall", "specificity", "F1"]
+    assert "(" in table.loc["IDH", "AUC"]
+
+
+def test_segmentation_summary_and_dice_agrees_with_monai():
+    df = _predictions()
+    seg = segmentation_metrics(df)
+    row = seg[(seg["region"] == "WT") & (seg["metric"] == "Dice")].iloc[0]
+    assert row["median"] == pytest.approx(np.median(df["dice_WT"])) and row["n"] == len(df)
+    # the engine's per-case Dice is MONAI's: check the convention for empty masks
+    empty = torch.zeros(1, 1, 3, 4, 5)
+    assert float(compute_dice(empty, empty, ignore_empty=False)[0, 0]) == 1.0
