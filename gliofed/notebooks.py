@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -20,7 +21,9 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict | N
                  html: bool = True, kernel_name: str | None = None) -> Path:
     """Execute one notebook with papermill into ``out_dir`` (and an HTML copy); return the executed path.
 
-    Raises papermill's ``PapermillExecutionError`` when a cell fails (the executed copy is still written).
+    The kernel runs in the caller's working directory, so relative paths in ``parameters`` (e.g.
+    ``data_dir``) mean what they mean on the command line. Raises papermill's ``PapermillExecutionError``
+    when a cell fails (the executed copy is still written).
     """
     import papermill as pm
 
@@ -29,7 +32,7 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict | N
     executed = out_dir / notebook.name
     try:
         pm.execute_notebook(str(notebook), str(executed), parameters=parameters or {}, kernel_name=kernel_name,
-                            cwd=str(notebook.parent), progress_bar=False)
+                            cwd=os.getcwd(), progress_bar=False)
     finally:
         if html and executed.exists():
             _export_html(executed)

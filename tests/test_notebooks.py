@@ -22,9 +22,10 @@ def test_one_parameters_cell_and_no_outputs(path):
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in cells if c["cell_type"] == "code")
 
 
-def test_curation_notebook_runs_on_tiny(tmp_path):
+def test_curation_notebook_runs_on_tiny(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative data_dir is relative to where the run was started
     executed = run_notebook(NOTEBOOK_DIR / "01_data_curation.ipynb", tmp_path / "out",
-                            {"preset": "tiny", "data_dir": str(tmp_path / "data"), "seed": 0})
+                            {"preset": "tiny", "data_dir": "data", "seed": 0})
     text = executed.read_text()
     assert "no problems" in text and "grade unknown" in text and "0 exclusion(s)" in text
     assert (tmp_path / "out" / "01_data_curation.html").is_file()
