@@ -1,0 +1,25 @@
+"""FedProx (Li et al., MLSys 2020): FedAvg with a proximal term mu/2 ||w - w_global||^2 in local training."""
+
+from __future__ import annotations
+
+from gliofed.federated.fedavg import FedAvg
+
+__all__ = ["FedProx"]
+
+
+class FedProx(FedAvg):
+    """FedAvg whose sites add ``mu / 2 * ||w - w_global||^2`` to their local loss.
+
+    Args:
+        local_epochs: local epochs per round (default 1).
+        mu: proximal weight (default 0.01).
+    """
+
+    name = "fedprox"
+
+    def __init__(self, local_epochs: int = 1, mu: float = 0.01) -> None:
+        super().__init__(local_epochs)
+        self.mu = mu
+
+    def site_settings(self, rnd: int) -> dict:
+        return {**super().site_settings(rnd), "mu": self.mu}

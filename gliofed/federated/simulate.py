@@ -1,0 +1,247 @@
+"""In-process federated simulation: the round loop that drives any strategy over in-memory sites.
+
+The simulator plays three roles that a real deployment separates: it carries payloads between sites and
+server (measuring their bytes), it runs the strategy (server side), and, as the experimenter, it scores
+the resulting models on the common test split after every round.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import roc_auc_score
+from tqdm.auto import tqdm
+
+from gliofed.config import TrainConfig
+from gliofed.data.dataset import CaseDataset
+from gliofed.data.manifest import MARKERS
+from gliofed.data.transforms import augment_pipeline
+from gliofed.engine import build_model, fit, predict, seed_everything
+from gliofed.errors import GliofedError
+from gliofed.federated.centralized import Centralized
+from gliofed.federated.distill import DistillFederation, DistillSettings
+from gliofed.federated.fedavg import FedAvg
+from gliofed.federated.fedprox import FedProx
+from gliofed.federated.local import LocalOnly
+from gliofed.federated.payload import validate
+from gliofed.federated.site import Site
+from gliofed.federated.strategy import Strategy
+
+__all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment"]
+
+log = logging.getLogger("gliofed.federated")
+
+STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
+
+
+class FederationError(GliofedError):
+    """A round could not proceed (too few sites answered)."""
+
+
+@dataclass
+class History:
+    """Per-round record of a simulation.
+
+    Each round: ``round``, ``wall_s``, ``metrics`` (test metrics of the global model, or the mean over
+    site models for local-only), ``site_metrics`` (per site: metrics on that site's test cases; for
+    local-only, each site model on the whole test split), ``bytes_up`` / ``bytes_down`` per site,
+    ``excluded`` (site -> reason) and ``info`` (strategy-specific, e.g. losses).
+    """
+
+    strategy: str
+    rounds: list[dict] = field(default_factory=list)
+
+    def to_frame(self) -> pd.DataFrame:
+        """One row per round: round, wall time, total bytes up/down, and every global metric."""
+        rows = []
+        for r in self.rounds:
+            rows.append({"strategy": self.strategy, "round": r["round"], "wall_s": r["wall_s"],
+                         "bytes_up": sum(r["bytes_up"].values()), "bytes_down": sum(r["bytes_down"].values()),
+                         "sites_answered": len(r["bytes_up"]) - len(r["excluded"]), **r["metrics"]})
+        return pd.DataFrame(rows)
+
+    def site_frame(self) -> pd.DataFrame:
+        """One row per (round, site): bytes and that site's metrics."""
+        rows = []
+        for r in self.rounds:
+            for site in sorted(set(r["bytes_up"]) | set(r["site_metrics"])):
+                rows.append({"strategy": self.strategy, "round": r["round"], "site": site,
+                             "bytes_up": r["bytes_up"].get(site, 0), "bytes_down": r["bytes_down"].get(site, 0),
+                             "excluded": r["excluded"].get(site, ""), **r["site_metrics"].get(site, {})})
+        return pd.DataFrame(rows)
+
+
+def quick_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    """Per-round summary without bootstrap: median Dice per region, AUC per binary marker, grade macro AUC."""
+    out: dict[str, float] = {}
+    masked = predictions[predictions["has_mask"]] if len(predictions) else predictions
+    for region in ("WT", "TC", "ET"):
+        out[f"dice_{region}"] = float(masked[f"dice_{region}"].median()) if len(masked) else float("nan")
+    for marker in MARKERS:
+        known = predictions[predictions[marker] >= 0]
+        y = known[marker].to_numpy()
+        if len(np.unique(y)) < 2:
+            out[f"auc_{marker}"] = float("nan")
+        elif marker == "grade":
+            present = [k for k in range(3) if 0 < (y == k).sum() < len(y)]
+            out["auc_grade"] = float(np.mean([roc_auc_score(y == k, known[f"p_grade_{k}"]) for k in present]))
+        else:
+            out[f"auc_{marker}"] = float(roc_auc_score(y, known[f"p_{marker}_1"]))
+    return out
+
+
+def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
+                  seed: int = 0) -> Strategy:
+    """Build a strategy by name (one of :data:`STRATEGIES`)."""
+    if name == "centralized":
+        return Centralized(local_epochs)
+    if name == "local":
+        return LocalOnly(local_epochs)
+    if name == "fedavg":
+        return FedAvg(local_epochs)
+    if name == "fedprox":
+        return FedProx(local_epochs, mu)
+    if name == "distill":
+        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
+    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+
+
+def _round_seed(seed: int, rnd: int, index: int) -> int:
+    return int(seed) * 1_000_003 + rnd * 1_009 + index
+
+
+def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> tuple[dict, dict]:
+    models = strategy.models_to_evaluate(model)
+    scored = {}
+    for name, arrays in models.items():
+        net = build_model_like(model)
+        strategy.load(net, arrays)
+        scored[name] = predict(net, test_set, device=device, progress=False)
+    if list(models) == ["global"]:
+        predictions = scored["global"]
+        site_metrics = {site: quick_metrics(group) for site, group in predictions.groupby("site")}
+        return quick_metrics(predictions), site_metrics
+    site_metrics = {name: quick_metrics(p) for name, p in scored.items()}
+    frame = pd.DataFrame(site_metrics.values())
+    return {k: float(frame[k].mean()) for k in frame.columns}, site_metrics
+
+
+def build_model_like(model: torch.nn.Module) -> torch.nn.Module:
+    """A fresh network with the same configuration as ``model``."""
+    from gliofed.model import MultiTaskUNet
+
+    return MultiTaskUNet(**model.config)
+
+
+def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfig, rounds: int,
+             pooled_set=None, min_sites: int = 1, max_payload_bytes: int | None = 256 * 2**20,
+             checkpoint_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> tuple[torch.nn.Module, History]:
+    """Run ``rounds`` rounds of ``strategy`` over ``sites`` and score every round on ``test_set``.
+
+    Args:
+        strategy: a :class:`Strategy` (see :func:`make_strategy`).
+        sites: the participating :class:`Site` objects.
+        test_set: the common test split (a :class:`CaseDataset`).
+        config: training settings (optimizer, batch size, seed, device ...) used by every site.
+        rounds: number of rounds.
+        pooled_set: all sites' training cases, needed only by the centralized baseline.
+        min_sites: a round proceeds only if at least this many sites answered validly.
+        max_payload_bytes: a reply larger than this is refused (that site is left out of the round).
+        checkpoint_dir: if given, ``state.pt`` is written after every round.
+        resume: continue from ``checkpoint_dir/state.pt``; ends with exactly the metrics of an
+            uninterrupted run (same seed, CPU).
+
+    Returns:
+        (final global model, :class:`History`).
+    """
+    device = torch.device("cpu") if config.device == "auto" and not torch.cuda.is_available() else None
+    device = device or __import__("gliofed.engine", fromlist=["resolve_device"]).resolve_device(config.device)
+    seed_everything(config.seed)
+    model = build_model(config)
+    history = History(strategy.name)
+    start_round = 1
+    state_path = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None
+    if resume:
+        if state_path is None or not state_path.is_file():
+            raise GliofedError(f"cannot resume: no checkpoint at {state_path}.")
+        state = torch.load(state_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        strategy.load_state_dict(state["strategy"])
+        history.rounds = state["history"]
+        start_round = state["round"] + 1
+    model_config = model.config
+    counts_bytes = getattr(strategy, "counts_bytes", True)
+    bar = tqdm(range(start_round, rounds + 1), desc=strategy.name, unit="round", disable=not progress)
+    for rnd in bar:
+        started = time.perf_counter()
+        bytes_up, bytes_down, excluded, replies = {}, {}, {}, {}
+        if strategy.task == "pooled":
+            if pooled_set is None:
+                raise GliofedError("the centralized baseline needs pooled_set (all sites' training cases).")
+            round_config = config.replace(seed=_round_seed(config.seed, rnd, 0))
+            seed_everything(round_config.seed)
+            pooled_set.transform = augment_pipeline(round_config.seed) if config.augment else None
+            model.to(device)
+            losses = fit(model, pooled_set, round_config, epochs=strategy.local_epochs, progress=False)
+            pooled_set.transform = None
+            model.cpu()
+            for site in sites:
+                bytes_up[site.name] = site.raw_bytes() if rnd == 1 else 0
+                bytes_down[site.name] = 0
+            info = {"loss": losses[-1]["total"] if losses else float("nan")}
+        else:
+            model.cpu()
+            for index, site in enumerate(sites):
+                outgoing = strategy.broadcast(site.name, model, rnd)
+                bytes_down[site.name] = outgoing.nbytes if counts_bytes else 0
+                settings = {"train": config.to_dict(), "model_config": model_config,
+                            "seed": _round_seed(config.seed, rnd, index), **strategy.site_settings(rnd)}
+                try:
+                    reply = site.handle(strategy.task, outgoing, settings)
+                    validate(reply, max_payload_bytes)
+                except Exception as error:  # a failing site is left out of this round, with its reason
+                    excluded[site.name] = f"{type(error).__name__}: {error}"
+                    bytes_up[site.name] = 0
+                    log.warning("round %d: site %s left out: %s", rnd, site.name, excluded[site.name])
+                    continue
+                bytes_up[site.name] = reply.nbytes if counts_bytes else 0
+                replies[site.name] = reply
+            if len(replies) < min_sites:
+                raise FederationError(f"round {rnd}: only {len(replies)} of {len(sites)} sites answered "
+                                      f"(min_sites={min_sites}): {excluded}.")
+            seed_everything(_round_seed(config.seed, rnd, 10_000))
+            info = strategy.aggregate(model, replies, rnd)
+            model.cpu()
+        metrics, site_metrics = _evaluate(strategy, model, test_set, device)
+        history.rounds.append({"round": rnd, "wall_s": time.perf_counter() - started, "metrics": metrics,
+                               "site_metrics": site_metrics, "bytes_up": bytes_up, "bytes_down": bytes_down,
+                               "excluded": excluded, "info": info})
+        bar.set_postfix(dice_WT=f"{metrics.get('dice_WT', float('nan')):.2f}",
+                        auc_idh=f"{metrics.get('auc_idh', float('nan')):.2f}")
+        if state_path is not None:
+            state_path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"round": rnd, "model": model.state_dict(), "strategy": strategy.state_dict(),
+                        "history": history.rounds, "config": config.to_dict()}, state_path)
+    return model, history
+
+
+def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
+                   mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
+                   min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                   progress: bool = True) -> tuple[torch.nn.Module, History]:
+    """Everything :func:`simulate` needs, built from a cache: one :class:`Site` per site with training
+    cases, the common test split, and (for ``centralized``) the pooled training set."""
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
+                        external_site=external_site)
+    sites = [Site(name, cache_dir, config.modalities, config.seed, external_site) for name in train.sites]
+    test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
+                       external_site=external_site)
+    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
+    return simulate(chosen, sites, test, config, rounds, pooled_set=train if strategy == "centralized" else None,
+                    min_sites=min_sites, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)

@@ -1,0 +1,68 @@
+"""The strategy interface shared by the in-process simulator and the Flower apps (server side only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from torch import nn
+
+from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
+
+__all__ = ["Strategy", "weighted_average"]
+
+
+def weighted_average(updates: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+    """Average ``w:`` arrays weighted by the given weights; integer buffers (BatchNorm step counters) take
+    the maximum."""
+    total = float(sum(w for _, w in updates))
+    averaged = {}
+    for name in updates[0][0]:
+        first = updates[0][0][name]
+        if first.dtype.kind in "iu":
+            averaged[name] = np.max([u[name] for u, _ in updates], axis=0).astype(first.dtype)
+        else:
+            averaged[name] = (sum(u[name].astype(np.float64) * (w / total) for u, w in updates)).astype(first.dtype)
+    return averaged
+
+
+class Strategy:
+    """What a strategy decides: which task sites run, with which settings, and how replies are combined.
+
+    Subclasses set :attr:`name` and :attr:`task` and implement :meth:`aggregate`. Strategies only ever see
+    :class:`Payload` objects and the global model.
+
+    Args:
+        local_epochs: epochs each site trains per round (``train`` task).
+    """
+
+    name = "strategy"
+    task = "train"
+
+    def __init__(self, local_epochs: int = 1) -> None:
+        self.local_epochs = local_epochs
+
+    def site_settings(self, rnd: int) -> dict:
+        """Extra settings sent to every site this round (merged with the simulator's)."""
+        return {"epochs": self.local_epochs}
+
+    def broadcast(self, site: str, model: nn.Module, rnd: int) -> Payload:
+        """The model payload sent to ``site`` this round (default: the global model)."""
+        return Payload("model", state_to_arrays(model), {"round": rnd, "strategy": self.name})
+
+    def aggregate(self, model: nn.Module, replies: dict[str, Payload], rnd: int) -> dict:
+        """Update ``model`` in place from the sites' replies; return information for the history."""
+        raise NotImplementedError
+
+    def models_to_evaluate(self, model: nn.Module) -> dict[str, dict[str, np.ndarray]]:
+        """Name -> weights of every model whose test metrics the history records (default: the global one)."""
+        return {"global": state_to_arrays(model)}
+
+    def state_dict(self) -> dict:
+        """Strategy state to checkpoint (default: none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    @staticmethod
+    def load(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+        model.load_state_dict(arrays_to_state(arrays))
