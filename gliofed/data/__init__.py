@@ -1,16 +1,32 @@
-"""Data: manifest, synthetic cohort, checking, preprocessing cache and Dataset."""
+"""Data: manifest, synthetic cohort, checking, preprocessing cache and Dataset.
 
-from gliofed.data.cache import PreprocessReport, load_case, preprocess, read_index
-from gliofed.data.check import CheckReport, Problem, check_manifest
-from gliofed.data.dataset import MODALITY_SETS, CaseDataset, collate_cases
-from gliofed.data.manifest import COLUMNS, MARKER_CLASSES, MARKERS, MODALITIES, read_manifest, write_manifest
-from gliofed.data.split import assign_splits
-from gliofed.data.synth import PRESETS, SITES, make_cohort
-from gliofed.data.tables import patient_characteristics, site_heterogeneity
+Exports are resolved lazily (PEP 562) so that importing a light submodule such as
+:mod:`gliofed.data.manifest` (the label constants the server side needs) does not load the dataset or the
+cache: server-side code must have no import path to site data (tested).
+"""
 
-__all__ = [
-    "COLUMNS", "MARKERS", "MARKER_CLASSES", "MODALITIES", "MODALITY_SETS", "PRESETS", "SITES",
-    "CaseDataset", "CheckReport", "PreprocessReport", "Problem",
-    "assign_splits", "check_manifest", "collate_cases", "load_case", "make_cohort", "patient_characteristics",
-    "preprocess", "read_index", "read_manifest", "site_heterogeneity", "write_manifest",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CaseDataset": "dataset", "MODALITY_SETS": "dataset", "collate_cases": "dataset",
+    "PreprocessReport": "cache", "load_case": "cache", "preprocess": "cache", "read_index": "cache",
+    "CheckReport": "check", "Problem": "check", "check_manifest": "check",
+    "COLUMNS": "manifest", "MARKERS": "manifest", "MARKER_CLASSES": "manifest", "MODALITIES": "manifest",
+    "read_manifest": "manifest", "write_manifest": "manifest",
+    "assign_splits": "split",
+    "PRESETS": "synth", "SITES": "synth", "make_cohort": "synth",
+    "patient_characteristics": "tables", "site_heterogeneity": "tables",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"gliofed.data.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'gliofed.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

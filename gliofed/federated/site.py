@@ -103,18 +103,20 @@ class Site:
         return Payload("weights_update", state_to_arrays(network), {"site": self.name, "n_cases": self.n_cases,
                                                                    "loss": loss})
 
-    def privacy_reference(self) -> tuple[list[str], np.ndarray]:
-        """The site's own real volumes (flattened after resampling to 16^3) for its privacy audit.
+    def privacy_audit(self, payload: Payload, quantile: float = 0.95):
+        """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
+        only the report — correlations and flags — leaves). See :mod:`gliofed.federated.privacy`."""
+        from gliofed.federated.distill import upsample_synthetic
+        from gliofed.federated.privacy import nearest_neighbour_audit, volume_vectors
 
-        Used only by :func:`gliofed.federated.privacy.audit_site`, which runs inside the site; the
-        server never calls it.
-        """
-        import torch.nn.functional as F
-
-        subjects, vectors = [], []
+        images, _ = upsample_synthetic(torch.from_numpy(payload.arrays["syn_images"].astype(np.float32)),
+                                       torch.from_numpy(payload.arrays["syn_masks"].astype(np.int64)),
+                                       payload.meta["shape"])
+        real, ids = [], []
         for i in range(len(self.__cases)):
             sample = self.__cases[i]
-            small = F.interpolate(sample["image"][None], size=(16, 16, 16), mode="area")[0]
-            subjects.append(sample["subject"])
-            vectors.append(small.reshape(-1).numpy())
-        return subjects, np.stack(vectors)
+            real.append(volume_vectors(sample["image"][None]))
+            ids.append(sample["subject"])
+        report = nearest_neighbour_audit(volume_vectors(images), np.concatenate(real), ids, self.name, quantile)
+        report["init"] = payload.meta.get("init", "")
+        return report

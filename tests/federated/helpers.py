@@ -1,0 +1,20 @@
+"""Small shared builders for the federation tests."""
+
+from gliofed.config import TrainConfig
+from gliofed.model import MultiTaskUNet
+
+SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
+
+
+def small_config(**changes) -> TrainConfig:
+    values = dict(model=SMALL_MODEL, batch_size=3, optimizer="adamw", lr=1e-2, augment=False, device="cpu")
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def small_model() -> MultiTaskUNet:
+    return MultiTaskUNet(**SMALL_MODEL)
+
+
+def site_settings(model, seed=1, **extra) -> dict:
+    return {"train": small_config().to_dict(), "model_config": model.config, "seed": seed, **extra}

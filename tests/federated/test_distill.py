@@ -1,0 +1,114 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gliofed.data.dataset import CaseDataset
+from gliofed.federated.condense import condense
+from gliofed.federated.distill import DistillFederation, DistillSettings, distillation_kl, symmetric_kl
+from gliofed.federated.payload import Payload, state_to_arrays
+from gliofed.federated.site import Site
+from gliofed.model import MultiTaskUNet
+from tests.federated.helpers import site_settings, small_model
+
+
+def test_symmetric_kl_is_zero_for_equal_and_positive_for_different_distributions():
+    p = torch.tensor([0.2, 0.8])
+    assert float(symmetric_kl(p, p)) == pytest.approx(0.0, abs=1e-6)
+    assert float(symmetric_kl(p, torch.tensor([0.6, 0.4]))) > 0.1
+
+
+def test_kl_term_gradient_reaches_the_model():
+    torch.manual_seed(0)
+    model = small_model()
+    outputs = model(torch.randn(3, 4, 3, 16, 16))
+    labels = torch.tensor([[0, 0, 1, 2], [1, -1, 0, 1], [1, 0, -1, 2]])
+    soft = {m: torch.full((k, k), 1.0 / k) for m, k in (("idh", 2), ("codeletion", 2), ("mgmt", 2), ("grade", 3))}
+    soft["idh"] = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
+    kl = distillation_kl(outputs, labels, soft, temperature=2.0)
+    assert float(kl) > 0
+    kl.backward()
+    assert model.heads["idh"].weight.grad.abs().sum() > 0
+    assert model.down_3.convs.conv_0.conv.weight.grad.abs().sum() > 0  # through the encoder too
+
+
+def _site_payload(tiny_cache, init="class_stats", steps=2):
+    site = Site("brats21", tiny_cache)
+    model = small_model()
+    outgoing = Payload("model", state_to_arrays(model), {})
+    return site, site.handle("distill", outgoing, site_settings(model, distill={"steps": steps, "init": init}))
+
+
+def test_condensed_set_is_low_resolution_with_labels_masks_and_soft_labels(tiny_cache):
+    _, payload = _site_payload(tiny_cache)
+    images, masks = payload.arrays["syn_images"], payload.arrays["syn_masks"]
+    depth, height, width = payload.meta["shape"]
+    assert images.shape == (3, 4, int(np.ceil(depth / 4)), height // 4, width // 4) and images.dtype == np.float16
+    assert masks.shape == (3, *images.shape[2:]) and set(np.unique(masks)) <= {0, 1, 2, 3} and masks.max() > 0
+    assert payload.arrays["syn_labels"].shape == (3, 4)
+    soft = payload.arrays["soft:grade"]
+    seen = payload.arrays["counts:grade"] > 0
+    assert soft.shape == (3, 3) and np.allclose(soft[seen].sum(1), 1, atol=1e-5)
+
+
+def test_soft_labels_are_class_averaged_tempered_softmax(tiny_cache):
+    model = small_model().eval()
+    dataset = CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"])
+    payload = condense(model, dataset, DistillSettings(steps=0, temperature=3.0), seed=0, site="tcga_lgg")
+    with torch.no_grad():
+        rows = [torch.softmax(model(dataset[i]["image"][None])["grade"][0] / 3.0, 0).numpy()
+                for i in range(len(dataset)) if int(dataset[i]["labels"][3]) == 0]
+    np.testing.assert_allclose(payload.arrays["soft:grade"][0], np.mean(rows, 0), atol=1e-5)
+    assert payload.arrays["counts:grade"][0] == len(rows)
+
+
+def test_condensation_reduces_the_matching_loss_it_optimises(tiny_cache):
+    """More steps move the synthetic bottleneck features towards the real ones."""
+    site_dataset = CaseDataset(tiny_cache, split="train", sites=["brats21"])
+    torch.manual_seed(0)
+    model = small_model().eval()
+
+    def gap(steps):
+        p = condense(model, site_dataset, DistillSettings(steps=steps, init="noise", perturb=0.0, lr=0.1), 3, "brats21")
+        from gliofed.federated.distill import upsample_synthetic
+        images, _ = upsample_synthetic(torch.from_numpy(p.arrays["syn_images"].astype(np.float32)),
+                                       torch.from_numpy(p.arrays["syn_masks"].astype(np.int64)), p.meta["shape"])
+        with torch.no_grad():
+            syn = model(images, return_features=True)["bottleneck"].mean(0)
+            real = torch.stack([model(site_dataset[i]["image"][None], return_features=True)["bottleneck"][0]
+                                for i in range(len(site_dataset))]).mean(0)
+        return float(((syn - real) ** 2).sum())
+
+    assert gap(25) < 0.5 * gap(0)
+
+
+def test_server_training_changes_the_model(tiny_cache):
+    _, payload = _site_payload(tiny_cache)
+    model = small_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    info = DistillFederation({"server_epochs": 2}).aggregate(model, {"brats21": payload}, rnd=1)
+    assert np.isfinite(info["server_loss"])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_privacy_audit_flags_real_initialisation_not_noise(tiny_cache):
+    site, noise = _site_payload(tiny_cache, init="noise", steps=1)
+    _, real = _site_payload(tiny_cache, init="real_unsafe", steps=1)
+    noise_report, real_report = site.privacy_audit(noise), site.privacy_audit(real)
+    assert not noise_report["flagged"].any()
+    assert real_report["flagged"].all()
+    assert (real_report["nn_corr"] > noise_report["nn_corr"].max()).all()
+    assert isinstance(real_report, pd.DataFrame) and set(real_report["init"]) == {"real_unsafe"}
+
+
+def test_distillation_upload_is_at_most_a_quarter_of_fedavg_at_default_settings(tmp_path):
+    """Measured on serialised payloads: the seed's model and a full-size site (4 x 155 x 128 x 128)."""
+    from tests.test_cache_helpers import write_fake_cache
+
+    cache = write_fake_cache(tmp_path, cases=2, shape=(4, 155, 128, 128))
+    model = MultiTaskUNet()
+    dataset = CaseDataset(cache)
+    distilled = condense(model, dataset, DistillSettings(steps=0), seed=0, site="s0")
+    fedavg = Payload("weights_update", state_to_arrays(model), {"site": "s0", "n_cases": 2, "loss": 0.0})
+    assert 5.5e6 < fedavg.nbytes < 5.7e6
+    assert distilled.nbytes <= 0.25 * fedavg.nbytes
