@@ -75,31 +75,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import pandas as pd
-
     from gliofed.config import train_preset
-    from gliofed.data.dataset import CaseDataset
-    from gliofed.data.transforms import augment_pipeline
-    from gliofed.engine import build_model, fit, save_checkpoint, seed_everything
+    from gliofed.engine import save_checkpoint
+    from gliofed.federated.simulate import run_experiment
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                          batch_size=args.batch_size).items() if v is not None}
     if args.modalities:
         overrides["modalities"] = tuple(args.modalities.split(","))
     config = train_preset(args.preset, **overrides)
+    if args.strategy == "centralized" and args.rounds is None:
+        rounds, local_epochs = config.epochs, 1  # one round per epoch: a learning curve for free
+    else:
+        rounds, local_epochs = args.rounds or 5, args.local_epochs
     cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seed_everything(config.seed)
-    train_set = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
-                            transform=augment_pipeline(config.seed) if config.augment else None)
-    model = build_model(config)
-    print(f"centralized training: {len(train_set)} cases, {config.epochs} epochs, {config.optimizer} lr {config.lr}")
-    history = fit(model, train_set, config)
-    checkpoint = save_checkpoint(out / "model.ckpt", model, config, epoch=config.epochs,
-                                 extra={"history": history, "strategy": args.strategy, "cache": str(cache_dir)})
-    pd.DataFrame(history).to_csv(out / "history.csv", index=False)
+    distill = {k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
+                                     init=args.distill_init).items() if v is not None}
+    print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
+    model, history = run_experiment(cache_dir, args.strategy, config, rounds, local_epochs=local_epochs, mu=args.mu,
+                                    distill=distill, external_site=args.external_site, min_sites=args.min_sites,
+                                    checkpoint_dir=out, resume=args.resume)
+    checkpoint = save_checkpoint(out / "model.ckpt", model, config, epoch=rounds,
+                                 extra={"history": history.rounds, "strategy": args.strategy, "cache": str(cache_dir)})
+    history.to_frame().to_csv(out / "history.csv", index=False)
+    history.site_frame().to_csv(out / "history_sites.csv", index=False)
     (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {checkpoint}")
     return 0
 
@@ -162,7 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train the multi-task network on a manifest")
     p.add_argument("manifest")
-    p.add_argument("--strategy", default="centralized", choices=["centralized"])
+    p.add_argument("--strategy", default="centralized",
+                   choices=["centralized", "local", "fedavg", "fedprox", "distill"])
+    p.add_argument("--rounds", type=int, help="federated rounds (default 5; centralized: one per epoch)")
+    p.add_argument("--local-epochs", type=int, default=1, help="epochs per site per round (default 1)")
+    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default 0.01)")
+    p.add_argument("--synthetic", type=int, help="distill: synthetic volumes per site (default 3)")
+    p.add_argument("--distill-steps", type=int, help="distill: condensation steps per round (default 30)")
+    p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"])
+    p.add_argument("--min-sites", type=int, default=1, help="a round needs this many valid answers (default 1)")
+    p.add_argument("--external-site", help="hold this site out of training entirely")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
                    help="training recipe (default: the seed's, SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=int)

@@ -6,6 +6,7 @@ bars, checkpoints; the CPU path is what the tests run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -191,8 +192,10 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
             true_r = torch.isin(seg, torch.tensor(classes, device=device)).float()
             row[f"dice_{region}"] = float(compute_dice(pred_r, true_r, include_background=True, ignore_empty=False)[0, 0])
             if pred_r.sum() > 0 and true_r.sum() > 0:
-                row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
-                                                                         percentile=95)[0, 0])
+                with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+                    warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+                    row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
+                                                                             percentile=95)[0, 0])
             else:
                 row[f"hd95_{region}"] = float("nan")
         if save_masks is not None:

@@ -61,3 +61,14 @@ def test_train_then_evaluate_write_checkpoint_predictions_and_metrics(tiny_cohor
 def test_evaluate_missing_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "none.ckpt"), str(tmp_path / "m.csv")]) == 2
     assert capsys.readouterr().err.strip() == f"gliofed: error: {tmp_path / 'none.ckpt'}: checkpoint not found."
+
+
+def test_train_federated_strategy_writes_history_per_round(tiny_cohort, tmp_path):
+    import pandas as pd
+
+    assert main(["train", str(tiny_cohort / "manifest.csv"), "--strategy", "fedavg", "--rounds", "2",
+                 "--local-epochs", "1", "--preset", "tiny", "--size", "16", "--cache", str(tmp_path / "cache"),
+                 "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history["round"]) == [1, 2] and (history["bytes_up"] > 0).all()
+    assert (tmp_path / "run" / "state.pt").is_file() and (tmp_path / "run" / "history_sites.csv").is_file()

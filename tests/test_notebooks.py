@@ -30,3 +30,14 @@ def test_curation_notebook_runs_on_tiny(tmp_path, monkeypatch):
     assert "no problems" in text and "grade unknown" in text and "0 exclusion(s)" in text
     assert (tmp_path / "out" / "01_data_curation.html").is_file()
     assert (tmp_path / "data" / "cache_32" / "index.csv").is_file()
+
+
+def test_federated_notebook_runs_every_strategy_on_tiny(tmp_path):
+    data = tmp_path / "data"
+    run_notebook(NOTEBOOK_DIR / "02_federated_training.ipynb", tmp_path / "out",
+                 {"preset": "tiny", "data_dir": str(data), "rounds": 1, "local_epochs": 1, "seed": 0})
+    results = json.loads((data / "runs" / "02_results.json").read_text())
+    assert {row["strategy"] for row in results["final"]} == {"centralized", "local", "fedavg", "fedprox", "distill"}
+    for strategy in ("centralized", "local", "fedavg", "fedprox", "distill"):
+        assert (data / "runs" / strategy / "model.ckpt").is_file()
+    assert results["privacy_flagged"]["class_stats"] == 0

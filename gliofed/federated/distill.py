@@ -27,7 +27,7 @@ from gliofed.federated.payload import Payload
 from gliofed.federated.strategy import Strategy
 from gliofed.losses import MultiTaskLoss
 
-__all__ = ["DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
+__all__ = ["DISTILL_PRESETS", "DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
 
 
 @dataclass
@@ -65,6 +65,14 @@ class DistillSettings:
             raise ConfigError(f"distillation init {self.init!r} is not 'noise', 'class_stats' or 'real_unsafe'.")
         if self.n_synthetic < 1 or self.scale < 1 or self.steps < 0:
             raise ConfigError("n_synthetic and scale must be >= 1 and steps >= 0.")
+
+
+#: condensation effort per cohort preset (``paper`` = the defaults of :class:`DistillSettings`)
+DISTILL_PRESETS: dict[str, dict] = {
+    "tiny": {"steps": 2, "server_epochs": 2},
+    "workshop": {"steps": 5, "server_epochs": 5, "real_batch": 4},
+    "paper": {},
+}
 
 
 def upsample_synthetic(images: torch.Tensor, masks: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,6 +23,7 @@ class LocalOnly(Strategy):
     name = "local"
     task = "train"
     counts_bytes = False
+    evaluate_each_round = False  # five models to score: only after the last round
 
     def __init__(self, local_epochs: int = 1) -> None:
         super().__init__(local_epochs)
@@ -39,6 +40,15 @@ class LocalOnly(Strategy):
 
     def models_to_evaluate(self, model: nn.Module) -> dict[str, dict[str, np.ndarray]]:
         return dict(sorted(self.site_models.items())) or {"global": state_to_arrays(model)}
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "LocalOnly":
+        """The strategy (with every site's model) from a simulator checkpoint ``state.pt``."""
+        import torch
+
+        strategy = cls()
+        strategy.load_state_dict(torch.load(path, weights_only=False)["strategy"])
+        return strategy
 
     def state_dict(self) -> dict:
         return {"site_models": self.site_models}

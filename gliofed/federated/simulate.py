@@ -33,7 +33,8 @@ from gliofed.federated.payload import validate
 from gliofed.federated.site import Site
 from gliofed.federated.strategy import Strategy
 
-__all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment"]
+__all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
+           "privacy_audit"]
 
 log = logging.getLogger("gliofed.federated")
 
@@ -218,7 +219,10 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
             seed_everything(_round_seed(config.seed, rnd, 10_000))
             info = strategy.aggregate(model, replies, rnd)
             model.cpu()
-        metrics, site_metrics = _evaluate(strategy, model, test_set, device)
+        if strategy.evaluate_each_round or rnd == rounds:
+            metrics, site_metrics = _evaluate(strategy, model, test_set, device)
+        else:
+            metrics, site_metrics = {}, {}
         history.rounds.append({"round": rnd, "wall_s": time.perf_counter() - started, "metrics": metrics,
                                "site_metrics": site_metrics, "bytes_up": bytes_up, "bytes_down": bytes_down,
                                "excluded": excluded, "info": info})
@@ -245,3 +249,23 @@ def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, ro
     chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
     return simulate(chosen, sites, test, config, rounds, pooled_set=train if strategy == "centralized" else None,
                     min_sites=min_sites, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
+
+
+def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
+                  inits: tuple[str, ...] = ("class_stats",), seed: int = 0) -> pd.DataFrame:
+    """Ask every site to condense under ``model`` with each initialisation in ``inits`` and to audit its own
+    upload (:meth:`Site.privacy_audit`, inside the site); return all reports stacked.
+
+    Pass ``inits=("class_stats", "real_unsafe")`` to show what the audit flags."""
+    from gliofed.federated.payload import Payload, state_to_arrays
+
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
+    outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
+    reports = []
+    for index, name in enumerate(train.sites):
+        site = Site(name, cache_dir, config.modalities, config.seed)
+        for init in inits:
+            settings = {"train": config.to_dict(), "model_config": model.config, "seed": _round_seed(seed, 0, index),
+                        "distill": {**(distill or {}), "init": init}}
+            reports.append(site.privacy_audit(site.handle("distill", outgoing, settings)))
+    return pd.concat(reports, ignore_index=True)

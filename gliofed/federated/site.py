@@ -106,17 +106,16 @@ class Site:
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
         only the report — correlations and flags — leaves). See :mod:`gliofed.federated.privacy`."""
-        from gliofed.federated.distill import upsample_synthetic
         from gliofed.federated.privacy import nearest_neighbour_audit, volume_vectors
 
-        images, _ = upsample_synthetic(torch.from_numpy(payload.arrays["syn_images"].astype(np.float32)),
-                                       torch.from_numpy(payload.arrays["syn_masks"].astype(np.int64)),
-                                       payload.meta["shape"])
+        synthetic = payload.arrays["syn_images"].astype(np.float32)
+        grid = synthetic.shape[2:]
         real, ids = [], []
         for i in range(len(self.__cases)):
             sample = self.__cases[i]
-            real.append(volume_vectors(sample["image"][None]))
+            real.append(volume_vectors(sample["image"][None], grid))
             ids.append(sample["subject"])
-        report = nearest_neighbour_audit(volume_vectors(images), np.concatenate(real), ids, self.name, quantile)
+        report = nearest_neighbour_audit(synthetic.reshape(len(synthetic), -1), np.concatenate(real), ids,
+                                         self.name, quantile)
         report["init"] = payload.meta.get("init", "")
         return report

@@ -36,6 +36,8 @@ class Strategy:
 
     name = "strategy"
     task = "train"
+    #: score the model(s) on the test split after every round (else only after the last)
+    evaluate_each_round = True
 
     def __init__(self, local_epochs: int = 1) -> None:
         self.local_epochs = local_epochs
