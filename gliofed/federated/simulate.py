@@ -22,7 +22,7 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.manifest import MARKERS
 from gliofed.data.transforms import augment_pipeline
-from gliofed.engine import build_model, fit, predict, seed_everything
+from gliofed.engine import build_model, fit, predict, resolve_device, seed_everything
 from gliofed.errors import GliofedError
 from gliofed.federated.centralized import Centralized
 from gliofed.federated.distill import DistillFederation, DistillSettings
@@ -32,6 +32,7 @@ from gliofed.federated.local import LocalOnly
 from gliofed.federated.payload import validate
 from gliofed.federated.site import Site
 from gliofed.federated.strategy import Strategy
+from gliofed.model import MultiTaskUNet
 
 __all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
            "privacy_audit"]
@@ -121,7 +122,7 @@ def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> t
     models = strategy.models_to_evaluate(model)
     scored = {}
     for name, arrays in models.items():
-        net = build_model_like(model)
+        net = MultiTaskUNet(**model.config)
         strategy.load(net, arrays)
         scored[name] = predict(net, test_set, device=device, progress=False)
     if list(models) == ["global"]:
@@ -131,13 +132,6 @@ def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> t
     site_metrics = {name: quick_metrics(p) for name, p in scored.items()}
     frame = pd.DataFrame(site_metrics.values())
     return {k: float(frame[k].mean()) for k in frame.columns}, site_metrics
-
-
-def build_model_like(model: torch.nn.Module) -> torch.nn.Module:
-    """A fresh network with the same configuration as ``model``."""
-    from gliofed.model import MultiTaskUNet
-
-    return MultiTaskUNet(**model.config)
 
 
 def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfig, rounds: int,
@@ -161,8 +155,7 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
     Returns:
         (final global model, :class:`History`).
     """
-    device = torch.device("cpu") if config.device == "auto" and not torch.cuda.is_available() else None
-    device = device or __import__("gliofed.engine", fromlist=["resolve_device"]).resolve_device(config.device)
+    device = resolve_device(config.device)
     seed_everything(config.seed)
     model = build_model(config)
     history = History(strategy.name)

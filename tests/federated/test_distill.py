@@ -103,7 +103,7 @@ def test_privacy_audit_flags_real_initialisation_not_noise(tiny_cache):
 
 def test_distillation_upload_is_at_most_a_quarter_of_fedavg_at_default_settings(tmp_path):
     """Measured on serialised payloads: the seed's model and a full-size site (4 x 155 x 128 x 128)."""
-    from tests.test_cache_helpers import write_fake_cache
+    from tests.fake_cache import write_fake_cache
 
     cache = write_fake_cache(tmp_path, cases=2, shape=(4, 155, 128, 128))
     model = MultiTaskUNet()
