@@ -139,7 +139,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     reproduces an uninterrupted run.
     """
     device = resolve_device(config.device)
-    model.to(device)
+    trained = prepare_model(model, config, device)  # same parameters; channels-last / compiled where configured
     optimizer = optimizer or make_optimizer(model, config)
     loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma)
     channels_last = config.channels_last and device.type == "cuda"
@@ -148,7 +148,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     for epoch in tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc, disable=not progress or total_epochs < 2):
         loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                              num_workers=config.num_workers)
-        losses = train_epoch(model, loader, loss_fn, optimizer, device, config.amp, channels_last, extra_loss,
+        losses = train_epoch(trained, loader, loss_fn, optimizer, device, config.amp, channels_last, extra_loss,
                              desc=f"{desc} {epoch + 1}", progress=progress)
         losses["epoch"] = epoch + 1
         history.append(losses)

@@ -91,7 +91,7 @@ def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: 
         if marker == "grade" and len(y) and len(np.unique(y)) > 1:
             present = np.unique(y)
 
-            def macro(yb: np.ndarray, pb: np.ndarray) -> dict[str, float]:
+            def macro(yb: np.ndarray, pb: np.ndarray, present: np.ndarray = present) -> dict[str, float]:
                 aucs = [roc_auc_score((yb == k).astype(int), pb[:, k]) for k in present if 0 < (yb == k).sum() < len(yb)]
                 return {"AUC": float(np.mean(aucs)) if aucs else np.nan}
 

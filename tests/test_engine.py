@@ -78,3 +78,20 @@ def test_config_validation_and_presets(tmp_path):
     config = TrainConfig(modalities=("t1", "t2"))
     config.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == config
+
+
+def test_fit_applies_compile_from_the_config_and_trains_the_original_parameters(tiny_cache, monkeypatch):
+    compiled = []
+
+    def spy(module, *args, **kwargs):  # stands in for torch.compile: records the call, returns the module
+        compiled.append(module)
+        return module
+
+    monkeypatch.setattr(torch, "compile", spy)
+    config = TrainConfig(**{**SMALL, "compile": True})
+    seed_everything(0)
+    model = build_model(config)
+    before = [p.detach().clone() for p in model.parameters()]
+    fit(model, CaseDataset(tiny_cache, split="train"), config, progress=False)
+    assert compiled == [model]
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

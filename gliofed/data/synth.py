@@ -202,18 +202,32 @@ _LESION = {
 # ----------------------------------------------------------------------------------------------------
 
 
+def _brain_mask() -> np.ndarray:
+    from nilearn import datasets
+
+    return np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+
+
+@lru_cache(maxsize=1)
+def _brain_box() -> tuple[np.ndarray, np.ndarray]:
+    """Brain bounding box in the 1 mm MNI152 template (voxels = mm), with a margin: (lo, hi)."""
+    mask = _brain_mask()
+    lo = np.maximum(np.argwhere(mask).min(0) - _MARGIN_VOX, 0)
+    hi = np.minimum(np.argwhere(mask).max(0) + _MARGIN_VOX + 1, mask.shape)
+    return lo, hi
+
+
 @lru_cache(maxsize=4)
 def _anatomy(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Tissue probability maps (wm, gm, csf) of the MNI152 brain resampled to ``shape``; spacing (mm)."""
     from nilearn import datasets
 
-    mask = np.asarray(datasets.load_mni152_brain_mask(resolution=1).dataobj) > 0
+    mask = _brain_mask()
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=1).dataobj, dtype=np.float32)
     wm = np.asarray(datasets.load_mni152_wm_template(resolution=1).dataobj, dtype=np.float32)
     gm /= max(float(gm.max()), 1e-6)
     wm /= max(float(wm.max()), 1e-6)
-    lo = np.maximum(np.argwhere(mask).min(0) - _MARGIN_VOX, 0)
-    hi = np.minimum(np.argwhere(mask).max(0) + _MARGIN_VOX + 1, mask.shape)
+    lo, hi = _brain_box()
     crop = tuple(slice(a, b) for a, b in zip(lo, hi))
     maps = []
     for tissue in (wm, gm, mask.astype(np.float32)):
@@ -461,8 +475,8 @@ def _storage_affine(spacing: np.ndarray, shape: tuple[int, int, int], orientatio
 
 
 def _site_shape(site: SiteProfile, preset: CohortPreset) -> tuple[int, int, int]:
-    _, mni_spacing = _anatomy((64, 64, 64))
-    extent_z = mni_spacing[2] * 64  # brain height in mm
+    lo, hi = _brain_box()
+    extent_z = float(hi[2] - lo[2])  # brain height in mm (1 mm template)
     slices = int(round(extent_z / (site.scanner.slice_thickness_mm * preset.thickness_factor)))
     return (*preset.inplane, max(preset.min_slices, slices))
 

@@ -24,6 +24,8 @@ Algorithm (compare FedDM, CVPR 2023 and FedAF, CVPR 2024; the seed study's "dist
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -105,8 +107,6 @@ def _synthetic_masks(low: tuple[int, int, int], fractions: np.ndarray, n: int, r
 
 
 def _perturbed(model: torch.nn.Module, relative: float, generator: torch.Generator) -> torch.nn.Module:
-    import copy
-
     twin = copy.deepcopy(model)
     with torch.no_grad():
         for p in twin.parameters():
