@@ -11,21 +11,6 @@ from gliofed.errors import GliofedError
 __all__ = ["main", "build_parser"]
 
 
-def _parse_value(text: str):
-    """Notebook parameter values from the command line: int, float, bool, None or string."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def _cmd_synth(args: argparse.Namespace) -> int:
     from gliofed.data.synth import make_cohort
 
@@ -52,10 +37,23 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_notebooks(args: argparse.Namespace) -> int:
-    from gliofed.notebooks import run_notebooks
+    from gliofed.notebooks import parse_value, run_notebooks
 
-    run_notebooks(args.out, {k: _parse_value(v) for k, v in args.parameters or []})
+    run_notebooks(args.out, {k: parse_value(v) for k, v in args.parameters or []})
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gliofed.notebooks import NOTEBOOK_DIR, parse_grid, parse_value, sweep
+
+    notebook = Path(args.notebook)
+    if not notebook.is_file() and (NOTEBOOK_DIR / notebook.name).is_file():
+        notebook = NOTEBOOK_DIR / notebook.name  # "03_evaluation.ipynb" means the shipped notebook
+    table = sweep(notebook, parse_grid(args.grid), args.out, {k: parse_value(v) for k, v in args.parameters or []},
+                  html=args.html)
+    return 1 if (table["status"] == "failed").any() else 0
 
 
 def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
@@ -208,6 +206,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="runs/notebooks", help="folder for executed notebooks and HTML")
     run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("KEY", "VALUE"))
     run.set_defaults(func=_cmd_notebooks)
+
+    p = commands.add_parser("sweep", help="run one notebook over a parameter grid and collect the results")
+    p.add_argument("notebook", help="path, or the name of a shipped notebook (e.g. 03_evaluation.ipynb)")
+    p.add_argument("--grid", action="append", required=True, metavar="KEY=a,b",
+                   help="parameter values to sweep (repeat for a cartesian grid)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("KEY", "VALUE"),
+                   help="a fixed parameter for every run")
+    p.add_argument("--out", default="runs/sweep", help="one folder per run plus sweep.csv")
+    p.add_argument("--html", action="store_true", help="also export each executed notebook as HTML")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

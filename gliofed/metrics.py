@@ -10,12 +10,18 @@ from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, recall_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    brier_score_loss,
+    f1_score,
+    recall_score,
+    roc_auc_score,
+)
 
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 
 __all__ = ["classification_metrics", "segmentation_metrics", "expected_calibration_error", "evaluate_predictions",
-           "results_table"]
+           "results_table", "quick_metrics", "per_site_metrics"]
 
 _BINARY = ("idh", "codeletion", "mgmt")
 
@@ -141,3 +147,28 @@ def results_table(classification: pd.DataFrame) -> pd.DataFrame:
                            f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})")
         rows.append(row)
     return pd.DataFrame(rows).set_index("task")
+
+
+def quick_metrics(predictions: pd.DataFrame) -> dict[str, float]:
+    """Per-round summary without bootstrap: median Dice per region, AUC per binary marker, grade macro AUC."""
+    out: dict[str, float] = {}
+    masked = predictions[predictions["has_mask"]] if len(predictions) else predictions
+    for region in ("WT", "TC", "ET"):
+        out[f"dice_{region}"] = float(masked[f"dice_{region}"].median()) if len(masked) else float("nan")
+    for marker in MARKERS:
+        known = predictions[predictions[marker] >= 0]
+        y = known[marker].to_numpy()
+        if len(np.unique(y)) < 2:
+            out[f"auc_{marker}"] = float("nan")
+        elif marker == "grade":
+            present = [k for k in range(3) if 0 < (y == k).sum() < len(y)]
+            out["auc_grade"] = float(np.mean([roc_auc_score(y == k, known[f"p_grade_{k}"]) for k in present]))
+        else:
+            out[f"auc_{marker}"] = float(roc_auc_score(y, known[f"p_{marker}_1"]))
+    return out
+
+
+def per_site_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
+    """:func:`quick_metrics` per site (rows) plus the number of cases; NaN where a site cannot be scored."""
+    rows = [{"site": site, "n": len(group), **quick_metrics(group)} for site, group in predictions.groupby("site")]
+    return pd.DataFrame(rows).set_index("site")

@@ -1,12 +1,26 @@
-"""Batch execution of the ordered notebooks with papermill (executed copies + offline HTML)."""
+"""Batch execution of the ordered notebooks with papermill (executed copies + offline HTML), parameter sweeps,
+and the machine-readable results file every notebook writes."""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import os
+import re
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-__all__ = ["NOTEBOOK_DIR", "ordered_notebooks", "run_notebook", "run_notebooks"]
+import pandas as pd
+
+from gliofed.errors import ConfigError
+
+__all__ = ["NOTEBOOK_DIR", "RESULTS_SUFFIX", "ordered_notebooks", "run_notebook", "run_notebooks", "save_results",
+           "load_results", "parse_value", "parse_grid", "sweep"]
+
+#: ``<notebook stem>.results.json``: what :func:`save_results` writes and :func:`sweep` collects
+RESULTS_SUFFIX = ".results.json"
 
 #: the notebooks shipped with the repository
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
@@ -31,12 +45,27 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict | N
     out_dir.mkdir(parents=True, exist_ok=True)
     executed = out_dir / notebook.name
     try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=parameters or {}, kernel_name=kernel_name,
-                            cwd=os.getcwd(), progress_bar=False)
+        with _batch_environment():
+            pm.execute_notebook(str(notebook), str(executed), parameters=parameters or {}, kernel_name=kernel_name,
+                                cwd=os.getcwd(), progress_bar=False)
     finally:
         if html and executed.exists():
             _export_html(executed)
     return executed
+
+
+@contextlib.contextmanager
+def _batch_environment() -> Iterator[None]:
+    """The kernel inherits this process's environment: tell gliofed's widgets nobody is watching."""
+    previous = os.environ.get("GLIOFED_STATIC_VIEWER")
+    os.environ["GLIOFED_STATIC_VIEWER"] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("GLIOFED_STATIC_VIEWER", None)
+        else:
+            os.environ["GLIOFED_STATIC_VIEWER"] = previous
 
 
 def _export_html(executed: Path) -> Path:
@@ -66,3 +95,115 @@ def run_notebooks(out_dir: str | Path, parameters: dict | None = None, folder: s
         done.append(run_notebook(notebook, out_dir, params, html=html))
         print(f"  {notebook.name} finished in {time.perf_counter() - start:.0f} s -> {done[-1]}", flush=True)
     return done
+
+
+def save_results(notebook: str, records: Sequence[dict] | pd.DataFrame, parameters: dict,
+                 results_dir: str | Path) -> Path:
+    """Write a notebook's machine-readable results to ``results_dir/<notebook>.results.json``.
+
+    Args:
+        notebook: the notebook's stem, e.g. ``"03_evaluation"``.
+        records: flat rows (one per strategy, metric, ...), each a dict of scalars; a DataFrame is converted.
+        parameters: the notebook's parameters (repeated in the file so it stands on its own).
+        results_dir: folder (created).
+    """
+    if isinstance(records, pd.DataFrame):
+        records = records.to_dict(orient="records")
+    path = Path(results_dir) / f"{notebook}{RESULTS_SUFFIX}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"notebook": notebook, "parameters": parameters, "records": list(records)}, indent=2,
+                               default=_json_scalar))
+    return path
+
+
+def _json_scalar(value):
+    try:
+        return value.item()  # numpy scalars
+    except AttributeError:
+        return str(value)
+
+
+def load_results(path: str | Path) -> pd.DataFrame:
+    """The records of a results file as a DataFrame."""
+    return pd.DataFrame(json.loads(Path(path).read_text())["records"])
+
+
+def parse_value(text: str):
+    """A parameter value from the command line: int, float, bool, None or string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list]:
+    """``["seed=0,1", "preset=tiny"]`` -> ``{"seed": [0, 1], "preset": ["tiny"]}`` (values parsed like ``-p``)."""
+    grid: dict[str, list] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise ConfigError(f"grid entry {item!r} must look like KEY=a,b,c.")
+        grid[key.strip()] = [parse_value(v.strip()) for v in values.split(",")]
+    return grid
+
+
+def _run_name(index: int, params: dict) -> str:
+    tag = "_".join(f"{k}-{v}" for k, v in params.items())
+    return f"run{index:03d}_" + re.sub(r"[^A-Za-z0-9._-]+", "-", tag)[:80]
+
+
+def sweep(notebook: str | Path, grid: dict[str, list], out_dir: str | Path, fixed: dict | None = None,
+          html: bool = False) -> pd.DataFrame:
+    """Run ``notebook`` once per combination of ``grid`` and collect every run's results into ``out_dir/sweep.csv``.
+
+    Each run executes into ``out_dir/runNNN_<params>/`` with ``results_dir`` pointing there. A failing run is
+    reported (status ``failed``, its parameters and the error) and the others go on.
+
+    Returns:
+        one row per result record (or one row per failed run): ``run``, ``status``, ``error``, the grid
+        parameters, then the record's columns.
+    """
+    import papermill as pm
+
+    notebook, out_dir = Path(notebook), Path(out_dir)
+    if not notebook.is_file():
+        raise ConfigError(f"{notebook}: notebook not found.")
+    declared = set(pm.inspect_notebook(str(notebook)))
+    unknown = sorted((set(grid) | set(fixed or {})) - declared)
+    if unknown:
+        raise ConfigError(f"{notebook.name} has no parameter(s) {', '.join(unknown)}; it declares {', '.join(sorted(declared))}.")
+    if "results_dir" not in declared:
+        raise ConfigError(f"{notebook.name} declares no results_dir parameter, so a sweep cannot collect its results.")
+    rows = []
+    combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    for i, combo in enumerate(combos):
+        run_dir = out_dir / _run_name(i, combo)
+        params = {**(fixed or {}), **combo, "results_dir": str(run_dir)}
+        print(f"[{i + 1}/{len(combos)}] {notebook.name} {combo}", flush=True)
+        start = time.perf_counter()
+        base = {"run": run_dir.name, **combo}
+        try:
+            run_notebook(notebook, run_dir, params, html=html)
+            records = load_results(run_dir / f"{notebook.stem}{RESULTS_SUFFIX}").to_dict(orient="records")
+        except Exception as error:  # noqa: BLE001 - a failed run is reported, the sweep goes on
+            message = f"{getattr(error, 'ename', type(error).__name__)}: {getattr(error, 'evalue', error)}"
+            print(f"  failed after {time.perf_counter() - start:.0f} s: {message}", flush=True)
+            rows.append({**base, "status": "failed", "error": message})
+            continue
+        print(f"  done in {time.perf_counter() - start:.0f} s ({len(records)} record(s))", flush=True)
+        rows.extend({**base, "status": "ok", "error": "", **record} for record in records or [{}])
+    table = pd.DataFrame(rows)
+    front = ["run", "status", "error", *grid]
+    table = table[front + [c for c in table.columns if c not in front]]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_dir / "sweep.csv", index=False)
+    failed = table.loc[table["status"] == "failed", "run"].nunique()
+    print(f"{len(combos) - failed}/{len(combos)} run(s) succeeded; results in {out_dir / 'sweep.csv'}", flush=True)
+    return table

@@ -60,3 +60,38 @@ class Workspace:
         from gliofed.data.cache import preprocess
 
         return preprocess(self.manifest, self.cache, size=self.size, workers=workers)
+
+    def checkpoint(self, strategy: str) -> Path:
+        """Where notebook 02 (and ``gliofed train --out <runs>/<strategy>``) keeps a strategy's final model."""
+        return self.runs / strategy / "model.ckpt"
+
+    def trained_model(self, strategy: str, config, rounds: int = 1, local_epochs: int = 1, distill: dict | None = None,
+                      device: str = "cpu"):
+        """The trained model of ``strategy`` from :meth:`checkpoint`; trained (and saved) first when missing.
+
+        For local-only, the model of the largest training site (each site keeps its own).
+
+        Returns:
+            (model, training config).
+        """
+        from gliofed.engine import load_checkpoint, save_checkpoint
+
+        path = self.checkpoint(strategy)
+        if not path.is_file():
+            from gliofed.federated.simulate import run_experiment
+
+            print(f"{path} not found: training {strategy} for {rounds} round(s) now "
+                  "(notebook 02 trains every strategy for the full comparison)")
+            model, history = run_experiment(self.cache, strategy, config, rounds, local_epochs=local_epochs,
+                                            distill=distill, checkpoint_dir=path.parent, progress=False)
+            save_checkpoint(path, model, config, epoch=rounds, extra={"history": history.rounds, "strategy": strategy})
+        model, trained_config, _ = load_checkpoint(path, device)
+        if strategy == "local":
+            from gliofed.data.dataset import CaseDataset
+            from gliofed.federated.local import LocalOnly
+
+            site_models = LocalOnly.from_checkpoint(path.parent / "state.pt").site_models
+            sizes = CaseDataset(self.cache, split="train", seed=trained_config.seed).index["site"].value_counts()
+            largest = next(site for site in sizes.index if site in site_models)
+            LocalOnly.load(model, site_models[largest])
+        return model, trained_config

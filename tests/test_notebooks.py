@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from gliofed.notebooks import NOTEBOOK_DIR, ordered_notebooks, run_notebook
+from gliofed.notebooks import NOTEBOOK_DIR, load_results, ordered_notebooks, run_notebook
 
 NOTEBOOKS = ordered_notebooks()
 
@@ -30,14 +30,48 @@ def test_curation_notebook_runs_on_tiny(tmp_path, monkeypatch):
     assert "no problems" in text and "grade unknown" in text and "0 exclusion(s)" in text
     assert (tmp_path / "out" / "01_data_curation.html").is_file()
     assert (tmp_path / "data" / "cache_32" / "index.csv").is_file()
+    sites = load_results(tmp_path / "data" / "runs" / "01_data_curation.results.json")
+    assert len(sites) == 5 and sites["subjects"].sum() == 20
 
 
-def test_federated_notebook_runs_every_strategy_on_tiny(tmp_path):
-    data = tmp_path / "data"
-    run_notebook(NOTEBOOK_DIR / "02_federated_training.ipynb", tmp_path / "out",
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """Notebook 02 run once on tiny (1 round); notebooks 03 and 04 then read its checkpoints."""
+    root = tmp_path_factory.mktemp("nb")
+    data = root / "data"
+    run_notebook(NOTEBOOK_DIR / "02_federated_training.ipynb", root / "out",
                  {"preset": "tiny", "data_dir": str(data), "rounds": 1, "local_epochs": 1, "seed": 0})
-    results = json.loads((data / "runs" / "02_results.json").read_text())
-    assert {row["strategy"] for row in results["final"]} == {"centralized", "local", "fedavg", "fedprox", "distill"}
+    return root
+
+
+def test_federated_notebook_runs_every_strategy_on_tiny(trained_tiny):
+    data = trained_tiny / "data"
+    records = load_results(data / "runs" / "02_federated_training.results.json")
+    assert set(records["strategy"]) == {"centralized", "local", "fedavg", "fedprox", "distill"}
     for strategy in ("centralized", "local", "fedavg", "fedprox", "distill"):
         assert (data / "runs" / strategy / "model.ckpt").is_file()
-    assert results["privacy_flagged"]["class_stats"] == 0
+    assert (records["privacy_flagged_class_stats"] == 0).all()
+
+
+def test_evaluation_notebook_runs_on_tiny(trained_tiny):
+    data = trained_tiny / "data"
+    executed = run_notebook(NOTEBOOK_DIR / "03_evaluation.ipynb", trained_tiny / "out",
+                            {"preset": "tiny", "data_dir": str(data), "strategies": "centralized,local,distill",
+                             "ablation_epochs": 1, "bootstrap": 20, "seed": 0})
+    assert "not found: training" not in executed.read_text()  # notebook 02's checkpoints were reused
+    records = load_results(data / "runs" / "03_evaluation.results.json")
+    assert set(records["section"]) == {"table3", "segmentation", "ablation"}
+    assert set(records.loc[records["section"] == "table3", "strategy"]) == {"centralized", "local", "distill"}
+    ablation = records[records["section"] == "ablation"]
+    assert set(ablation["strategy"]) == {f"centralized {m}" for m in ("T1", "T1+T2", "T1+T2+T1ce", "all")}
+    assert (data / "runs" / "ablation" / "T1_T2" / "model.ckpt").is_file()
+
+
+def test_interpretability_notebook_runs_on_tiny_with_a_static_viewer(trained_tiny):
+    data = trained_tiny / "data"
+    executed = run_notebook(NOTEBOOK_DIR / "04_interpretability_viewer.ipynb", trained_tiny / "out",
+                            {"preset": "tiny", "data_dir": str(data), "viewer_cases": 2, "seed": 0})
+    assert "showing a static view" in executed.read_text()
+    summary = load_results(data / "runs" / "04_interpretability_viewer.results.json")
+    assert list(summary["target"]) == ["seg", "idh", "codeletion", "mgmt", "grade"]
+    assert summary["top_share"].between(0, 1).all() and (summary["n"] > 0).all()

@@ -12,15 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.data.manifest import MARKERS
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import build_model, fit, predict, resolve_device, seed_everything
 from gliofed.errors import GliofedError
@@ -32,6 +29,7 @@ from gliofed.federated.local import LocalOnly
 from gliofed.federated.payload import validate
 from gliofed.federated.site import Site
 from gliofed.federated.strategy import Strategy
+from gliofed.metrics import quick_metrics
 from gliofed.model import MultiTaskUNet
 
 __all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
@@ -77,25 +75,6 @@ class History:
                              "bytes_up": r["bytes_up"].get(site, 0), "bytes_down": r["bytes_down"].get(site, 0),
                              "excluded": r["excluded"].get(site, ""), **r["site_metrics"].get(site, {})})
         return pd.DataFrame(rows)
-
-
-def quick_metrics(predictions: pd.DataFrame) -> dict[str, float]:
-    """Per-round summary without bootstrap: median Dice per region, AUC per binary marker, grade macro AUC."""
-    out: dict[str, float] = {}
-    masked = predictions[predictions["has_mask"]] if len(predictions) else predictions
-    for region in ("WT", "TC", "ET"):
-        out[f"dice_{region}"] = float(masked[f"dice_{region}"].median()) if len(masked) else float("nan")
-    for marker in MARKERS:
-        known = predictions[predictions[marker] >= 0]
-        y = known[marker].to_numpy()
-        if len(np.unique(y)) < 2:
-            out[f"auc_{marker}"] = float("nan")
-        elif marker == "grade":
-            present = [k for k in range(3) if 0 < (y == k).sum() < len(y)]
-            out["auc_grade"] = float(np.mean([roc_auc_score(y == k, known[f"p_grade_{k}"]) for k in present]))
-        else:
-            out[f"auc_{marker}"] = float(roc_auc_score(y, known[f"p_{marker}_1"]))
-    return out
 
 
 def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,

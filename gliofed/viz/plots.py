@@ -10,11 +10,14 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from gliofed.data.cache import load_case, read_index
-from gliofed.data.manifest import MODALITIES
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.metrics import per_site_metrics
 
-__all__ = ["plot_cases", "plot_learning_curves", "plot_bytes"]
+__all__ = ["plot_cases", "plot_learning_curves", "plot_bytes", "plot_roc", "plot_dice_violin", "plot_per_site",
+           "plot_ablation", "plot_gradcam", "save_html"]
 
 _SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)", "rgba(255,220,0,0.7)"]
 
@@ -93,3 +96,141 @@ def plot_bytes(history: pd.DataFrame) -> go.Figure:
     fig.update_layout(barmode="group", yaxis_title="MiB per round (mean over rounds)", height=360, width=640,
                       margin=dict(l=60, r=10, t=30, b=40))
     return fig
+
+
+_MARKER_TITLES = {"idh": "IDH", "codeletion": "1p/19q", "mgmt": "MGMT", "grade": "grade (one-vs-rest)"}
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"]
+
+
+def _as_runs(predictions: pd.DataFrame | dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    return {"model": predictions} if isinstance(predictions, pd.DataFrame) else dict(predictions)
+
+
+def _colour(name: str, i: int) -> str:
+    return _STRATEGY_COLOURS.get(name, _PALETTE[i % len(_PALETTE)])
+
+
+def plot_roc(predictions: pd.DataFrame | dict[str, pd.DataFrame], markers: Sequence[str] = MARKERS) -> go.Figure:
+    """ROC curves, one panel per marker, one curve per model with its AUC in the legend.
+
+    Args:
+        predictions: a :func:`gliofed.engine.predict` table, or ``{name: table}`` to compare models.
+        markers: panels; grade is drawn one-vs-rest per grade (II, III, IV) for each model.
+
+    Cases with an unknown label are left out; a curve needs both classes among the known labels.
+    """
+    runs = _as_runs(predictions)
+    fig = make_subplots(rows=1, cols=len(markers), subplot_titles=[_MARKER_TITLES.get(m, m) for m in markers])
+    for c, marker in enumerate(markers, start=1):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#bbbbbb"),
+                                 showlegend=False, hoverinfo="skip"), 1, c)
+        for i, (name, table) in enumerate(runs.items()):
+            known = table[table[marker] >= 0]
+            classes = MARKER_CLASSES[marker]
+            curves = ([(f"{name} · {classes[k]}", known[marker] == k, known[f"p_{marker}_{k}"]) for k in range(len(classes))]
+                      if marker == "grade" else [(name, known[marker] == 1, known[f"p_{marker}_1"])])
+            for j, (label, y, p) in enumerate(curves):
+                if y.nunique() < 2:
+                    continue
+                fpr, tpr, _ = roc_curve(y, p)
+                dash = ["solid", "dash", "dot"][j % 3] if marker == "grade" else "solid"
+                fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{label} ({_MARKER_TITLES[marker].split()[0]}) "
+                                         f"AUC {roc_auc_score(y, p):.2f}", line=dict(color=_colour(name, i), dash=dash)),
+                              1, c)
+    fig.update_xaxes(title_text="1 - specificity", range=[0, 1])
+    fig.update_yaxes(title_text="sensitivity", range=[0, 1.02])
+    fig.update_layout(height=380, width=330 * len(markers) + 200, margin=dict(l=50, r=10, t=40, b=50))
+    return fig
+
+
+def plot_dice_violin(predictions: pd.DataFrame | dict[str, pd.DataFrame],
+                     regions: Sequence[str] = ("WT", "TC", "ET")) -> go.Figure:
+    """Dice per case as violins (the seed's Fig. 4a): one violin per region and model, cases with a mask only."""
+    fig = go.Figure()
+    for i, (name, table) in enumerate(_as_runs(predictions).items()):
+        masked = table[table["has_mask"]]
+        x = np.concatenate([[region] * len(masked) for region in regions])
+        y = np.concatenate([masked[f"dice_{region}"].to_numpy() for region in regions])
+        fig.add_trace(go.Violin(x=x, y=y, name=name, legendgroup=name, box_visible=True, meanline_visible=True,
+                                points="all", pointpos=0, jitter=0.3, marker=dict(size=3),
+                                line=dict(color=_colour(name, i))))
+    fig.update_layout(violinmode="group", yaxis=dict(title="Dice", range=[0, 1.02]), xaxis_title="region",
+                      height=380, width=640, margin=dict(l=50, r=10, t=30, b=40))
+    return fig
+
+
+def plot_per_site(predictions: pd.DataFrame | dict[str, pd.DataFrame],
+                  metrics: Sequence[str] = ("dice_WT", "auc_idh", "auc_grade")) -> go.Figure:
+    """Per-site bars, one panel per metric, one bar group per model (sites that cannot be scored stay empty)."""
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[_METRIC_TITLES.get(m, m) for m in metrics])
+    for i, (name, table) in enumerate(_as_runs(predictions).items()):
+        per_site = per_site_metrics(table)
+        for c, metric in enumerate(metrics, start=1):
+            fig.add_trace(go.Bar(x=per_site.index, y=per_site[metric], name=name, legendgroup=name, showlegend=c == 1,
+                                 marker_color=_colour(name, i),
+                                 customdata=per_site["n"], hovertemplate="%{x}: %{y:.2f} (n=%{customdata})"), 1, c)
+    fig.update_yaxes(range=[0, 1.02])
+    fig.update_layout(barmode="group", height=360, width=300 * len(metrics) + 150, margin=dict(l=40, r=10, t=40, b=80))
+    return fig
+
+
+def plot_ablation(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> go.Figure:
+    """The modality ablation (the seed's Fig. 3): one bar group per metric, one bar per modality set.
+
+    Args:
+        table: long table with columns ``modalities``, ``metric``, ``value`` and optionally ``ci_low`` /
+            ``ci_high`` (drawn as error bars).
+        metrics: metrics to show, in order (default: all in the table).
+    """
+    metrics = list(metrics or dict.fromkeys(table["metric"]))
+    fig = go.Figure()
+    for i, (name, group) in enumerate(table.groupby("modalities", sort=False)):
+        group = group.set_index("metric").reindex(metrics)
+        error = None
+        if {"ci_low", "ci_high"} <= set(group.columns):
+            error = dict(type="data", symmetric=False, array=(group["ci_high"] - group["value"]).to_numpy(),
+                         arrayminus=(group["value"] - group["ci_low"]).to_numpy())
+        fig.add_trace(go.Bar(x=[_METRIC_TITLES.get(m, m) for m in metrics], y=group["value"], name=name,
+                             error_y=error, marker_color=_PALETTE[i % len(_PALETTE)]))
+    fig.update_layout(barmode="group", yaxis=dict(title="test score", range=[0, 1.05]), legend_title="modalities",
+                      height=380, width=200 + 120 * len(metrics), margin=dict(l=50, r=10, t=30, b=40))
+    return fig
+
+
+def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarray | None = None,
+                 slice_index: int | None = None, title: str = "") -> go.Figure:
+    """Axial Grad-CAM overlays of one case: one panel per head, the whole-tumour outline on top.
+
+    Args:
+        image: (D, H, W) background contrast (e.g. FLAIR).
+        cams: head -> (D, H, W) map in [0, 1].
+        mask: (D, H, W) class map or bool whole-tumour mask; its outline is drawn.
+        slice_index: axial slice (default: the largest tumour cross-section, else the middle).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if slice_index is None:
+        slice_index = (int(np.argmax((np.asarray(mask) > 0).sum((1, 2)))) if mask is not None and np.any(mask)
+                       else image.shape[0] // 2)
+    fig = make_subplots(rows=1, cols=len(cams), subplot_titles=list(cams), horizontal_spacing=0.02)
+    for c, (head, cam) in enumerate(cams.items(), start=1):
+        fig.add_trace(go.Heatmap(z=image[slice_index], colorscale="gray", showscale=False), 1, c)
+        fig.add_trace(go.Heatmap(z=np.asarray(cam, np.float32)[slice_index], colorscale="Jet", zmin=0, zmax=1,
+                                 opacity=0.45, showscale=c == len(cams)), 1, c)
+        if mask is not None:
+            fig.add_trace(go.Contour(z=(np.asarray(mask)[slice_index] > 0).astype(np.uint8), showscale=False,
+                                     contours=dict(start=0.5, end=0.5, coloring="lines"), line=dict(color="white",
+                                     width=2), hoverinfo="skip"), 1, c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    for i in range(1, len(cams) + 1):
+        fig.layout[f"yaxis{i if i > 1 else ''}"].scaleanchor = f"x{i if i > 1 else ''}"
+    fig.update_layout(title=title or None, height=300, width=230 * len(cams) + 80, margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def save_html(fig: go.Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a standalone HTML file with plotly.js embedded (works offline; no Chrome needed)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True)
+    return path
