@@ -11,7 +11,15 @@ import pandas as pd
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import MODALITY_SETS, CaseDataset
-from gliofed.engine import load_checkpoint, predict, save_checkpoint
+from gliofed.data.transforms import augment_pipeline
+from gliofed.engine import (
+    build_model,
+    fit,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    seed_everything,
+)
 from gliofed.metrics import evaluate_predictions
 
 __all__ = ["modality_ablation", "ablation_table"]
@@ -45,8 +53,6 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
     Returns:
         (long table of :func:`ablation_table` for every set, ``{set: predictions}``).
     """
-    from gliofed.federated.simulate import run_experiment
-
     sets = dict(sets or MODALITY_SETS)
     tables, predictions = [], {}
     for name, modalities in sets.items():
@@ -59,9 +65,19 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
                 model = None  # another recipe: train again
         if model is None:
             print(f"training {name} ({', '.join(modalities)}) for {epochs} epoch(s)", flush=True)
-            model, _ = run_experiment(cache_dir, "centralized", set_config, rounds=epochs, progress=False)
+            model = _train(cache_dir, set_config, epochs)
             save_checkpoint(path, model, set_config, epoch=epochs)
         test = CaseDataset(cache_dir, split="test", modalities=modalities, seed=config.seed)
         predictions[name] = predict(model, test, device=device, progress=False)
         tables.append(ablation_table(predictions[name], name, n_boot=n_boot, seed=config.seed))
     return pd.concat(tables, ignore_index=True), predictions
+
+
+def _train(cache_dir: str | Path, config: TrainConfig, epochs: int):
+    """Pooled (centralized) training on every site's training cases, scored only once afterwards."""
+    seed_everything(config.seed)
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
+                        transform=augment_pipeline(config.seed) if config.augment else None)
+    model = build_model(config)
+    fit(model, train, config, epochs=epochs, progress=False)
+    return model.cpu()

@@ -56,6 +56,28 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if (table["status"] == "failed").any() else 0
 
 
+def _cmd_curate(args: argparse.Namespace) -> int:
+    from gliofed.data.sources import curate, merge_manifests
+
+    if args.merge:
+        merged, duplicates = merge_manifests(args.merge, args.out)
+        print(f"merged {len(args.merge)} manifest(s): {len(merged)} subject(s) from "
+              f"{merged['site'].nunique()} site(s); {len(duplicates)} duplicate(s) removed.")
+        for row in duplicates.itertuples():
+            print(f"  removed {row.subject_id} ({row.file}): {row.reason}")
+        print(f"wrote {args.out}")
+        return 0
+    if not args.source or not args.root:
+        from gliofed.errors import ConfigError
+
+        raise ConfigError("gliofed curate needs --source and --root (or --merge a.csv b.csv ...).")
+    result = curate(args.source, args.root, args.labels, args.site)
+    manifest, report = result.write(args.out)
+    print(result)
+    print(f"wrote {manifest} and {report}")
+    return 0
+
+
 def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
     """The cache of ``manifest`` (default ``<manifest dir>/cache_<size>``), brought up to date first."""
     from pathlib import Path
@@ -153,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("manifest")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_check)
+
+    p = commands.add_parser("curate", help="build a manifest from a real dataset download, or merge manifests")
+    p.add_argument("--source", choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd"])
+    p.add_argument("--root", help="the dataset's download folder")
+    p.add_argument("--labels", nargs="+", default=[], metavar="FILE",
+                   help="label files (CSV / XLSX / JSON tables named in data_manifests/<source>.md)")
+    p.add_argument("--site", help="site name for every case (default: the dataset name)")
+    p.add_argument("--merge", nargs="+", metavar="CSV", help="merge curated manifests and remove duplicates")
+    p.add_argument("--out", required=True, help="manifest to write (the report goes next to it)")
+    p.set_defaults(func=_cmd_curate)
 
     p = commands.add_parser("preprocess", help="preprocess a manifest into the case cache")
     p.add_argument("manifest")

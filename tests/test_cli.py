@@ -1,8 +1,8 @@
 import subprocess
 import sys
 
-import numpy as np
 import nibabel as nib
+import numpy as np
 
 from gliofed.cli import main
 

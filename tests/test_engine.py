@@ -3,7 +3,14 @@ import torch
 
 from gliofed.config import TrainConfig, train_preset
 from gliofed.data.dataset import CaseDataset
-from gliofed.engine import build_model, fit, load_checkpoint, predict, save_checkpoint, seed_everything
+from gliofed.engine import (
+    build_model,
+    fit,
+    load_checkpoint,
+    predict,
+    save_checkpoint,
+    seed_everything,
+)
 from gliofed.errors import ConfigError
 
 SMALL = dict(model={"features": (4, 8, 16, 32), "hidden": 8}, epochs=1, batch_size=3, optimizer="adamw", lr=1e-2,

@@ -7,7 +7,12 @@ from torch import nn
 
 from gliofed.data import CaseDataset
 from gliofed.errors import ConfigError
-from gliofed.explain import explain_dataset, grad_cam, localisation_score, summarise_localisation
+from gliofed.explain import (
+    explain_dataset,
+    grad_cam,
+    localisation_score,
+    summarise_localisation,
+)
 from gliofed.model import MultiTaskUNet
 
 SHAPE = (7, 9, 11)  # unequal odd sizes: a swapped axis changes the shape or misplaces the tumour

@@ -5,7 +5,12 @@ import torch
 from monai.metrics import compute_dice
 from sklearn.metrics import f1_score, roc_auc_score
 
-from gliofed.metrics import classification_metrics, expected_calibration_error, results_table, segmentation_metrics
+from gliofed.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    results_table,
+    segmentation_metrics,
+)
 
 
 def _predictions(n=60, seed=0):

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from gliofed.notebooks import NOTEBOOK_DIR, load_results, ordered_notebooks, run_notebook
+from gliofed.data.manifest import read_manifest
+from gliofed.notebooks import (
+    NOTEBOOK_DIR,
+    load_results,
+    ordered_notebooks,
+    run_notebook,
+)
 
 NOTEBOOKS = ordered_notebooks()
 
@@ -75,3 +81,16 @@ def test_interpretability_notebook_runs_on_tiny_with_a_static_viewer(trained_tin
     summary = load_results(data / "runs" / "04_interpretability_viewer.results.json")
     assert list(summary["target"]) == ["seg", "idh", "codeletion", "mgmt", "grade"]
     assert summary["top_share"].between(0, 1).all() and (summary["n"] > 0).all()
+
+
+def test_curation_notebook_runs_on_your_own_brats_download(tmp_path, monkeypatch):
+    from tests.data.source_fixtures import make_brats
+
+    monkeypatch.chdir(tmp_path)
+    make_brats(tmp_path / "download")
+    executed = run_notebook(NOTEBOOK_DIR / "01_data_curation.ipynb", tmp_path / "out",
+                            {"data_dir": "mine", "preset": "paper", "source": "brats", "root": "download"})
+    text = executed.read_text()
+    assert "4 case(s) found, 2 included, 2 excluded" in text and "2 exclusion(s)" in text
+    assert len(read_manifest(tmp_path / "mine" / "manifest.csv")) == 2
+    assert (tmp_path / "mine" / "cache_128" / "index.csv").is_file()

@@ -52,6 +52,8 @@ class PreprocessReport:
         head = (f"{self.cache_dir}: {counts.get('done', 0)} preprocessed, {counts.get('cached', 0)} up to date, "
                 f"{counts.get('skipped', 0)} skipped.")
         lines = [head] + [f"  skipped {r.subject_id}: {r.reason}" for r in self.skipped.itertuples()]
+        lines += [f"  note {r.subject_id}: {r.reason}" for r in self.cases.itertuples()
+                  if r.status != "skipped" and r.reason]
         return "\n".join(lines)
 
 
@@ -65,7 +67,10 @@ def _fingerprint(row: pd.Series, size: int) -> str:
                 stats.append([key, st.st_size, st.st_mtime_ns])
             except OSError:
                 stats.append([key, "missing"])
-    payload = json.dumps({"version": PREPROCESS_VERSION, "size": size, "files": stats}, sort_keys=True)
+    payload = {"version": PREPROCESS_VERSION, "size": size, "files": stats}
+    if str(row.get("seg_regions", "") or ""):
+        payload["seg_regions"] = str(row["seg_regions"])
+    payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
 
@@ -86,7 +91,7 @@ def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, i
 
     row, size, cache_dir = task
     subject = row["subject_id"]
-    with_seg = bool(row["seg"])
+    with_seg = _uses_mask(row)
     for key in (*MODALITIES, "seg"):
         if row[key] and not Path(row[key]).is_file():
             return "skipped", f"{key} file {Path(row[key]).name} not found", None
@@ -115,7 +120,16 @@ def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, i
         _atomic_save(seg_path, np.asarray(out["seg"][0], dtype=np.uint8))
     elif seg_path.exists():
         seg_path.unlink()
-    return "done", "", tuple(image.shape[1:])
+    note = "" if with_seg or not row["seg"] else WT_ONLY_NOTE
+    return "done", note, tuple(image.shape[1:])
+
+
+#: why a whole-tumour-only mask (manifest ``seg_regions = WT``) does not become a training mask
+WT_ONLY_NOTE = "whole-tumour-only mask not used (training and Dice need the BraTS classes)"
+
+
+def _uses_mask(row) -> bool:
+    return bool(row["seg"]) and str(row.get("seg_regions", "") or "").upper() != "WT"
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
@@ -156,7 +170,7 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
         fingerprints[subject] = _fingerprint(row, size)
         image_path, _ = _case_paths(cache_dir, subject)
         if old_fp.get(subject) == fingerprints[subject] and image_path.exists():
-            results[subject] = ("cached", "", old_shape[subject])
+            results[subject] = ("cached", "" if _uses_mask(row) or not row["seg"] else WT_ONLY_NOTE, old_shape[subject])
         else:
             todo.append((row.to_dict(), size, str(cache_dir)))
     bar = dict(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
@@ -178,7 +192,7 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
                 path.unlink(missing_ok=True)
             continue
         index_rows.append({**{c: row[c] for c in ("subject_id", "dataset", "site", "split", *MARKERS, "age", "sex")},
-                           "has_mask": bool(row["seg"]), "depth": shape[0], "height": shape[1],
+                           "has_mask": _uses_mask(row), "depth": shape[0], "height": shape[1],
                            "width": shape[2], "fingerprint": fingerprints[subject]})
     pd.DataFrame(index_rows, columns=_INDEX_COLUMNS).to_csv(cache_dir / "index.csv", index=False)
     report = PreprocessReport(cache_dir, pd.DataFrame(report_rows))

@@ -125,7 +125,7 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
             with ``False`` invalid values become unknown (-1) — use :func:`gliofed.data.check` to list them.
 
     Returns:
-        DataFrame with the :data:`COLUMNS`; absolute paths (``""`` where blank), integer marker codes
+        DataFrame with the :data:`COLUMNS` and ``seg_regions`` (optional column, ``""`` or ``"WT"``); absolute paths (``""`` where blank), integer marker codes
         with -1 for unknown, float ``age`` (NaN unknown), ``sex`` and ``split`` as strings.
 
     >>> df = read_manifest("cohort/manifest.csv")  # doctest: +SKIP
@@ -139,6 +139,8 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
             if problems:
                 raise ManifestError(f"{path}: subject {row['subject_id']}: {problems[0]}.")
     df = pd.DataFrame({c: raw[c].str.strip() for c in COLUMNS})
+    # optional: "WT" marks a binary whole-tumour mask (e.g. EGD), blank = BraTS labels 0/1/2/4
+    df["seg_regions"] = raw["seg_regions"].str.strip().str.upper() if "seg_regions" in raw else ""
     for column in _PATH_COLUMNS:
         df[column] = [str((root / p).resolve()) if p else "" for p in df[column]]
     for marker, classes in MARKER_CLASSES.items():

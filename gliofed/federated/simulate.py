@@ -21,12 +21,13 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import build_model, fit, predict, resolve_device, seed_everything
 from gliofed.errors import GliofedError
-from gliofed.federated.centralized import Centralized
-from gliofed.federated.distill import DistillFederation, DistillSettings
-from gliofed.federated.fedavg import FedAvg
-from gliofed.federated.fedprox import FedProx
-from gliofed.federated.local import LocalOnly
-from gliofed.federated.payload import validate
+from gliofed.federated.rounds import (
+    STRATEGIES,
+    FederationError,
+    federated_round,
+    make_strategy,
+    round_seed,
+)
 from gliofed.federated.site import Site
 from gliofed.federated.strategy import Strategy
 from gliofed.metrics import quick_metrics
@@ -36,13 +37,6 @@ __all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_m
            "privacy_audit"]
 
 log = logging.getLogger("gliofed.federated")
-
-STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
-
-
-class FederationError(GliofedError):
-    """A round could not proceed (too few sites answered)."""
-
 
 @dataclass
 class History:
@@ -77,26 +71,6 @@ class History:
         return pd.DataFrame(rows)
 
 
-def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
-                  seed: int = 0) -> Strategy:
-    """Build a strategy by name (one of :data:`STRATEGIES`)."""
-    if name == "centralized":
-        return Centralized(local_epochs)
-    if name == "local":
-        return LocalOnly(local_epochs)
-    if name == "fedavg":
-        return FedAvg(local_epochs)
-    if name == "fedprox":
-        return FedProx(local_epochs, mu)
-    if name == "distill":
-        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
-    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
-
-
-def _round_seed(seed: int, rnd: int, index: int) -> int:
-    return int(seed) * 1_000_003 + rnd * 1_009 + index
-
-
 def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> tuple[dict, dict]:
     models = strategy.models_to_evaluate(model)
     scored = {}
@@ -111,6 +85,22 @@ def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> t
     site_metrics = {name: quick_metrics(p) for name, p in scored.items()}
     frame = pd.DataFrame(site_metrics.values())
     return {k: float(frame[k].mean()) for k in frame.columns}, site_metrics
+
+
+def in_process_exchange(sites: list[Site]):
+    """The simulator's transport: each :class:`Site` answers in turn, in this process."""
+    by_name = {site.name: site for site in sites}
+
+    def exchange(requests: dict) -> dict:
+        answers = {}
+        for name, (task, outgoing, settings) in requests.items():
+            try:
+                answers[name] = by_name[name].handle(task, outgoing, settings)
+            except Exception as error:  # reported by federated_round
+                answers[name] = error
+        return answers
+
+    return exchange
 
 
 def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfig, rounds: int,
@@ -148,16 +138,14 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         strategy.load_state_dict(state["strategy"])
         history.rounds = state["history"]
         start_round = state["round"] + 1
-    model_config = model.config
-    counts_bytes = getattr(strategy, "counts_bytes", True)
     bar = tqdm(range(start_round, rounds + 1), desc=strategy.name, unit="round", disable=not progress)
     for rnd in bar:
         started = time.perf_counter()
-        bytes_up, bytes_down, excluded, replies = {}, {}, {}, {}
+        bytes_up, bytes_down, excluded = {}, {}, {}
         if strategy.task == "pooled":
             if pooled_set is None:
                 raise GliofedError("the centralized baseline needs pooled_set (all sites' training cases).")
-            round_config = config.replace(seed=_round_seed(config.seed, rnd, 0))
+            round_config = config.replace(seed=round_seed(config.seed, rnd, 0))
             seed_everything(round_config.seed)
             pooled_set.transform = augment_pipeline(round_config.seed) if config.augment else None
             model.to(device)
@@ -169,28 +157,9 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
                 bytes_down[site.name] = 0
             info = {"loss": losses[-1]["total"] if losses else float("nan")}
         else:
-            model.cpu()
-            for index, site in enumerate(sites):
-                outgoing = strategy.broadcast(site.name, model, rnd)
-                bytes_down[site.name] = outgoing.nbytes if counts_bytes else 0
-                settings = {"train": config.to_dict(), "model_config": model_config,
-                            "seed": _round_seed(config.seed, rnd, index), **strategy.site_settings(rnd)}
-                try:
-                    reply = site.handle(strategy.task, outgoing, settings)
-                    validate(reply, max_payload_bytes)
-                except Exception as error:  # a failing site is left out of this round, with its reason
-                    excluded[site.name] = f"{type(error).__name__}: {error}"
-                    bytes_up[site.name] = 0
-                    log.warning("round %d: site %s left out: %s", rnd, site.name, excluded[site.name])
-                    continue
-                bytes_up[site.name] = reply.nbytes if counts_bytes else 0
-                replies[site.name] = reply
-            if len(replies) < min_sites:
-                raise FederationError(f"round {rnd}: only {len(replies)} of {len(sites)} sites answered "
-                                      f"(min_sites={min_sites}): {excluded}.")
-            seed_everything(_round_seed(config.seed, rnd, 10_000))
-            info = strategy.aggregate(model, replies, rnd)
-            model.cpu()
+            bytes_up, bytes_down, excluded, info = federated_round(
+                strategy, model, rnd, [site.name for site in sites], config, in_process_exchange(sites),
+                min_sites=min_sites, max_payload_bytes=max_payload_bytes)
         if strategy.evaluate_each_round or rnd == rounds:
             metrics, site_metrics = _evaluate(strategy, model, test_set, device)
         else:
@@ -237,7 +206,7 @@ def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainCo
     for index, name in enumerate(train.sites):
         site = Site(name, cache_dir, config.modalities, config.seed)
         for init in inits:
-            settings = {"train": config.to_dict(), "model_config": model.config, "seed": _round_seed(seed, 0, index),
+            settings = {"train": config.to_dict(), "model_config": model.config, "seed": round_seed(seed, 0, index),
                         "distill": {**(distill or {}), "init": init}}
             reports.append(site.privacy_audit(site.handle("distill", outgoing, settings)))
     return pd.concat(reports, ignore_index=True)

@@ -5,7 +5,12 @@ import torch
 
 from gliofed.data.dataset import CaseDataset
 from gliofed.federated.condense import condense
-from gliofed.federated.distill import DistillFederation, DistillSettings, distillation_kl, symmetric_kl
+from gliofed.federated.distill import (
+    DistillFederation,
+    DistillSettings,
+    distillation_kl,
+    symmetric_kl,
+)
 from gliofed.federated.payload import Payload, state_to_arrays
 from gliofed.federated.site import Site
 from gliofed.model import MultiTaskUNet

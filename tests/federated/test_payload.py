@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from gliofed.federated.payload import Payload, PayloadError, arrays_to_state, state_to_arrays, validate
+from gliofed.federated.payload import (
+    Payload,
+    PayloadError,
+    arrays_to_state,
+    state_to_arrays,
+    validate,
+)
 from gliofed.model import MultiTaskUNet
 
 

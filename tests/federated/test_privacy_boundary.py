@@ -11,7 +11,8 @@ from gliofed.federated.site import Site
 from tests.federated.helpers import site_settings, small_model
 
 PACKAGE = Path(gliofed.__file__).parent
-SERVER_MODULES = ["gliofed.federated.payload", "gliofed.federated.strategy", "gliofed.federated.fedavg",
+SERVER_MODULES = ["gliofed.federated.payload", "gliofed.federated.rounds", "gliofed.federated.flower.server_app",
+                  "gliofed.federated.flower.records", "gliofed.checkpoint", "gliofed.federated.strategy", "gliofed.federated.fedavg",
                   "gliofed.federated.fedprox", "gliofed.federated.local", "gliofed.federated.centralized",
                   "gliofed.federated.distill"]
 PRIVATE = {"gliofed.data.dataset", "gliofed.data.cache", "gliofed.federated.site", "gliofed.federated.condense",

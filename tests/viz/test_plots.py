@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from gliofed.viz.plots import plot_ablation, plot_dice_violin, plot_gradcam, plot_per_site, plot_roc, save_html
+from gliofed.viz.plots import (
+    plot_ablation,
+    plot_dice_violin,
+    plot_gradcam,
+    plot_per_site,
+    plot_roc,
+    save_html,
+)
 
 
 def fake_predictions(n=40, seed=0, sites=("a", "b")) -> pd.DataFrame:

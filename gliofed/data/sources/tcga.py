@@ -1,0 +1,96 @@
+"""TCGA-GBM / TCGA-LGG pre-operative scans with segmentations (Bakas et al. 2017) and the Ceccarelli et al.
+(Cell 2016) molecular table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from gliofed.data.sources.common import (
+    CuratedCase,
+    age_value,
+    check_files,
+    encode,
+    find_column,
+    grade_code,
+    read_table,
+    sex_code,
+)
+
+__all__ = ["curate_tcga", "SEED_EXCLUSIONS"]
+
+#: the seed study's three TCGA exclusions and why
+SEED_EXCLUSIONS = {"TCGA-08-0509": "no pre-contrast T1", "TCGA-08-0510": "no pre-contrast T1",
+                   "TCGA-FG-7634": "no T1ce"}
+_FILE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})_([0-9.]+)_(flair|t1|t1Gd|t2|GlistrBoost|GlistrBoost_ManuallyCorrected)"
+                   r"\.nii(\.gz)?$")
+_KEYS = {"flair": "flair", "t1": "t1", "t1Gd": "t1ce", "t2": "t2"}
+
+
+def _collection(path: Path) -> str:
+    text = str(path).upper()
+    return "tcga-lgg" if "LGG" in text else "tcga-gbm" if "GBM" in text else "tcga"
+
+
+def curate_tcga(root: str | Path, labels: list[str] | None = None, site: str | None = None) -> list[CuratedCase]:
+    """Every ``TCGA-XX-XXXX`` folder under ``root`` (GBM and LGG packages, testing folders included).
+
+    The ManuallyCorrected segmentation is preferred over GlistrBoost. A patient scanned on two dates keeps
+    the earliest scan; the other is listed as excluded. Labels come from the Ceccarelli table (header on its
+    second row): grade G2/G3/G4, IDH Mutant/WT, 1p/19q codel/non-codel, MGMT Methylated/Unmethylated; "NA"
+    is unknown.
+    """
+    scans: dict[tuple[str, str], CuratedCase] = {}
+    for path in sorted(Path(root).rglob("TCGA-*.nii*")):
+        match = _FILE.match(path.name)
+        if match is None:
+            continue
+        patient, date, kind = match.group(1), match.group(2), match.group(3)
+        dataset = _collection(path.parent)
+        case = scans.setdefault((patient, date), CuratedCase(patient, dataset, site or dataset,
+                                                             source_id=f"{patient}_{date}", aliases={patient}))
+        if kind in _KEYS:
+            case.paths[_KEYS[kind]] = str(path)
+        elif kind == "GlistrBoost_ManuallyCorrected" or "seg" not in case.paths:
+            case.paths["seg"] = str(path)
+    cases, seen = [], set()
+    for (patient, _date), case in sorted(scans.items()):
+        if case.paths.get("seg", "").endswith(("_GlistrBoost.nii.gz", "_GlistrBoost.nii")):
+            case.notes.append("GlistrBoost segmentation (no manually corrected one)")
+        if patient in seen:
+            case.exclude("a second pre-operative scan of the same patient (the earliest is used)")
+        else:
+            check_files(case)
+            if patient in SEED_EXCLUSIONS and case.status == "excluded":
+                case.reason += f" (also excluded by the seed study: {SEED_EXCLUSIONS[patient]})"
+            elif patient in SEED_EXCLUSIONS:
+                case.notes.append(f"the seed study excluded this patient ({SEED_EXCLUSIONS[patient]})")
+        seen.add(patient)
+        cases.append(case)
+    by_patient = {}
+    for case in cases:
+        by_patient.setdefault(case.subject_id, case)
+    for path in labels or []:
+        table = read_table(path)
+        ids = find_column(table, "Case", path=path)
+        grade = find_column(table, "Grade", path=path, required=False)
+        idh = find_column(table, "IDH status", path=path, required=False)
+        codel = find_column(table, "1p/19q codeletion", "1p/19q", path=path, required=False)
+        mgmt = find_column(table, "MGMT promoter status", "MGMT", path=path, required=False)
+        age = find_column(table, "Age", path=path, required=False)
+        sex = find_column(table, "Gender", "Sex", path=path, required=False)
+        for _, row in table.iterrows():
+            case = by_patient.get(str(row[ids]).strip())
+            if case is None:
+                continue
+            if grade:
+                case.labels["grade"] = grade_code(row[grade], case)
+            if idh:
+                case.labels["idh"] = encode("idh", row[idh], case)
+            if codel:
+                case.labels["codeletion"] = encode("codeletion", row[codel], case)
+            if mgmt:
+                case.labels["mgmt"] = encode("mgmt", row[mgmt], case)
+            case.age = age_value(row[age]) if age else None
+            case.sex = sex_code(row[sex]) if sex else ""
+    return cases

@@ -1,0 +1,100 @@
+"""Flower apps over a real SuperLink and SuperNodes on 127.0.0.1: FedAvg and distillation federation for two
+rounds, the same payload bytes as the in-process simulator, a node that drops out, and clean process shutdown."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+from gliofed.checkpoint import load_checkpoint  # noqa: E402
+from gliofed.config import train_preset  # noqa: E402
+from gliofed.data import CaseDataset  # noqa: E402
+from gliofed.federated.distill import DISTILL_PRESETS  # noqa: E402
+from gliofed.federated.flower.local import FlowerRunError, LocalFederation  # noqa: E402
+from gliofed.federated.rounds import make_strategy  # noqa: E402
+from gliofed.federated.simulate import simulate  # noqa: E402
+from gliofed.federated.site import Site  # noqa: E402
+from gliofed.model import MultiTaskUNet  # noqa: E402
+from gliofed.notebooks import NOTEBOOK_DIR  # noqa: E402
+
+APP_DIR = NOTEBOOK_DIR.parent  # the repository: its pyproject.toml carries [tool.flwr.app]
+SITES = ("brats21", "upenn")
+os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+
+
+def simulated_bytes(cache, strategy: str, rounds: int = 2):
+    config = train_preset("tiny", seed=0, device="cpu")
+    test = CaseDataset(cache, split="test", sites=list(SITES), seed=0)
+    _, history = simulate(make_strategy(strategy, distill=DISTILL_PRESETS["tiny"], seed=0),
+                          [Site(name, cache) for name in SITES], test, config, rounds, progress=False)
+    return [(r["bytes_up"], r["bytes_down"]) for r in history.rounds]
+
+
+def initial_model():
+    torch.manual_seed(0)
+    from monai.utils import set_determinism
+
+    set_determinism(seed=0)
+    return MultiTaskUNet(**train_preset("tiny").model)
+
+
+@pytest.fixture(scope="module")
+def federation(tiny_cache, tmp_path_factory):
+    with LocalFederation(APP_DIR, tmp_path_factory.mktemp("flower")) as fed:
+        for site in SITES:
+            fed.add_site(site, cache=tiny_cache)
+        yield fed
+    assert not fed.processes
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "distill"])
+def test_two_rounds_over_flower_match_the_simulator(federation, tiny_cache, tmp_path, strategy):
+    history = federation.run({"strategy": strategy, "num-server-rounds": 2, "preset": "tiny", "min-nodes": 2,
+                              "round-timeout": 300, "out-dir": str(tmp_path / strategy)}, timeout=480)
+    assert [r["round"] for r in history["rounds"]] == [1, 2]
+    assert all(not r["excluded"] for r in history["rounds"])
+    flower = [(r["bytes_up"], r["bytes_down"]) for r in history["rounds"]]
+    assert flower == simulated_bytes(tiny_cache, strategy)
+    model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.ckpt")
+    assert checkpoint["extra"]["engine"] == "flower"
+    before = initial_model().state_dict()
+    changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
+    assert len(changed) > 10  # trained, not the initial weights
+    assert np.all([torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()])
+
+
+def test_a_node_that_disappears_mid_run_is_left_out_and_the_round_finishes(tiny_cache, tmp_path):
+    with LocalFederation(APP_DIR, tmp_path / "work") as fed:
+        for site in SITES:
+            fed.add_site(site, cache=tiny_cache)
+        pids = {name: p.pid for name, p in fed.processes.items()}
+
+        def drop_upenn_after_round_one(history):
+            if len(history["rounds"]) == 1 and "supernode-upenn" in fed.processes:
+                fed.stop_site("upenn")
+
+        history = fed.run({"strategy": "fedavg", "num-server-rounds": 2, "preset": "tiny", "min-nodes": 2,
+                           "min-sites": 1, "round-timeout": 240, "out-dir": str(tmp_path / "out")},
+                          timeout=480, on_poll=drop_upenn_after_round_one)
+        started = list(fed.processes.values())
+        logs = fed.logs()
+    assert "round 2: site upenn left out" in logs
+    first, second = history["rounds"]
+    assert not first["excluded"] and set(first["bytes_up"]) == set(SITES)
+    assert set(second["excluded"]) == {"upenn"} and second["bytes_up"]["brats21"] > 0
+    assert (tmp_path / "out" / "model.ckpt").is_file()
+    assert all(p.poll() is not None for p in started)  # everything we started is stopped
+    assert set(pids) == {"superlink", "supernode-brats21", "supernode-upenn"}
+
+
+def test_processes_are_stopped_when_the_run_fails(tiny_cache, tmp_path):
+    fed = LocalFederation(APP_DIR, tmp_path / "work")
+    with pytest.raises(FlowerRunError, match="failed"), fed:
+        fed.add_site("brats21", cache=tiny_cache)
+        started = list(fed.processes.values())
+        fed.run({"strategy": "centralized", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 1,
+                 "out-dir": str(tmp_path / "out")}, timeout=120)
+    assert all(p.poll() is not None for p in started) and not fed.processes
