@@ -6,6 +6,7 @@ BIN    := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 DEMO_PRESET ?= workshop
 DEMO_DATA   ?= data/$(DEMO_PRESET)
+DEMO_ROUNDS ?= 2
 
 .PHONY: demo test setup clean
 
@@ -20,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/gliofed synth --preset $(DEMO_PRESET) --out $(DEMO_DATA)
-	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA)
+	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS)
 
 test: setup
 	$(BIN)/python -m pytest -q
