@@ -212,7 +212,7 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
         slice_index = (int(np.argmax((np.asarray(mask) > 0).sum((1, 2)))) if mask is not None and np.any(mask)
                        else image.shape[0] // 2)
     fig = make_subplots(rows=1, cols=len(cams), subplot_titles=list(cams), horizontal_spacing=0.02)
-    for c, (head, cam) in enumerate(cams.items(), start=1):
+    for c, cam in enumerate(cams.values(), start=1):
         fig.add_trace(go.Heatmap(z=image[slice_index], colorscale="gray", showscale=False), 1, c)
         fig.add_trace(go.Heatmap(z=np.asarray(cam, np.float32)[slice_index], colorscale="Jet", zmin=0, zmax=1,
                                  opacity=0.45, showscale=c == len(cams)), 1, c)

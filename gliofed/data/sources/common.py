@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +13,7 @@ from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
 
 __all__ = ["CuratedCase", "Vocabulary", "VOCABULARIES", "encode", "nifti_problem", "read_table", "find_column",
-           "grade_code", "sex_code", "age_value"]
+           "grade_code", "sex_code", "age_value", "apply_label_table"]
 
 #: tokens that mean "unknown" in the public label files (compared case-insensitively)
 UNKNOWN_TOKENS = {"", "na", "n/a", "nan", "none", "nos", "nos/nec", "nec", "not available", "not applicable",
@@ -130,7 +130,7 @@ def check_files(case: CuratedCase, required: Iterable[str] = MODALITIES) -> None
     if missing:
         case.exclude(f"missing modality {', '.join(missing)}")
         return
-    for key, path in case.paths.items():
+    for path in case.paths.values():
         problem = nifti_problem(Path(path))
         if problem:
             case.exclude(f"unreadable file: {problem}")
@@ -169,3 +169,41 @@ def find_column(table: pd.DataFrame, *candidates: str, path: str | Path = "", re
     if required:
         raise DataError(f"{path}: no column {candidates[0]!r} (columns: {', '.join(table.columns)}).")
     return None
+
+
+def apply_label_table(path: str | Path, cases: Mapping[str, CuratedCase], columns: Mapping[str, Sequence[str]],
+                      key: Callable[[object], str | None] = lambda value: str(value).strip(),
+                      vocabularies: Mapping[str, Vocabulary] | None = None,
+                      extra: Callable[[CuratedCase, pd.Series], None] | None = None) -> None:
+    """Read a label table and set the labels of the matching cases.
+
+    Args:
+        cases: case key -> case.
+        columns: ``id`` (required) and optionally ``grade``, ``idh``, ``codeletion``, ``mgmt``, ``age``, ``sex``
+            -> candidate column names (first match by prefix, case-insensitive).
+        key: turns a table ID into a case key (e.g. zero-padding); rows whose key matches no case are ignored.
+        vocabularies: per-marker vocabularies overriding :data:`VOCABULARIES`.
+        extra: called with (case, row) for dataset-specific columns.
+    """
+    table = read_table(path)
+    ids = find_column(table, *columns["id"], path=path)
+    found = {name: find_column(table, *candidates, path=path, required=False)
+             for name, candidates in columns.items() if name != "id"}
+    for _, row in table.iterrows():
+        case = cases.get(key(row[ids]) or "")
+        if case is None:
+            continue
+        for name, column in found.items():
+            if column is None:
+                continue
+            value = row[column]
+            if name == "grade":
+                case.labels["grade"] = grade_code(value, case)
+            elif name in ("idh", "codeletion", "mgmt"):
+                case.labels[name] = encode(name, value, case, (vocabularies or {}).get(name))
+            elif name == "age":
+                case.age = age_value(value)
+            elif name == "sex":
+                case.sex = sex_code(value)
+        if extra is not None:
+            extra(case, row)

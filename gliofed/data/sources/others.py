@@ -10,11 +10,10 @@ from gliofed.data.sources.common import (
     CuratedCase,
     Vocabulary,
     age_value,
+    apply_label_table,
     check_files,
     encode,
-    find_column,
     grade_code,
-    read_table,
     sex_code,
 )
 from gliofed.errors import DataError
@@ -35,19 +34,8 @@ def curate_rembrandt(root: str | Path, labels: list[str] | None = None, site: st
             del case.paths["seg"]
     by_id = {c.subject_id: c for c in cases}
     for path in labels or []:
-        table = read_table(path)
-        ids = find_column(table, "subject_id", "Sample", "Patient", "ID", path=path)
-        grade = find_column(table, "Grade", path=path, required=False)
-        age = find_column(table, "Age", path=path, required=False)
-        sex = find_column(table, "Gender", "Sex", path=path, required=False)
-        for _, row in table.iterrows():
-            case = by_id.get(str(row[ids]).strip())
-            if case is None:
-                continue
-            if grade:
-                case.labels["grade"] = grade_code(row[grade], case)
-            case.age = age_value(row[age]) if age else None
-            case.sex = sex_code(row[sex]) if sex else ""
+        apply_label_table(path, by_id, {"id": ("subject_id", "Sample", "Patient", "ID"), "grade": ("Grade",),
+                                        "age": ("Age",), "sex": ("Gender", "Sex")})
     return cases
 
 
@@ -82,36 +70,21 @@ def curate_ucsf(root: str | Path, labels: list[str] | None = None, site: str | N
         check_files(case)
         cases.append(case)
     by_id = {c.subject_id: c for c in cases}
-    for path in labels or []:
-        table = read_table(path)
-        ids = find_column(table, "ID", path=path)
-        grade = find_column(table, "WHO CNS Grade", path=path, required=False)
-        idh = find_column(table, "IDH", path=path, required=False)
-        codel = find_column(table, "1p/19q", path=path, required=False)
-        mgmt = find_column(table, "MGMT status", path=path, required=False)
-        age = find_column(table, "Age at MRI", "Age", path=path, required=False)
-        sex = find_column(table, "Sex", path=path, required=False)
-        brats = find_column(table, "BraTS21 ID", path=path, required=False)
-        for _, row in table.iterrows():
-            case = by_id.get(ucsf_id(row[ids]) or "")
-            if case is None:
-                continue
-            if grade:
-                case.labels["grade"] = grade_code(row[grade], case)
-            if idh:
-                case.labels["idh"] = encode("idh", row[idh], case, _UCSF_IDH)
-            if codel:
-                case.labels["codeletion"] = encode("codeletion", row[codel], case, _UCSF_CODEL)
-            if mgmt:
-                case.labels["mgmt"] = encode("mgmt", row[mgmt], case, _UCSF_MGMT)
-            case.age = age_value(row[age]) if age else None
-            case.sex = sex_code(row[sex]) if sex else ""
-            if brats and str(row[brats]).strip():
-                from gliofed.data.sources.brats import normalise_brats21_id
 
-                alias = normalise_brats21_id(row[brats])
-                if alias:
-                    case.aliases.add(alias)
+    def brats_alias(case: CuratedCase, row) -> None:
+        from gliofed.data.sources.brats import normalise_brats21_id
+
+        brats = next((c for c in row.index if c.lower().startswith("brats21 id")), None)
+        alias = normalise_brats21_id(row[brats]) if brats and str(row[brats]).strip() else None
+        if alias:
+            case.aliases.add(alias)
+
+    for path in labels or []:
+        apply_label_table(path, by_id, {"id": ("ID",), "grade": ("WHO CNS Grade",), "idh": ("IDH",),
+                                        "codeletion": ("1p/19q",), "mgmt": ("MGMT status",),
+                                        "age": ("Age at MRI", "Age"), "sex": ("Sex",)},
+                          key=ucsf_id, vocabularies={"idh": _UCSF_IDH, "codeletion": _UCSF_CODEL, "mgmt": _UCSF_MGMT},
+                          extra=brats_alias)
     return cases
 
 
@@ -163,19 +136,6 @@ def curate_egd(root: str | Path, labels: list[str] | None = None, site: str | No
         cases.append(case)
     by_id = {c.subject_id: c for c in cases}
     for path in labels or []:
-        table = read_table(path)
-        ids = find_column(table, "Subject", "ID", path=path)
-        idh = find_column(table, "IDH", path=path, required=False)
-        codel = find_column(table, "1p19q", "1p/19q", path=path, required=False)
-        grade = find_column(table, "Grade", path=path, required=False)
-        for _, row in table.iterrows():
-            case = by_id.get(str(row[ids]).strip())
-            if case is None:
-                continue
-            if idh:
-                case.labels["idh"] = encode("idh", row[idh], case, _EGD_IDH)
-            if codel:
-                case.labels["codeletion"] = encode("codeletion", row[codel], case, _EGD_CODEL)
-            if grade:
-                case.labels["grade"] = grade_code(row[grade], case)
+        apply_label_table(path, by_id, {"id": ("Subject", "ID"), "idh": ("IDH",), "codeletion": ("1p19q", "1p/19q"),
+                                        "grade": ("Grade",)}, vocabularies={"idh": _EGD_IDH, "codeletion": _EGD_CODEL})
     return cases

@@ -8,13 +8,8 @@ from pathlib import Path
 
 from gliofed.data.sources.common import (
     CuratedCase,
-    age_value,
+    apply_label_table,
     check_files,
-    encode,
-    find_column,
-    grade_code,
-    read_table,
-    sex_code,
 )
 
 __all__ = ["curate_tcga", "SEED_EXCLUSIONS"]
@@ -71,26 +66,8 @@ def curate_tcga(root: str | Path, labels: list[str] | None = None, site: str | N
     for case in cases:
         by_patient.setdefault(case.subject_id, case)
     for path in labels or []:
-        table = read_table(path)
-        ids = find_column(table, "Case", path=path)
-        grade = find_column(table, "Grade", path=path, required=False)
-        idh = find_column(table, "IDH status", path=path, required=False)
-        codel = find_column(table, "1p/19q codeletion", "1p/19q", path=path, required=False)
-        mgmt = find_column(table, "MGMT promoter status", "MGMT", path=path, required=False)
-        age = find_column(table, "Age", path=path, required=False)
-        sex = find_column(table, "Gender", "Sex", path=path, required=False)
-        for _, row in table.iterrows():
-            case = by_patient.get(str(row[ids]).strip())
-            if case is None:
-                continue
-            if grade:
-                case.labels["grade"] = grade_code(row[grade], case)
-            if idh:
-                case.labels["idh"] = encode("idh", row[idh], case)
-            if codel:
-                case.labels["codeletion"] = encode("codeletion", row[codel], case)
-            if mgmt:
-                case.labels["mgmt"] = encode("mgmt", row[mgmt], case)
-            case.age = age_value(row[age]) if age else None
-            case.sex = sex_code(row[sex]) if sex else ""
+        apply_label_table(path, by_patient, {"id": ("Case",), "grade": ("Grade",), "idh": ("IDH status",),
+                                             "codeletion": ("1p/19q codeletion", "1p/19q"),
+                                             "mgmt": ("MGMT promoter status", "MGMT"), "age": ("Age",),
+                                             "sex": ("Gender", "Sex")})
     return cases

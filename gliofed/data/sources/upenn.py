@@ -7,12 +7,8 @@ from pathlib import Path
 
 from gliofed.data.sources.common import (
     CuratedCase,
-    age_value,
+    apply_label_table,
     check_files,
-    encode,
-    find_column,
-    read_table,
-    sex_code,
 )
 
 __all__ = ["curate_upenn"]
@@ -58,22 +54,8 @@ def curate_upenn(root: str | Path, labels: list[str] | None = None, site: str | 
             check_files(case)
         cases.append(case)
     by_session = {c.source_id: c for c in cases}
+    baseline = {**{c.subject_id: c for c in cases if c.source_id.endswith("_11")}, **by_session}
     for path in labels or []:
-        table = read_table(path)
-        ids = find_column(table, "ID", path=path)
-        idh = find_column(table, "IDH1", "IDH", path=path, required=False)
-        mgmt = find_column(table, "MGMT", path=path, required=False)
-        age = find_column(table, "Age_at_scan_years", "Age", path=path, required=False)
-        sex = find_column(table, "Gender", "Sex", path=path, required=False)
-        for _, row in table.iterrows():
-            key = str(row[ids]).strip()
-            case = by_session.get(key) or by_session.get(f"{key}_11")
-            if case is None:
-                continue
-            if idh:
-                case.labels["idh"] = encode("idh", row[idh], case)
-            if mgmt:
-                case.labels["mgmt"] = encode("mgmt", row[mgmt], case)
-            case.age = age_value(row[age]) if age else None
-            case.sex = sex_code(row[sex]) if sex else ""
+        apply_label_table(path, baseline, {"id": ("ID",), "idh": ("IDH1", "IDH"), "mgmt": ("MGMT",),
+                                           "age": ("Age_at_scan_years", "Age"), "sex": ("Gender", "Sex")})
     return cases
