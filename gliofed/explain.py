@@ -3,9 +3,10 @@
 Marker heads (``idh``, ``codeletion``, ``mgmt``, ``grade``) are explained for one class per case (default:
 the predicted class). The segmentation output is explained the way Captum's segmentation tutorial does
 it: the class logits are summed over the voxels predicted as that class, so the map answers "what made
-the network call this region tumour". Maps are taken at a layer (default: the bottleneck ``down_3``,
-the last layer every head depends on), ReLU-ed, upsampled trilinearly to the input and scaled to [0, 1]
-per case.
+the network call this region tumour". Maps are taken at a layer (default: the bottleneck ``down_3`` for
+the marker heads, the deepest layer they depend on; the last decoder stage ``upcat_1`` for the segmentation
+output, whose bottleneck map is all zero after the ReLU on trained models: measured on the workshop preset),
+ReLU-ed, upsampled trilinearly to the input and scaled to [0, 1] per case.
 
 The localisation score measures the seed's claim that "high activation coincides with the segmented
 region": the share of the top-k % Grad-CAM voxels (inside the brain) that fall in the whole-tumour mask,
@@ -26,19 +27,26 @@ from tqdm.auto import tqdm
 
 from gliofed.errors import ConfigError
 
-__all__ = ["SEG_TARGET", "DEFAULT_LAYER", "grad_cam", "localisation_score", "explain_dataset",
+__all__ = ["SEG_TARGET", "DEFAULT_LAYER", "DEFAULT_SEG_LAYER", "default_layer", "grad_cam", "localisation_score", "explain_dataset",
            "summarise_localisation"]
 
 #: name of the segmentation target (whole tumour: classes 1, 2, 3 summed over the predicted tumour)
 SEG_TARGET = "seg"
-#: default layer: the bottleneck, the deepest layer that feeds both the decoder and the marker heads
+#: default layer for the marker heads: the bottleneck, the deepest layer they depend on
 DEFAULT_LAYER = "down_3"
+#: default layer for the segmentation output: the last decoder stage (the bottleneck's map is empty after the ReLU)
+DEFAULT_SEG_LAYER = "upcat_1"
 
 
-def _resolve_layer(model: nn.Module, layer: str | nn.Module | None) -> nn.Module:
+def default_layer(target: str) -> str:
+    """The layer Grad-CAM uses for ``target`` when none is given."""
+    return DEFAULT_SEG_LAYER if target == SEG_TARGET else DEFAULT_LAYER
+
+
+def _resolve_layer(model: nn.Module, layer: str | nn.Module | None, target: str) -> nn.Module:
     if isinstance(layer, nn.Module):
         return layer
-    name = layer or DEFAULT_LAYER
+    name = layer or default_layer(target)
     try:
         return model.get_submodule(name)
     except AttributeError:
@@ -76,8 +84,8 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: str = "idh", target
         target: a marker head (``idh``, ``codeletion``, ``mgmt``, ``grade``) or ``"seg"``.
         target_class: class explained per case for a marker head (int or one per case); default the
             predicted class. Ignored for ``"seg"``.
-        layer: module or dotted name (default :data:`DEFAULT_LAYER`, ``"down_3"``; e.g. ``"upcat_2"`` for a
-            sharper decoder map).
+        layer: module or dotted name (default :func:`default_layer`: ``"down_3"`` for marker heads,
+            ``"upcat_1"`` for ``"seg"``).
         tumour_classes: segmentation classes that make the tumour for ``"seg"`` (default 1, 2, 3 = WT).
         normalise: scale each case's map to [0, 1] (an all-zero map stays zero).
 
@@ -99,7 +107,7 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: str = "idh", target
                         target_class = wrapper(images).argmax(1).tolist()
                 class_index = [int(target_class)] * len(images) if isinstance(target_class, int) else list(target_class)
             try:
-                cam = LayerGradCam(wrapper, _resolve_layer(model, layer)).attribute(
+                cam = LayerGradCam(wrapper, _resolve_layer(model, layer, target)).attribute(
                     images, target=class_index, relu_attributions=True)
             except RuntimeError as error:
                 if "not have been used in the graph" not in str(error):
@@ -128,17 +136,21 @@ def localisation_score(cam: np.ndarray | torch.Tensor, mask: np.ndarray | torch.
 
     Returns:
         ``top_share``: share of the top-k % voxels inside the tumour; ``chance``: the tumour's share of the
-        brain (what a random map scores); ``pointing_hit``: 1.0 when the hottest voxel is inside the tumour.
+        brain (what a random map scores); ``pointing_hit``: 1.0 when the hottest voxel is inside the tumour;
+        ``empty``: the map is zero everywhere (Grad-CAM's ReLU removed it all), in which case ``top_share`` and
+        ``pointing_hit`` are NaN rather than an arbitrary ranking of zeros.
     """
     cam, mask = np.asarray(cam, dtype=np.float64), np.asarray(mask) > 0
     if cam.shape != mask.shape:
         raise ConfigError(f"Grad-CAM map {cam.shape} and mask {mask.shape} differ in shape.")
     region = np.ones_like(mask) if brain is None else np.asarray(brain).astype(bool)
     values, inside = cam[region], mask[region]
+    if not np.any(values > 0):
+        return {"top_share": float("nan"), "chance": float(inside.mean()), "pointing_hit": float("nan"), "empty": 1.0}
     k = max(1, int(round(values.size * top_percent / 100)))
     top = np.argpartition(-values, k - 1)[:k]
     return {"top_share": float(inside[top].mean()), "chance": float(inside.mean()),
-            "pointing_hit": float(inside[int(np.argmax(values))])}
+            "pointing_hit": float(inside[int(np.argmax(values))]), "empty": 0.0}
 
 
 def explain_dataset(model: nn.Module, dataset, targets: Sequence[str] = ("seg", "idh", "codeletion", "mgmt", "grade"),
@@ -171,13 +183,15 @@ def explain_dataset(model: nn.Module, dataset, targets: Sequence[str] = ("seg", 
             rows.append({"subject": sample["subject"], "site": sample["site"], "target": target,
                          "explained_class": explained, **localisation_score(cam, mask, brain, top_percent)})
     return pd.DataFrame(rows, columns=["subject", "site", "target", "explained_class", "top_share", "chance",
-                                       "pointing_hit"])
+                                       "pointing_hit", "empty"])
 
 
 def summarise_localisation(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per target: mean top-k share, mean chance share, their ratio (lift) and the pointing-game hit rate."""
-    summary = scores.groupby("target", sort=False).agg(top_share=("top_share", "mean"), chance=("chance", "mean"),
-                                                       pointing_game=("pointing_hit", "mean"),
-                                                       n=("subject", "count"))
+    """Per target: cases, empty maps, mean top-k share and pointing-game hit rate over the non-empty maps, the
+    mean chance share, and lift = top-k share / chance."""
+    summary = scores.groupby("target", sort=False).agg(n=("subject", "count"), empty_maps=("empty", "sum"),
+                                                       top_share=("top_share", "mean"), chance=("chance", "mean"),
+                                                       pointing_game=("pointing_hit", "mean"))
+    summary["empty_maps"] = summary["empty_maps"].astype(int)
     summary["lift"] = summary["top_share"] / summary["chance"].where(summary["chance"] > 0)
-    return summary[["n", "top_share", "chance", "lift", "pointing_game"]]
+    return summary[["n", "empty_maps", "top_share", "chance", "lift", "pointing_game"]]

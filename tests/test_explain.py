@@ -92,12 +92,26 @@ def test_localisation_score_counts_the_hottest_voxels():
     mask = np.zeros_like(cam, bool)
     mask.flat[:3] = True  # three of them in the tumour, the hottest included
     score = localisation_score(cam, mask, top_percent=10)  # 10 % of 100 voxels
-    assert score == {"top_share": 0.3, "chance": 0.03, "pointing_hit": 1.0}
+    assert score == {"top_share": 0.3, "chance": 0.03, "pointing_hit": 1.0, "empty": 0.0}
     brain = np.zeros_like(mask)
     brain.flat[:20] = True
     assert localisation_score(cam, mask, brain, top_percent=50)["chance"] == pytest.approx(3 / 20)
     with pytest.raises(ConfigError, match="differ in shape"):
         localisation_score(cam, mask[0])
+
+
+def test_an_all_zero_map_is_empty_not_scored():
+    mask = np.zeros((3, 4, 5), bool)
+    mask[1, 1:3, 1:3] = True
+    score = localisation_score(np.zeros(mask.shape), mask)
+    assert score["empty"] == 1.0 and np.isnan(score["top_share"]) and np.isnan(score["pointing_hit"])
+    assert score["chance"] == pytest.approx(mask.mean())
+
+
+def test_default_layers():
+    from gliofed.explain import default_layer
+
+    assert default_layer("seg") == "upcat_1" and default_layer("grade") == "down_3"
 
 
 def test_explain_dataset_scores_masked_cases_only(tiny_cache):
@@ -107,7 +121,10 @@ def test_explain_dataset_scores_masked_cases_only(tiny_cache):
     masked = int(test.index["has_mask"].sum())
     assert 0 < masked < len(test)  # the tiny cohort's REMBRANDT site has no masks
     assert len(scores) == 2 * masked
-    assert scores["top_share"].between(0, 1).all() and scores["chance"].gt(0).all()
+    scored = scores[scores["empty"] == 0]
+    assert scored["top_share"].between(0, 1).all() and scores["chance"].gt(0).all()
+    assert scores.loc[scores["empty"] == 1, "top_share"].isna().all()
     summary = summarise_localisation(scores)
     assert list(summary.index) == ["seg", "grade"] and (summary["n"] == masked).all()
-    assert np.allclose(summary["lift"], summary["top_share"] / summary["chance"])
+    assert np.allclose(summary["lift"], summary["top_share"] / summary["chance"], equal_nan=True)
+    assert (summary["empty_maps"] == scores.groupby("target", sort=False)["empty"].sum()).all()

@@ -85,3 +85,17 @@ def test_segmentation_summary_and_dice_agrees_with_monai():
     # the engine's per-case Dice is MONAI's: check the convention for empty masks
     empty = torch.zeros(1, 1, 3, 4, 5)
     assert float(compute_dice(empty, empty, ignore_empty=False)[0, 0]) == 1.0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_bootstrap_scores_equal_the_scikit_learn_ones(seed):
+    from gliofed.metrics import _binary_scores, _fast_binary_scores
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(5, 40))
+    y = rng.integers(0, 2, n) if seed else np.ones(n, int)  # seed 0: one class only
+    p = np.round(rng.random(n), 1)  # rounded: ties
+    fast, reference = _fast_binary_scores(y, p), _binary_scores(y, p)
+    assert fast.keys() == reference.keys()
+    for key in fast:
+        assert fast[key] == pytest.approx(reference[key], nan_ok=True), key
