@@ -87,11 +87,33 @@ class Workspace:
             save_checkpoint(path, model, config, epoch=rounds, extra={"history": history.rounds, "strategy": strategy})
         model, trained_config, _ = load_checkpoint(path, device)
         if strategy == "local":
-            from gliofed.data.dataset import CaseDataset
             from gliofed.federated.local import LocalOnly
 
             site_models = LocalOnly.from_checkpoint(path.parent / "state.pt").site_models
-            sizes = CaseDataset(self.cache, split="train", seed=trained_config.seed).index["site"].value_counts()
-            largest = next(site for site in sizes.index if site in site_models)
-            LocalOnly.load(model, site_models[largest])
+            LocalOnly.load(model, site_models[self._largest_site(trained_config.seed, site_models)])
         return model, trained_config
+
+    def _largest_site(self, seed: int, candidates) -> str:
+        from gliofed.data.dataset import CaseDataset
+
+        sizes = CaseDataset(self.cache, split="train", seed=seed).index["site"].value_counts()
+        return next(site for site in sizes.index if site in candidates)
+
+    def test_predictions(self, strategy: str, config, test_set, **train_kwargs):
+        """Test-split predictions of a strategy's final model: the ones its training run saved
+        (``runs/<strategy>/predictions_test.csv``) when they cover exactly ``test_set``'s cases, else predicted
+        now (training first if needed, see :meth:`trained_model`). Local-only: the largest site's model."""
+        import pandas as pd
+
+        from gliofed.engine import predict
+        from gliofed.federated.simulate import PREDICTIONS_FILE
+
+        saved = self.runs / strategy / PREDICTIONS_FILE
+        if saved.is_file() and self.checkpoint(strategy).is_file():
+            table = pd.read_csv(saved, dtype={"subject": str, "site": str})
+            name = "global" if set(table["model"]) == {"global"} else self._largest_site(config.seed, set(table["model"]))
+            chosen = table[table["model"] == name].drop(columns="model").reset_index(drop=True)
+            if list(chosen["subject"]) == list(test_set.index["subject_id"]):
+                return chosen
+        model, trained_config = self.trained_model(strategy, config, **train_kwargs)
+        return predict(model, test_set, device=config.device, progress=False)

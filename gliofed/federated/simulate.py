@@ -33,7 +33,7 @@ from gliofed.federated.strategy import Strategy
 from gliofed.metrics import quick_metrics
 from gliofed.model import MultiTaskUNet
 
-__all__ = ["FederationError", "History", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
+__all__ = ["FederationError", "History", "PREDICTIONS_FILE", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
            "privacy_audit"]
 
 log = logging.getLogger("gliofed.federated")
@@ -71,20 +71,27 @@ class History:
         return pd.DataFrame(rows)
 
 
-def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device) -> tuple[dict, dict]:
+#: the last round's test predictions of every evaluated model (column ``model``: ``global`` or a site's name),
+#: written next to ``state.pt`` so that evaluation notebooks need not predict again
+PREDICTIONS_FILE = "predictions_test.csv"
+
+
+def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
+              hd95: bool = True) -> tuple[dict, dict, pd.DataFrame]:
     models = strategy.models_to_evaluate(model)
     scored = {}
     for name, arrays in models.items():
         net = MultiTaskUNet(**model.config)
         strategy.load(net, arrays)
-        scored[name] = predict(net, test_set, device=device, progress=False)
+        scored[name] = predict(net, test_set, device=device, progress=False, hd95=hd95)
+    table = pd.concat([p.assign(model=name) for name, p in scored.items()], ignore_index=True)
     if list(models) == ["global"]:
         predictions = scored["global"]
         site_metrics = {site: quick_metrics(group) for site, group in predictions.groupby("site")}
-        return quick_metrics(predictions), site_metrics
+        return quick_metrics(predictions), site_metrics, table
     site_metrics = {name: quick_metrics(p) for name, p in scored.items()}
     frame = pd.DataFrame(site_metrics.values())
-    return {k: float(frame[k].mean()) for k in frame.columns}, site_metrics
+    return {k: float(frame[k].mean()) for k in frame.columns}, site_metrics, table
 
 
 def in_process_exchange(sites: list[Site]):
@@ -161,7 +168,11 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
                 strategy, model, rnd, [site.name for site in sites], config, in_process_exchange(sites),
                 min_sites=min_sites, max_payload_bytes=max_payload_bytes)
         if strategy.evaluate_each_round or rnd == rounds:
-            metrics, site_metrics = _evaluate(strategy, model, test_set, device)
+            # per-round curves need no HD95 (quick_metrics); the last round's predictions are kept whole
+            metrics, site_metrics, predictions = _evaluate(strategy, model, test_set, device, hd95=rnd == rounds)
+            if rnd == rounds and state_path is not None:
+                state_path.parent.mkdir(parents=True, exist_ok=True)
+                predictions.to_csv(state_path.parent / PREDICTIONS_FILE, index=False)
         else:
             metrics, site_metrics = {}, {}
         history.rounds.append({"round": rnd, "wall_s": time.perf_counter() - started, "metrics": metrics,
