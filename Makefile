@@ -7,6 +7,7 @@ TORCH_SPEC ?= torch==2.13.0
 DEMO_PRESET ?= workshop
 DEMO_DATA   ?= data/$(DEMO_PRESET)
 DEMO_ROUNDS ?= 2
+DEMO_ABLATION_EPOCHS ?= 1
 
 .PHONY: demo test setup clean
 
@@ -21,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/gliofed synth --preset $(DEMO_PRESET) --out $(DEMO_DATA)
-	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS)
+	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS)
 
 test: setup
 	$(BIN)/python -m pytest -q
