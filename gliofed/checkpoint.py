@@ -11,7 +11,7 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.errors import ConfigError
-from gliofed.model import MultiTaskUNet
+from gliofed.model import MultiTaskUNet, build_model
 
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
@@ -43,7 +43,6 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
         raise ConfigError(f"{path}: checkpoint not found.")
     state = torch.load(path, map_location=device, weights_only=False)
     config = TrainConfig.from_dict(state["train_config"])
-    model = (MultiTaskUNet(**state["model_config"]) if state.get("model_config")
-             else MultiTaskUNet(in_channels=len(config.modalities), **config.model))
+    model = MultiTaskUNet(**state["model_config"]) if state.get("model_config") else build_model(config)
     model.load_state_dict(state["model"])
     return model, config, state

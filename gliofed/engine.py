@@ -24,7 +24,7 @@ from gliofed.data.dataset import collate_cases
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.losses import MultiTaskLoss
-from gliofed.model import MultiTaskUNet
+from gliofed.model import build_model
 
 __all__ = [
     "REGIONS",
@@ -57,11 +57,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was requested but CUDA is not available on this machine.")
     return device
-
-
-def build_model(config: TrainConfig) -> MultiTaskUNet:
-    """The configured :class:`MultiTaskUNet`, with as many input channels as ``config.modalities``."""
-    return MultiTaskUNet(in_channels=len(config.modalities), **config.model)
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:

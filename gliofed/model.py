@@ -11,7 +11,7 @@ from torch import nn
 
 from gliofed.data.manifest import MARKER_CLASSES
 
-__all__ = ["MultiTaskUNet", "HEADS"]
+__all__ = ["MultiTaskUNet", "HEADS", "build_model"]
 
 #: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
 HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
@@ -115,3 +115,9 @@ class MultiTaskUNet(nn.Module):
             out["bottleneck"] = pooled
             out["decoder"] = u0
         return out
+
+
+def build_model(config) -> MultiTaskUNet:
+    """The :class:`MultiTaskUNet` a :class:`~gliofed.config.TrainConfig` describes: ``config.model`` options and one
+    input channel per ``config.modalities`` entry."""
+    return MultiTaskUNet(in_channels=len(config.modalities), **config.model)

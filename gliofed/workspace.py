@@ -115,5 +115,5 @@ class Workspace:
             chosen = table[table["model"] == name].drop(columns="model").reset_index(drop=True)
             if list(chosen["subject"]) == list(test_set.index["subject_id"]):
                 return chosen
-        model, trained_config = self.trained_model(strategy, config, **train_kwargs)
+        model, _ = self.trained_model(strategy, config, **train_kwargs)
         return predict(model, test_set, device=config.device, progress=False)

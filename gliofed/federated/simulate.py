@@ -33,8 +33,8 @@ from gliofed.federated.strategy import Strategy
 from gliofed.metrics import quick_metrics
 from gliofed.model import MultiTaskUNet
 
-__all__ = ["FederationError", "History", "PREDICTIONS_FILE", "STRATEGIES", "make_strategy", "quick_metrics", "simulate", "run_experiment",
-           "privacy_audit"]
+__all__ = ["FederationError", "History", "PREDICTIONS_FILE", "STRATEGIES", "make_strategy", "quick_metrics", "simulate",
+           "run_experiment", "privacy_audit"]
 
 log = logging.getLogger("gliofed.federated")
 

@@ -30,7 +30,7 @@ from gliofed.config import TRAIN_PRESETS, train_preset
 from gliofed.federated.distill import DISTILL_PRESETS
 from gliofed.federated.flower.records import payload_to_record, record_to_payload
 from gliofed.federated.rounds import FederationError, federated_round, make_strategy
-from gliofed.model import MultiTaskUNet
+from gliofed.model import build_model
 
 __all__ = ["app", "FLOWER_STRATEGIES", "connect_sites", "flower_exchange"]
 
@@ -111,7 +111,7 @@ def main(grid: Grid, context: Context) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
-    model = MultiTaskUNet(in_channels=len(config.modalities), **config.model)
+    model = build_model(config)
     nodes = connect_sites(grid, int(cfg.get("min-nodes", 2)), float(cfg.get("connect-timeout", 120)))
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
     history = []
