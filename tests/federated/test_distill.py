@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from gliofed.data.dataset import CaseDataset
-from gliofed.federated.condense import condense
-from gliofed.federated.distill import (
+from gliofed.federated.payload import Payload, state_to_arrays
+from gliofed.federated.site import Site
+from gliofed.federated.site.condense import condense
+from gliofed.federated.strategies.distill import (
     DistillFederation,
     DistillSettings,
     distillation_kl,
     symmetric_kl,
 )
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.site import Site
 from gliofed.model import MultiTaskUNet
 from tests.federated.helpers import site_settings, small_model
 
@@ -75,7 +75,7 @@ def test_condensation_reduces_the_matching_loss_it_optimises(tiny_cache):
 
     def gap(steps):
         p = condense(model, site_dataset, DistillSettings(steps=steps, init="noise", perturb=0.0, lr=0.1), 3, "brats21")
-        from gliofed.federated.distill import upsample_synthetic
+        from gliofed.federated.strategies.distill import upsample_synthetic
         images, _ = upsample_synthetic(torch.from_numpy(p.arrays["syn_images"].astype(np.float32)),
                                        torch.from_numpy(p.arrays["syn_masks"].astype(np.int64)), p.meta["shape"])
         with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from gliofed.federated.payload import Payload
-from gliofed.federated.strategy import Strategy, weighted_average
+from gliofed.federated.strategies.base import Strategy, weighted_average
 
 __all__ = ["FedAvg"]
 

@@ -1,6 +1,6 @@
 """Distillation federation, server side (the seed study's method; compare FedAF, CVPR 2024, FedDM, CVPR 2023).
 
-Each round the sites return a condensed synthetic set plus soft labels (:mod:`gliofed.federated.condense`,
+Each round the sites return a condensed synthetic set plus soft labels (:mod:`gliofed.federated.site.condense`,
 which runs inside each site). The server trains the global model on the union of synthetic sets with
 
     loss = CE(markers | known synthetic labels) + seg loss (synthetic masks)
@@ -24,10 +24,10 @@ from torch import nn
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.federated.payload import Payload
-from gliofed.federated.strategy import Strategy
+from gliofed.federated.strategies.base import Strategy
 from gliofed.losses import MultiTaskLoss
 
-__all__ = ["DISTILL_PRESETS", "DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
+__all__ = ["DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
 
 
 @dataclass
@@ -65,14 +65,6 @@ class DistillSettings:
             raise ConfigError(f"distillation init {self.init!r} is not 'noise', 'class_stats' or 'real_unsafe'.")
         if self.n_synthetic < 1 or self.scale < 1 or self.steps < 0:
             raise ConfigError("n_synthetic and scale must be >= 1 and steps >= 0.")
-
-
-#: condensation effort per cohort preset (``paper`` = the defaults of :class:`DistillSettings`)
-DISTILL_PRESETS: dict[str, dict] = {
-    "tiny": {"steps": 2, "server_epochs": 2},
-    "workshop": {"steps": 5, "server_epochs": 5, "real_batch": 4},
-    "paper": {},
-}
 
 
 def upsample_synthetic(images: torch.Tensor, masks: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
