@@ -91,24 +91,45 @@ def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
     return cache_dir
 
 
+def _native_size(manifest: str, largest: int = 128) -> int:
+    """The default in-plane size: the smallest in-plane matrix (RAS x, y) of the manifest's cases, at most ``largest``
+    (the seed's 128), so that a default never upsamples a cohort."""
+    import nibabel as nib
+
+    from gliofed.data.manifest import read_manifest
+
+    smallest = largest
+    for path in read_manifest(manifest)["t1"]:
+        image = nib.load(path)
+        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
+        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
+        smallest = min(smallest, *in_plane)
+    return int(smallest)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gliofed.experiments import train_and_save
-    from gliofed.presets import train_preset
+    from gliofed.presets import get_preset
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                          batch_size=args.batch_size).items() if v is not None}
     if args.modalities:
         overrides["modalities"] = tuple(args.modalities.split(","))
-    config = train_preset(args.preset, **overrides)
+    preset = get_preset(args.preset)
+    config = preset.train.replace(**overrides)
     if args.strategy == "centralized" and args.rounds is None:
         rounds, local_epochs = config.epochs, 1  # one round per epoch: a learning curve for free
     else:
         rounds, local_epochs = args.rounds or 5, args.local_epochs
-    cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
-    distill = {k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
-                                     init=args.distill_init).items() if v is not None}
+    size = args.size
+    if size is None:
+        size = _native_size(args.manifest)
+        print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
+    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+    distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
+                                                          init=args.distill_init).items() if v is not None}}
     print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
     _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
                                 mu=args.mu, distill=distill, external_site=args.external_site,
@@ -204,7 +225,7 @@ def _add_train(commands) -> None:
     p.add_argument("--external-site", help="hold this site out of training entirely")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
-                   help="training recipe (default: the seed's, SGD lr 1e-3, 60 epochs)")
+                   help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -212,7 +233,7 @@ def _add_train(commands) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, help="in-plane size (default: the cohort's native size, at most 128)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default="runs/train")
     p.set_defaults(func=_cmd_train)
