@@ -17,6 +17,7 @@ hottest voxel inside the tumour?).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -27,8 +28,8 @@ from tqdm.auto import tqdm
 
 from gliofed.errors import ConfigError
 
-__all__ = ["SEG_TARGET", "DEFAULT_LAYER", "DEFAULT_SEG_LAYER", "default_layer", "grad_cam", "localisation_score", "explain_dataset",
-           "summarise_localisation"]
+__all__ = ["SEG_TARGET", "DEFAULT_LAYER", "DEFAULT_SEG_LAYER", "default_layer", "grad_cam", "CaseExplanation",
+           "explain_case", "localisation_score", "explain_dataset", "summarise_localisation"]
 
 #: name of the segmentation target (whole tumour: classes 1, 2, 3 summed over the predicted tumour)
 SEG_TARGET = "seg"
@@ -73,8 +74,9 @@ class _HeadOutput(nn.Module):
         return (logits * selected).flatten(1).sum(1)
 
 
-def grad_cam(model: nn.Module, images: torch.Tensor, target: str = "idh", target_class: int | Sequence[int] | None = None,
-             layer: str | nn.Module | None = None, tumour_classes: Sequence[int] = (1, 2, 3),
+def grad_cam(model: nn.Module, images: torch.Tensor, target: str = "idh",
+             target_class: int | Sequence[int] | None = None, layer: str | nn.Module | None = None,
+             tumour_classes: Sequence[int] = (1, 2, 3),
              normalise: bool = True) -> torch.Tensor:
     """Grad-CAM of one head for a batch, upsampled to the input.
 
@@ -122,6 +124,47 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target: str = "idh", target
         peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1, 1)
         cam = cam / peak
     return cam
+
+
+@dataclass
+class CaseExplanation:
+    """The network's outputs on one case and a Grad-CAM map per target (see :func:`explain_case`).
+
+    Attributes:
+        outputs: head -> logits of the case (batch of one), as the model returns them.
+        cams: target -> (D, H, W) float map in [0, 1].
+        explained: target -> the class its map explains (the predicted one); ``None`` for ``"seg"``.
+    """
+
+    outputs: dict[str, torch.Tensor]
+    cams: dict[str, np.ndarray]
+    explained: dict[str, int | None]
+
+
+def explain_case(model: nn.Module, image: torch.Tensor, targets: Sequence[str] = ("seg", "idh", "codeletion", "mgmt",
+                                                                                   "grade"),
+                 layer: str | nn.Module | None = None) -> CaseExplanation:
+    """Run ``model`` on one case and Grad-CAM each target for the class it predicts.
+
+    The one place that turns a case into per-head maps: :func:`explain_dataset` scores them, the slice viewer
+    (:func:`gliofed.viz.viewer.case_views`) draws them.
+
+    Args:
+        model: the multi-task network.
+        image: (1, C, D, H, W) on the model's device.
+        targets: marker heads and/or ``"seg"``.
+        layer: Grad-CAM layer (default :func:`default_layer` per target).
+
+    Returns:
+        :class:`CaseExplanation`.
+    """
+    with torch.no_grad():
+        outputs = model.eval()(image)
+    cams, explained = {}, {}
+    for target in targets:
+        explained[target] = None if target == SEG_TARGET else int(outputs[target].argmax(1)[0])
+        cams[target] = grad_cam(model, image, target, explained[target], layer=layer)[0, 0].cpu().numpy()
+    return CaseExplanation(outputs=outputs, cams=cams, explained=explained)
 
 
 def localisation_score(cam: np.ndarray | torch.Tensor, mask: np.ndarray | torch.Tensor,
@@ -175,13 +218,11 @@ def explain_dataset(model: nn.Module, dataset, targets: Sequence[str] = ("seg", 
         image = torch.as_tensor(sample["image"])[None].to(device)
         mask = np.asarray(sample["seg"])[0] > 0
         brain = (image[0].abs().sum(0) > 0).cpu().numpy()
-        with torch.no_grad():
-            outputs = model.eval()(image)
+        explanation = explain_case(model, image, targets, layer=layer)
         for target in targets:
-            explained = None if target == SEG_TARGET else int(outputs[target].argmax(1)[0])
-            cam = grad_cam(model, image, target, explained, layer=layer)[0, 0].cpu().numpy()
             rows.append({"subject": sample["subject"], "site": sample["site"], "target": target,
-                         "explained_class": explained, **localisation_score(cam, mask, brain, top_percent)})
+                         "explained_class": explanation.explained[target],
+                         **localisation_score(explanation.cams[target], mask, brain, top_percent)})
     return pd.DataFrame(rows, columns=["subject", "site", "target", "explained_class", "top_share", "chance",
                                        "pointing_hit", "empty"])
 

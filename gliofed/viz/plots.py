@@ -15,6 +15,14 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from gliofed.data.cache import load_case, read_index
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.metrics import per_site_metrics
+from gliofed.viz.slices import (
+    brain_mask,
+    estimated_spacing,
+    intensity_window,
+    largest_tumour_slice,
+    plane_geometry,
+    spacing_from_index,
+)
 
 __all__ = ["plot_cases", "plot_learning_curves", "plot_bytes", "plot_roc", "plot_dice_violin", "plot_per_site",
            "plot_ablation", "plot_gradcam", "save_html"]
@@ -25,6 +33,9 @@ _SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)",
 def plot_cases(cache_dir: str | Path, subjects: Sequence[str], modalities: Sequence[str] = MODALITIES,
                show_mask: bool = True) -> go.Figure:
     """Axial slice through the largest tumour cross-section of each case, one row per case.
+
+    Voxels are drawn at their size (the cache's spacing, else :func:`~gliofed.viz.slices.estimated_spacing`), in
+    the radiological convention (patient's right on the left), each contrast with one grey-level window per volume.
 
     Args:
         cache_dir: preprocessed cache.
@@ -42,24 +53,38 @@ def plot_cases(cache_dir: str | Path, subjects: Sequence[str], modalities: Seque
     for r, subject in enumerate(subjects, start=1):
         has_mask = bool(index.loc[subject, "has_mask"])
         image, seg = load_case(cache_dir, subject, has_mask)
-        z = int(np.argmax((np.asarray(seg) > 0).sum((1, 2)))) if seg is not None else image.shape[1] // 2
+        image = np.asarray(image, np.float32)
+        z = largest_tumour_slice(seg)
+        z = image.shape[1] // 2 if z is None else z
+        brain = brain_mask(image)
+        spacing = spacing_from_index(index.loc[subject]) or estimated_spacing(image.shape[1:])
+        geometry = plane_geometry(image.shape[1:], spacing, "axial")
+        position = dict(x0=geometry.x0, dx=geometry.dx, y0=geometry.y0, dy=geometry.dy)
         for c, name in enumerate(columns, start=1):
+            contrast = "flair" if name == "mask" else name
+            channel = image[MODALITIES.index(contrast)]
+            low, high = intensity_window(channel, brain)
+            fig.add_trace(go.Heatmap(z=np.where(brain[z], channel[z], np.nan), zmin=low, zmax=high, colorscale="gray",
+                                     showscale=False, **position), r, c)
             if name == "mask":
                 plane = np.asarray(seg[z]) if seg is not None else np.zeros(image.shape[2:], np.uint8)
-                fig.add_trace(go.Heatmap(z=np.asarray(image[MODALITIES.index("flair"), z], np.float32),
-                                         colorscale="gray", showscale=False), r, c)
                 scale = [[i / 3, col] for i, col in enumerate(_SEG_COLOURS)]
-                fig.add_trace(go.Heatmap(z=plane, zmin=0, zmax=3, colorscale=scale, showscale=False), r, c)
-            else:
-                fig.add_trace(go.Heatmap(z=np.asarray(image[MODALITIES.index(name), z], np.float32),
-                                         colorscale="gray", showscale=False), r, c)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    for i in range(1, len(subjects) * len(columns) + 1):  # square pixels in every panel
-        fig.layout[f"yaxis{i if i > 1 else ''}"].scaleanchor = f"x{i if i > 1 else ''}"
-    fig.update_layout(height=220 * len(subjects), width=200 * len(columns), margin=dict(l=10, r=10, t=30, b=10))
+                fig.add_trace(go.Heatmap(z=plane, zmin=0, zmax=3, colorscale=scale, showscale=False, **position), r, c)
+            fig.update_xaxes(range=list(geometry.x_range), row=r, col=c)
+            fig.update_yaxes(range=list(geometry.y_range), row=r, col=c)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, constrain="domain")
+    _lock_aspect(fig, len(subjects) * len(columns))
+    fig.update_layout(height=220 * len(subjects), width=200 * len(columns), margin=dict(l=10, r=10, t=30, b=10),
+                      plot_bgcolor="black")
     fig.update_annotations(font_size=10)
     return fig
+
+
+def _lock_aspect(fig: go.Figure, panels: int) -> None:
+    """One data unit (mm) is as long on x as on y in every panel: true aspect ratio."""
+    for i in range(1, panels + 1):
+        fig.layout[f"yaxis{i if i > 1 else ''}"].scaleanchor = f"x{i if i > 1 else ''}"
 
 
 _STRATEGY_COLOURS = {"centralized": "#444444", "local": "#8c8c8c", "fedavg": "#1f77b4", "fedprox": "#2ca02c",
@@ -127,16 +152,18 @@ def plot_roc(predictions: pd.DataFrame | dict[str, pd.DataFrame], markers: Seque
         for i, (name, table) in enumerate(runs.items()):
             known = table[table[marker] >= 0]
             classes = MARKER_CLASSES[marker]
-            curves = ([(f"{name} · {classes[k]}", known[marker] == k, known[f"p_{marker}_{k}"]) for k in range(len(classes))]
+            curves = ([(f"{name} · {classes[k]}", known[marker] == k, known[f"p_{marker}_{k}"])
+                       for k in range(len(classes))]
                       if marker == "grade" else [(name, known[marker] == 1, known[f"p_{marker}_1"])])
             for j, (label, y, p) in enumerate(curves):
                 if y.nunique() < 2:
                     continue
                 fpr, tpr, _ = roc_curve(y, p)
                 dash = ["solid", "dash", "dot"][j % 3] if marker == "grade" else "solid"
-                fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{label} ({_MARKER_TITLES[marker].split()[0]}) "
-                                         f"AUC {roc_auc_score(y, p):.2f}", line=dict(color=_colour(name, i), dash=dash)),
-                              1, c)
+                short = _MARKER_TITLES[marker].split()[0]
+                auc = roc_auc_score(y, p)
+                fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{label} ({short}) AUC {auc:.2f}",
+                                         line=dict(color=_colour(name, i), dash=dash)), 1, c)
     fig.update_xaxes(title_text="1 - specificity", range=[0, 1])
     fig.update_yaxes(title_text="sensitivity", range=[0, 1.02])
     fig.update_layout(height=380, width=330 * len(markers) + 200, margin=dict(l=50, r=10, t=40, b=50))
@@ -198,33 +225,64 @@ def plot_ablation(table: pd.DataFrame, metrics: Sequence[str] | None = None) -> 
 
 
 def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarray | None = None,
-                 slice_index: int | None = None, title: str = "") -> go.Figure:
+                 slice_index: int | None = None, title: str = "", spacing: Sequence[float] | None = None,
+                 threshold: float = 0.3) -> go.Figure:
     """Axial Grad-CAM overlays of one case: one panel per head, the whole-tumour outline on top.
+
+    Each map is drawn in a perceptually uniform scale (plasma) and is transparent below ``threshold``, so the anatomy
+    stays visible; one colour bar serves all panels. Voxels are drawn at their size, patient's right on the left.
 
     Args:
         image: (D, H, W) background contrast (e.g. FLAIR).
         cams: head -> (D, H, W) map in [0, 1].
-        mask: (D, H, W) class map or bool whole-tumour mask; its outline is drawn.
+        mask: (D, H, W) class map or bool whole-tumour mask; its outline is drawn in white.
         slice_index: axial slice (default: the largest tumour cross-section, else the middle).
+        title: figure title.
+        spacing: (D, H, W) voxel spacing (default: estimated from the shape).
+        threshold: Grad-CAM level below which the map is transparent (default 0.3).
+
+    Returns:
+        plotly Figure, at most 1,100 px wide for five heads.
     """
     image = np.asarray(image, dtype=np.float32)
     if slice_index is None:
-        slice_index = (int(np.argmax((np.asarray(mask) > 0).sum((1, 2)))) if mask is not None and np.any(mask)
-                       else image.shape[0] // 2)
-    fig = make_subplots(rows=1, cols=len(cams), subplot_titles=list(cams), horizontal_spacing=0.02)
+        slice_index = largest_tumour_slice(mask)
+        slice_index = image.shape[0] // 2 if slice_index is None else slice_index
+    geometry = plane_geometry(image.shape, spacing or estimated_spacing(image.shape), "axial")
+    position = dict(x0=geometry.x0, dx=geometry.dx, y0=geometry.y0, dy=geometry.dy)
+    brain = image != 0
+    low, high = intensity_window(image, brain)
+    background = np.where(brain[slice_index], image[slice_index], np.nan)
+    fig = make_subplots(rows=1, cols=len(cams), subplot_titles=[f"Grad-CAM {head}" for head in cams],
+                        horizontal_spacing=0.015)
     for c, cam in enumerate(cams.values(), start=1):
-        fig.add_trace(go.Heatmap(z=image[slice_index], colorscale="gray", showscale=False), 1, c)
-        fig.add_trace(go.Heatmap(z=np.asarray(cam, np.float32)[slice_index], colorscale="Jet", zmin=0, zmax=1,
-                                 opacity=0.45, showscale=c == len(cams)), 1, c)
+        fig.add_trace(go.Heatmap(z=background, zmin=low, zmax=high, colorscale="gray", showscale=False,
+                                 hoverinfo="skip", **position), 1, c)
+        plane = np.asarray(cam, np.float32)[slice_index]
+        fig.add_trace(go.Heatmap(z=np.where(plane >= threshold, plane, np.nan), zmin=threshold, zmax=1,
+                                 colorscale="Plasma", opacity=0.7, showscale=c == 1, hoverinfo="skip",
+                                 colorbar=dict(title=dict(text=f"Grad-CAM \u2265 {threshold:g}", side="right"),
+                                               thickness=12, len=0.8), **position), 1, c)
         if mask is not None:
-            fig.add_trace(go.Contour(z=(np.asarray(mask)[slice_index] > 0).astype(np.uint8), showscale=False,
-                                     contours=dict(start=0.5, end=0.5, coloring="lines"), line=dict(color="white",
-                                     width=2), hoverinfo="skip"), 1, c)
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
-    for i in range(1, len(cams) + 1):
-        fig.layout[f"yaxis{i if i > 1 else ''}"].scaleanchor = f"x{i if i > 1 else ''}"
-    fig.update_layout(title=title or None, height=300, width=230 * len(cams) + 80, margin=dict(l=10, r=10, t=50, b=10))
+            outline = np.pad((np.asarray(mask)[slice_index] > 0).astype(np.float32), 1)
+            # coloring="lines" ignores line.color: a constant colour scale makes the outline white
+            fig.add_trace(go.Contour(z=outline, showscale=False, contours=dict(start=0.5, end=0.5, size=1,
+                                     coloring="lines"), colorscale=[[0, "white"], [1, "white"]], line=dict(width=2),
+                                     hoverinfo="skip", name="ground truth (whole tumour)", showlegend=c == 1,
+                                     x0=geometry.x0 - geometry.dx, dx=geometry.dx, y0=geometry.y0 - geometry.dy,
+                                     dy=geometry.dy), 1, c)
+        fig.update_xaxes(range=list(geometry.x_range), row=1, col=c)
+        fig.update_yaxes(range=list(geometry.y_range), row=1, col=c)
+    fig.update_xaxes(visible=False, constrain="domain")
+    fig.update_yaxes(visible=False, constrain="domain")
+    _lock_aspect(fig, len(cams))
+    left, right, _, _ = geometry.labels
+    for text, x, anchor in ((left, 0, "right"), (right, 1, "left")):
+        fig.add_annotation(text=text, x=x, y=0.5, xref="x domain", yref="y domain", xanchor=anchor, showarrow=False,
+                           font=dict(size=12))
+    fig.update_layout(title=title or None, height=330, width=190 * len(cams) + 150, plot_bgcolor="black",
+                      margin=dict(l=20, r=20, t=60, b=30), legend=dict(orientation="h", x=0, y=-0.02, yanchor="top",
+                                                                       bgcolor="rgba(0,0,0,0)"))
     return fig
 
 
