@@ -305,7 +305,8 @@ def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
     """Hold ``cache_dir/.lock`` (PID and host) while writing the cache.
 
     A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
-    this host (a killed ``preprocess``) is taken over. The lock file is created complete, by a hard link of
+    this host (a killed ``preprocess``) is taken over. (Two writers taking over the same stale lock at the same
+    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is created complete, by a hard link of
     a written temporary file, so a reader never sees a half-written lock.
 
     Yields:
@@ -347,19 +348,14 @@ def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
 
 def _remove_leftovers(cache_dir: Path) -> int:
     """Remove temporary files of killed writers (only called while holding the lock). Returns their count."""
-    count = 0
-    for folder in (cache_dir, cache_dir / "cases"):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if path.name.startswith(".lock."):
-                    continue  # another process's lock being created: not a leftover of a killed writer
-                if path.name.startswith(".") and path.name.endswith(TMP_SUFFIX):
-                    path.unlink(missing_ok=True)
-                    count += 1
-                elif path.name.endswith(".tmp.npy"):  # the temporary name of gliofed <= 0.1
-                    path.unlink(missing_ok=True)
-                    count += 1
-    return count
+    leftovers = [p for name in ("index.csv", "report.csv", _SETTINGS) for p in cache_dir.glob(f".{name}.*{TMP_SUFFIX}")]
+    cases = cache_dir / "cases"
+    if cases.is_dir():
+        leftovers += [p for p in cases.iterdir() if (p.name.startswith(".") and p.name.endswith(TMP_SUFFIX))
+                      or p.name.endswith(".tmp.npy")]  # ".tmp.npy": the temporary name of gliofed <= 0.1
+    for path in leftovers:
+        path.unlink(missing_ok=True)
+    return len(leftovers)
 
 
 # ------------------------------------------------------------------------------------------ preprocess
@@ -509,9 +505,13 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
         if missing_ok:
             return pd.DataFrame(columns=INDEX_COLUMNS)
         raise CacheError(f"{cache_dir}: no preprocessed cache here (index.csv missing); run `gliofed preprocess` first.")
-    index = pd.read_csv(path, dtype={"subject_id": str, "site": str, "split": str, "sex": str, "affine": str,
-                                     "image_sha256": str, "seg_sha256": str, "fingerprint": str},
-                        keep_default_na=False, na_values={"age": [""]})
+    try:
+        index = pd.read_csv(path, dtype={"subject_id": str, "site": str, "split": str, "sex": str, "affine": str,
+                                         "image_sha256": str, "seg_sha256": str, "fingerprint": str},
+                            keep_default_na=False, na_values={"age": [""]})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as error:
+        raise CacheError(f"{path}: unreadable cache index ({type(error).__name__}); delete the cache folder and run "
+                         "`gliofed preprocess` again.") from error
     return index
 
 

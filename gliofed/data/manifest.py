@@ -5,9 +5,9 @@ Schema (documented for users in ``data_manifests/README.md``):
 ========== ===========================================================================
 column     meaning
 ========== ===========================================================================
-subject_id unique subject (= patient) identifier
+subject_id unique subject (= patient) identifier; a safe file name (letters, digits, ``.``, ``_``, ``-``)
 dataset    source dataset, e.g. ``synthetic``, ``brats2021``, ``upenn-gbm``
-site       institution / federated site the subject belongs to
+site       institution / federated site the subject belongs to; a safe file name, as ``subject_id``
 t1 .. flair NIfTI paths of the four contrasts, relative to the manifest file
 seg        NIfTI segmentation (BraTS labels 0/1/2/4), blank when the subject has none
 idh        0 wildtype, 1 mutant, blank unknown

@@ -203,3 +203,20 @@ def test_samples_carry_the_spacing_in_dhw_order(cache):
     assert sample["spacing"].dtype.is_floating_point
     np.testing.assert_allclose(sample["spacing"].numpy(), expected)
     assert tuple(sample["spacing"].shape) == (3,)
+
+
+def test_cache_of_an_older_gliofed_is_remade_not_refused(small_manifest, cache):
+    """Version 1 caches had no settings.json and no checksums: every case is re-made in place."""
+    legacy = read_index(cache)[["subject_id", "dataset", "site", "split", "idh", "codeletion", "mgmt", "grade", "age",
+                                "sex", "has_mask", "depth", "height", "width", "fingerprint"]]
+    legacy.assign(fingerprint="0123456789abcdef").to_csv(cache / "index.csv", index=False)
+    (cache / "settings.json").unlink()
+    report = preprocess(small_manifest, cache, size=12, progress=False)
+    assert list(report.cases["status"]) == ["done", "done"]
+    assert list(read_index(cache).columns) == INDEX_COLUMNS
+
+
+def test_unreadable_index_is_a_cache_error(cache):
+    (cache / "index.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CacheError, match="unreadable cache index"):
+        read_index(cache)
