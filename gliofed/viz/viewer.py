@@ -57,9 +57,9 @@ _SEG_SCALE = [[0.0, "rgba(0,0,0,0)"], [0.17, "rgba(0,0,0,0)"], [0.17, TRUTH_COLO
               [0.5, TRUTH_COLOURS[2][1]], [0.83, TRUTH_COLOURS[2][1]], [0.83, TRUTH_COLOURS[3][1]],
               [1.0, TRUTH_COLOURS[3][1]]]
 _CONTRAST_NAMES = {"t1": "T1", "t1ce": "T1ce", "t2": "T2", "flair": "FLAIR"}
-#: figure size in px: with the probability table the viewer is 830 px wide, which fits JupyterLab's notebook on a
+#: figure size in px: with the probability table the viewer is 840 px wide, which fits JupyterLab's notebook on a
 #: 1280 px screen with the file browser open (checked in tests/viz/test_browser.py)
-_FIGURE_WIDTH, _FIGURE_HEIGHT = 560, 580
+_FIGURE_WIDTH, _FIGURE_HEIGHT = 540, 570
 
 
 @dataclass
@@ -234,7 +234,7 @@ class SliceViewer:
         }
         for name, control in self.controls.items():  # stable hooks for the browser test
             control.add_class(f"gliofed-{name.replace('_', '-')}")
-        self.probabilities = w.HTML(layout=w.Layout(width="270px", margin="90px 0 0 0"))
+        self.probabilities = w.HTML(layout=w.Layout(width="300px", margin="90px 0 0 0"))
         # The live figure, and a plain copy holding the full state: the widget prunes every property the browser
         # reports as plotly.js's default, and a reloaded page then draws without them (see _save_widget_state)
         self._state = self._empty_figure()
@@ -242,6 +242,7 @@ class SliceViewer:
         for kept, live in zip(self._state.data, self.figure.data):
             kept.uid = live.uid
         self.figure.add_class("gliofed-figure")
+        self._resetting = False
         self._reset_slider()
         for name, control in self.controls.items():
             control.observe(self._on_case if name in ("case", "plane") else self._on_change, names="value")
@@ -256,7 +257,7 @@ class SliceViewer:
             w.HBox([self.controls["truth"], self.controls["prediction"], self.controls["cam"]],
                    layout=w.Layout(**row, margin="0 0 0 76px")),
             w.HBox([self.controls["cam_threshold"], self.controls["opacity"]], layout=w.Layout(**row)),
-            w.HBox([self.figure, self.probabilities]),
+            w.HBox([self.figure, self.probabilities], layout=w.Layout(margin="10px 0 0 0")),
         ])
         self.widget.add_class("gliofed-viewer")
 
@@ -324,7 +325,7 @@ class SliceViewer:
         figure.update_xaxes(**axis)
         figure.update_yaxes(**axis, scaleanchor="x", scaleratio=1)
         figure.update_layout(
-            width=_FIGURE_WIDTH, height=_FIGURE_HEIGHT, margin=dict(l=28, r=100, t=96, b=44),
+            width=_FIGURE_WIDTH, height=_FIGURE_HEIGHT, margin=dict(l=28, r=90, t=96, b=44),
             plot_bgcolor="black", paper_bgcolor="white", template="simple_white",
             title=dict(x=0.02, xanchor="left", y=0.985, yanchor="top", yref="container", font=dict(size=14)),
             legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.04, yanchor="top", itemclick=False,
@@ -403,20 +404,29 @@ class SliceViewer:
         volume = case.truth if case.truth is not None else case.prediction
         start = largest_tumour_slice(volume, plane)  # the largest tumour cross-section, else the middle
         slider = self.controls["slice"]
-        with slider.hold_trait_notifications():
-            slider.max = size - 1
-            slider.value = size // 2 if start is None else start
+        self._resetting = True  # the caller redraws once, after the reset
+        try:
+            with slider.hold_trait_notifications():
+                slider.max = size - 1
+                slider.value = size // 2 if start is None else start
+        finally:
+            self._resetting = False
 
     def _on_case(self, _change=None) -> None:
         case = self.case
         modality = self.controls["modality"]
         if list(modality.options) != list(case.modalities):
-            modality.options = list(case.modalities)
+            self._resetting = True
+            try:
+                modality.options = list(case.modalities)
+            finally:
+                self._resetting = False
         self._reset_slider()
         self._redraw()
 
     def _on_change(self, _change=None) -> None:
-        self._redraw()
+        if not self._resetting:
+            self._redraw()
 
     def _probability_table(self) -> str:
         case = self.case
@@ -430,10 +440,10 @@ class SliceViewer:
             truth = case.labels.get(marker, -1)
             rows.append(f"<tr><td><b>{marker}</b></td><td>{html.escape(str(names[best]))}</td><td>{probs[best]:.2f}</td>"
                         f"<td>{html.escape(str(names[truth])) if truth >= 0 else 'unknown'}</td></tr>")
-        cell = "padding:2px 5px;text-align:left"
-        return (f"<table style='font-size:12px;border-collapse:collapse'><caption style='text-align:left'><b>markers"
-                f"</b> (p: predicted class probability)</caption><tr><th style='{cell}'>marker</th>"
-                f"<th style='{cell}'>predicted</th><th style='{cell}'>p</th><th style='{cell}'>truth</th></tr>"
+        cell = "padding:2px 4px;text-align:left"
+        return (f"<table style='font-size:12px;border-collapse:collapse'><tr><th style='{cell}'>marker</th>"
+                f"<th style='{cell}'>predicted</th><th style='{cell}' title='probability of the predicted class'>p</th>"
+                f"<th style='{cell}'>truth</th></tr>"
                 + "".join(rows).replace("<td>", f"<td style='{cell}'>") + "</table>")
 
     # display --------------------------------------------------------------------------------------------------
