@@ -6,7 +6,7 @@ traceback and exits non-zero.
 
 from __future__ import annotations
 
-__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError"]
+__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError", "PolicyError"]
 
 
 class GliofedError(Exception):
@@ -27,3 +27,9 @@ class CacheError(GliofedError):
 
 class ConfigError(GliofedError):
     """A configuration value is invalid."""
+
+
+class PolicyError(GliofedError):
+    """A site refuses a server's request, or a reply it would send, under its operator's
+    :class:`~gliofed.federated.site.policy.SitePolicy`. Lives here (not in ``federated/site``) so that the server can
+    name a refusal without any import path to a site's cases."""
