@@ -8,7 +8,9 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 ``size`` (in-plane size sites preprocess to), ``min-nodes`` (nodes to wait for before round 1),
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
 ``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.ckpt`` and
-``history.json`` go, on the SuperLink's machine).
+``history.json`` go, on the SuperLink's machine), ``distill`` (overrides of the preset's
+:class:`~gliofed.federated.strategies.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
+policy decides whether it accepts them).
 
 The server never sees a scan: it holds the model, sends declared payloads and aggregates declared replies,
 exactly as in the in-process simulator (same :func:`federated_round`, same seeds, same payload bytes).
@@ -94,6 +96,24 @@ def flower_exchange(grid: Grid, nodes: dict[str, int], rnd: int, timeout: float)
     return exchange
 
 
+def distill_overrides(text: str) -> dict:
+    """``"steps=10,init=noise"`` -> ``{"steps": 10, "init": "noise"}`` (numbers as int or float)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FederationError(f"run config distill item {item!r} is not key=value.")
+        for kind in (int, float):
+            try:
+                overrides[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
 def _remote_reason(reason: str | None) -> str:
     """Flower's error reason (``"<class 'RuntimeError'>:<'message ...'>"``, possibly a whole traceback) as
     ``"RuntimeError: first line"``."""
@@ -131,7 +151,8 @@ def main(grid: Grid, context: Context) -> None:
     rounds, min_sites = int(cfg.get("num-server-rounds", 3)), int(cfg.get("min-sites", 1))
     config = preset.train.replace(seed=seed, device="cpu",
                                   modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
-    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), preset.distill, seed)
+    distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
+    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed)
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
