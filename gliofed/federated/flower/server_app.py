@@ -157,7 +157,11 @@ def main(grid: Grid, context: Context) -> None:
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
     model = build_model(config)
+    if rounds < 1:
+        raise FederationError(f"num-server-rounds must be a positive integer, not {rounds}.")
     nodes = connect_sites(grid, int(cfg.get("min-nodes", 2)), float(cfg.get("connect-timeout", 120)))
+    if not 1 <= min_sites <= len(nodes):  # before round 1, not after it
+        raise FederationError(f"min-sites={min_sites} must be between 1 and the {len(nodes)} connected site(s).")
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
     history = []
     for rnd in range(1, rounds + 1):
