@@ -25,7 +25,8 @@ from gliofed.data.check import volume_problems
 from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
 
-__all__ = ["ValidateCased", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline"]
+__all__ = ["ValidateCased", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline",
+           "depth_first_affine"]
 
 
 class ValidateCased(MapTransform):
@@ -51,6 +52,39 @@ class ValidateCased(MapTransform):
             key, message = problems[0]
             raise DataError(f"subject {data.get(self.subject_key, '?')}: {key}: {message}.")
         return data
+
+
+def depth_first_affine(affine_xyz: np.ndarray) -> np.ndarray:
+    """The voxel-to-world affine of a (D, H, W) = (z, y, x) array, from the affine of its (x, y, z) original.
+
+    Args:
+        affine_xyz: 4 x 4 affine mapping (x, y, z, 1) voxel indices to world mm.
+
+    Returns:
+        4 x 4 float64 affine mapping (d, h, w, 1) to the same world points (its columns permuted).
+    """
+    return np.asarray(affine_xyz, dtype=np.float64)[:, [2, 1, 0, 3]]
+
+
+class CacheGeometryd(MapTransform):
+    """Record the geometry of the cache grid before :class:`ToDepthFirstd`, from MONAI's tracked metadata.
+
+    MONAI's ``MetaTensor`` carries the affine through orientation, cropping and resizing, so the affine read
+    here is the one of the final grid. Adds ``"<key>_affine"`` (4 x 4 float64, (d, h, w, 1) voxel -> world mm,
+    RAS) and ``"<key>_spacing"`` (3 float64, mm per voxel along D, H, W).
+
+    Args:
+        keys: the MetaTensor keys to record (normally ``"image"``).
+        allow_missing_keys: don't raise if a key is absent (default False).
+    """
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            affine = depth_first_affine(np.asarray(d[key].affine, dtype=np.float64))
+            d[f"{key}_affine"] = affine
+            d[f"{key}_spacing"] = np.linalg.norm(affine[:3, :3], axis=0)
+        return d
 
 
 class ToDepthFirstd(MapTransform):
@@ -81,7 +115,9 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
 
     Returns:
         a Compose taking ``{"subject_id", "t1", "t1ce", "t2", "flair"[, "seg"]}`` paths and returning
-        ``image`` float32 (4, D, size, size) and ``seg`` (1, D, size, size) with classes 0..3.
+        ``image`` float32 (4, D, size, size), ``seg`` (1, D, size, size) with classes 0..3, and the cache grid's
+        geometry: ``image_affine`` (4 x 4, (d, h, w) voxel -> world mm, RAS) and ``image_spacing`` (mm along
+        D, H, W) — see :class:`CacheGeometryd`.
     """
     volumes = [*MODALITIES, "seg"] if with_seg else list(MODALITIES)
     spatial = ["image", "seg"] if with_seg else ["image"]
@@ -100,7 +136,8 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
             Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
             MapLabelValued("seg", orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3]),
         ]
-    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), ToDepthFirstd(spatial)]
+    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), CacheGeometryd("image"),
+              ToDepthFirstd(spatial)]
     return Compose(steps)
 
 
