@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.engine import predict, resolve_device, seed_everything
-from gliofed.errors import ConfigError, GliofedError
+from gliofed.errors import CacheError, ConfigError, GliofedError
 from gliofed.federated.site import Site
 from gliofed.federated.strategies import FederationError, Strategy
 from gliofed.metrics import quick_metrics
@@ -116,7 +116,10 @@ def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
 
 
 def in_process_exchange(sites: list[Site]):
-    """The simulator's transport: each :class:`Site` answers in turn, in this process."""
+    """The simulator's transport: each :class:`Site` answers in turn, in this process.
+
+    A damaged cache (:class:`~gliofed.errors.CacheError`) stops the simulation with its one-line error: here the
+    experimenter owns every site's cache, and a site silently left out of every round would hide it."""
     by_name = {site.name: site for site in sites}
 
     def exchange(requests: dict) -> dict:
@@ -124,6 +127,8 @@ def in_process_exchange(sites: list[Site]):
         for name, (task, outgoing, settings) in requests.items():
             try:
                 answers[name] = by_name[name].handle(task, outgoing, settings)
+            except CacheError:
+                raise
             except Exception as error:  # reported by federated_round
                 answers[name] = error
         return answers
