@@ -91,6 +91,15 @@ def test_a_reply_larger_than_the_limit_stays_at_the_site(tiny_cache):
         site.handle(*site_request(small_config(), model, 1, "train", Payload("model", arrays, {}), {"epochs": 0}))
 
 
+def test_a_request_for_a_huge_network_is_refused_before_it_is_built(tiny_cache):
+    model = small_model()
+    task, outgoing, settings = site_request(small_config(), model, 1, "train", Payload("model", {}, {}),
+                                            {"epochs": 1})
+    settings["model_config"] = {**settings["model_config"], "features": (4096, 8192, 16384, 32768)}
+    with pytest.raises(PolicyError, match="the model of [0-9,]+ bytes exceeds the limit of 67,108,864 bytes"):
+        Site("brats21", tiny_cache).handle(task, outgoing, settings)
+
+
 @pytest.mark.parametrize("preset", sorted(PRESETS))
 def test_the_default_policy_accepts_every_shipped_preset(preset):
     chosen = PRESETS[preset]

@@ -26,6 +26,17 @@ __all__ = ["Site", "TASKS"]
 TASKS = ("describe", "train", "distill")
 
 
+def _declared_model_bytes(model_config: dict) -> int:
+    """Bytes of the network ``model_config`` describes, counted on the ``meta`` device (nothing allocated), so
+    that a request for a huge network is refused before the site builds it."""
+    try:
+        with torch.device("meta"):
+            network = build_model(model_config)
+    except Exception:  # not buildable: the request fails later with its own error
+        return 0
+    return sum(t.numel() * t.element_size() for t in network.state_dict().values())
+
+
 class Site:
     """A federated site over its training cases in a preprocessed cache.
 
@@ -91,6 +102,8 @@ class Site:
                 (checked before any case is read, and again before the reply leaves).
         """
         model_bytes = sum(int(np.asarray(a).nbytes) for a in model.arrays.values()) if model is not None else 0
+        if task != "describe" and isinstance((settings or {}).get("model_config"), dict):
+            model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
         self.__policy.check_request(self.name, task, settings or {}, model_bytes)
         reply = self._answer(task, model, settings)
         self.__policy.check_reply_size(self.name, reply.nbytes)
