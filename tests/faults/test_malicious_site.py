@@ -93,8 +93,8 @@ def test_a_nested_traceback_becomes_a_one_line_reason():
 
 def _distilled_set(site: str, **changes) -> Payload:
     rng = np.random.default_rng(0)
-    arrays = {"syn_images": rng.normal(size=(2, 4, 3, 4, 4)).astype(np.float16),
-              "syn_masks": rng.integers(0, 4, (2, 3, 4, 4)).astype(np.uint8),
+    arrays = {"syn_images": rng.normal(size=(2, 4, 2, 4, 4)).astype(np.float16),  # shape / scale 4, at least 2
+              "syn_masks": rng.integers(0, 4, (2, 2, 4, 4)).astype(np.uint8),
               "syn_labels": np.array([[0, 1, 0, 2], [1, 0, 1, 0]], np.int8)}
     for marker, k in (("idh", 2), ("codeletion", 2), ("mgmt", 2), ("grade", 3)):
         arrays[f"soft:{marker}"] = np.full((k, k), 1.0 / k, np.float32)
@@ -110,7 +110,7 @@ def _distilled_set(site: str, **changes) -> Payload:
 
 @pytest.mark.parametrize("changes", [
     {"drop": "soft:idh"},
-    {"syn_masks": np.full((2, 3, 4, 4), 9, np.uint8)},
+    {"syn_masks": np.full((2, 2, 4, 4), 9, np.uint8)},
     {"syn_labels": np.array([[5, 1, 0, 2], [1, 0, 1, 0]], np.int8)},
     {"shape": [10**6, 10**6, 10**6]},
     {"shape": "3x16x16"},

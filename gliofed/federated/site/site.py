@@ -143,7 +143,7 @@ class Site:
         finally:
             self.__cases.transform = None
         network.cpu()
-        loss = float(np.mean([h["total"] for h in history])) if history else float("nan")
+        loss = float(np.mean([h["total"] for h in history])) if history else None  # no step: no loss (not NaN)
         return Payload("weights_update", state_to_arrays(network), {"site": self.name, "n_cases": self.n_cases,
                                                                    "loss": loss})
 
@@ -160,7 +160,7 @@ class Site:
 
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
-        only the report — correlations and flags — leaves). See :mod:`gliofed.federated.privacy`."""
+        only the report — correlations and flags — leaves). See :mod:`gliofed.federated.site.privacy`."""
         from gliofed.federated.site.privacy import nearest_neighbour_audit, volume_vectors
 
         synthetic = payload.arrays["syn_images"].astype(np.float32)
