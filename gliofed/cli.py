@@ -1,14 +1,156 @@
-"""The ``gliofed`` command. User errors print one line (no traceback) and exit non-zero."""
+"""The ``gliofed`` command. User errors print one line (no traceback) and exit non-zero.
+
+Every argument is checked before any work and before the heavy imports (torch, MONAI): ``--help`` and argument
+errors return at once; the commands import what they need inside their ``_cmd_*`` function.
+"""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import re
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from gliofed.errors import GliofedError
+from gliofed.errors import ConfigError, GliofedError, ManifestError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "check_arguments"]
+
+#: device strings torch understands that gliofed supports
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# argument types: a bad value is an argparse error (one line, exit 2) -------------------------------------------------
+def _integer(text: str, minimum: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be {what}, not {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    return _integer(text, 1, "a positive integer")
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _integer(text, 0, "an integer >= 0")
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a finite number >= 0."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return positive_float(text)
+
+
+def unit_interval(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number from 0 to 1, not {text!r}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N`` (whether it exists is checked before the
+    work starts)."""
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps")
+    return text
+
+
+# checks before any work ------------------------------------------------------------------------------------------
+def _manifest_rows(path: str) -> list[dict[str, str]]:
+    """The rows of a manifest CSV (cheap: no pandas); a missing, unreadable or empty manifest is an error."""
+    manifest = Path(path)
+    if not manifest.is_file():
+        raise ManifestError(f"{manifest}: manifest file not found.")
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise ManifestError(f"{manifest}: manifest cannot be read ({error}).") from None
+    if not rows:
+        raise ManifestError(f"{manifest}: manifest has no subjects (no rows under its header).")
+    return rows
+
+
+def writable_folder(path: str | Path, what: str = "output folder") -> Path:
+    """``path`` if it is, or can be created as, a folder this process can write into; else a one-line error.
+    Writes and removes a probe file in the nearest existing folder: permission bits do not tell (root, read-only
+    mounts)."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder}: the {what} is a file, not a folder.")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{folder}: cannot create the {what} because {existing} is a file.")
+    try:
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".gliofed-write-test-"):
+            pass
+    except OSError as error:
+        raise ConfigError(f"{folder}: the {what} is not writable ({error.strerror or error}).") from None
+    return folder
+
+
+def _writable_file(path: str | Path, what: str) -> None:
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{target}: the {what} is a folder, not a file.")
+    writable_folder(target.parent, f"folder of the {what}")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Everything about the arguments that can be checked without reading images or importing torch: files that
+    must exist, manifests that must have subjects, output folders that must be writable, ``--min-sites`` against
+    the manifest's sites. Raises a :class:`~gliofed.errors.GliofedError` (one line)."""
+    command = args.command
+    if command == "evaluate":
+        checkpoint = Path(args.checkpoint)
+        if not checkpoint.is_file():
+            raise ConfigError(f"{checkpoint}: checkpoint not found.")
+    rows = _manifest_rows(args.manifest) if command in ("check", "preprocess", "train", "evaluate") else None
+    if command == "preprocess":
+        writable_folder(args.cache, "cache folder")
+    if command in ("train", "evaluate") and args.cache:
+        writable_folder(args.cache, "cache folder")
+    if command in ("synth", "train", "evaluate", "sweep") or (command == "notebooks" and hasattr(args, "out")):
+        writable_folder(args.out)
+    if command == "curate":
+        _writable_file(args.out, "manifest to write")
+    if command == "train":
+        sites = {row.get("site", "") for row in rows} - {args.external_site, "", None}
+        if args.strategy != "centralized" and args.min_sites > len(sites):
+            raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
+                              f"{args.manifest}.")
+        if args.resume and not (Path(args.out) / "state.pt").is_file():
+            raise ConfigError(f"cannot resume: {Path(args.out) / 'state.pt'} does not exist.")
+        if args.distill_init == "real_unsafe" and not args.allow_real_init:
+            raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
+                              "refuses it unless you, as their operator, also pass --allow-real-init.")
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -44,8 +186,6 @@ def _cmd_notebooks(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from gliofed.notebooks import NOTEBOOK_DIR, parse_grid, parse_value, sweep
 
     notebook = Path(args.notebook)
@@ -68,8 +208,6 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}")
         return 0
     if not args.source or not args.root:
-        from gliofed.errors import ConfigError
-
         raise ConfigError("gliofed curate needs --source and --root (or --merge a.csv b.csv ...).")
     result = curate(args.source, args.root, args.labels, args.site)
     manifest, report = result.write(args.out)
@@ -80,8 +218,6 @@ def _cmd_curate(args: argparse.Namespace) -> int:
 
 def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
     """The cache of ``manifest`` (default ``<manifest dir>/cache_<size>``), brought up to date first."""
-    from pathlib import Path
-
     from gliofed.data.cache import preprocess
 
     cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{size}"
@@ -108,9 +244,9 @@ def _native_size(manifest: str, largest: int = 128) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from gliofed.engine import resolve_device
     from gliofed.experiments import train_and_save
+    from gliofed.federated.site.policy import SitePolicy
     from gliofed.presets import get_preset
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
@@ -119,21 +255,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides["modalities"] = tuple(args.modalities.split(","))
     preset = get_preset(args.preset)
     config = preset.train.replace(**overrides)
+    resolve_device(config.device)  # a device this machine lacks is an error now, not after preprocessing
     if args.strategy == "centralized" and args.rounds is None:
         rounds, local_epochs = config.epochs, 1  # one round per epoch: a learning curve for free
     else:
-        rounds, local_epochs = args.rounds or 5, args.local_epochs
+        rounds, local_epochs = (args.rounds if args.rounds is not None else 5), args.local_epochs
+    if rounds < 1:
+        raise ConfigError(f"the {args.preset} preset trains {rounds} epoch(s); pass --epochs or --rounds >= 1.")
+    distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
+                                                          init=args.distill_init).items() if v is not None}}
+    if args.resume:  # a resume must continue the same run: checked before the cache is touched
+        from gliofed.federated.simulate import check_resume
+        from gliofed.federated.strategies import make_strategy
+        from gliofed.runs import TrainingRun
+
+        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
+        check_resume(TrainingRun(args.out).load_state(), strategy, config, args.out)
+    policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
     size = args.size
     if size is None:
         size = _native_size(args.manifest)
         print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
     cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
-    distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
-                                                          init=args.distill_init).items() if v is not None}}
     print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
     _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
                                 mu=args.mu, distill=distill, external_site=args.external_site,
-                                min_sites=args.min_sites, resume=args.resume)
+                                min_sites=args.min_sites, resume=args.resume, policy=policy)
     print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {Path(args.out) / 'model.ckpt'}")
     return 0
@@ -141,13 +288,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
-    from pathlib import Path
 
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import predict
+    from gliofed.engine import predict, resolve_device
     from gliofed.metrics import evaluate_predictions, results_table
     from gliofed.runs import load_checkpoint
 
+    resolve_device(args.device or "auto")
     model, config, _ = load_checkpoint(args.checkpoint)
     cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
@@ -174,18 +321,18 @@ def _add_synth(commands) -> None:
     p = commands.add_parser("synth", help="generate the synthetic multi-site cohort")
     p.add_argument("--preset", default="workshop", choices=["tiny", "workshop", "paper"])
     p.add_argument("--out", required=True, help="output folder (receives manifest.csv)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--difficulty", type=float, default=0.5, help="0 (easy) .. 1 (hard); default 0.5")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--difficulty", type=unit_interval, default=0.5, help="0 (easy) .. 1 (hard); default 0.5")
     p.add_argument("--sites", help="comma-separated subset of sites (default: all five)")
-    p.add_argument("--cases-per-site", type=int, help="override the preset's subjects per site")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--cases-per-site", type=positive_int, help="override the preset's subjects per site")
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_cmd_synth)
 
 
 def _add_check(commands) -> None:
     p = commands.add_parser("check", help="report every problem of a manifest and its files")
     p.add_argument("manifest")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_cmd_check)
 
 
@@ -205,8 +352,8 @@ def _add_preprocess(commands) -> None:
     p = commands.add_parser("preprocess", help="preprocess a manifest into the case cache")
     p.add_argument("manifest")
     p.add_argument("--cache", required=True, help="cache folder")
-    p.add_argument("--size", type=int, default=128, help="in-plane size (default 128, the seed's)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--size", type=positive_int, default=128, help="in-plane size (default 128, the seed's)")
+    p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_cmd_preprocess)
 
 
@@ -215,26 +362,30 @@ def _add_train(commands) -> None:
     p.add_argument("manifest")
     p.add_argument("--strategy", default="centralized",
                    choices=["centralized", "local", "fedavg", "fedprox", "distill"])
-    p.add_argument("--rounds", type=int, help="federated rounds (default 5; centralized: one per epoch)")
-    p.add_argument("--local-epochs", type=int, default=1, help="epochs per site per round (default 1)")
-    p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal weight (default 0.01)")
-    p.add_argument("--synthetic", type=int, help="distill: synthetic volumes per site (default 3)")
-    p.add_argument("--distill-steps", type=int, help="distill: condensation steps per round (default 30)")
+    p.add_argument("--rounds", type=positive_int, help="federated rounds (default 5; centralized: one per epoch)")
+    p.add_argument("--local-epochs", type=positive_int, default=1, help="epochs per site per round (default 1)")
+    p.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx proximal weight (default 0.01)")
+    p.add_argument("--synthetic", type=positive_int, help="distill: synthetic volumes per site (default 3)")
+    p.add_argument("--distill-steps", type=non_negative_int, help="distill: condensation steps per round (default 30)")
     p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"])
-    p.add_argument("--min-sites", type=int, default=1, help="a round needs this many valid answers (default 1)")
+    p.add_argument("--allow-real-init", action="store_true",
+                   help="as every simulated site's operator, allow --distill-init real_unsafe (teaching only; the "
+                        "sites' privacy audit still refuses flagged uploads)")
+    p.add_argument("--min-sites", type=positive_int, default=1,
+                   help="a round needs this many valid answers (default 1; at most the number of sites)")
     p.add_argument("--external-site", help="hold this site out of training entirely")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
                    help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--epochs", type=positive_int)
+    p.add_argument("--lr", type=positive_float)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--modalities", help="comma-separated contrasts, e.g. t1,t2 (default all four)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--seed", type=non_negative_int)
+    p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
-    p.add_argument("--size", type=int, help="in-plane size (default: the cohort's native size, at most 128)")
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--size", type=positive_int, help="in-plane size (default: the cohort's native size, at most 128)")
+    p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--out", default="runs/train")
     p.set_defaults(func=_cmd_train)
 
@@ -245,10 +396,11 @@ def _add_evaluate(commands) -> None:
     p.add_argument("manifest")
     p.add_argument("--split", default="test", choices=["train", "test", "external"])
     p.add_argument("--cache")
-    p.add_argument("--size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--device")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the 95 %% CIs")
+    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--workers", type=positive_int, default=1)
+    p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--bootstrap", type=non_negative_int, default=1000,
+                   help="bootstrap resamples for the 95 %% CIs (0: none)")
     p.add_argument("--out", default="runs/evaluate")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -279,8 +431,15 @@ _SUBCOMMANDS = (_add_synth, _add_check, _add_curate, _add_preprocess, _add_train
                 _add_sweep)
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument error is one line, like every other gliofed error (``--help`` still shows the usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gliofed", description=__doc__)
+    parser = _Parser(prog="gliofed", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     for add in _SUBCOMMANDS:
         add(commands)
@@ -291,6 +450,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gliofed`` console script."""
     args = build_parser().parse_args(argv)
     try:
+        check_arguments(args)
         return args.func(args)
     except GliofedError as error:
         print(f"gliofed: error: {error}", file=sys.stderr)

@@ -7,7 +7,7 @@ traceback and exits non-zero.
 from __future__ import annotations
 
 __all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "CacheDamagedError", "CacheLockedError",
-           "ConfigError"]
+           "ConfigError", "PolicyError"]
 
 
 class GliofedError(Exception):
@@ -36,3 +36,9 @@ class CacheLockedError(CacheError):
 
 class ConfigError(GliofedError):
     """A configuration value is invalid."""
+
+
+class PolicyError(GliofedError):
+    """A site refuses a server's request, or a reply it would send, under its operator's
+    :class:`~gliofed.federated.site.policy.SitePolicy`. Lives here (not in ``federated/site``) so that the server can
+    name a refusal without any import path to a site's cases."""

@@ -104,6 +104,8 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, score: Callable, n_boot: int, seed:
         idx = rng.integers(0, len(y), len(y))
         for key, value in score(y[idx], p[idx]).items():
             draws.setdefault(key, []).append(value)
+    if not draws:  # n_boot = 0: no bootstrap, no intervals
+        return {key: (np.nan, np.nan) for key in score(y, p)}
     cis = {}
     for key, values in draws.items():
         values = np.asarray(values, dtype=float)

@@ -13,6 +13,7 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.engine import predict
 from gliofed.federated.simulate import History, simulate
 from gliofed.federated.site import Site
+from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies import LocalOnly, Strategy, make_strategy
 from gliofed.runs import TrainingRun
 
@@ -20,23 +21,25 @@ __all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "
 
 
 def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
-                external_site: str | None = None) -> list[Site]:
+                external_site: str | None = None, policy: SitePolicy | None = None) -> list[Site]:
     """One :class:`Site` per participant the strategy asks for (:meth:`Strategy.participants`) over the sites with
-    training cases in ``cache_dir``."""
+    training cases in ``cache_dir``, each answering under ``policy`` (default :class:`SitePolicy` ()): in the
+    simulator the experimenter is every site's operator."""
     train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
                         external_site=external_site)
-    return [Site(name, cache_dir, config.modalities, config.seed, external_site, members=members)
+    return [Site(name, cache_dir, config.modalities, config.seed, external_site, members=members, policy=policy)
             for name, members in strategy.participants(train.sites).items()]
 
 
 def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
                    mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
                    min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True) -> tuple[torch.nn.Module, History]:
+                   progress: bool = True, policy: SitePolicy | None = None) -> tuple[torch.nn.Module, History]:
     """Train ``strategy`` (a name of :data:`~gliofed.federated.strategies.STRATEGIES`) for ``rounds`` rounds over the
-    sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`)."""
+    sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
+    ``policy``: every site's :class:`SitePolicy` (default: the default policy)."""
     chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
-    sites = build_sites(cache_dir, chosen, config, external_site)
+    sites = build_sites(cache_dir, chosen, config, external_site, policy)
     test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
                        external_site=external_site)
     return simulate(chosen, sites, test, config, rounds, min_sites=min_sites, checkpoint_dir=checkpoint_dir,

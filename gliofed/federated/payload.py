@@ -51,6 +51,7 @@ REQUIRED_META: dict[str, tuple[str, ...]] = {
     "weights_update": ("site", "n_cases"),
     "distilled_set": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     "raw_cases": ("site", "n_cases"),
+    "site_info": ("site", "n_cases", "raw_bytes"),
     "nothing": ("site",),
 }
 #: largest ``n_cases`` a site may claim (a weight of 1e30 would replace the global model)
@@ -202,6 +203,8 @@ def _check_meta(payload: Payload) -> None:
         raise PayloadError(f"payload metadata 'loss' = {_short(meta['loss'])} is not a finite number or null.")
     if "round" in meta:
         _int_in(meta, "round", 0, 10_000_000)
+    if "raw_bytes" in meta:
+        _int_in(meta, "raw_bytes", 0, 2**62)
     if "strategy" in meta and not isinstance(meta["strategy"], str):
         raise PayloadError(f"payload metadata 'strategy' = {_short(meta['strategy'])} is not a string.")
 

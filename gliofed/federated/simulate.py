@@ -7,6 +7,7 @@ the resulting models on the common test split after every round.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,16 +19,49 @@ from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.engine import predict, resolve_device, seed_everything
-from gliofed.errors import GliofedError
+from gliofed.errors import CacheError, ConfigError, GliofedError
 from gliofed.federated.site import Site
 from gliofed.federated.strategies import FederationError, Strategy
 from gliofed.metrics import quick_metrics
 from gliofed.model import build_model
 from gliofed.runs import TrainingRun
 
-__all__ = ["FederationError", "History", "simulate", "in_process_exchange"]
+__all__ = ["FederationError", "History", "simulate", "in_process_exchange", "check_resume"]
 
 log = logging.getLogger("gliofed.federated")
+
+#: training settings a resumed run may change (where it runs, not what it computes)
+RESUMABLE_CHANGES = frozenset({"device", "num_workers"})
+#: key of the strategy's identity inside the saved strategy state
+IDENTITY = "identity"
+
+
+def _plain(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume(state: dict, strategy: Strategy, config: TrainConfig, where: str) -> None:
+    """Refuse to resume a saved run (``state``, as :meth:`TrainingRun.load_state` returns it) with another strategy,
+    strategy settings or training config than it was started with: one line naming what differs.
+
+    Raises:
+        ConfigError: the settings differ.
+    """
+    differences = []
+    saved_identity = (state.get("strategy") or {}).get(IDENTITY)
+    identity = strategy.identity()
+    if saved_identity is not None:
+        if saved_identity.get("name") != identity["name"]:
+            differences.append(f"strategy {saved_identity.get('name')} (now {identity['name']})")
+        elif _plain(saved_identity.get("settings")) != identity["settings"]:
+            differences.append(f"strategy settings {saved_identity.get('settings')} (now {identity['settings']})")
+    saved_config, current = _plain(state.get("config") or {}), _plain(config.to_dict())
+    for key in sorted(set(saved_config) | set(current)):
+        if key not in RESUMABLE_CHANGES and saved_config.get(key) != current.get(key):
+            differences.append(f"{key} {saved_config.get(key)!r} (now {current.get(key)!r})")
+    if differences:
+        raise ConfigError(f"cannot resume {where}: it was started with {', '.join(differences)}; resume with the "
+                          "same settings or train into a new folder.")
 
 
 @dataclass
@@ -82,7 +116,10 @@ def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
 
 
 def in_process_exchange(sites: list[Site]):
-    """The simulator's transport: each :class:`Site` answers in turn, in this process."""
+    """The simulator's transport: each :class:`Site` answers in turn, in this process.
+
+    A damaged cache (:class:`~gliofed.errors.CacheError`) stops the simulation with its one-line error: here the
+    experimenter owns every site's cache, and a site silently left out of every round would hide it."""
     by_name = {site.name: site for site in sites}
 
     def exchange(requests: dict) -> dict:
@@ -90,6 +127,8 @@ def in_process_exchange(sites: list[Site]):
         for name, (task, outgoing, settings) in requests.items():
             try:
                 answers[name] = by_name[name].handle(task, outgoing, settings)
+            except CacheError:
+                raise
             except Exception as error:  # reported by federated_round
                 answers[name] = error
         return answers
@@ -118,6 +157,10 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
     Returns:
         (final global model, :class:`History`).
     """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ConfigError(f"rounds must be a positive integer, not {rounds!r}.")
+    if isinstance(min_sites, bool) or not isinstance(min_sites, int) or not 1 <= min_sites <= len(sites):
+        raise FederationError(f"min_sites={min_sites} must be between 1 and the {len(sites)} site(s) taking part.")
     device = resolve_device(config.device)
     seed_everything(config.seed)
     model = build_model(config)
@@ -128,6 +171,10 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         if run is None or not run.has_state:
             raise GliofedError(f"cannot resume: no checkpoint at {run.path(TrainingRun.STATE) if run else None}.")
         state = run.load_state()
+        check_resume(state, strategy, config, str(run.out_dir))
+        if state["round"] >= rounds:
+            raise ConfigError(f"cannot resume {run.out_dir}: it already ran {state['round']} round(s); ask for more "
+                              f"than {state['round']}.")
         model.load_state_dict(state["model"])
         strategy.load_state_dict(state["strategy"])
         history.rounds = state["history"]
@@ -151,5 +198,6 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         bar.set_postfix(dice_WT=f"{metrics.get('dice_WT', float('nan')):.2f}",
                         auc_idh=f"{metrics.get('auc_idh', float('nan')):.2f}")
         if run is not None:
-            run.save_state(rnd, model, strategy.state_dict(), history.rounds, config)
+            run.save_state(rnd, model, {**strategy.state_dict(), IDENTITY: strategy.identity()}, history.rounds,
+                           config)
     return model, history

@@ -7,6 +7,7 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.federated.payload import Payload, state_to_arrays
 from gliofed.federated.site import Site
 from gliofed.federated.site.condense import condense
+from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies.distill import (
     DistillFederation,
     DistillSettings,
@@ -38,7 +39,7 @@ def test_kl_term_gradient_reaches_the_model():
 
 
 def _site_payload(tiny_cache, init="class_stats", steps=2):
-    site = Site("brats21", tiny_cache)
+    site = Site("brats21", tiny_cache, policy=SitePolicy.teaching())  # the audit is shown, not enforced
     model = small_model()
     outgoing = Payload("model", state_to_arrays(model), {})
     return site, site.handle("distill", outgoing, site_settings(model, distill={"steps": steps, "init": init}))

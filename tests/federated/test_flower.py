@@ -22,6 +22,7 @@ from gliofed.runs import load_checkpoint  # noqa: E402
 APP_DIR = NOTEBOOK_DIR.parent  # the repository: its pyproject.toml carries [tool.flwr.app]
 SITES = ("brats21", "upenn")
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+pytestmark = pytest.mark.flower
 
 
 def simulated_bytes(cache, strategy: str, rounds: int = 2):

@@ -91,11 +91,14 @@ class LocalFederation:
         for port in (self.control, self.fleet, self.serverappio):
             self._wait_for_port(port, "superlink")
 
-    def add_site(self, site: str, cache: str | Path, manifest: str | Path | None = None) -> None:
-        """Start one SuperNode for ``site`` (its node config names the site and its own cache)."""
+    def add_site(self, site: str, cache: str | Path, manifest: str | Path | None = None,
+                 node_config: dict | None = None) -> None:
+        """Start one SuperNode for ``site`` (its node config names the site and its own cache; ``node_config`` adds
+        keys, e.g. the operator's ``policy-*`` settings)."""
         if "superlink" not in self.processes:
             self.start_superlink()
-        node_config = f"site={toml_value(site)} cache={toml_value(Path(cache).resolve())}"
+        node_config = " ".join([f"site={toml_value(site)} cache={toml_value(Path(cache).resolve())}",
+                                *(f"{key}={toml_value(value)}" for key, value in (node_config or {}).items())])
         if manifest is not None:
             node_config += f" manifest={toml_value(Path(manifest).resolve())}"
         bin_dir = Path(sys.executable).parent

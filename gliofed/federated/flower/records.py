@@ -8,10 +8,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from gliofed.federated.payload import Payload, _json_default
 
-__all__ = ["payload_to_record", "record_to_payload"]
+__all__ = ["payload_to_record", "record_to_payload", "REFUSAL"]
 
 ARRAYS = "arrays"
 HEADER = "header"
+#: record name of a site's policy refusal (a ``ConfigRecord`` with ``reason``), sent instead of a payload
+REFUSAL = "refusal"
 
 
 def payload_to_record(payload: Payload, task: str | None = None, settings: dict | None = None) -> RecordDict:

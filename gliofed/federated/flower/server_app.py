@@ -8,7 +8,9 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 ``size`` (in-plane size sites preprocess to), ``min-nodes`` (nodes to wait for before round 1),
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
 ``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.ckpt`` and
-``history.json`` go, on the SuperLink's machine).
+``history.json`` go, on the SuperLink's machine), ``distill`` (overrides of the preset's
+:class:`~gliofed.federated.strategies.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
+policy decides whether it accepts them).
 
 The server never sees a scan: it holds the model, sends declared payloads and aggregates declared replies,
 exactly as in the in-process simulator (same :func:`federated_round`, same seeds, same payload bytes).
@@ -18,19 +20,22 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from monai.utils import set_determinism
 
-from gliofed.federated.flower.records import payload_to_record, record_to_payload
+from gliofed.errors import PolicyError
+from gliofed.federated.flower.records import REFUSAL, payload_to_record, record_to_payload
+from gliofed.federated.rounds import SiteFailure
 from gliofed.federated.strategies import FederationError, make_strategy
 from gliofed.model import build_model
 from gliofed.presets import get_preset
 from gliofed.runs import TrainingRun
 
-__all__ = ["app", "FLOWER_STRATEGIES", "connect_sites", "flower_exchange"]
+__all__ = ["app", "FLOWER_STRATEGIES", "connect_sites", "flower_exchange", "decode_reply"]
 
 log = logging.getLogger("gliofed.federated.flower")
 app = ServerApp()
@@ -64,8 +69,9 @@ def connect_sites(grid: Grid, min_nodes: int, timeout: float) -> dict[str, int]:
 def flower_exchange(grid: Grid, nodes: dict[str, int], rnd: int, timeout: float):
     """The Flower transport for :func:`federated_round`: one TRAIN message per site, replies within ``timeout``.
 
-    A site whose node is gone, errs, or does not answer in time gets an exception as its answer, so the
-    round goes on with the others (and :func:`federated_round` enforces ``min-sites``)."""
+    A site whose node is gone, errs, refuses (its policy), does not answer in time or answers with a record that
+    does not decode gets an exception as its answer, so the round goes on with the others (and
+    :func:`federated_round` validates the decoded replies and enforces ``min-sites``)."""
 
     def exchange(requests: dict) -> dict:
         connected = set(grid.get_node_ids())
@@ -82,15 +88,56 @@ def flower_exchange(grid: Grid, nodes: dict[str, int], rnd: int, timeout: float)
             site = site_of.get(reply.metadata.src_node_id)
             if site is None:
                 continue
-            if reply.has_error():
-                answers[site] = ConnectionError(f"node {nodes[site]}: {reply.error.reason}")
-            else:
-                answers[site] = record_to_payload(reply.content)[0]
+            answers[site] = decode_reply(reply, site, nodes[site])
         for site in site_of.values():
             answers.setdefault(site, TimeoutError(f"no reply from site {site} within {timeout:.0f} s"))
         return answers
 
     return exchange
+
+
+def distill_overrides(text: str) -> dict:
+    """``"steps=10,init=noise"`` -> ``{"steps": 10, "init": "noise"}`` (numbers as int or float)."""
+    overrides = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise FederationError(f"run config distill item {item!r} is not key=value.")
+        for kind in (int, float):
+            try:
+                overrides[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _remote_reason(reason: str | None) -> str:
+    """Flower's error reason (``"<class 'RuntimeError'>:<'message ...'>"``, possibly a whole traceback) as
+    ``"RuntimeError: first line"``."""
+    text = str(reason or "no reason given")
+    match = re.match(r"<class '([\w.]+)'>:<'(.*)'>\s*$", text, re.DOTALL)
+    if match:
+        kind, text = match.group(1).rsplit(".", 1)[-1], match.group(2)
+    else:
+        kind = "SiteError"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{kind}: {first}"
+
+
+def decode_reply(reply: Message, site: str, node: int):
+    """One reply as a :class:`~gliofed.federated.payload.Payload`, or the exception that stands for it (an error,
+    a policy refusal, or a record that does not decode): never raises, so one site cannot stop the round."""
+    try:
+        if reply.has_error():
+            return SiteFailure(f"{_remote_reason(reply.error.reason)} (node {node})")
+        if REFUSAL in reply.content.config_records:
+            return PolicyError(str(reply.content.config_records[REFUSAL].get("reason", f"site {site} refuses")))
+        return record_to_payload(reply.content)[0]
+    except Exception as error:  # malformed reply: this site's problem only
+        return SiteFailure(f"undecodable reply: {type(error).__name__}: {error}")
 
 
 @app.main()
@@ -104,12 +151,17 @@ def main(grid: Grid, context: Context) -> None:
     rounds, min_sites = int(cfg.get("num-server-rounds", 3)), int(cfg.get("min-sites", 1))
     config = preset.train.replace(seed=seed, device="cpu",
                                   modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
-    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), preset.distill, seed)
+    distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
+    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed)
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
     model = build_model(config)
+    if rounds < 1:
+        raise FederationError(f"num-server-rounds must be a positive integer, not {rounds}.")
     nodes = connect_sites(grid, int(cfg.get("min-nodes", 2)), float(cfg.get("connect-timeout", 120)))
+    if not 1 <= min_sites <= len(nodes):  # before round 1, not after it
+        raise FederationError(f"min-sites={min_sites} must be between 1 and the {len(nodes)} connected site(s).")
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
     history = []
     for rnd in range(1, rounds + 1):

@@ -13,8 +13,10 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.data.manifest import MODALITIES
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
+from gliofed.errors import PolicyError
 from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
+from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies.distill import DistillSettings
 from gliofed.model import MultiTaskUNet, build_model
 
@@ -22,6 +24,17 @@ __all__ = ["Site", "TASKS"]
 
 #: what a server may ask of a site
 TASKS = ("describe", "train", "distill")
+
+
+def _declared_model_bytes(model_config: dict) -> int:
+    """Bytes of the network ``model_config`` describes, counted on the ``meta`` device (nothing allocated), so
+    that a request for a huge network is refused before the site builds it."""
+    try:
+        with torch.device("meta"):
+            network = build_model(model_config)
+    except Exception:  # not buildable: the request fails later with its own error
+        return 0
+    return sum(t.numel() * t.element_size() for t in network.state_dict().values())
 
 
 class Site:
@@ -38,14 +51,23 @@ class Site:
         external_site: the held-out site, if any (its cases are never training cases).
         members: the sites whose training cases this participant holds (default: ``[name]``; the centralized
             baseline's data centre holds them all).
+        policy: what this site's operator allows a server to ask (default :class:`SitePolicy` ()); a request
+            outside it is refused with a :class:`~gliofed.errors.PolicyError`.
     """
 
     def __init__(self, name: str, cache_dir: str | Path, modalities: Sequence[str] = MODALITIES, seed: int = 0,
-                 external_site: str | None = None, members: Sequence[str] | None = None) -> None:
+                 external_site: str | None = None, members: Sequence[str] | None = None,
+                 policy: SitePolicy | None = None) -> None:
         self.name = name
+        self.__policy = policy if policy is not None else SitePolicy()
         self.__cases = CaseDataset(cache_dir, split="train", sites=list(members or [name]), modalities=modalities,
                                    seed=seed, external_site=external_site)
         self.__cache_dir = Path(cache_dir)
+
+    @property
+    def policy(self) -> SitePolicy:
+        """The operator's policy this site answers under (read-only)."""
+        return self.__policy
 
     @property
     def n_cases(self) -> int:
@@ -74,9 +96,26 @@ class Site:
 
         Returns:
             ``weights_update``, ``distilled_set`` or ``site_info`` payload.
+
+        Raises:
+            PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
+                (checked before any case is read, and again before the reply leaves).
         """
+        model_bytes = sum(int(np.asarray(a).nbytes) for a in model.arrays.values()) if model is not None else 0
+        if task != "describe" and isinstance((settings or {}).get("model_config"), dict):
+            model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
+        self.__policy.check_request(self.name, task, settings or {}, model_bytes)
+        reply = self._answer(task, model, settings)
+        self.__policy.check_reply_size(self.name, reply.nbytes)
+        if reply.kind == "distilled_set" and self.__policy.refuse_flagged:
+            self._refuse_if_flagged(reply)
+        return reply
+
+    def _answer(self, task: str, model: Payload, settings: dict) -> Payload:
         if task == "describe":
             return Payload("site_info", {}, {"site": self.name, "n_cases": self.n_cases, "raw_bytes": self.raw_bytes()})
+        if self.__policy.device is not None:  # the operator, not the server, picks the site's hardware
+            settings = {**settings, "train": {**settings["train"], "device": self.__policy.device}}
         config = TrainConfig.from_dict(settings["train"])
         network = build_model(settings["model_config"])
         network.load_state_dict(arrays_to_state(model.arrays))
@@ -104,13 +143,24 @@ class Site:
         finally:
             self.__cases.transform = None
         network.cpu()
-        loss = float(np.mean([h["total"] for h in history])) if history else float("nan")
+        loss = float(np.mean([h["total"] for h in history])) if history else None  # no step: no loss (not NaN)
         return Payload("weights_update", state_to_arrays(network), {"site": self.name, "n_cases": self.n_cases,
                                                                    "loss": loss})
 
+    def _refuse_if_flagged(self, payload: Payload) -> None:
+        """The outgoing audit: a distilled set with any synthetic volume flagged as a near-copy stays here."""
+        report = self.privacy_audit(payload, self.__policy.audit_quantile)
+        flagged = report[report["flagged"]]
+        if len(flagged):
+            worst = flagged.loc[flagged["nn_corr"].idxmax()]
+            raise PolicyError(f"site {self.name} refuses to send its distilled set: the privacy audit flags "
+                              f"{len(flagged)} of {len(report)} synthetic volume(s) as near-copies of patients "
+                              f"(nearest-neighbour correlation up to {worst['nn_corr']:.3f} >= threshold "
+                              f"{worst['threshold']:.3f}).")
+
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
-        only the report — correlations and flags — leaves). See :mod:`gliofed.federated.privacy`."""
+        only the report — correlations and flags — leaves). See :mod:`gliofed.federated.site.privacy`."""
         from gliofed.federated.site.privacy import nearest_neighbour_audit, volume_vectors
 
         synthetic = payload.arrays["syn_images"].astype(np.float32)

@@ -85,6 +85,13 @@ class Strategy:
         """Name -> weights of every model whose test metrics the history records (default: the global one)."""
         return {"global": state_to_arrays(model)}
 
+    def identity(self) -> dict:
+        """What makes a run of this strategy the run it is: its name and the settings it sends sites (a resume must
+        match it). Plain JSON types."""
+        import json
+
+        return {"name": self.name, "settings": json.loads(json.dumps(self.site_settings(1), default=str))}
+
     def state_dict(self) -> dict:
         """Strategy state to checkpoint (default: none)."""
         return {}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from gliofed.federated.payload import Payload, validate
+from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.base import FederationError, Strategy
 
 __all__ = ["Centralized", "POOLED"]
@@ -33,22 +33,29 @@ class Centralized(Strategy):
         return {**super().participants(sites), POOLED: list(sites)}
 
     def run_round(self, model, rnd, sites, config, exchange, min_sites=1, max_payload_bytes=None):
-        from gliofed.federated.rounds import round_seed, site_request
+        from gliofed.federated.rounds import check_reply, one_line, round_seed, site_request
 
         members = [site for site in sites if site != POOLED]
         bytes_up = dict.fromkeys(members, 0)
         if rnd == 1:  # pooling moves each site's cached training cases once
             asked = {site: ("describe", Payload("nothing", {}, {"site": site}), {}) for site in members}
             for site, answer in exchange(asked).items():
-                if isinstance(answer, BaseException):
-                    raise FederationError(f"site {site} could not describe its cases: {answer}")
+                try:
+                    if isinstance(answer, BaseException):
+                        raise answer
+                    check_reply(site, answer, "describe", asked[site][1], max_payload_bytes)
+                except Exception as error:
+                    raise FederationError(f"site {site} could not describe its cases: {one_line(error)}") from None
                 bytes_up[site] = int(answer.meta["raw_bytes"])
         request = site_request(config, model, round_seed(config.seed, rnd, 0), self.task,
                                self.broadcast(POOLED, model, rnd), self.site_settings(rnd))
         answer = exchange({POOLED: request})[POOLED]
-        if isinstance(answer, BaseException):
-            raise FederationError(f"round {rnd}: pooled training failed: {answer}")
-        validate(answer, max_payload_bytes)
+        try:
+            if isinstance(answer, BaseException):
+                raise answer
+            check_reply(POOLED, answer, self.task, request[1], max_payload_bytes)
+        except Exception as error:
+            raise FederationError(f"round {rnd}: pooled training failed: {one_line(error)}") from None
         self.load(model, answer.arrays)
         return bytes_up, dict.fromkeys(members, 0), {}, {"loss": answer.meta.get("loss", float("nan"))}
 

@@ -1,0 +1,207 @@
+"""What a site agrees to do for a server: its operator's :class:`SitePolicy`.
+
+A server (or anyone who can speak to a SuperNode) only *asks*; every request is checked against the policy the
+site's operator set locally (Flower node config, or an argument in the simulator) before any case is read, and
+every reply is checked again before it leaves: size, and for a distilled set the privacy audit
+(:meth:`~gliofed.federated.site.Site.privacy_audit`). A refusal is a :class:`~gliofed.errors.PolicyError` whose
+one-line message the server records as the reason the site sat the round out.
+
+Node config keys (``flower-supernode --node-config 'site="a" cache="..." policy-min-scale=4'``), kebab-case of the
+fields below with the prefix ``policy-``: ``policy-tasks`` ("describe,train,distill"), ``policy-min-scale``,
+``policy-max-synthetic``, ``policy-max-bytes``, ``policy-allow-real-init``, ``policy-refuse-flagged``,
+``policy-max-steps``, ``policy-max-real-batch``, ``policy-max-epochs``, ``policy-max-batch-size``,
+``policy-max-workers``, ``policy-device``.
+
+>>> SitePolicy().violations("distill", {"distill": {"init": "real_unsafe", "scale": 1, "steps": 0}})[:1]
+["initialisation 'real_unsafe' copies patients and this site's operator has not allowed it"]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gliofed.errors import ConfigError, PolicyError
+
+__all__ = ["SitePolicy", "PolicyError", "NODE_CONFIG_PREFIX"]
+
+#: node config keys that set the policy start with this
+NODE_CONFIG_PREFIX = "policy-"
+
+#: every task a site knows (``describe``: case count and bytes; ``train``: local training; ``distill``: condensation)
+ALL_TASKS = ("describe", "train", "distill")
+
+#: initialisations of condensation that copy no patient
+SAFE_INITS = ("class_stats", "noise")
+
+
+@dataclass(frozen=True)
+class SitePolicy:
+    """Bounds a site's operator sets on what the site does for any server. The defaults let the shipped presets
+    (tiny, workshop, paper) run unchanged and refuse what would copy patients or exhaust the site.
+
+    Attributes:
+        tasks: tasks the site accepts (default all: describe, train, distill).
+        min_scale: smallest down-sampling factor of uploaded synthetic volumes (default 2; 1 = full resolution).
+        max_synthetic: most synthetic volumes per reply (default 32).
+        max_bytes: largest reply the site sends, and largest model it accepts, in bytes (default 64 MiB).
+        allow_real_init: accept ``init="real_unsafe"`` (synthetic volumes started from real patients; default
+            False). Only the operator can allow it, never the server's request.
+        refuse_flagged: run the privacy audit on every distilled set and refuse to send it when any synthetic
+            volume is flagged as a near-copy of a patient (default True).
+        audit_quantile: the audit's real-to-real quantile (default 0.95).
+        max_steps: most condensation steps per request (default 1000).
+        max_real_batch: most real cases per condensation step (default 64).
+        max_epochs: most local epochs per request (default 100).
+        max_batch_size: largest training batch (default 64).
+        max_workers: most DataLoader workers the request may start (default 4).
+        device: the device the site trains on, whatever the request says (default ``None``: the request's).
+    """
+
+    tasks: tuple[str, ...] = ALL_TASKS
+    min_scale: int = 2
+    max_synthetic: int = 32
+    max_bytes: int = 64 * 2**20
+    allow_real_init: bool = False
+    refuse_flagged: bool = True
+    audit_quantile: float = 0.95
+    max_steps: int = 1000
+    max_real_batch: int = 64
+    max_epochs: int = 100
+    max_batch_size: int = 64
+    max_workers: int = 4
+    device: str | None = None
+
+    def __post_init__(self) -> None:
+        tasks = tuple(self.tasks.split(",")) if isinstance(self.tasks, str) else tuple(self.tasks)
+        object.__setattr__(self, "tasks", tuple(t.strip() for t in tasks if t.strip()))
+        unknown = [t for t in self.tasks if t not in ALL_TASKS]
+        if unknown:
+            raise ConfigError(f"site policy: unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}.")
+        for name in ("min_scale", "max_synthetic", "max_bytes", "max_real_batch", "max_epochs", "max_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"site policy: {name} must be a positive integer, not {getattr(self, name)!r}.")
+        if not isinstance(self.max_steps, int) or self.max_steps < 0 or self.max_workers < 0:
+            raise ConfigError("site policy: max_steps and max_workers must be integers >= 0.")
+        if not 0 < self.audit_quantile <= 1:
+            raise ConfigError(f"site policy: audit_quantile must be in (0, 1], not {self.audit_quantile!r}.")
+
+    @classmethod
+    def teaching(cls, **changes) -> SitePolicy:
+        """A policy for a local teaching demo: ``real_unsafe`` allowed and flagged sets sent anyway, so that the
+        privacy audit can be shown flagging them. Never for a site with real patients."""
+        return cls(**{"allow_real_init": True, "refuse_flagged": False, **changes})
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping) -> SitePolicy:
+        """The policy set by the ``policy-*`` keys of a Flower node config (defaults for the keys not given).
+
+        Raises:
+            ConfigError: an unknown ``policy-*`` key or a value of the wrong type.
+        """
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {}
+        for key, value in node_config.items():
+            if not str(key).startswith(NODE_CONFIG_PREFIX):
+                continue
+            name = str(key)[len(NODE_CONFIG_PREFIX):].replace("-", "_")
+            if name not in fields:
+                known = ", ".join(NODE_CONFIG_PREFIX + f.replace("_", "-") for f in fields)
+                raise ConfigError(f"node config key {key!r} is not a site policy setting; known: {known}.")
+            values[name] = _coerce(name, fields[name].default, value)
+        return cls(**values)
+
+    # requests -------------------------------------------------------------------------------------------------
+    def violations(self, task: str, settings: Mapping, model_bytes: int = 0) -> list[str]:
+        """Every way the request (``task``, its ``settings``, a model of ``model_bytes``) oversteps this policy;
+        empty when the site may do it."""
+        if task not in self.tasks:
+            return [f"task {task!r} is not allowed (allowed: {', '.join(self.tasks) or 'none'})"]
+        found = []
+        if model_bytes > self.max_bytes:
+            found.append(f"the model of {model_bytes:,} bytes exceeds the limit of {self.max_bytes:,} bytes")
+        train = settings.get("train") or {}
+        if task in ("train", "distill"):
+            found += self._training_violations(task, settings, train)
+        if task == "distill":
+            found += self._distill_violations(settings.get("distill") or {})
+        return found
+
+    def _training_violations(self, task: str, settings: Mapping, train: Mapping) -> list[str]:
+        found = []
+        if task == "train":
+            found += _bounded("epochs", settings.get("epochs", 1), 0, self.max_epochs)
+            found += _bounded("mu", settings.get("mu", 0.0), 0.0, 1e3, integer=False)
+        found += _bounded("batch_size", train.get("batch_size", 1), 1, self.max_batch_size)
+        found += _bounded("num_workers", train.get("num_workers", 0), 0, self.max_workers)
+        found += _bounded("lr", train.get("lr", 1e-3), 0.0, 10.0, integer=False, open_low=True)
+        return found
+
+    def _distill_violations(self, distill: Mapping) -> list[str]:
+        found = []
+        init = distill.get("init", "class_stats")
+        if init not in SAFE_INITS and not (init == "real_unsafe" and self.allow_real_init):
+            found.append(f"initialisation {init!r} copies patients and this site's operator has not allowed it"
+                         if init == "real_unsafe" else f"initialisation {init!r} is unknown")
+        found += _bounded("scale", distill.get("scale", 4), self.min_scale, 10_000)
+        found += _bounded("n_synthetic", distill.get("n_synthetic", 3), 1, self.max_synthetic)
+        found += _bounded("steps", distill.get("steps", 30), 0, self.max_steps)
+        found += _bounded("real_batch", distill.get("real_batch", 6), 1, self.max_real_batch)
+        found += _bounded("perturb", distill.get("perturb", 0.02), 0.0, 1.0, integer=False)
+        found += _bounded("temperature", distill.get("temperature", 2.0), 0.05, 100.0, integer=False)
+        found += _bounded("lr", distill.get("lr", 0.05), 0.0, 10.0, integer=False, open_low=True, label="distill lr")
+        return found
+
+    def check_request(self, site: str, task: str, settings: Mapping, model_bytes: int = 0) -> None:
+        """Raise :class:`PolicyError` (one line naming the site and every violation) unless the request is allowed."""
+        found = self.violations(task, settings, model_bytes)
+        if found:
+            raise PolicyError(f"site {site} refuses the {task!r} request: {'; '.join(found)}.")
+
+    def check_reply_size(self, site: str, nbytes: int) -> None:
+        """Raise :class:`PolicyError` when a reply of ``nbytes`` would exceed :attr:`max_bytes`."""
+        if nbytes > self.max_bytes:
+            raise PolicyError(f"site {site} refuses to send a reply of {nbytes:,} bytes (its limit is "
+                              f"{self.max_bytes:,} bytes).")
+
+
+def _coerce(name: str, default, value):
+    """A node config value (TOML: str, int, float, bool) as the field's type."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("true", "false"):
+            return str(value).lower() == "true"
+        raise ConfigError(f"node config policy-{name.replace('_', '-')} must be true or false, not {value!r}.")
+    if isinstance(default, int) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = math.nan
+        if not math.isfinite(number) or number != int(number):
+            raise ConfigError(f"node config policy-{name.replace('_', '-')} must be an integer, not {value!r}.")
+        return int(number)
+    if isinstance(default, float):
+        return float(value)
+    return str(value)
+
+
+def _bounded(name: str, value, low, high, integer: bool = True, open_low: bool = False,
+             label: str | None = None) -> list[str]:
+    """``[]`` when ``value`` is a number (an integer if ``integer``) in [low, high] ((low, high] if ``open_low``),
+    else the one violation."""
+    label = label or name
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return [f"{label} {value!r} is not a number"]
+    if integer and (not math.isfinite(value) or value != int(value)):
+        return [f"{label} {value!r} is not an integer"]
+    if not math.isfinite(value):
+        return [f"{label} {value!r} is not finite"]
+    if value < low or (open_low and value <= low):
+        return [f"{label} {value!r} is below this site's minimum of {low}"] if not open_low else [
+            f"{label} {value!r} must be above {low}"]
+    if value > high:
+        return [f"{label} {value!r} exceeds this site's maximum of {high}"]
+    return []
