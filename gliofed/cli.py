@@ -135,7 +135,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                 mu=args.mu, distill=distill, external_site=args.external_site,
                                 min_sites=args.min_sites, resume=args.resume)
     print(history.to_frame().tail(1).to_string(index=False))
-    print(f"saved {Path(args.out) / 'model.ckpt'}")
+    print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
@@ -223,7 +223,7 @@ def _add_train(commands) -> None:
     p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"])
     p.add_argument("--min-sites", type=int, default=1, help="a round needs this many valid answers (default 1)")
     p.add_argument("--external-site", help="hold this site out of training entirely")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
                    help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=int)

@@ -6,7 +6,7 @@ traceback and exits non-zero.
 
 from __future__ import annotations
 
-__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError"]
+__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError", "CheckpointError"]
 
 
 class GliofedError(Exception):
@@ -27,3 +27,7 @@ class CacheError(GliofedError):
 
 class ConfigError(GliofedError):
     """A configuration value is invalid."""
+
+
+class CheckpointError(GliofedError):
+    """A checkpoint or resume state is missing, unsafe to load (a pickle), damaged or does not fit the data."""

@@ -57,7 +57,7 @@ def test_two_rounds_over_flower_match_the_simulator(federation, tiny_cache, tmp_
     assert all(not r["excluded"] for r in history["rounds"])
     flower = [(r["bytes_up"], r["bytes_down"]) for r in history["rounds"]]
     assert flower == simulated_bytes(tiny_cache, strategy)
-    model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.ckpt")
+    model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.safetensors")
     assert checkpoint["extra"]["engine"] == "flower"
     before = initial_model().state_dict()
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
@@ -84,7 +84,7 @@ def test_a_node_that_disappears_mid_run_is_left_out_and_the_round_finishes(tiny_
     first, second = history["rounds"]
     assert not first["excluded"] and set(first["bytes_up"]) == set(SITES)
     assert set(second["excluded"]) == {"upenn"} and second["bytes_up"]["brats21"] > 0
-    assert (tmp_path / "out" / "model.ckpt").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
     assert all(p.poll() is not None for p in started)  # everything we started is stopped
     assert set(pids) == {"superlink", "supernode-brats21", "supernode-upenn"}
 

@@ -167,7 +167,7 @@ class LocalFederation:
 
     # runs ------------------------------------------------------------------------------------------------------
     def run(self, run_config: dict, timeout: float = 600, on_poll=None) -> dict:
-        """``flwr run`` the app with ``run_config`` overrides; wait until ``out-dir/model.ckpt`` appears.
+        """``flwr run`` the app with ``run_config`` overrides; wait until ``out-dir/model.safetensors`` appears.
 
         ``on_poll(history)`` is called about twice a second with the history written so far (tests use it to
         stop a node mid-run). Returns the final history (``out-dir/history.json``).
