@@ -134,11 +134,10 @@ def _refuse_pickle(path: Path) -> CheckpointError:
 
 def _load_legacy(path: Path, device: str) -> dict:
     """An old pickle checkpoint read with ``weights_only=True`` (tensors and plain types only), or the refusal."""
-    import pickle
-
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, ValueError, TypeError, EOFError) as error:
+        with open(path, "rb") as f:  # a file object: torch.load would dispatch a *.safetensors name elsewhere
+            state = torch.load(f, map_location=device, weights_only=True)
+    except Exception as error:  # the weights-only unpickler refuses any global it does not know: never run it
         raise _refuse_pickle(path) from error
     if not isinstance(state, dict) or "model" not in state:
         raise _refuse_pickle(path)
