@@ -96,7 +96,7 @@ def test_files_are_safetensors_and_json(tmp_path):
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
-        assert any(k.startswith("/model/") for k in f.keys())
+        assert any(k.startswith("/model/") for k in list(f.keys()))
     _, config, state = load_checkpoint(tmp_path)  # a run folder works too
     assert config == CONFIG and state["epoch"] == 3 and state["preprocessing"]["size"] == 24
 
