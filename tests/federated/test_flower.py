@@ -2,6 +2,7 @@
 rounds, the same payload bytes as the in-process simulator, a node that drops out, and clean process shutdown."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +16,10 @@ from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.federated.site import Site  # noqa: E402
 from gliofed.federated.strategies import make_strategy  # noqa: E402
 from gliofed.model import MultiTaskUNet  # noqa: E402
-from gliofed.notebooks import NOTEBOOK_DIR  # noqa: E402
 from gliofed.presets import get_preset, train_preset  # noqa: E402
 from gliofed.runs import load_checkpoint  # noqa: E402
 
-APP_DIR = NOTEBOOK_DIR.parent  # the repository: its pyproject.toml carries [tool.flwr.app]
+APP_DIR = Path(__file__).resolve().parents[2]  # the repository: its pyproject.toml carries [tool.flwr.app]
 SITES = ("brats21", "upenn")
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 
@@ -97,3 +97,16 @@ def test_processes_are_stopped_when_the_run_fails(tiny_cache, tmp_path):
         fed.run({"strategy": "centralized", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 1,
                  "out-dir": str(tmp_path / "out")}, timeout=120)
     assert all(p.poll() is not None for p in started) and not fed.processes
+
+
+def test_flags_follow_the_installed_flower(tmp_path, monkeypatch):
+    import gliofed.federated.flower.launcher as launcher
+
+    monkeypatch.setattr(launcher, "flower_version", lambda: (1, 41))
+    new = LocalFederation(APP_DIR, tmp_path / "new")
+    assert new.superlink_args()[:5] == ["--insecure", "--host", "127.0.0.1", "--port", str(new.fleet)]
+    assert "--port" in new.supernode_args('site="a"') and new.control == new.fleet
+    monkeypatch.setattr(launcher, "flower_version", lambda: (1, 27))
+    old = LocalFederation(APP_DIR, tmp_path / "old")
+    assert "--fleet-api-address" in old.superlink_args() and "--clientappio-api-address" in old.supernode_args("")
+    assert len({old.fleet, old.control, old.serverappio}) == 3
