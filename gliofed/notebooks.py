@@ -89,7 +89,8 @@ def run_notebooks(out_dir: str | Path, parameters: dict | None = None, folder: s
 
     notebooks = ordered_notebooks(folder)
     if not notebooks:
-        raise ConfigError(f"{folder}: no notebooks (01_*.ipynb ...) found; reinstall gliofed, whose package ships them.")
+        raise ConfigError(f"{folder}: no notebooks (01_*.ipynb ...) found; reinstall gliofed, whose package ships "
+                          "them.")
     done = []
     for notebook in notebooks:
         declared = set(pm.inspect_notebook(str(notebook)))

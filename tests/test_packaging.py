@@ -61,7 +61,8 @@ def test_every_imported_package_is_declared():
 
 def test_site_requirements_are_declared_dependencies_with_the_same_bounds():
     project = _pyproject()["project"]
-    declared = {_name(r): r.replace(" ", "") for r in project["dependencies"] + project["optional-dependencies"]["flower"]}
+    requirements = project["dependencies"] + project["optional-dependencies"]["flower"]
+    declared = {_name(r): r.replace(" ", "") for r in requirements}
     site = [line.split("#")[0].strip() for line in (ROOT / "requirements" / "site.txt").read_text().splitlines()]
     for requirement in filter(None, site):
         assert declared.get(_name(requirement)) == requirement.replace(" ", ""), requirement
