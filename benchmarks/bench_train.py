@@ -79,6 +79,8 @@ def _sync(device: torch.device) -> None:
 
 def _write_cache(folder: Path, cases: int, shape) -> None:
     """A real cache on disk (fp16 image + uint8 seg per case, index.csv) of random full-size cases."""
+    from gliofed.data.cache import write_index
+
     rng = np.random.default_rng(0)
     (folder / "cases").mkdir(parents=True)
     rows = []
@@ -90,7 +92,7 @@ def _write_cache(folder: Path, cases: int, shape) -> None:
         rows.append({"subject_id": subject, "dataset": "bench", "site": f"s{i % 2}", "split": "train", "idh": 1,
                      "codeletion": 0, "mgmt": 1, "grade": 2, "age": 50, "sex": "M", "has_mask": True,
                      "depth": shape[1], "height": shape[2], "width": shape[3], "fingerprint": "bench"})
-    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
+    write_index(folder, rows)  # adds the file sizes and checksums the cache verifies
 
 
 def _engine(shape, batch: int, steps: int, warmup: int, device: torch.device, workers: int, compile_: bool) -> float:

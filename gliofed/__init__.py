@@ -17,6 +17,11 @@ Package map (one concept per module; data flows down this list):
 
 from __future__ import annotations
 
+from gliofed._startup import defer_rfc3987_syntax
+
+# before anything imports MONAI: its jsonschema import would compile rfc3987_syntax grammars (~5 s, unused)
+defer_rfc3987_syntax()
+
 __version__ = "0.1.0"
 __all__ = ["__version__", "print_config"]
 

@@ -6,7 +6,8 @@ traceback and exits non-zero.
 
 from __future__ import annotations
 
-__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "ConfigError", "CheckpointError"]
+__all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "CacheDamagedError", "CacheLockedError",
+           "ConfigError", "CheckpointError"]
 
 
 class GliofedError(Exception):
@@ -23,6 +24,14 @@ class DataError(GliofedError):
 
 class CacheError(GliofedError):
     """The preprocessed case cache is missing, stale or inconsistent."""
+
+
+class CacheDamagedError(CacheError):
+    """A cached case's file is missing, truncated or altered (size or checksum differs from the index)."""
+
+
+class CacheLockedError(CacheError):
+    """Another live ``preprocess`` holds the cache's lock."""
 
 
 class ConfigError(GliofedError):

@@ -3,7 +3,8 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+from gliofed.data.cache import write_index
 
 
 def write_fake_cache(folder: Path, cases: int, shape: tuple[int, int, int, int], seed: int = 0) -> Path:
@@ -20,5 +21,5 @@ def write_fake_cache(folder: Path, cases: int, shape: tuple[int, int, int, int],
         rows.append({"subject_id": subject, "dataset": "fake", "site": "s0", "split": "train", "idh": i % 2,
                      "codeletion": 0, "mgmt": 1, "grade": 2, "age": 50, "sex": "M", "has_mask": True,
                      "depth": shape[1], "height": shape[2], "width": shape[3], "fingerprint": "fake"})
-    pd.DataFrame(rows).to_csv(folder / "index.csv", index=False)
+    write_index(folder, rows)  # adds the file sizes and checksums the cache verifies
     return folder

@@ -2,38 +2,62 @@
 
 Layout::
 
-    CACHE/index.csv              one row per cached case: labels, site, split, shape, fingerprint
+    CACHE/index.csv              one row per cached case: labels, site, split, shape, geometry, file sizes and
+                                 SHA-256 checksums, fingerprint (see :data:`INDEX_COLUMNS`)
+    CACHE/settings.json          the cache's preprocessing settings: ``{"size": .., "preprocess_version": ..}``
     CACHE/cases/<subject>.image.npy   float16 (4, D, H, W), z-scored
     CACHE/cases/<subject>.seg.npy     uint8 (D, H, W), classes 0..3 (only for cases with a mask)
     CACHE/report.csv             the last run: every case with its status and reason
+    CACHE/.lock                  while a ``preprocess`` writes: its PID and host
 
 A case is recomputed only when its fingerprint (input files' size and mtime, preprocessing settings
-and version) changed; the index always mirrors the current manifest's labels and splits.
+and version) changed or its cached files no longer match the size and checksum in the index (a damaged or
+truncated file is re-made); the index always mirrors the current manifest's labels and splits.
+
+Every file is written to a temporary file and renamed (:mod:`gliofed.fileio`), so a killed ``preprocess``
+leaves the previous, consistent cache plus temporary files that the next run removes. One cache holds one
+set of settings: a run with another ``size`` or preprocessing version into a non-empty cache is refused.
+
+Geometry: ``spacing_d``, ``spacing_h``, ``spacing_w`` are the cache grid's voxel sizes in mm along (D, H, W);
+``affine`` is the 4 x 4 matrix (JSON, row-major nested lists) mapping a cached voxel index (d, h, w, 1) to
+world coordinates in mm (RAS+, as nibabel), computed by MONAI through orientation, crop and resize.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
-from concurrent.futures import ProcessPoolExecutor
+import socket
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from gliofed.data.check import read_error
-from gliofed.data.manifest import MARKERS, MODALITIES, read_manifest
-from gliofed.errors import CacheError, GliofedError, ManifestError
+from gliofed.data.manifest import MARKERS, MODALITIES, check_safe_names, read_manifest, unsafe_name
+from gliofed.data.parallel import process_map
+from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, GliofedError, ManifestError
+from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
 
-__all__ = ["PREPROCESS_VERSION", "PreprocessReport", "preprocess", "read_index", "load_case"]
+__all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
+           "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",
+           "verify_case"]
 
 #: bump when the pipeline changes so that every cache entry is invalidated
-PREPROCESS_VERSION = 1
-_INDEX_COLUMNS = ["subject_id", "dataset", "site", "split", *MARKERS, "age", "sex", "has_mask",
-                  "depth", "height", "width", "fingerprint"]
+#: (2: checksums, sizes and grid geometry in the index, settings.json)
+PREPROCESS_VERSION = 2
+#: the columns of ``index.csv``
+INDEX_COLUMNS = ["subject_id", "dataset", "site", "split", *MARKERS, "age", "sex", "has_mask",
+                 "depth", "height", "width", "spacing_d", "spacing_h", "spacing_w", "affine",
+                 "image_bytes", "image_sha256", "seg_bytes", "seg_sha256", "fingerprint"]
+_INDEX_COLUMNS = INDEX_COLUMNS  # old private name
+_SETTINGS = "settings.json"
+_LOCK = ".lock"
 
 
 @dataclass
@@ -75,18 +99,278 @@ def _fingerprint(row: pd.Series, size: int) -> str:
 
 
 def _case_paths(cache_dir: Path, subject: str) -> tuple[Path, Path]:
+    """The image and seg files of ``subject``; refuses a subject ID that would leave the cache folder."""
+    reason = unsafe_name(str(subject))
+    if reason is not None:
+        raise CacheError(f"{cache_dir}: subject ID {str(subject)!r} is not a safe file name ({reason}).")
     folder = cache_dir / "cases"
     return folder / f"{subject}.image.npy", folder / f"{subject}.seg.npy"
 
 
+# ---------------------------------------------------------------------------------------------- files
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _save_npy(path: Path, array: np.ndarray) -> tuple[int, str]:
+    """Write ``array`` atomically as ``.npy``; return (bytes, SHA-256 hex) of the file written."""
+    data = _npy_bytes(array)
+    atomic_write_bytes(path, data)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: (path, size, mtime_ns) -> SHA-256 of files already verified by this process: a case is hashed once per
+#: process (e.g. once per DataLoader worker), not once per epoch; a rewritten file has a new mtime.
+_VERIFIED: dict[tuple[str, int, int], str] = {}
+
+
+def _file_problem(path: Path, expected_bytes: int, expected_sha: str) -> str | None:
+    """Why ``path`` does not match its index record, or None when it does."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    if st.st_size != expected_bytes:
+        return f"size mismatch in {path}: {st.st_size:,} bytes instead of {expected_bytes:,}"
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _VERIFIED:
+        _VERIFIED[key] = _sha256_file(path)
+    if _VERIFIED[key] != expected_sha:
+        return f"checksum mismatch in {path}"
+    return None
+
+
+def _record_int(record: Mapping, key: str) -> int | None:
+    value = record.get(key, "")
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return None
+    return int(float(value))
+
+
+def verify_case(cache_dir: str | Path, record: Mapping) -> str | None:
+    """Check a cached case's files against its index record (size, then SHA-256).
+
+    Args:
+        cache_dir: the cache folder.
+        record: the case's index row (``subject_id``, ``has_mask``, ``image_bytes``, ``image_sha256``,
+            ``seg_bytes``, ``seg_sha256``).
+
+    Returns:
+        None when the files match; otherwise a phrase naming the file and the problem.
+    """
+    subject = str(record["subject_id"])
+    image_path, seg_path = _case_paths(Path(cache_dir), subject)
+    image_bytes = _record_int(record, "image_bytes")
+    if image_bytes is None or not str(record.get("image_sha256", "")):
+        return f"no size or checksum recorded for {image_path.name} (cache written by an older gliofed)"
+    problem = _file_problem(image_path, image_bytes, str(record["image_sha256"]))
+    if problem is None and _truthy(record.get("has_mask", False)):
+        seg_bytes = _record_int(record, "seg_bytes")
+        if seg_bytes is None or not str(record.get("seg_sha256", "")):
+            return f"no size or checksum recorded for {seg_path.name} (cache written by an older gliofed)"
+        problem = _file_problem(seg_path, seg_bytes, str(record["seg_sha256"]))
+    return problem
+
+
+def _truthy(value) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1")
+    return bool(value)
+
+
+def write_case_files(cache_dir: str | Path, subject: str, image: np.ndarray, seg: np.ndarray | None) -> dict:
+    """Write one case's arrays into ``cache_dir/cases`` atomically (image as float16, seg as uint8).
+
+    Used by :func:`preprocess`, and by tests and benchmarks that build a cache from arrays.
+
+    Args:
+        cache_dir: the cache folder (``cases/`` is created).
+        subject: a safe subject ID.
+        image: (4, D, H, W) image. seg: (D, H, W) classes 0..3, or None (an existing seg file is removed).
+
+    Returns:
+        the index fields ``image_bytes``, ``image_sha256``, ``seg_bytes``, ``seg_sha256`` (blank without seg).
+    """
+    image_path, seg_path = _case_paths(Path(cache_dir), subject)
+    image_path.parent.mkdir(parents=True, exist_ok=True)
+    image_bytes, image_sha = _save_npy(image_path, np.asarray(image, dtype=np.float16))
+    record = {"image_bytes": image_bytes, "image_sha256": image_sha, "seg_bytes": "", "seg_sha256": ""}
+    if seg is not None:
+        record["seg_bytes"], record["seg_sha256"] = _save_npy(seg_path, np.asarray(seg, dtype=np.uint8))
+    else:
+        seg_path.unlink(missing_ok=True)
+    return record
+
+
+def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | None = None) -> Path:
+    """Write ``index.csv`` atomically from case rows (and ``settings.json`` when ``size`` is given).
+
+    Rows written by :func:`write_case_files` carry their sizes and checksums; for a row without them (a
+    hand-made cache in tests or benchmarks) they are computed from the files. Missing geometry defaults to
+    1 mm isotropic with an identity affine.
+
+    Args:
+        cache_dir: the cache folder.
+        rows: one mapping per case with at least the label columns, ``has_mask`` and the shape.
+        size: the in-plane size the cases were preprocessed to; recorded in ``settings.json``.
+
+    Returns:
+        the path of ``index.csv``.
+    """
+    cache_dir = Path(cache_dir)
+    full = []
+    for row in rows:
+        row = dict(row)
+        image_path, seg_path = _case_paths(cache_dir, str(row["subject_id"]))
+        if not str(row.get("image_sha256", "")):
+            row["image_bytes"], row["image_sha256"] = image_path.stat().st_size, _sha256_file(image_path)
+        if _truthy(row.get("has_mask", False)) and not str(row.get("seg_sha256", "")):
+            row["seg_bytes"], row["seg_sha256"] = seg_path.stat().st_size, _sha256_file(seg_path)
+        for key in ("spacing_d", "spacing_h", "spacing_w"):
+            row.setdefault(key, 1.0)
+        row.setdefault("affine", json.dumps(np.eye(4).tolist()))
+        row.setdefault("fingerprint", "")
+        full.append(row)
+    frame = pd.DataFrame(full, columns=INDEX_COLUMNS)
+    if size is not None:
+        _write_settings(cache_dir, size)
+    return atomic_write_text(cache_dir / "index.csv", frame.to_csv(index=False))
+
+
+# ------------------------------------------------------------------------------------- settings, lock
+def _write_settings(cache_dir: Path, size: int) -> None:
+    atomic_write_text(cache_dir / _SETTINGS, json.dumps({"size": int(size),
+                                                         "preprocess_version": PREPROCESS_VERSION}) + "\n")
+
+
+def read_settings(cache_dir: str | Path) -> dict | None:
+    """The cache's preprocessing settings ``{"size": int, "preprocess_version": int}``, or None if unrecorded."""
+    path = Path(cache_dir) / _SETTINGS
+    if not path.is_file():
+        return None
+    try:
+        settings = json.loads(path.read_text())
+        return {"size": int(settings["size"]), "preprocess_version": int(settings["preprocess_version"])}
+    except (ValueError, KeyError, TypeError) as error:
+        raise CacheError(f"{path}: unreadable cache settings ({type(error).__name__}); "
+                         "delete the cache folder and run `gliofed preprocess` again.") from error
+
+
+def _holds_cases(cache_dir: Path) -> bool:
+    if len(read_index(cache_dir, missing_ok=True)):
+        return True
+    folder = cache_dir / "cases"
+    return folder.is_dir() and any(folder.glob("*.npy"))
+
+
+def _refuse_mixed_settings(cache_dir: Path, size: int) -> None:
+    """One cache, one set of settings: refuse another size or version into a cache that holds cases."""
+    settings = read_settings(cache_dir)
+    if not _holds_cases(cache_dir):
+        return
+    if settings is None:
+        if (cache_dir / "index.csv").is_file():
+            return  # a cache of an older gliofed: every fingerprint changed, so every case is re-made
+        raise CacheError(f"{cache_dir}: holds cached cases but no settings.json; delete the folder or choose "
+                         "another cache folder.")
+    wanted = {"size": int(size), "preprocess_version": PREPROCESS_VERSION}
+    if settings != wanted:
+        raise CacheError(f"{cache_dir}: cache holds cases preprocessed with size {settings['size']} (version "
+                         f"{settings['preprocess_version']}), not size {size} (version {PREPROCESS_VERSION}); "
+                         "use another cache folder or delete this one.")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
+    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache.
+
+    A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
+    this host (a killed ``preprocess``) is taken over. The lock file is created complete, by a hard link of
+    a written temporary file, so a reader never sees a half-written lock.
+
+    Yields:
+        the lock file's path.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    lock = cache_dir / _LOCK
+    host = socket.gethostname()
+    tmp = atomic_write_text(cache_dir / f".lock.{os.getpid()}{TMP_SUFFIX}",
+                            json.dumps({"pid": os.getpid(), "host": host}))
+    try:
+        for _attempt in range(3):
+            try:
+                os.link(tmp, lock)
+                break
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text())
+                    pid, holder_host = int(holder["pid"]), str(holder["host"])
+                except FileNotFoundError:
+                    continue  # released meanwhile: try again
+                except (ValueError, KeyError, TypeError):
+                    pid, holder_host = -1, host  # unreadable: not written by a live gliofed
+                if holder_host != host or (pid > 0 and _pid_alive(pid)):
+                    where = f"PID {pid}" + ("" if holder_host == host else f" on {holder_host}")
+                    raise CacheLockedError(f"{cache_dir}: another preprocess ({where}) is writing this cache; "
+                                           f"wait for it, or delete {lock} if it is no longer running.") from None
+                lock.unlink(missing_ok=True)  # stale: its writer is dead
+        else:
+            raise CacheLockedError(f"{cache_dir}: could not take the cache lock {lock}; try again.")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        yield lock
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _remove_leftovers(cache_dir: Path) -> int:
+    """Remove temporary files of killed writers (only called while holding the lock). Returns their count."""
+    count = 0
+    for folder in (cache_dir, cache_dir / "cases"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.name.startswith(".lock."):
+                    continue  # another process's lock being created: not a leftover of a killed writer
+                if path.name.startswith(".") and path.name.endswith(TMP_SUFFIX):
+                    path.unlink(missing_ok=True)
+                    count += 1
+                elif path.name.endswith(".tmp.npy"):  # the temporary name of gliofed <= 0.1
+                    path.unlink(missing_ok=True)
+                    count += 1
+    return count
+
+
+# ------------------------------------------------------------------------------------------ preprocess
 def _worker_init() -> None:
     import torch
 
     torch.set_num_threads(1)
 
 
-def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, int, int] | None]:
-    """Run the pipeline on one case; return (status, reason, shape)."""
+def _preprocess_one(task: tuple[dict, int, str]) -> dict:
+    """Run the pipeline on one case and write it; return its status, reason, shape, files and geometry."""
     from gliofed.data.transforms import preprocess_pipeline
 
     row, size, cache_dir = task
@@ -94,7 +378,7 @@ def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, i
     with_seg = _uses_mask(row)
     for key in (*MODALITIES, "seg"):
         if row[key] and not Path(row[key]).is_file():
-            return "skipped", f"{key} file {Path(row[key]).name} not found", None
+            return {"status": "skipped", "reason": f"{key} file {Path(row[key]).name} not found"}
     try:
         out = preprocess_pipeline(size, with_seg)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
                                                    **({"seg": row["seg"]} if with_seg else {})})
@@ -103,7 +387,7 @@ def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, i
         while cause.__cause__ is not None:
             cause = cause.__cause__
         if isinstance(cause, GliofedError):
-            return "skipped", str(cause).removeprefix(f"subject {subject}: ").rstrip("."), None
+            return {"status": "skipped", "reason": str(cause).removeprefix(f"subject {subject}: ").rstrip(".")}
         chain, link = [], error
         while link is not None:
             chain.append(str(link))
@@ -111,31 +395,26 @@ def _preprocess_one(task: tuple[dict, int, str]) -> tuple[str, str, tuple[int, i
         text = " ".join(chain)
         unreadable = next((row[k] for k in (*MODALITIES, "seg") if row[k] and str(row[k]) in text), None)
         if unreadable is not None:
-            return "skipped", f"{Path(unreadable).name}: {read_error(unreadable, cause)}", None
-        return "skipped", f"could not be processed ({type(cause).__name__}: {str(cause)[:200]})", None
-    image_path, seg_path = _case_paths(Path(cache_dir), subject)
+            return {"status": "skipped", "reason": f"{Path(unreadable).name}: {read_error(unreadable, cause)}"}
+        return {"status": "skipped",
+                "reason": f"could not be processed ({type(cause).__name__}: {str(cause)[:200]})"}
     image = np.asarray(out["image"], dtype=np.float16)
-    _atomic_save(image_path, image)
-    if with_seg:
-        _atomic_save(seg_path, np.asarray(out["seg"][0], dtype=np.uint8))
-    elif seg_path.exists():
-        seg_path.unlink()
+    files = write_case_files(cache_dir, subject, image, np.asarray(out["seg"][0]) if with_seg else None)
+    spacing = [float(v) for v in out["image_spacing"]]
     note = "" if with_seg or not row["seg"] else WT_ONLY_NOTE
-    return "done", note, tuple(image.shape[1:])
+    return {"status": "done", "reason": note, "depth": image.shape[1], "height": image.shape[2],
+            "width": image.shape[3], "spacing_d": spacing[0], "spacing_h": spacing[1], "spacing_w": spacing[2],
+            "affine": json.dumps(np.round(np.asarray(out["image_affine"], dtype=np.float64), 6).tolist()), **files}
 
 
 #: why a whole-tumour-only mask (manifest ``seg_regions = WT``) does not become a training mask
 WT_ONLY_NOTE = "whole-tumour-only mask not used (training and Dice need the BraTS classes)"
+_CASE_FIELDS = ("depth", "height", "width", "spacing_d", "spacing_h", "spacing_w", "affine",
+                "image_bytes", "image_sha256", "seg_bytes", "seg_sha256")
 
 
 def _uses_mask(row) -> bool:
     return bool(row["seg"]) and str(row.get("seg_regions", "") or "").upper() != "WT"
-
-
-def _atomic_save(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
 
 
 def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128, workers: int = 1,
@@ -152,71 +431,136 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
     Returns:
         :class:`PreprocessReport` listing every case, including skipped ones with their reason;
         also written to ``cache_dir/report.csv``.
+
+    Raises:
+        ManifestError: duplicate or unsafe subject IDs or site names (before any work).
+        CacheError: the cache holds cases of another size or preprocessing version.
+        CacheLockedError: another live ``preprocess`` is writing this cache.
     """
     cache_dir = Path(cache_dir)
-    (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
     manifest = read_manifest(manifest_path)
+    check_safe_names(manifest, manifest_path)
     duplicated = manifest["subject_id"][manifest["subject_id"].duplicated()].unique()
     if len(duplicated):
         raise ManifestError(f"{manifest_path}: subject ID {duplicated[0]} appears more than once; "
                             "run `gliofed check` to list every problem.")
-    old = read_index(cache_dir, missing_ok=True)
-    old_fp = dict(zip(old["subject_id"], old["fingerprint"])) if len(old) else {}
-    old_shape = {r.subject_id: (r.depth, r.height, r.width) for r in old.itertuples()} if len(old) else {}
+    with cache_lock(cache_dir):
+        _remove_leftovers(cache_dir)
+        _refuse_mixed_settings(cache_dir, size)
+        (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
+        return _preprocess_locked(manifest, cache_dir, size, workers, progress)
 
-    fingerprints, todo, results = {}, [], {}
+
+def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, size: int, workers: int,
+                       progress: bool) -> PreprocessReport:
+    old = read_index(cache_dir, missing_ok=True)
+    old_rows = {str(r["subject_id"]): r for r in old.to_dict("records")}
+    _write_settings(cache_dir, size)
+
+    fingerprints, todo, results, damaged = {}, [], {}, {}
     for _, row in manifest.iterrows():
         subject = row["subject_id"]
         fingerprints[subject] = _fingerprint(row, size)
-        image_path, _ = _case_paths(cache_dir, subject)
-        if old_fp.get(subject) == fingerprints[subject] and image_path.exists():
-            results[subject] = ("cached", "" if _uses_mask(row) or not row["seg"] else WT_ONLY_NOTE, old_shape[subject])
-        else:
-            todo.append((row.to_dict(), size, str(cache_dir)))
-    bar = dict(total=len(todo), desc="preprocess", unit="case", disable=not progress or not todo)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(max_workers=workers, initializer=_worker_init) as pool:
-            outcomes = list(tqdm(pool.map(_preprocess_one, todo), **bar))
-    else:
-        outcomes = [_preprocess_one(task) for task in tqdm(todo, **bar)]
+        previous = old_rows.get(subject)
+        if previous is not None and previous["fingerprint"] == fingerprints[subject]:
+            problem = verify_case(cache_dir, previous)
+            if problem is None:
+                results[subject] = {"status": "cached", "reason": "" if _uses_mask(row) or not row["seg"]
+                                    else WT_ONLY_NOTE, **{k: previous[k] for k in _CASE_FIELDS}}
+                continue
+            damaged[subject] = f"damaged cached case re-made ({problem})"
+        todo.append((row.to_dict(), size, str(cache_dir)))
+    outcomes = process_map(_preprocess_one, todo, workers, desc="preprocess", unit="case", progress=progress,
+                           initializer=_worker_init)
     for task, outcome in zip(todo, outcomes):
-        results[task[0]["subject_id"]] = outcome
+        subject = task[0]["subject_id"]
+        if subject in damaged and outcome["status"] == "done":
+            outcome["reason"] = "; ".join(r for r in (damaged[subject], outcome["reason"]) if r)
+        results[subject] = outcome
 
     index_rows, report_rows = [], []
     for _, row in manifest.iterrows():
         subject = row["subject_id"]
-        status, reason, shape = results[subject]
-        report_rows.append({"subject_id": subject, "site": row["site"], "status": status, "reason": reason})
-        if status == "skipped":
+        outcome = results[subject]
+        report_rows.append({"subject_id": subject, "site": row["site"], "status": outcome["status"],
+                            "reason": outcome["reason"]})
+        if outcome["status"] == "skipped":
             for path in _case_paths(cache_dir, subject):
                 path.unlink(missing_ok=True)
             continue
         index_rows.append({**{c: row[c] for c in ("subject_id", "dataset", "site", "split", *MARKERS, "age", "sex")},
-                           "has_mask": _uses_mask(row), "depth": shape[0], "height": shape[1],
-                           "width": shape[2], "fingerprint": fingerprints[subject]})
-    pd.DataFrame(index_rows, columns=_INDEX_COLUMNS).to_csv(cache_dir / "index.csv", index=False)
-    report = PreprocessReport(cache_dir, pd.DataFrame(report_rows))
-    report.cases.to_csv(cache_dir / "report.csv", index=False)
+                           "has_mask": _uses_mask(row), **{k: outcome[k] for k in _CASE_FIELDS},
+                           "fingerprint": fingerprints[subject]})
+    write_index(cache_dir, index_rows)
+    report = PreprocessReport(cache_dir, pd.DataFrame(report_rows, columns=["subject_id", "site", "status",
+                                                                            "reason"]))
+    atomic_write_text(cache_dir / "report.csv", report.cases.to_csv(index=False))
     return report
 
 
+# ----------------------------------------------------------------------------------------------- read
 def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
-    """The cache index (one row per cached case); raises :class:`CacheError` if absent unless ``missing_ok``."""
+    """The cache index (one row per cached case, :data:`INDEX_COLUMNS`).
+
+    Raises :class:`CacheError` if absent unless ``missing_ok`` (then an empty frame).
+    """
     path = Path(cache_dir) / "index.csv"
     if not path.is_file():
         if missing_ok:
-            return pd.DataFrame(columns=_INDEX_COLUMNS)
+            return pd.DataFrame(columns=INDEX_COLUMNS)
         raise CacheError(f"{cache_dir}: no preprocessed cache here (index.csv missing); run `gliofed preprocess` first.")
-    index = pd.read_csv(path, dtype={"subject_id": str, "site": str, "split": str, "sex": str},
+    index = pd.read_csv(path, dtype={"subject_id": str, "site": str, "split": str, "sex": str, "affine": str,
+                                     "image_sha256": str, "seg_sha256": str, "fingerprint": str},
                         keep_default_na=False, na_values={"age": [""]})
     return index
 
 
-def load_case(cache_dir: str | Path, subject: str, has_mask: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-    """Memory-map one cached case: (image float16 (4, D, H, W), seg uint8 (D, H, W) or None)."""
-    image_path, seg_path = _case_paths(Path(cache_dir), subject)
+def case_spacing(record: Mapping) -> tuple[float, float, float]:
+    """Voxel spacing in mm along (D, H, W) of a cached case, from its index row."""
+    return float(record["spacing_d"]), float(record["spacing_h"]), float(record["spacing_w"])
+
+
+def case_affine(record: Mapping) -> np.ndarray:
+    """4 x 4 affine of a cached case, (d, h, w, 1) voxel index -> world mm (RAS+), from its index row."""
+    return np.asarray(json.loads(record["affine"]), dtype=np.float64)
+
+
+def load_case(cache_dir: str | Path, subject: str, has_mask: bool = True, record: Mapping | None = None,
+              verify: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """Memory-map one cached case: (image float16 (4, D, H, W), seg uint8 (D, H, W) or None).
+
+    Args:
+        cache_dir: the cache folder.
+        subject: the subject ID.
+        has_mask: also load the segmentation (when the case has one).
+        record: the case's index row (read from ``index.csv`` when None and ``verify``).
+        verify: check the files' size and SHA-256 against the index (hashed once per file per process).
+
+    Raises:
+        CacheDamagedError: a file is missing, truncated or altered (names the subject and file).
+    """
+    cache_dir = Path(cache_dir)
+    image_path, seg_path = _case_paths(cache_dir, subject)
+    if verify:
+        if record is None:
+            index = read_index(cache_dir)
+            rows = index[index["subject_id"] == str(subject)]
+            if not len(rows):
+                raise CacheError(f"{cache_dir}: subject {subject} is not in the cache index; "
+                                 "run `gliofed preprocess` again.")
+            record = rows.iloc[0].to_dict()
+        record = {**record, "subject_id": str(subject), "has_mask": bool(has_mask) and _truthy(record.get("has_mask",
+                                                                                                            True))}
+        problem = verify_case(cache_dir, record)
+        if problem is not None:
+            raise CacheDamagedError(f"cache case {subject} is damaged ({problem}); run `gliofed preprocess` again.")
     if not image_path.is_file():
-        raise CacheError(f"{image_path}: cached image of subject {subject} is missing; rerun `gliofed preprocess`.")
-    image = np.load(image_path, mmap_mode="r")
-    seg = np.load(seg_path, mmap_mode="r") if has_mask and seg_path.is_file() else None
+        raise CacheDamagedError(f"cache case {subject} is damaged ({image_path} is missing); "
+                                "run `gliofed preprocess` again.")
+    try:
+        image = np.load(image_path, mmap_mode="r")
+        seg = np.load(seg_path, mmap_mode="r") if has_mask and seg_path.is_file() else None
+    except (ValueError, OSError, EOFError) as error:
+        raise CacheDamagedError(f"cache case {subject} is damaged (unreadable {image_path.parent}: "
+                                f"{type(error).__name__}); run `gliofed preprocess` again.") from error
     return image, seg

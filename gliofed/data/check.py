@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import gzip
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
-from gliofed.data.manifest import MODALITIES, _read_raw, label_problems
+from gliofed.data.manifest import MODALITIES, _read_raw, absolute_path, label_problems, unsafe_name
+from gliofed.data.parallel import process_map
 
 __all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES"]
 
@@ -159,7 +158,7 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
 
     Reports: missing or unreadable files, truncated gzip, shape or affine mismatch between a subject's
     modalities, NaN/Inf voxels, empty modalities, segmentation values outside {0, 1, 2, 4}, invalid
-    label codes, blank required fields, duplicate subject IDs and a subject listed in two splits.
+    label codes, blank required fields, subject IDs or sites that are not safe file names, duplicate subject IDs and a subject listed in two splits.
 
     Args:
         path: manifest CSV.
@@ -179,8 +178,12 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
         subject = row["subject_id"].strip() or f"row {index + 2}"
         if not row["subject_id"].strip():
             problems.append(Problem(subject, "subject_id", "blank subject ID"))
+        elif (reason := unsafe_name(row["subject_id"].strip())) is not None:
+            problems.append(Problem(subject, "subject_id", f"subject ID is not a safe file name ({reason})"))
         if not row["site"].strip():
             problems.append(Problem(subject, "site", "blank site"))
+        elif (reason := unsafe_name(row["site"].strip())) is not None:
+            problems.append(Problem(subject, "site", f"site {row['site'].strip()!r} is not a safe name ({reason})"))
         for message in label_problems(row):
             problems.append(Problem(subject, message.split()[0], message))
         split = row["split"].strip()
@@ -195,18 +198,12 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
         for key in (*MODALITIES, "seg"):
             value = row[key].strip()
             if value:
-                paths[key] = str(root / value)
+                paths[key] = absolute_path(value, root)
             elif key != "seg":
                 problems.append(Problem(subject, key, f"no {key} file given"))
         tasks.append((subject, paths))
-    iterator: object
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            iterator = list(tqdm(pool.map(_check_files, tasks, chunksize=4), total=len(tasks),
-                                 desc="check", disable=not progress))
-    else:
-        iterator = [_check_files(t) for t in tqdm(tasks, desc="check", disable=not progress)]
-    for found in iterator:
+    for found in process_map(_check_files, tasks, workers, desc="check", unit="subject", progress=progress,
+                             chunksize=4):
         problems.extend(found)
     return CheckReport(str(path), len(raw), problems, _summary(raw))
 

@@ -10,10 +10,10 @@ import torch
 from monai.data.utils import pad_list_data_collate
 from torch.utils.data import Dataset
 
-from gliofed.data.cache import load_case, read_index
+from gliofed.data.cache import INDEX_COLUMNS, case_spacing, load_case, read_index
 from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.split import assign_splits
-from gliofed.errors import ConfigError
+from gliofed.errors import CacheError, ConfigError
 
 __all__ = ["CaseDataset", "MODALITY_SETS", "collate_cases"]
 
@@ -40,7 +40,12 @@ class CaseDataset(Dataset):
 
     Each sample is a dict: ``image`` float32 (C, D, H, W); ``seg`` int64 (1, D, H, W), zeros when the
     case has no mask; ``has_mask`` bool; ``labels`` int64 (4,) in :data:`MARKERS` order, -1 unknown;
-    ``site``; ``subject``.
+    ``spacing`` float32 (3,), the voxel size in mm along (D, H, W) (for HD95 in mm); ``site``; ``subject``.
+    :attr:`index` holds the cache index rows of the view, with ``spacing_d``, ``spacing_h``, ``spacing_w`` and
+    ``affine`` (see :mod:`gliofed.data.cache`).
+
+    Every case's files are checked against the size and SHA-256 recorded in the index when first loaded;
+    a damaged case raises :class:`~gliofed.errors.CacheDamagedError` naming it (never silently skipped).
 
     >>> ds = CaseDataset("cache", split="train", modalities=("t1", "t2"))  # doctest: +SKIP
     >>> ds[0]["image"].shape  # doctest: +SKIP
@@ -57,6 +62,10 @@ class CaseDataset(Dataset):
         self.modalities = tuple(modalities)
         self._channels = [MODALITIES.index(m) for m in self.modalities]
         index = read_index(self.cache_dir)
+        missing = [c for c in INDEX_COLUMNS if c not in index.columns]
+        if missing:
+            raise CacheError(f"{cache_dir}: cache index lacks {', '.join(missing[:3])} (written by an older gliofed); "
+                             "run `gliofed preprocess` again into a new cache folder.")
         blank = index["split"].isna() | (index["split"] == "")
         if blank.any():
             index.loc[blank, "split"] = assign_splits(index, seed=seed)[blank]
@@ -99,13 +108,14 @@ class CaseDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         row = self.index.iloc[i]
-        image, seg = load_case(self.cache_dir, row["subject_id"], bool(row["has_mask"]))
+        image, seg = load_case(self.cache_dir, row["subject_id"], bool(row["has_mask"]), record=row.to_dict())
         sample = {
             "image": torch.from_numpy(np.asarray(image[self._channels], dtype=np.float32)),
             "seg": (torch.from_numpy(np.asarray(seg, dtype=np.int64))[None] if seg is not None
                     else torch.zeros((1, *image.shape[1:]), dtype=torch.int64)),
             "has_mask": torch.tensor(seg is not None),
             "labels": torch.tensor([int(row[m]) for m in MARKERS], dtype=torch.int64),
+            "spacing": torch.tensor(case_spacing(row), dtype=torch.float32),
             "site": row["site"],
             "subject": row["subject_id"],
         }

@@ -26,7 +26,8 @@ paths are absolute.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -42,6 +43,10 @@ __all__ = [
     "read_manifest",
     "write_manifest",
     "label_problems",
+    "unsafe_name",
+    "check_safe_names",
+    "absolute_path",
+    "relative_path",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -60,6 +65,76 @@ MARKERS: tuple[str, ...] = tuple(MARKER_CLASSES)
 SPLITS: tuple[str, ...] = ("train", "test", "external")
 _PATH_COLUMNS = (*MODALITIES, "seg")
 _SEXES = ("M", "F")
+
+
+#: characters allowed in a subject ID or site name: they become file names in the cache and run folders
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+#: longest allowed subject ID or site name (file systems allow 255 bytes per name; suffixes are added)
+MAX_NAME_LENGTH = 128
+
+
+def unsafe_name(value: str) -> str | None:
+    """Why ``value`` may not be used as a subject ID or site name (a file name), or None when it is safe.
+
+    Safe names are 1 to 128 characters of letters, digits, ``.``, ``_`` and ``-``, starting with a letter or
+    digit, and contain no ``..``: no path separators, no absolute paths, nothing that leaves a folder.
+
+    >>> unsafe_name("BraTS2021_00000") is None
+    True
+    >>> unsafe_name("../../x")
+    'contains ".."'
+    """
+    if not value:
+        return "empty"
+    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive:
+        return "an absolute path"
+    if ".." in value:
+        return 'contains ".."'
+    if "/" in value or "\\" in value:
+        return "contains a path separator"
+    if len(value) > MAX_NAME_LENGTH:
+        return f"longer than {MAX_NAME_LENGTH} characters"
+    if not SAFE_NAME.fullmatch(value):
+        bad = sorted({c for c in value if not re.fullmatch(r"[A-Za-z0-9._-]", c)})
+        if bad:
+            return f"character(s) {' '.join(repr(c) for c in bad[:5])} outside letters, digits, '.', '_', '-'"
+        return "must start with a letter or digit"
+    return None
+
+
+def check_safe_names(manifest: pd.DataFrame, source: str | Path) -> None:
+    """Raise :class:`ManifestError` naming the first manifest row whose subject ID or site is not a safe name.
+
+    Args:
+        manifest: a manifest as returned by :func:`read_manifest` (row ``i`` is CSV line ``i + 2``).
+        source: the manifest file, for the message.
+    """
+    for number, (subject, site) in enumerate(zip(manifest["subject_id"], manifest["site"]), start=2):
+        for column, value in (("subject_id", subject), ("site", site)):
+            reason = unsafe_name(str(value))
+            if reason is not None:
+                raise ManifestError(f"{source}: row {number}: {column} {str(value)!r} is not a safe file name "
+                                    f"({reason}); run `gliofed check` to list every problem.")
+
+
+def absolute_path(value: str, base: str | Path) -> str:
+    """A manifest path cell as an absolute, resolved path string (relative cells are relative to ``base``).
+
+    Returns ``""`` for a blank cell.
+    """
+    value = str(value).strip()
+    return str((Path(base) / value).resolve()) if value else ""
+
+
+def relative_path(value: str, root: str | Path) -> str:
+    """A path as written into a manifest at ``root``: POSIX-relative when inside ``root``, else absolute.
+
+    Returns ``""`` for a blank value.
+    """
+    if not value:
+        return ""
+    target, root = Path(value).resolve(), Path(root).resolve()
+    return target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
 
 
 def _blank(value: object) -> bool:
@@ -142,7 +217,7 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
     # optional: "WT" marks a binary whole-tumour mask (e.g. EGD), blank = BraTS labels 0/1/2/4
     df["seg_regions"] = raw["seg_regions"].str.strip().str.upper() if "seg_regions" in raw else ""
     for column in _PATH_COLUMNS:
-        df[column] = [str((root / p).resolve()) if p else "" for p in df[column]]
+        df[column] = [absolute_path(p, root) for p in df[column]]
     for marker, classes in MARKER_CLASSES.items():
         df[marker] = [(_parse_code(v, len(classes)) if _parse_code(v, len(classes)) is not None else -1)
                       for v in df[marker]]
@@ -162,8 +237,7 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
     for column in COLUMNS:
         values = df[column] if column in df.columns else pd.Series([""] * len(df), index=df.index)
         if column in _PATH_COLUMNS:
-            values = [Path(p).resolve().relative_to(root).as_posix() if p and Path(p).resolve().is_relative_to(root)
-                      else (str(p) if p else "") for p in values]
+            values = [relative_path(p, root) for p in values]
         elif column in MARKERS:
             values = ["" if int(v) < 0 else str(int(v)) for v in values]
         elif column == "age":

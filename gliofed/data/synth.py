@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -48,9 +47,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from scipy import ndimage
-from tqdm.auto import tqdm
 
 from gliofed.data.manifest import MARKERS, MODALITIES, write_manifest
+from gliofed.data.parallel import process_map
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
@@ -522,12 +521,8 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
         for i in range(n):
             tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}"))
     start = time.perf_counter()
-    bar = dict(total=len(tasks), desc=f"synth {preset}", unit="subject", disable=not progress)
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            rows = list(tqdm(pool.map(_write_subject, tasks, chunksize=2), **bar))
-    else:
-        rows = [_write_subject(t) for t in tqdm(tasks, **bar)]
+    rows = process_map(_write_subject, tasks, workers, desc=f"synth {preset}", unit="subject", progress=progress,
+                       chunksize=2)
     table = pd.DataFrame(rows)
     truth = table[["subject_id", "site"] + [f"true_{m}" for m in MARKERS]]
     manifest = table.drop(columns=[f"true_{m}" for m in MARKERS])

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import (
@@ -25,7 +30,8 @@ from gliofed.data.check import volume_problems
 from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
 
-__all__ = ["ValidateCased", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline"]
+__all__ = ["ValidateCased", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline",
+           "depth_first_affine", "CaseGeometry", "preprocess_case", "to_original_grid"]
 
 
 class ValidateCased(MapTransform):
@@ -51,6 +57,39 @@ class ValidateCased(MapTransform):
             key, message = problems[0]
             raise DataError(f"subject {data.get(self.subject_key, '?')}: {key}: {message}.")
         return data
+
+
+def depth_first_affine(affine_xyz: np.ndarray) -> np.ndarray:
+    """The voxel-to-world affine of a (D, H, W) = (z, y, x) array, from the affine of its (x, y, z) original.
+
+    Args:
+        affine_xyz: 4 x 4 affine mapping (x, y, z, 1) voxel indices to world mm.
+
+    Returns:
+        4 x 4 float64 affine mapping (d, h, w, 1) to the same world points (its columns permuted).
+    """
+    return np.asarray(affine_xyz, dtype=np.float64)[:, [2, 1, 0, 3]]
+
+
+class CacheGeometryd(MapTransform):
+    """Record the geometry of the cache grid before :class:`ToDepthFirstd`, from MONAI's tracked metadata.
+
+    MONAI's ``MetaTensor`` carries the affine through orientation, cropping and resizing, so the affine read
+    here is the one of the final grid. Adds ``"<key>_affine"`` (4 x 4 float64, (d, h, w, 1) voxel -> world mm,
+    RAS) and ``"<key>_spacing"`` (3 float64, mm per voxel along D, H, W).
+
+    Args:
+        keys: the MetaTensor keys to record (normally ``"image"``).
+        allow_missing_keys: don't raise if a key is absent (default False).
+    """
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            affine = depth_first_affine(np.asarray(d[key].affine, dtype=np.float64))
+            d[f"{key}_affine"] = affine
+            d[f"{key}_spacing"] = np.linalg.norm(affine[:3, :3], axis=0)
+        return d
 
 
 class ToDepthFirstd(MapTransform):
@@ -81,7 +120,9 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
 
     Returns:
         a Compose taking ``{"subject_id", "t1", "t1ce", "t2", "flair"[, "seg"]}`` paths and returning
-        ``image`` float32 (4, D, size, size) and ``seg`` (1, D, size, size) with classes 0..3.
+        ``image`` float32 (4, D, size, size), ``seg`` (1, D, size, size) with classes 0..3, and the cache grid's
+        geometry: ``image_affine`` (4 x 4, (d, h, w) voxel -> world mm, RAS) and ``image_spacing`` (mm along
+        D, H, W) — see :class:`CacheGeometryd`.
     """
     volumes = [*MODALITIES, "seg"] if with_seg else list(MODALITIES)
     spatial = ["image", "seg"] if with_seg else ["image"]
@@ -100,7 +141,8 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
             Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
             MapLabelValued("seg", orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3]),
         ]
-    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), ToDepthFirstd(spatial)]
+    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), CacheGeometryd("image"),
+              ToDepthFirstd(spatial)]
     return Compose(steps)
 
 
@@ -116,3 +158,83 @@ def augment_pipeline(seed: int = 0) -> Compose:
     ])
     pipeline.set_random_state(seed)
     return pipeline
+
+
+@dataclass(frozen=True)
+class CaseGeometry:
+    """Where a preprocessed case lies in the world, and the scan grid it came from.
+
+    Attributes:
+        affine: 4 x 4, (d, h, w, 1) index of the preprocessed (D, H, W) grid -> world mm (RAS+).
+        spacing: mm per voxel along D, H, W.
+        shape: (D, H, W) of the preprocessed grid.
+        original_affine: 4 x 4 affine of the input scans as stored (nibabel), voxel (i, j, k, 1) -> world mm.
+        original_shape: (i, j, k) shape of the input scans as stored.
+    """
+
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    original_affine: np.ndarray
+    original_shape: tuple[int, int, int]
+
+
+def preprocess_case(paths: Mapping[str, str | Path], size: int = 128, subject: str = "case"
+                    ) -> tuple[np.ndarray, CaseGeometry]:
+    """Preprocess one new case exactly as the cache does, keeping what is needed to map results back.
+
+    Args:
+        paths: ``t1``, ``t1ce``, ``t2``, ``flair`` NIfTI paths (co-registered, as for a manifest row).
+        size: the in-plane size of the model's cache (from its checkpoint).
+        subject: the name used in error messages.
+
+    Returns:
+        (image float32 (4, D, size, size), :class:`CaseGeometry`); a prediction on the image grid goes back to
+        the scans' grid with :func:`to_original_grid`.
+
+    Raises:
+        DataError: a volume breaks the rules of ``gliofed check`` (names the subject and file).
+    """
+    missing = [m for m in MODALITIES if not paths.get(m)]
+    if missing:
+        raise DataError(f"subject {subject}: no {', '.join(missing)} file given.")
+    out = preprocess_pipeline(size, with_seg=False)({"subject_id": subject, **{m: str(paths[m]) for m in MODALITIES}})
+    image = np.asarray(out["image"], dtype=np.float32)
+    reference = nib.load(str(paths[MODALITIES[0]]))
+    geometry = CaseGeometry(np.asarray(out["image_affine"], dtype=np.float64),
+                            tuple(float(v) for v in out["image_spacing"]), tuple(int(v) for v in image.shape[1:]),
+                            np.asarray(reference.affine, dtype=np.float64),
+                            tuple(int(v) for v in reference.shape[:3]))
+    return image, geometry
+
+
+def to_original_grid(volume: np.ndarray, geometry: CaseGeometry, fill: int | float = 0) -> np.ndarray:
+    """Resample a (D, H, W) volume on the preprocessed grid back to the scans' stored grid (nearest neighbour).
+
+    Every stored voxel takes the value of the preprocessed voxel whose centre is nearest its world position
+    (through the two affines), so orientation, crop and in-plane resize are all undone; voxels outside the
+    crop get ``fill``. Nearest neighbour keeps label values (use it for segmentations).
+
+    Args:
+        volume: (D, H, W) array on ``geometry.shape``.
+        geometry: from :func:`preprocess_case` (or a cache index row's affine and the scans' header).
+        fill: value outside the preprocessed grid (default 0, background).
+
+    Returns:
+        array of ``geometry.original_shape`` and ``volume``'s dtype, to save with ``geometry.original_affine``.
+    """
+    volume = np.asarray(volume)
+    if volume.shape != geometry.shape:
+        raise DataError(f"volume of shape {volume.shape} is not on the preprocessed grid {geometry.shape}.")
+    to_cache = np.linalg.inv(geometry.affine) @ geometry.original_affine  # stored voxel -> preprocessed voxel
+    ni, nj, nk = geometry.original_shape
+    out = np.full(geometry.original_shape, fill, dtype=volume.dtype)
+    ii, jj = np.meshgrid(np.arange(ni), np.arange(nj), indexing="ij")
+    for k in range(nk):  # one stored slice at a time keeps memory at one slice of coordinates
+        points = np.stack([ii, jj, np.full_like(ii, k), np.ones_like(ii)]).reshape(4, -1)
+        d, h, w = np.rint(to_cache[:3] @ points).astype(np.int64)
+        inside = (d >= 0) & (d < volume.shape[0]) & (h >= 0) & (h < volume.shape[1]) & (w >= 0) & (w < volume.shape[2])
+        values = np.full(points.shape[1], fill, dtype=volume.dtype)
+        values[inside] = volume[d[inside], h[inside], w[inside]]
+        out[:, :, k] = values.reshape(ni, nj)
+    return out

@@ -3,22 +3,30 @@
 A payload is named NumPy arrays plus JSON metadata, with a declared kind. Its size on the wire is the
 length of its serialisation (``.npz`` of the arrays + the JSON), measured, never estimated. Every kind
 declares its fields; anything undeclared is refused (:func:`validate`), so nothing leaves a site by accident.
+
+A reply arriving at the server is checked as data by :func:`validate_reply` before any aggregation: kind,
+exact field set, shapes and dtypes against the broadcast model, finite values, typed and bounded metadata.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import numbers
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.errors import GliofedError
 
-__all__ = ["Payload", "PayloadError", "DECLARED", "validate", "state_to_arrays", "arrays_to_state"]
+__all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
+           "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "DISTILL_INITS"]
 
 
 class PayloadError(GliofedError):
@@ -28,7 +36,7 @@ class PayloadError(GliofedError):
 #: payload kind -> field name prefixes it may carry (arrays) and metadata keys
 DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
-    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "loss")},
+    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "loss", "n_masked")},
     "distilled_set": {
         "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:"),
         "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
@@ -37,6 +45,24 @@ DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "site_info": {"arrays": (), "meta": ("site", "n_cases", "raw_bytes")},  # what pooling a site's cases moves
     "nothing": {"arrays": (), "meta": ("site",)},
 }
+#: payload kind -> metadata keys a reply must carry (the other declared keys are optional)
+REQUIRED_META: dict[str, tuple[str, ...]] = {
+    "model": ("round", "strategy"),
+    "weights_update": ("site", "n_cases"),
+    "distilled_set": ("site", "n_cases", "shape", "scale", "init", "temperature"),
+    "raw_cases": ("site", "n_cases"),
+    "nothing": ("site",),
+}
+#: largest ``n_cases`` a site may claim (a weight of 1e30 would replace the global model)
+MAX_N_CASES = 10_000_000
+#: most synthetic volumes in one distilled set
+MAX_SYNTHETIC = 4096
+#: largest cache-grid side and down-sampling scale a distilled set may declare
+MAX_SIDE, MAX_SCALE = 4096, 256
+#: initialisations of distillation (the value is checked here; whether a site allows it is its own policy)
+DISTILL_INITS = ("noise", "class_stats", "real_unsafe")
+#: NumPy dtype kinds a payload array may have: bool, integers, floats, complex (never object, str, void, time)
+_NUMERIC_KINDS = frozenset("biufc")
 
 
 @dataclass
@@ -60,16 +86,24 @@ class Payload:
             archive.writestr(zipfile.ZipInfo("meta.json", (1980, 1, 1, 0, 0, 0)), header)
             for name in sorted(self.arrays):
                 array_buffer = io.BytesIO()
-                np.save(array_buffer, np.ascontiguousarray(self.arrays[name]), allow_pickle=False)
+                # order="C", not ascontiguousarray: the latter turns a 0-d array (a BatchNorm counter) into 1-d
+                np.save(array_buffer, np.asarray(self.arrays[name], order="C"), allow_pickle=False)
                 archive.writestr(zipfile.ZipInfo(f"{name}.npy", (1980, 1, 1, 0, 0, 0)), array_buffer.getvalue())
         return buffer.getvalue()
 
     @classmethod
     def deserialize(cls, data: bytes) -> "Payload":
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            header = json.loads(archive.read("meta.json"))
-            arrays = {n[:-4]: np.load(io.BytesIO(archive.read(n)), allow_pickle=False)
-                      for n in archive.namelist() if n.endswith(".npy")}
+        """Inverse of :meth:`serialize`; undecodable bytes raise :class:`PayloadError` (pickles are refused)."""
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                header = json.loads(archive.read("meta.json"))
+                arrays = {n[:-4]: np.load(io.BytesIO(archive.read(n)), allow_pickle=False)
+                          for n in archive.namelist() if n.endswith(".npy")}
+        except Exception as error:  # any malformed byte string is a refused payload, never a crash
+            raise PayloadError(f"payload could not be decoded ({type(error).__name__}: {str(error)[:120]}).") from error
+        if not isinstance(header, dict) or not isinstance(header.get("kind"), str) or not isinstance(
+                header.get("meta"), dict):
+            raise PayloadError("payload header meta.json is not {\"kind\": str, \"meta\": object}.")
         return cls(header["kind"], arrays, header["meta"])
 
     @property
@@ -94,21 +128,199 @@ def _json_default(value):
     raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
 
 
+def _declared(spec: dict[str, tuple[str, ...]], name: str) -> bool:
+    return any(name == p or (p.endswith(":") and name.startswith(p)) for p in spec["arrays"])
+
+
 def validate(payload: Payload, max_bytes: int | None = None) -> None:
-    """Refuse undeclared kinds or fields, non-finite floats, and payloads over ``max_bytes``."""
-    if payload.kind not in DECLARED:
+    """Refuse undeclared kinds or fields, non-numeric arrays, non-finite values and payloads over ``max_bytes``.
+
+    This is what a site checks before anything leaves it; the server checks more with :func:`validate_reply`.
+
+    Args:
+        payload: the payload.
+        max_bytes: refuse a serialisation longer than this (None: no limit).
+
+    Raises:
+        PayloadError: one sentence naming the field.
+    """
+    if not isinstance(payload.kind, str) or payload.kind not in DECLARED:
         raise PayloadError(f"payload kind {payload.kind!r} is not declared.")
     spec = DECLARED[payload.kind]
+    if not isinstance(payload.arrays, Mapping) or not isinstance(payload.meta, Mapping):
+        raise PayloadError("payload arrays and metadata must be mappings.")
     for name, array in payload.arrays.items():
-        if not any(name == p or (p.endswith(":") and name.startswith(p)) for p in spec["arrays"]):
+        if not isinstance(name, str) or not _declared(spec, name):
             raise PayloadError(f"payload field {name!r} is not declared for kind {payload.kind!r}.")
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        if not isinstance(array, np.ndarray):
+            raise PayloadError(f"payload field {name!r} is a {type(array).__name__}, not a NumPy array.")
+        if array.dtype.kind not in _NUMERIC_KINDS or array.dtype.fields is not None:
+            raise PayloadError(f"payload field {name!r} has dtype {array.dtype}, not a numeric dtype.")
+        # NaN/Inf exist in floating and complex dtypes; bool and integer arrays cannot hold them
+        if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
             raise PayloadError(f"payload field {name!r} holds NaN or Inf values.")
     for key in payload.meta:
         if key not in spec["meta"]:
             raise PayloadError(f"payload metadata {key!r} is not declared for kind {payload.kind!r}.")
     if max_bytes is not None and payload.nbytes > max_bytes:
         raise PayloadError(f"payload of {payload.nbytes:,} bytes exceeds the limit of {max_bytes:,} bytes.")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _int_in(meta: Mapping, key: str, low: int, high: int) -> int:
+    value = meta[key]
+    if not _is_int(value) or not low <= int(value) <= high:
+        raise PayloadError(f"payload metadata {key!r} = {_short(value)} is not an integer in [{low:,}, {high:,}].")
+    return int(value)
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_meta(payload: Payload) -> None:
+    meta = payload.meta
+    missing = [k for k in REQUIRED_META[payload.kind] if k not in meta]
+    if missing:
+        raise PayloadError(f"payload of kind {payload.kind!r} lacks metadata {missing[0]!r}.")
+    if "site" in meta and (not isinstance(meta["site"], str) or not meta["site"]):
+        raise PayloadError(f"payload metadata 'site' = {_short(meta['site'])} is not a non-empty string.")
+    if "n_cases" in meta:
+        n_cases = _int_in(meta, "n_cases", 1, MAX_N_CASES)
+        if "n_masked" in meta:
+            _int_in(meta, "n_masked", 0, n_cases)
+    if "loss" in meta and meta["loss"] is not None and (not _is_real(meta["loss"])
+                                                        or not math.isfinite(float(meta["loss"]))):
+        raise PayloadError(f"payload metadata 'loss' = {_short(meta['loss'])} is not a finite number or null.")
+    if "round" in meta:
+        _int_in(meta, "round", 0, 10_000_000)
+    if "strategy" in meta and not isinstance(meta["strategy"], str):
+        raise PayloadError(f"payload metadata 'strategy' = {_short(meta['strategy'])} is not a string.")
+
+
+def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:
+    """Exactly the reference's ``w:`` fields, each with the reference's shape and dtype."""
+    expected = {k: v for k, v in reference.items() if k.startswith("w:")}
+    got = {k for k in payload.arrays if k.startswith("w:")}
+    for name in sorted(expected):
+        if name not in got:
+            raise PayloadError(f"payload lacks field {name!r} of the broadcast model.")
+    for name in sorted(got - set(expected)):
+        raise PayloadError(f"payload field {name!r} is not a field of the broadcast model.")
+    for name, ref in expected.items():
+        array = payload.arrays[name]
+        ref = np.asarray(ref)
+        if array.shape != ref.shape:
+            raise PayloadError(f"payload field {name!r} has shape {array.shape}, the broadcast model {ref.shape}.")
+        if array.dtype != ref.dtype:
+            raise PayloadError(f"payload field {name!r} has dtype {array.dtype}, the broadcast model {ref.dtype}.")
+
+
+def _check_distilled(payload: Payload) -> None:
+    """A distilled set is consistent with itself and with the label spaces of :data:`MARKER_CLASSES`."""
+    arrays, meta = payload.arrays, payload.meta
+    expected = {"syn_images", "syn_masks", "syn_labels", *(f"soft:{m}" for m in MARKERS),
+                *(f"counts:{m}" for m in MARKERS)}
+    for name in sorted(expected - set(arrays)):
+        raise PayloadError(f"payload lacks field {name!r} of a distilled set.")
+    for name in sorted(set(arrays) - expected):
+        raise PayloadError(f"payload field {name!r} is not a field of a distilled set.")
+    shape = meta["shape"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(_is_int(v) and 1 <= int(v) <= MAX_SIDE for v in shape)):
+        raise PayloadError(f"payload metadata 'shape' = {_short(shape)} is not a list of 3 integers in "
+                           f"[1, {MAX_SIDE}].")
+    scale = _int_in(meta, "scale", 1, MAX_SCALE)
+    if not isinstance(meta["init"], str) or meta["init"] not in DISTILL_INITS:
+        raise PayloadError(f"payload metadata 'init' = {_short(meta['init'])} is not one of "
+                           f"{', '.join(DISTILL_INITS)}.")
+    temperature = meta["temperature"]
+    if not _is_real(temperature) or not math.isfinite(float(temperature)) or not 0 < float(temperature) <= 1000:
+        raise PayloadError(f"payload metadata 'temperature' = {_short(temperature)} is not a number in (0, 1000].")
+
+    images = arrays["syn_images"]
+    low = tuple(max(2, math.ceil(int(s) / scale)) for s in shape)  # as condense builds it
+    if images.dtype not in (np.float16, np.float32) or images.ndim != 5:
+        raise PayloadError(f"payload field 'syn_images' is {images.dtype} of {images.ndim} dimensions, not "
+                           "float16/float32 (n, C, d, h, w).")
+    n, channels = images.shape[:2]
+    if not 1 <= n <= MAX_SYNTHETIC or not 1 <= channels <= len(MODALITIES) or images.shape[2:] != low:
+        raise PayloadError(f"payload field 'syn_images' has shape {images.shape}; expected (1..{MAX_SYNTHETIC}, "
+                           f"1..{len(MODALITIES)}, {', '.join(map(str, low))}) for shape {list(shape)} at scale {scale}.")
+    masks = arrays["syn_masks"]
+    if masks.dtype != np.uint8 or masks.shape != (n, *low):
+        raise PayloadError(f"payload field 'syn_masks' is {masks.dtype} {masks.shape}, not uint8 {(n, *low)}.")
+    if masks.size and int(masks.max()) > 3:
+        raise PayloadError("payload field 'syn_masks' holds classes outside 0..3.")
+    labels = arrays["syn_labels"]
+    if labels.dtype != np.int8 or labels.shape != (n, len(MARKERS)):
+        raise PayloadError(f"payload field 'syn_labels' is {labels.dtype} {labels.shape}, not int8 "
+                           f"{(n, len(MARKERS))}.")
+    n_cases = int(meta["n_cases"])
+    for j, marker in enumerate(MARKERS):
+        k = len(MARKER_CLASSES[marker])
+        column = labels[:, j].astype(np.int64)
+        if column.size and (column.min() < -1 or column.max() > k - 1):
+            raise PayloadError(f"payload field 'syn_labels' holds {marker} codes outside [-1, {k - 1}].")
+        soft, counts = arrays[f"soft:{marker}"], arrays[f"counts:{marker}"]
+        if soft.dtype.kind != "f" or soft.shape != (k, k):
+            raise PayloadError(f"payload field 'soft:{marker}' is {soft.dtype} {soft.shape}, not a float {(k, k)} table.")
+        if soft.min() < 0 or soft.max() > 1:
+            raise PayloadError(f"payload field 'soft:{marker}' holds values outside [0, 1].")
+        if counts.dtype.kind not in "iu" or counts.shape != (k,):
+            raise PayloadError(f"payload field 'counts:{marker}' is {counts.dtype} {counts.shape}, not integer ({k},).")
+        if counts.min() < 0 or int(counts.astype(np.int64).sum()) > n_cases:
+            raise PayloadError(f"payload field 'counts:{marker}' is negative or sums above n_cases = {n_cases}.")
+        sums = soft.astype(np.float64).sum(axis=1)
+        tolerance = 1e-2 if soft.dtype == np.float16 else 1e-4
+        for c in range(k):
+            want = 1.0 if counts[c] > 0 else 0.0
+            if abs(sums[c] - want) > tolerance:
+                raise PayloadError(f"payload field 'soft:{marker}' row {c} sums to {sums[c]:.4g}, not {want:g} "
+                                   f"(counts:{marker}[{c}] = {int(counts[c])}).")
+
+
+def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, np.ndarray] | None = None,
+                   max_bytes: int | None = None) -> None:
+    """Check a site's reply as data before the server aggregates it; one-line :class:`PayloadError` if not.
+
+    Checks, in order: the kind is ``expected_kind``; :func:`validate` (declared fields, numeric dtypes only —
+    object, string and void arrays are refused —, finite floats and complex values, size); the metadata is
+    typed and in range (``site`` a non-empty str, ``n_cases`` an int in [1, :data:`MAX_N_CASES`] — never a
+    bool —, optional ``n_masked`` an int in [0, ``n_cases``], ``loss`` a finite number or None, ...); for
+    ``weights_update`` and ``model`` with a ``reference``: exactly the reference's ``w:`` fields with equal
+    shapes and dtypes; for ``distilled_set``: every field present, dtypes, shapes consistent with ``shape``
+    and ``scale``, mask classes 0..3, label codes in range per marker, soft tables in [0, 1] with rows
+    summing to 1 (classes seen) or 0 (unseen, per ``counts``), counts non-negative and at most ``n_cases``.
+
+    Args:
+        reply: the payload received from a site.
+        expected_kind: the kind the server asked for.
+        reference: the broadcast model's arrays (``w:`` fields), e.g. ``state_to_arrays(model)`` or the
+            ``arrays`` of the ``model`` payload sent this round; None skips the comparison.
+        max_bytes: the size limit on the wire (None: no limit).
+
+    Raises:
+        PayloadError: naming the field and the problem.
+    """
+    if not isinstance(reply, Payload):
+        raise PayloadError(f"reply is a {type(reply).__name__}, not a payload.")
+    if reply.kind != expected_kind:
+        raise PayloadError(f"payload kind {reply.kind!r} is not the expected {expected_kind!r}.")
+    validate(reply, max_bytes)
+    _check_meta(reply)
+    if reply.kind in ("weights_update", "model") and reference is not None:
+        _check_against(reply, reference)
+    elif reply.kind == "distilled_set":
+        _check_distilled(reply)
 
 
 def state_to_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import nibabel as nib
 import numpy as np
@@ -23,14 +24,25 @@ def test_cached_case_shapes_dtypes_and_normalisation(tiny_cache):
         assert abs(values.mean()) < 0.05 and abs(values.std() - 1) < 0.05
 
 
-def test_rerun_skips_up_to_date_cases_and_size_change_invalidates(small_manifest, tmp_path):
+def test_rerun_skips_up_to_date_cases(small_manifest, tmp_path):
     cache = tmp_path / "cache"
     first = preprocess(small_manifest, cache, size=12, progress=False)
     assert list(first.cases["status"]) == ["done", "done"]
     again = preprocess(small_manifest, cache, size=12, progress=False)
     assert list(again.cases["status"]) == ["cached", "cached"]
-    resized = preprocess(small_manifest, cache, size=10, progress=False)
-    assert list(resized.cases["status"]) == ["done", "done"]
+    assert load_case(cache, "s1")[0].shape[2:] == (12, 12)
+
+
+def test_another_size_into_a_filled_cache_is_refused_and_an_emptied_one_accepts_it(small_manifest, tmp_path):
+    """Issue 14: one cache, one set of settings (a mixed cache once trained with exit 0)."""
+    cache = tmp_path / "cache"
+    preprocess(small_manifest, cache, size=12, progress=False)
+    with pytest.raises(CacheError, match="cases preprocessed with size 12 .*not size 10"):
+        preprocess(small_manifest, cache, size=10, progress=False)
+    assert load_case(cache, "s1")[0].shape[2:] == (12, 12)  # untouched
+    shutil.rmtree(cache / "cases")
+    (cache / "index.csv").unlink()
+    assert list(preprocess(small_manifest, cache, size=10, progress=False).cases["status"]) == ["done", "done"]
     assert load_case(cache, "s1")[0].shape[2:] == (10, 10)
 
 

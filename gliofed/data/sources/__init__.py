@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gliofed.data.manifest import COLUMNS, MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.data.manifest import COLUMNS, MARKER_CLASSES, MARKERS, MODALITIES, absolute_path, relative_path
 from gliofed.data.sources.brats import curate_brats, curate_brats2021
 from gliofed.data.sources.common import CuratedCase
 from gliofed.data.sources.others import curate_egd, curate_rembrandt, curate_ucsf
@@ -78,14 +78,10 @@ class CurationResult:
 
     def manifest(self, root: Path) -> pd.DataFrame:
         """Included cases as manifest rows, paths relative to ``root``."""
-        def rel(path: str) -> str:
-            target = Path(path).resolve()
-            return target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target)
-
         rows = []
         for c in self.included:
             row = {"subject_id": c.subject_id, "dataset": c.dataset, "site": c.site,
-                   **{k: rel(c.paths[k]) if k in c.paths else "" for k in (*MODALITIES, "seg")},
+                   **{k: relative_path(c.paths.get(k, ""), root) for k in (*MODALITIES, "seg")},
                    **{m: "" if c.labels[m] < 0 else str(c.labels[m]) for m in MARKERS},
                    "age": "" if c.age is None else f"{c.age:g}", "sex": c.sex, "split": "",
                    "seg_regions": c.seg_regions if "seg" in c.paths else "",
@@ -152,7 +148,7 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
             raise DataError(f"{path}: not a manifest (lacks {', '.join(missing)}).")
         base = path.resolve().parent
         for column in (*MODALITIES, "seg"):
-            frame[column] = [str((base / p).resolve()) if p else "" for p in frame[column]]
+            frame[column] = [absolute_path(p, base) for p in frame[column]]
         for column in EXTRA_COLUMNS:
             if column not in frame:
                 frame[column] = ""
@@ -181,8 +177,7 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
     result = merged[keep].drop(columns="source_file").reset_index(drop=True)
     root = out.resolve().parent
     for column in (*MODALITIES, "seg"):
-        result[column] = [Path(p).relative_to(root).as_posix() if p and Path(p).is_relative_to(root) else p
-                          for p in result[column]]
+        result[column] = [relative_path(p, root) for p in result[column]]
     out.parent.mkdir(parents=True, exist_ok=True)
     result[[*COLUMNS, *EXTRA_COLUMNS]].to_csv(out, index=False)
     table = pd.DataFrame(duplicates, columns=["subject_id", "dataset", "file", "duplicate_of", "reason"])
