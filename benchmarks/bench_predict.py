@@ -24,6 +24,7 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from gliofed.config import TrainConfig
+    from gliofed.data.cache import PREPROCESS_VERSION
     from gliofed.data.manifest import MODALITIES, read_manifest
     from gliofed.data.synth import make_cohort
     from gliofed.inference import predict_cases
@@ -36,7 +37,7 @@ def main() -> None:
         manifest = read_manifest(tmp / "cohort" / "manifest.csv").head(args.cases)
         config = TrainConfig(device="cpu")
         checkpoint = save_checkpoint(tmp / "model.safetensors", build_model(config), config,
-                                     preprocessing={"size": args.size, "modalities": list(MODALITIES), "version": 1})
+                                     preprocessing={"size": args.size, "modalities": list(MODALITIES), "version": PREPROCESS_VERSION})
         cases = [{"subject_id": r.subject_id, **{m: getattr(r, m) for m in MODALITIES}} for r in manifest.itertuples()]
         shape = tuple(__import__("nibabel").load(cases[0]["flair"]).shape)
         predict_cases(checkpoint, cases[:1], tmp / "warm", device="cpu", progress=False)  # imports, first call

@@ -176,7 +176,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                "classification": tables["classification"].to_dict(orient="records"),
                "segmentation": tables["segmentation"].to_dict(orient="records")}
     if cleaning:  # reported beside, never instead of, the raw scores
-        cleaned = predictions.drop(columns=[c for c in predictions if c.startswith(("dice_", "hd95_"))])
+        raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
+        cleaned = predictions.drop(columns=raw)
         cleaned = cleaned.rename(columns=lambda c: c.removeprefix("pp_"))
         pp_table = segmentation_metrics(cleaned)
         pp_table.to_csv(out / "metrics_segmentation_postprocessed.csv", index=False)

@@ -161,7 +161,8 @@ def hd95_label(predictions: pd.DataFrame) -> str:
     """``"HD95 (mm)"`` when every scored case knew its voxel spacing (column ``hd95_unit``), else ``"HD95 (voxels)"``:
     a table never mixes the two."""
     masked = predictions[predictions["has_mask"].astype(bool)] if "has_mask" in predictions else predictions
-    units = set(masked["hd95_unit"]) if "hd95_unit" in masked else {"voxels"}
+    masked = masked if len(masked) else predictions  # no mask at all: the unit the scores would have had
+    units = set(masked["hd95_unit"]) if "hd95_unit" in masked and len(masked) else {"voxels"}
     return "HD95 (mm)" if units == {"mm"} else "HD95 (voxels)"
 
 

@@ -12,6 +12,7 @@ import torch
 
 from gliofed.cli import main
 from gliofed.config import TrainConfig
+from gliofed.data.cache import PREPROCESS_VERSION
 from gliofed.model import build_model
 from gliofed.runs import save_checkpoint
 
@@ -24,7 +25,7 @@ def checkpoint(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("ckpt")
     return save_checkpoint(folder / "model.safetensors", build_model(config), config,
-                           preprocessing={"size": 16, "modalities": ["t1", "t2"], "version": 1})
+                           preprocessing={"size": 16, "modalities": ["t1", "t2"], "version": PREPROCESS_VERSION})
 
 
 def _manifest(tiny_cohort, tmp_path, kind: str) -> str:
@@ -53,6 +54,7 @@ def test_evaluate_scores_whatever_labels_exist(kind, tiny_cohort, checkpoint, tm
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["size"] == 16 and metrics["modalities"] == ["t1", "t2"]  # the checkpoint's, not a default
+    assert {r["metric"] for r in metrics["segmentation"]} == {"Dice", "HD95 (mm)"}  # the cache knows its spacing
     dice = [r for r in metrics["segmentation"] if r["metric"] == "Dice" and r["region"] == "WT"][0]
     tasks = {r["task"] for r in metrics["classification"]}
     if kind == "seg-only":

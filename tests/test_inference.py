@@ -12,6 +12,7 @@ import torch
 
 from gliofed.cli import main
 from gliofed.config import TrainConfig
+from gliofed.data.cache import PREPROCESS_VERSION
 from gliofed.data.manifest import MODALITIES, read_manifest
 from gliofed.inference import Predictor, inference_pipeline, postprocess_mask, subject_name
 from gliofed.model import build_model
@@ -63,7 +64,7 @@ def _checkpoint(path, size=16, modalities=MODALITIES):
     config = TrainConfig(model=SMALL_MODEL, modalities=modalities, device="cpu")
     torch.manual_seed(0)
     return save_checkpoint(path, build_model(config), config,
-                           preprocessing={"size": size, "modalities": list(modalities), "version": 1})
+                           preprocessing={"size": size, "modalities": list(modalities), "version": PREPROCESS_VERSION})
 
 
 def test_mask_returns_to_the_oblique_lps_grid_where_the_blob_was(tmp_path):
