@@ -36,8 +36,8 @@ def main() -> None:
         make_cohort(tmp / "cohort", preset=args.preset, seed=0, progress=False, verbose=False)
         manifest = read_manifest(tmp / "cohort" / "manifest.csv").head(args.cases)
         config = TrainConfig(device="cpu")
-        checkpoint = save_checkpoint(tmp / "model.safetensors", build_model(config), config,
-                                     preprocessing={"size": args.size, "modalities": list(MODALITIES), "version": PREPROCESS_VERSION})
+        recorded = {"size": args.size, "modalities": list(MODALITIES), "version": PREPROCESS_VERSION}
+        checkpoint = save_checkpoint(tmp / "model.safetensors", build_model(config), config, preprocessing=recorded)
         cases = [{"subject_id": r.subject_id, **{m: getattr(r, m) for m in MODALITIES}} for r in manifest.itertuples()]
         shape = tuple(__import__("nibabel").load(cases[0]["flair"]).shape)
         predict_cases(checkpoint, cases[:1], tmp / "warm", device="cpu", progress=False)  # imports, first call
