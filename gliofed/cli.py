@@ -151,6 +151,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
     from gliofed.runs import check_preprocessing, load_checkpoint
 
+    if args.min_component < 0:
+        raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
     model, config, state = load_checkpoint(args.checkpoint)
     size = check_preprocessing(args.checkpoint, state.get("preprocessing"), args.size)  # the model's input size
     if size is None:

@@ -111,6 +111,8 @@ class Predictor:
         from gliofed.engine import resolve_device
         from gliofed.runs import check_preprocessing, load_checkpoint
 
+        if min_voxels < 0:
+            raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
         self.checkpoint = Path(checkpoint)
         self.model, self.config, state = load_checkpoint(checkpoint)
         self.preprocessing = state.get("preprocessing") or {}
