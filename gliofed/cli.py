@@ -282,38 +282,100 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                 mu=args.mu, distill=distill, external_site=args.external_site,
                                 min_sites=args.min_sites, resume=args.resume, policy=policy)
     print(history.to_frame().tail(1).to_string(index=False))
-    print(f"saved {Path(args.out) / 'model.ckpt'}")
+    print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
+    from functools import partial
+    from pathlib import Path
 
     from gliofed.data.dataset import CaseDataset
     from gliofed.engine import predict, resolve_device
-    from gliofed.metrics import evaluate_predictions, results_table
-    from gliofed.runs import load_checkpoint
+    from gliofed.errors import ConfigError
+    from gliofed.inference import postprocess_mask, predict_cases
+    from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
+    from gliofed.runs import check_preprocessing, load_checkpoint
 
+    if args.min_component < 0:
+        raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
     resolve_device(args.device or "auto")
-    model, config, _ = load_checkpoint(args.checkpoint)
-    cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
+    model, config, state = load_checkpoint(args.checkpoint)
+    size = check_preprocessing(args.checkpoint, state.get("preprocessing"), args.size)  # the model's input size
+    if size is None:
+        raise ConfigError(f"{args.checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
+                          "it was trained at).")
+    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
+    if not len(dataset):
+        raise ConfigError(f"{args.manifest}: no {args.split} cases to evaluate.")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    predictions = predict(model, dataset, device=args.device or "auto")
+    cleaning = args.min_component > 0 or args.keep_largest
+    postprocess = partial(postprocess_mask, min_voxels=args.min_component, keep_largest=args.keep_largest)
+    predictions = predict(model, dataset, device=args.device or "auto", postprocess=postprocess if cleaning else None)
     predictions.to_csv(out / "predictions.csv", index=False)
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
     table3 = results_table(tables["classification"])
     tables["classification"].to_csv(out / "metrics_classification.csv", index=False)
     tables["segmentation"].to_csv(out / "metrics_segmentation.csv", index=False)
     table3.to_csv(out / "table3.csv")
-    summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions),
+    summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
+               "modalities": list(config.modalities),
                "classification": tables["classification"].to_dict(orient="records"),
                "segmentation": tables["segmentation"].to_dict(orient="records")}
+    if cleaning:  # reported beside, never instead of, the raw scores
+        raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
+        cleaned = predictions.drop(columns=raw)
+        cleaned = cleaned.rename(columns=lambda c: c.removeprefix("pp_"))
+        pp_table = segmentation_metrics(cleaned)
+        pp_table.to_csv(out / "metrics_segmentation_postprocessed.csv", index=False)
+        summary["postprocessing"] = {"min_voxels": args.min_component, "keep_largest": args.keep_largest}
+        summary["segmentation_postprocessed"] = pp_table.to_dict(orient="records")
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    print(table3.to_string())
-    print(tables["segmentation"].to_string(index=False))
+    has_masks = bool(predictions["has_mask"].any())
+    print(table3.to_string() if len(table3) else f"no marker labels among the {args.split} cases: no classification "
+          "metrics")
+    print(tables["segmentation"].to_string(index=False) if has_masks else f"no masks among the {args.split} cases: "
+          "no segmentation metrics")
+    if cleaning and has_masks:
+        print(f"post-processed (components < {args.min_component} voxels removed"
+              f"{', largest kept' if args.keep_largest else ''}):")
+        print(pp_table.to_string(index=False))
+    if args.nifti:
+        from gliofed.data.manifest import read_manifest
+
+        manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
+        cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair"]].to_dict()}
+                 for s in dataset.index["subject_id"]]
+        predict_cases(args.checkpoint, cases, out / "nifti", size=size, device=args.device or "auto",
+                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False)
+        print(f"wrote {len(cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from gliofed.data.manifest import MODALITIES
+    from gliofed.errors import ConfigError
+
+    given = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
+    if bool(args.manifest) == bool(given):
+        raise ConfigError("gliofed predict needs either --manifest or the scans of one case (--t1 --t1ce --t2 "
+                          "--flair), not both.")
+    from gliofed.inference import predict_cases, read_cases, subject_name
+
+    if args.manifest:
+        cases = read_cases(args.manifest)
+    else:
+        cases = [{"subject_id": args.subject or subject_name(given.get("flair") or next(iter(given.values()))),
+                  **given}]
+    table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
+                          min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1)
+    for row in table.itertuples():
+        print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
+    print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
     return 0
 
 
@@ -374,7 +436,7 @@ def _add_train(commands) -> None:
     p.add_argument("--min-sites", type=positive_int, default=1,
                    help="a round needs this many valid answers (default 1; at most the number of sites)")
     p.add_argument("--external-site", help="hold this site out of training entirely")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
                    help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=positive_int)
@@ -396,13 +458,38 @@ def _add_evaluate(commands) -> None:
     p.add_argument("manifest")
     p.add_argument("--split", default="test", choices=["train", "test", "external"])
     p.add_argument("--cache")
-    p.add_argument("--size", type=positive_int, default=128)
+    p.add_argument("--size", type=positive_int, help="in-plane size (default: the checkpoint's; another value is refused)")
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,
                    help="bootstrap resamples for the 95 %% CIs (0: none)")
+    _add_postprocessing(p)
+    p.add_argument("--nifti", action="store_true",
+                   help="also write each case's predicted mask as NIfTI in its original grid (OUT/nifti/)")
     p.add_argument("--out", default="runs/evaluate")
     p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_postprocessing(p) -> None:
+    p.add_argument("--min-component", type=int, default=0, metavar="N",
+                   help="post-processing: remove tumour components smaller than N voxels (default 0: off)")
+    p.add_argument("--keep-largest", action="store_true",
+                   help="post-processing: keep only the largest tumour component (default off)")
+
+
+def _add_predict(commands) -> None:
+    p = commands.add_parser("predict", help="segment new patients' NIfTI scans and predict their markers")
+    p.add_argument("checkpoint", help="model.safetensors (with model.json beside it) or a run folder")
+    for modality in ("t1", "t1ce", "t2", "flair"):
+        p.add_argument(f"--{modality}", metavar="NIFTI", help=f"the case's {modality.upper()} scan")
+    p.add_argument("--subject", help="case name for the outputs (default: from the FLAIR file name)")
+    p.add_argument("--manifest", help="many cases: a CSV with subject_id and t1, t1ce, t2, flair path columns")
+    p.add_argument("--out", required=True, help="folder for <subject>_seg.nii.gz, <subject>_markers.json and "
+                   "predictions.csv")
+    p.add_argument("--size", type=int, help="in-plane size (default: the checkpoint's; another value is refused)")
+    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    _add_postprocessing(p)
+    p.set_defaults(func=_cmd_predict)
 
 
 def _add_notebooks(commands) -> None:
@@ -427,8 +514,8 @@ def _add_sweep(commands) -> None:
 
 
 #: one function per subcommand, in the order ``gliofed --help`` lists them
-_SUBCOMMANDS = (_add_synth, _add_check, _add_curate, _add_preprocess, _add_train, _add_evaluate, _add_notebooks,
-                _add_sweep)
+_SUBCOMMANDS = (_add_synth, _add_check, _add_curate, _add_preprocess, _add_train, _add_evaluate, _add_predict,
+                _add_notebooks, _add_sweep)
 
 
 class _Parser(argparse.ArgumentParser):

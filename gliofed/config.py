@@ -59,6 +59,8 @@ class TrainConfig:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0.")
         self.modalities = tuple(self.modalities)
+        # a config read back from JSON has lists where it was written with tuples: keep equality across the trip
+        self.model = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise ConfigError(f"modalities {list(self.modalities)} must be a non-empty subset of "

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from monai.data import DataLoader as MonaiDataLoader
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -58,11 +59,17 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.O
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0, num_workers: int = 0) -> DataLoader:
-    """DataLoader with MONAI's padding collate (cases differ in depth) and a seeded shuffle."""
+    """MONAI's DataLoader with its padding collate (cases differ in depth) and a seeded shuffle.
+
+    MONAI's loader re-seeds the dataset's random transforms (the augmentation) from ``seed``: in each worker
+    process from that worker's own seed, so ``num_workers > 0`` gives different augmentations in different workers
+    (a plain torch DataLoader copies one random state into every worker and repeats them) and the same ``seed``
+    reproduces them.
+    """
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_cases,
-                      num_workers=num_workers, generator=generator, persistent_workers=False,
-                      pin_memory=torch.cuda.is_available())
+    return MonaiDataLoader(dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=collate_cases,
+                           num_workers=num_workers, generator=generator, persistent_workers=False,
+                           pin_memory=torch.cuda.is_available())
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool) -> tuple[torch.Tensor, ...]:
@@ -149,13 +156,17 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
 
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto", amp: bool = True,
-            save_masks: str | Path | None = None, progress: bool = True, hd95: bool = True) -> pd.DataFrame:
+            save_masks: str | Path | None = None, progress: bool = True, hd95: bool = True,
+            postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
     """Run ``model`` on every case (batch size 1, no padding) and score it.
 
     Returns one row per case: ``subject``, ``site``, the true labels (-1 unknown), ``p_<marker>_<k>``
-    class probabilities, ``has_mask`` and per-region ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (voxels;
-    NaN when the case has no mask). With ``save_masks`` the predicted class maps are written there as
-    ``<subject>.pred.npy`` (uint8, (D, H, W)). ``hd95=False`` skips the (slower) Hausdorff distances: NaN.
+    class probabilities, ``has_mask`` and per-region ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (NaN when the case
+    has no mask) with ``hd95_unit``: ``mm`` when the sample carries its voxel ``spacing`` (the cache records it),
+    else ``voxels``. With ``save_masks`` the predicted class maps are written there as ``<subject>.pred.npy``
+    (uint8, (D, H, W)). ``hd95=False`` skips the (slower) Hausdorff distances: NaN. ``postprocess`` (a function of
+    the (D, H, W) class map, e.g. :func:`gliofed.inference.postprocess_mask`) adds the same scores of the
+    post-processed map as ``pp_dice_*`` / ``pp_hd95_*``; the raw scores stay as they are.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval().to(device)
@@ -174,10 +185,20 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
             for k in range(len(MARKER_CLASSES[marker])):
                 row[f"p_{marker}_{k}"] = float(probs[k])
         predicted = outputs["seg"].float().argmax(1, keepdim=True)
-        if row["has_mask"]:
-            row.update(region_scores(predicted, seg, hd95=hd95))
-        else:
-            row.update({f"{m}_{r}": float("nan") for r in REGIONS for m in ("dice", "hd95")})
+        spacing = batch.get("spacing")
+        spacing = None if spacing is None else [float(v) for v in torch.as_tensor(spacing).reshape(-1)[:3]]
+        row["hd95_unit"] = "mm" if spacing is not None else "voxels"
+        cleaned = None
+        if postprocess is not None:
+            cleaned = torch.as_tensor(postprocess(predicted[0, 0].cpu().numpy()), device=predicted.device)[None, None]
+        for prefix, mask in (("", predicted), ("pp_", cleaned)):
+            if mask is None:
+                continue
+            if row["has_mask"]:
+                scores = region_scores(mask, seg, hd95=hd95, spacing=spacing)
+            else:
+                scores = {f"{m}_{r}": float("nan") for r in REGIONS for m in ("dice", "hd95")}
+            row.update({prefix + k: v for k, v in scores.items()})
         if save_masks is not None:
             np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
         rows.append(row)

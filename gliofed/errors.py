@@ -7,7 +7,7 @@ traceback and exits non-zero.
 from __future__ import annotations
 
 __all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "CacheDamagedError", "CacheLockedError",
-           "ConfigError", "PolicyError"]
+           "ConfigError", "PolicyError", "CheckpointError"]
 
 
 class GliofedError(Exception):
@@ -42,3 +42,7 @@ class PolicyError(GliofedError):
     """A site refuses a server's request, or a reply it would send, under its operator's
     :class:`~gliofed.federated.site.policy.SitePolicy`. Lives here (not in ``federated/site``) so that the server can
     name a refusal without any import path to a site's cases."""
+
+
+class CheckpointError(GliofedError):
+    """A checkpoint or resume state is missing, unsafe to load (a pickle), damaged or does not fit the data."""

@@ -16,7 +16,8 @@ from sklearn.metrics import roc_auc_score
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 
 __all__ = ["REGIONS", "region_scores", "binary_scores", "classification_metrics", "segmentation_metrics",
-           "expected_calibration_error", "evaluate_predictions", "results_table", "quick_metrics", "per_site_metrics"]
+           "expected_calibration_error", "hd95_label", "evaluate_predictions", "results_table", "quick_metrics",
+           "per_site_metrics"]
 
 #: evaluation regions as sets of in-memory classes: WT (the seed's T2w-hyperintense region), TC, ET
 REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
@@ -24,15 +25,17 @@ REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)
 _BINARY = ("idh", "codeletion", "mgmt")
 
 
-def region_scores(predicted, truth, hd95: bool = True) -> dict[str, float]:
+def region_scores(predicted, truth, hd95: bool = True, spacing=None) -> dict[str, float]:
     """Dice and HD95 per region (:data:`REGIONS`) of one case with MONAI's metrics.
 
     Args:
         predicted, truth: class maps as tensors of shape (1, 1, D, H, W) on one device.
         hd95: compute the 95th-percentile Hausdorff distances (slower); else NaN.
+        spacing: voxel size in mm along (D, H, W); HD95 is then in mm (as BraTS reports it), else in voxels.
 
     Returns:
-        ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (voxels; NaN where prediction or truth of a region is empty).
+        ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (mm with ``spacing``, else voxels; NaN where prediction or truth of
+        a region is empty).
     """
     import warnings
 
@@ -48,8 +51,9 @@ def region_scores(predicted, truth, hd95: bool = True) -> dict[str, float]:
         if hd95 and pred_r.sum() > 0 and true_r.sum() > 0:
             with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
                 warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-                row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
-                                                                         percentile=95)[0, 0])
+                distance = compute_hausdorff_distance(pred_r, true_r, include_background=True, percentile=95,
+                                                      spacing=None if spacing is None else [float(s) for s in spacing])
+                row[f"hd95_{region}"] = float(distance[0, 0])
     return row
 
 
@@ -155,10 +159,21 @@ def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: 
     return pd.DataFrame(rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n"])
 
 
+def hd95_label(predictions: pd.DataFrame) -> str:
+    """``"HD95 (mm)"`` when every scored case knew its voxel spacing (column ``hd95_unit``), else ``"HD95 (voxels)"``:
+    a table never mixes the two."""
+    masked = predictions[predictions["has_mask"].astype(bool)] if "has_mask" in predictions else predictions
+    masked = masked if len(masked) else predictions  # no mask at all: the unit the scores would have had
+    units = set(masked["hd95_unit"]) if "hd95_unit" in masked and len(masked) else {"voxels"}
+    return "HD95 (mm)" if units == {"mm"} else "HD95 (voxels)"
+
+
 def segmentation_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Dice and HD95 per region (WT, TC, ET) over cases with a mask: median, IQR, mean and n."""
+    """Dice and HD95 per region (WT, TC, ET) over cases with a mask: median, IQR, mean and n. HD95 is labelled
+    with its unit (:func:`hd95_label`)."""
     rows = []
-    masked = predictions[predictions["has_mask"]]
+    masked = predictions[predictions["has_mask"].astype(bool)]
+    hd95_name = hd95_label(predictions)
     for metric in ("dice", "hd95"):
         for region in ("WT", "TC", "ET"):
             column = f"{metric}_{region}"
@@ -166,7 +181,7 @@ def segmentation_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
                 continue
             values = masked[column].dropna().to_numpy()
             q1, median, q3 = (np.percentile(values, [25, 50, 75]) if len(values) else (np.nan,) * 3)
-            rows.append({"region": region, "metric": "Dice" if metric == "dice" else "HD95 (voxels)",
+            rows.append({"region": region, "metric": "Dice" if metric == "dice" else hd95_name,
                          "median": median, "q1": q1, "q3": q3, "mean": float(values.mean()) if len(values) else np.nan,
                          "n": len(values)})
     return pd.DataFrame(rows)
@@ -194,7 +209,8 @@ def results_table(classification: pd.DataFrame) -> pd.DataFrame:
             row[metric] = ("" if hit.empty or not np.isfinite(hit["value"].iloc[0]) else
                            f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})")
         rows.append(row)
-    return pd.DataFrame(rows).set_index("task")
+    # a segmentation-only cohort has no marker labels: an empty table, not a KeyError
+    return pd.DataFrame(rows, columns=["task", "n", "AUC", "accuracy", "recall", "specificity", "F1"]).set_index("task")
 
 
 def quick_metrics(predictions: pd.DataFrame) -> dict[str, float]:

@@ -22,8 +22,9 @@ __all__ = ["NOTEBOOK_DIR", "RESULTS_SUFFIX", "ordered_notebooks", "run_notebook"
 #: ``<notebook stem>.results.json``: what :func:`save_results` writes and :func:`sweep` collects
 RESULTS_SUFFIX = ".results.json"
 
-#: the notebooks shipped with the repository
-NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+#: the notebooks shipped inside the package (package data, so a regular ``pip install`` has them; the checkout's
+#: top-level ``notebooks/`` links here)
+NOTEBOOK_DIR = Path(__file__).resolve().parent / "ipynb"
 
 
 def ordered_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
@@ -86,8 +87,12 @@ def run_notebooks(out_dir: str | Path, parameters: dict | None = None, folder: s
     """
     import papermill as pm
 
+    notebooks = ordered_notebooks(folder)
+    if not notebooks:
+        raise ConfigError(f"{folder}: no notebooks (01_*.ipynb ...) found; reinstall gliofed, whose package ships "
+                          "them.")
     done = []
-    for notebook in ordered_notebooks(folder):
+    for notebook in notebooks:
         declared = set(pm.inspect_notebook(str(notebook)))
         params = {k: v for k, v in (parameters or {}).items() if k in declared}
         start = time.perf_counter()

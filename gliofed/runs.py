@@ -3,13 +3,21 @@
 
 Layout of ``OUT/``::
 
-    model.ckpt             final model: weights, model config, training config, epoch, extras (history, strategy)
-    state.pt               after every round: round, model, strategy state, history, config (for --resume)
+    model.safetensors      final model weights (safetensors: tensors only, nothing executable)
+    model.json             beside it: model config, training config, preprocessing (cache size, modalities,
+                           version), epoch, extras (history, strategy)
+    state.safetensors      after every round, for --resume: model weights and the strategy's arrays (local-only:
+    state.json             every site's weights) + round, strategy state, history and config as JSON
     config.json            the training config, readable
     history.csv            one row per round (bytes, wall time, test metrics)
     history_sites.csv      one row per round and site
     history.json           per-round records of a Flower run
     predictions_test.csv   the last round's test predictions of every evaluated model (column ``model``)
+
+A checkpoint is the pair ``<name>.safetensors`` + ``<name>.json``: loading it never runs code, so a model
+handed over by a partner hospital is safe to open. Old pickle checkpoints (``model.ckpt``, ``state.pt``) are
+read only with ``torch.load(weights_only=True)``; anything else in them is refused with a sentence saying how to
+convert (:func:`convert_checkpoint`).
 
 Kept apart from the engine so that the Flower ServerApp can save models without any path to site data.
 """
@@ -17,52 +25,284 @@ Kept apart from the engine so that the Flower ServerApp can save models without 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from gliofed.config import TrainConfig
-from gliofed.errors import ConfigError
+from gliofed.errors import CheckpointError, ConfigError
 from gliofed.model import MultiTaskUNet, build_model
 
-__all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint"]
+__all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "preprocessing_of_cache",
+           "check_preprocessing", "CHECKPOINT_FORMAT"]
+
+#: version of the safetensors + JSON checkpoint layout (1 was the pickle ``model.ckpt``)
+CHECKPOINT_FORMAT = 2
+_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, bare pickle
 
 
-def _replace_atomically(path: Path, write) -> Path:
+def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
     """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
+# tensors out of a nested state, JSON for the rest -------------------------------------------------------------
+def _split_tree(tree: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Move every tensor / ndarray of ``tree`` into ``tensors`` (under its path) and return the JSON-able rest,
+    with ``{"__tensor__": key}`` / ``{"__ndarray__": key}`` where they were. Dicts with non-string keys (optimizer
+    state) become ``{"__items__": [[key, value], ...]}``."""
+    if isinstance(tree, torch.Tensor | np.ndarray):
+        if key in tensors:
+            raise ConfigError(f"checkpoint entry {key!r} is written twice.")
+        is_array = isinstance(tree, np.ndarray)
+        tensor = torch.from_numpy(np.ascontiguousarray(tree)) if is_array else tree.detach().cpu()
+        tensors[key] = tensor.contiguous()
+        return {"__ndarray__" if is_array else "__tensor__": key}
+    if isinstance(tree, dict):
+        if all(isinstance(k, str) for k in tree):
+            return {k: _split_tree(v, f"{key}/{k}", tensors) for k, v in tree.items()}
+        return {"__items__": [[k, _split_tree(v, f"{key}/{i}", tensors)] for i, (k, v) in enumerate(tree.items())]}
+    if isinstance(tree, list | tuple):
+        return [_split_tree(v, f"{key}/{i}", tensors) for i, v in enumerate(tree)]
+    if isinstance(tree, np.generic):
+        return tree.item()
+    return tree
+
+
+def _join_tree(tree: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
+    """Inverse of :func:`_split_tree`."""
+    if isinstance(tree, dict):
+        for marker, to_numpy in (("__tensor__", False), ("__ndarray__", True)):
+            if set(tree) == {marker}:
+                if tree[marker] not in tensors:
+                    raise CheckpointError(f"{where}: the JSON names tensor {tree[marker]!r} that the weights file "
+                                          "lacks (the two files do not belong together).")
+                tensor = tensors[tree[marker]]
+                return tensor.numpy() if to_numpy else tensor
+        if set(tree) == {"__items__"}:
+            return {k: _join_tree(v, tensors, where) for k, v in tree["__items__"]}
+        return {k: _join_tree(v, tensors, where) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_join_tree(v, tensors, where) for v in tree]
+    return tree
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _save_pair(weights_path: Path, tree: dict) -> Path:
+    """``tree`` as ``weights_path`` (safetensors) + ``weights_path.with_suffix('.json')``, each written atomically."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    rest = _split_tree(tree, "", tensors)
+    text = json.dumps({"format": CHECKPOINT_FORMAT, **rest}, indent=1, default=_json_default)
+    _replace_atomically(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"gliofed": "checkpoint"}))
+    _replace_atomically(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
+    return weights_path
+
+
+def _is_pickle(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return any(head.startswith(magic) for magic in _PICKLE_MAGIC)
+
+
+def _refuse_pickle(path: Path) -> CheckpointError:
+    return CheckpointError(
+        f"{path} is an old pickle checkpoint that cannot be loaded without running code from it; if you trust "
+        "where it came from, load it yourself with torch.load and save it with "
+        "gliofed.runs.convert_checkpoint(state, 'model.safetensors') (README: Checkpoints).")
+
+
+def _load_legacy(path: Path, device: str) -> dict:
+    """An old pickle checkpoint read with ``weights_only=True`` (tensors and plain types only), or the refusal."""
+    try:
+        with open(path, "rb") as f:  # a file object: torch.load would dispatch a *.safetensors name elsewhere
+            state = torch.load(f, map_location=device, weights_only=True)
+    except Exception as error:  # the weights-only unpickler refuses any global it does not know: never run it
+        raise _refuse_pickle(path) from error
+    if not isinstance(state, dict) or "model" not in state:
+        raise _refuse_pickle(path)
+    return state
+
+
+def _load_pair(path: Path, device: str = "cpu") -> dict:
+    """The tree saved by :func:`_save_pair` at ``path`` (``.safetensors``, or the ``.json`` beside it)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = path.with_suffix(".safetensors") if path.suffix == ".json" else path
+    sidecar = weights.with_suffix(".json")
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: checkpoint not found.")
+    if _is_pickle(weights):
+        raise _refuse_pickle(weights)
+    if not sidecar.is_file():
+        raise CheckpointError(f"{weights}: its settings file {sidecar.name} is missing (a checkpoint is the "
+                              ".safetensors weights plus the .json beside them).")
+    try:
+        tensors = load_file(str(weights), device=str(device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({str(error).splitlines()[0]}).") from error
+    try:
+        tree = json.loads(sidecar.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{sidecar}: not valid JSON ({error}).") from error
+    if not isinstance(tree, dict) or tree.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{sidecar}: not a gliofed checkpoint of format {CHECKPOINT_FORMAT}.")
+    return _join_tree(tree, tensors, sidecar)
+
+
+# the model checkpoint -----------------------------------------------------------------------------------------
+def preprocessing_of_cache(cache_dir: str | Path, modalities) -> dict:
+    """What a model trained on ``cache_dir`` expects of its input: in-plane ``size``, ``modalities`` (in channel
+    order), the preprocessing ``version`` and the steps, recorded in every checkpoint so that ``evaluate`` and
+    ``predict`` re-create exactly that input."""
+    from gliofed.data.cache import PREPROCESS_VERSION, read_index
+
+    index = read_index(cache_dir, missing_ok=True)
+    sizes = sorted({int(v) for v in index["height"]} | {int(v) for v in index["width"]}) if len(index) else []
+    return {"size": sizes[0] if len(sizes) == 1 else None, "modalities": list(modalities),
+            "version": PREPROCESS_VERSION,
+            "steps": "RAS orientation, crop to non-zero voxels, in-plane resize (area), z-score per contrast over "
+                     "brain voxels, (C, D, H, W)"}
+
+
+def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int | None) -> int | None:
+    """The in-plane size to use with a checkpoint: ``size`` if given and equal to the recorded one, else the
+    recorded one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained on).
+
+    Args:
+        checkpoint: the checkpoint's path (for the message).
+        recorded: the checkpoint's ``preprocessing`` (empty for checkpoints that recorded none).
+        size: the size the user asked for, or None.
+
+    Returns:
+        the size, or None when neither the user nor the checkpoint gives one.
+    """
+    from gliofed.data.cache import PREPROCESS_VERSION
+
+    recorded = recorded or {}
+    saved = recorded.get("size")
+    if size is not None and saved is not None and int(size) != int(saved):
+        raise ConfigError(f"{checkpoint}: the model was trained on {saved}x{saved} in-plane inputs but --size {size} "
+                          f"was given; leave --size out to use {saved}.")
+    version = recorded.get("version")
+    if version is not None and int(version) != PREPROCESS_VERSION:
+        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {version}, this gliofed "
+                          f"preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was trained "
+                          "with.")
+    return int(size) if size is not None else (int(saved) if saved is not None else None)
+
+
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
-                    optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None) -> Path:
-    """Save model weights, model and training config, optimiser state, epoch and ``extra`` (e.g. history)."""
+                    optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None,
+                    preprocessing: dict | None = None) -> Path:
+    """Save a model as ``<path stem>.safetensors`` (weights, optimiser tensors) + ``<path stem>.json`` (model and
+    training config, preprocessing, epoch, ``extra`` such as the history).
+
+    Args:
+        path: the weights file (a suffix other than ``.safetensors`` is replaced by it).
+        model, config: the model and its training config.
+        optimizer: optional optimiser whose state is kept too.
+        epoch: epochs or rounds trained.
+        extra: JSON-able extras (arrays are stored as tensors).
+        preprocessing: see :func:`preprocessing_of_cache`.
+
+    Returns:
+        the path of the weights file.
+    """
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
+    path = Path(path)
+    weights = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
     state = {
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": getattr(model, "config", {}),
         "train_config": config.to_dict(),
+        "preprocessing": preprocessing or {"modalities": list(config.modalities)},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "extra": extra or {},
     }
-    return _replace_atomically(Path(path), lambda tmp: torch.save(state, tmp))
+    return _save_pair(weights, state)
+
+
+def _checkpoint_path(path: Path) -> Path:
+    """A run folder -> its model; ``model.ckpt`` named but only the new ``model.safetensors`` there -> the latter."""
+    if path.is_dir():
+        for name in (TrainingRun.MODEL, TrainingRun.LEGACY_MODEL):
+            if (path / name).is_file():
+                return path / name
+        raise CheckpointError(f"{path}: no {TrainingRun.MODEL} in this folder.")
+    if not path.is_file() and path.with_suffix(".safetensors").is_file():
+        return path.with_suffix(".safetensors")
+    return path
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:
-    """Load a checkpoint; return (model with weights, training config, the whole checkpoint dict)."""
-    path = Path(path)
+    """Load a checkpoint without running any code from it.
+
+    Args:
+        path: ``model.safetensors`` (with ``model.json`` beside it), that JSON, or a run folder. An old pickle
+            ``model.ckpt`` loads only when ``torch.load(weights_only=True)`` accepts it.
+        device: where the tensors go.
+
+    Returns:
+        (model with weights, training config, the whole checkpoint: ``model``, ``model_config``, ``train_config``,
+        ``preprocessing``, ``optimizer``, ``epoch``, ``extra``).
+
+    Raises:
+        CheckpointError: missing, damaged, a refused pickle, or weights that do not fit the model config.
+    """
+    path = _checkpoint_path(Path(path))
     if not path.is_file():
-        raise ConfigError(f"{path}: checkpoint not found.")
-    state = torch.load(path, map_location=device, weights_only=False)
+        raise CheckpointError(f"{path}: checkpoint not found.")
+    state = _load_legacy(path, device) if _is_pickle(path) else _load_pair(path, device)
+    try:
+        config = TrainConfig.from_dict(state["train_config"])
+        model = build_model(state.get("model_config") or config)
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: the weights do not fit the model it describes "
+                              f"({str(error).splitlines()[0][:160]}).") from error
+    state.setdefault("preprocessing", {"modalities": list(config.modalities)})
+    return model, config, state
+
+
+def convert_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write an old checkpoint dict in the safe format.
+
+    Args:
+        state: what ``torch.load`` returned for an old ``model.ckpt`` whose origin you trust (loading a pickle can
+            run code: the README's "Checkpoints" section shows the one-liner; gliofed itself never does it).
+        path: the new weights file (``model.json`` is written beside it).
+
+    Returns:
+        the path of the weights file.
+    """
     config = TrainConfig.from_dict(state["train_config"])
     model = build_model(state.get("model_config") or config)
     model.load_state_dict(state["model"])
-    return model, config, state
+    return save_checkpoint(path, model, config, epoch=int(state.get("epoch", 0)), extra=state.get("extra") or {},
+                           preprocessing=state.get("preprocessing"))
 
 
 class TrainingRun:
@@ -72,8 +312,12 @@ class TrainingRun:
     >>> model, config, state = run.load_model()    # doctest: +SKIP
     """
 
-    MODEL = "model.ckpt"
-    STATE = "state.pt"
+    MODEL = "model.safetensors"
+    MODEL_SETTINGS = "model.json"
+    STATE = "state.safetensors"
+    STATE_SETTINGS = "state.json"
+    LEGACY_MODEL = "model.ckpt"
+    LEGACY_STATE = "state.pt"
     CONFIG = "config.json"
     HISTORY = "history.csv"
     SITE_HISTORY = "history_sites.csv"
@@ -93,32 +337,44 @@ class TrainingRun:
     # the final model ------------------------------------------------------------------------------------------
     @property
     def has_model(self) -> bool:
-        return self.path(self.MODEL).is_file()
+        return self.path(self.MODEL).is_file() or self.path(self.LEGACY_MODEL).is_file()
 
     def save_model(self, model: torch.nn.Module, config: TrainConfig, epoch: int = 0, extra: dict | None = None,
-                   optimizer: torch.optim.Optimizer | None = None) -> Path:
-        """Write the final model (``model.ckpt``) with its configs, ``epoch`` and ``extra`` (e.g. history)."""
-        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra)
+                   optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None) -> Path:
+        """Write the final model (``model.safetensors`` + ``model.json``) with its configs, ``preprocessing`` (see
+        :func:`preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
+        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing)
 
     def load_model(self, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:
         """(model with weights, training config, the whole checkpoint)."""
-        return load_checkpoint(self.path(self.MODEL), device)
+        return load_checkpoint(self.out_dir, device)
 
     # the round-by-round state -----------------------------------------------------------------------------------
     @property
     def has_state(self) -> bool:
-        return self.path(self.STATE).is_file()
+        return self.path(self.STATE).is_file() or self.path(self.LEGACY_STATE).is_file()
 
     def save_state(self, rnd: int, model: torch.nn.Module, strategy_state: dict, history: list[dict],
                    config: TrainConfig) -> Path:
-        """Write what :meth:`load_state` needs to resume after round ``rnd``."""
-        state = {"round": rnd, "model": model.state_dict(), "strategy": strategy_state, "history": history,
+        """Write what :meth:`load_state` needs to resume after round ``rnd`` (arrays of the strategy state, e.g.
+        local-only's per-site weights, go to the safetensors file; the rest to JSON)."""
+        model = getattr(model, "_orig_mod", model)
+        state = {"round": rnd, "model": dict(model.state_dict()), "strategy": strategy_state, "history": history,
                  "config": config.to_dict()}
-        return _replace_atomically(self.path(self.STATE), lambda tmp: torch.save(state, tmp))
+        return _save_pair(self.path(self.STATE), state)
 
     def load_state(self) -> dict:
         """The last saved round: ``round``, ``model`` (state dict), ``strategy``, ``history``, ``config``."""
-        return torch.load(self.path(self.STATE), weights_only=False)
+        if not self.path(self.STATE).is_file() and self.path(self.LEGACY_STATE).is_file():
+            legacy = self.path(self.LEGACY_STATE)
+            if _is_pickle(legacy):
+                try:
+                    return _load_legacy(legacy, "cpu")
+                except CheckpointError as error:
+                    raise CheckpointError(f"{legacy} is an old pickle resume state that cannot be loaded without "
+                                          "running code from it; start the run again without --resume (or with "
+                                          "another --out).") from error
+        return _load_pair(self.path(self.STATE))
 
     # tables ---------------------------------------------------------------------------------------------------
     def save_config(self, config: TrainConfig) -> Path:

@@ -48,8 +48,8 @@ def test_train_then_evaluate_write_checkpoint_predictions_and_metrics(tiny_cohor
     cache = str(tmp_path / "cache")
     assert main(["train", manifest, "--preset", "tiny", "--epochs", "1", "--modalities", "t1,t2", "--size", "16",
                  "--cache", cache, "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run" / "model.ckpt").is_file() and (tmp_path / "run" / "history.csv").is_file()
-    assert main(["evaluate", str(tmp_path / "run" / "model.ckpt"), manifest, "--size", "16", "--cache", cache,
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "history.csv").is_file()
+    assert main(["evaluate", str(tmp_path / "run" / "model.safetensors"), manifest, "--size", "16", "--cache", cache,
                  "--bootstrap", "20", "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
     predictions = pd.read_csv(tmp_path / "eval" / "predictions.csv")
     expected = (pd.read_csv(manifest)["split"] == "test").sum()
@@ -72,7 +72,7 @@ def test_train_federated_strategy_writes_history_per_round(tiny_cohort, tmp_path
                  "--device", "cpu", "--out", str(tmp_path / "run")]) == 0
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert list(history["round"]) == [1, 2] and (history["bytes_up"] > 0).all()
-    assert (tmp_path / "run" / "state.pt").is_file() and (tmp_path / "run" / "history_sites.csv").is_file()
+    assert (tmp_path / "run" / "state.safetensors").is_file() and (tmp_path / "run" / "history_sites.csv").is_file()
 
 
 def test_train_defaults_to_the_native_in_plane_size_and_the_presets_distillation(tiny_cohort, tmp_path, monkeypatch,

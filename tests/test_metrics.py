@@ -111,3 +111,16 @@ def test_bootstrap_scores_equal_the_scikit_learn_ones(seed):
     assert fast.keys() == reference.keys()
     for key in fast:
         assert fast[key] == pytest.approx(reference[key], nan_ok=True), key
+
+
+def test_hd95_is_in_mm_when_the_spacing_is_given():
+    import torch
+
+    from gliofed.metrics import region_scores
+
+    truth = torch.zeros(1, 1, 9, 8, 7, dtype=torch.long)
+    truth[0, 0, 2:4, 3:5, 2:5] = 2
+    predicted = torch.roll(truth, shifts=2, dims=2)  # two slices deeper
+    in_voxels = region_scores(predicted, truth)["hd95_WT"]
+    in_mm = region_scores(predicted, truth, spacing=(3.0, 1.0, 0.5))["hd95_WT"]
+    assert in_voxels == 2.0 and in_mm == 6.0

@@ -55,7 +55,7 @@ def test_federated_notebook_runs_every_strategy_on_tiny(trained_tiny):
     records = load_results(data / "runs" / "02_federated_training.results.json")
     assert set(records["strategy"]) == {"centralized", "local", "fedavg", "fedprox", "distill"}
     for strategy in ("centralized", "local", "fedavg", "fedprox", "distill"):
-        assert (data / "runs" / strategy / "model.ckpt").is_file()
+        assert (data / "runs" / strategy / "model.safetensors").is_file()
     assert (records["privacy_flagged_class_stats"] == 0).all()
 
 
@@ -70,7 +70,7 @@ def test_evaluation_notebook_runs_on_tiny(trained_tiny):
     assert set(records.loc[records["section"] == "table3", "strategy"]) == {"centralized", "local", "distill"}
     ablation = records[records["section"] == "ablation"]
     assert set(ablation["strategy"]) == {f"centralized {m}" for m in ("T1", "T1+T2", "T1+T2+T1ce", "all")}
-    assert (data / "runs" / "ablation" / "T1_T2" / "model.ckpt").is_file()
+    assert (data / "runs" / "ablation" / "T1_T2" / "model.safetensors").is_file()
 
 
 def test_interpretability_notebook_runs_on_tiny_with_a_static_viewer(trained_tiny):

@@ -15,7 +15,7 @@ from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, predict, seed_everything
 from gliofed.metrics import evaluate_predictions
 from gliofed.model import build_model
-from gliofed.runs import TrainingRun
+from gliofed.runs import TrainingRun, preprocessing_of_cache
 
 __all__ = ["modality_ablation", "ablation_table"]
 
@@ -62,7 +62,8 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
         if model is None:
             print(f"training {name} ({', '.join(modalities)}) for {epochs} epoch(s)", flush=True)
             model = _train(cache_dir, set_config, epochs)
-            run.save_model(model, set_config, epoch=epochs)
+            run.save_model(model, set_config, epoch=epochs,
+                           preprocessing=preprocessing_of_cache(cache_dir, set_config.modalities))
         test = CaseDataset(cache_dir, split="test", modalities=modalities, seed=config.seed)
         predictions[name] = predict(model, test, device=device, progress=False)
         tables.append(ablation_table(predictions[name], name, n_boot=n_boot, seed=config.seed))

@@ -15,7 +15,7 @@ from gliofed.federated.simulate import History, simulate
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies import LocalOnly, Strategy, make_strategy
-from gliofed.runs import TrainingRun
+from gliofed.runs import TrainingRun, preprocessing_of_cache
 
 __all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions"]
 
@@ -53,7 +53,8 @@ def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, co
     run = TrainingRun(run_dir)
     model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
     run.save_model(model, config, epoch=rounds,
-                   extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)})
+                   extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)},
+                   preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
     run.save_history(history)
     run.save_config(config)
     return model, history

@@ -2,6 +2,7 @@
 rounds, the same payload bytes as the in-process simulator, a node that drops out, and clean process shutdown."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,11 +16,10 @@ from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.federated.site import Site  # noqa: E402
 from gliofed.federated.strategies import make_strategy  # noqa: E402
 from gliofed.model import MultiTaskUNet  # noqa: E402
-from gliofed.notebooks import NOTEBOOK_DIR  # noqa: E402
 from gliofed.presets import get_preset, train_preset  # noqa: E402
 from gliofed.runs import load_checkpoint  # noqa: E402
 
-APP_DIR = NOTEBOOK_DIR.parent  # the repository: its pyproject.toml carries [tool.flwr.app]
+APP_DIR = Path(__file__).resolve().parents[2]  # the repository: its pyproject.toml carries [tool.flwr.app]
 SITES = ("brats21", "upenn")
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 pytestmark = pytest.mark.flower
@@ -58,7 +58,7 @@ def test_two_rounds_over_flower_match_the_simulator(federation, tiny_cache, tmp_
     assert all(not r["excluded"] for r in history["rounds"])
     flower = [(r["bytes_up"], r["bytes_down"]) for r in history["rounds"]]
     assert flower == simulated_bytes(tiny_cache, strategy)
-    model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.ckpt")
+    model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.safetensors")
     assert checkpoint["extra"]["engine"] == "flower"
     before = initial_model().state_dict()
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
@@ -85,7 +85,7 @@ def test_a_node_that_disappears_mid_run_is_left_out_and_the_round_finishes(tiny_
     first, second = history["rounds"]
     assert not first["excluded"] and set(first["bytes_up"]) == set(SITES)
     assert set(second["excluded"]) == {"upenn"} and second["bytes_up"]["brats21"] > 0
-    assert (tmp_path / "out" / "model.ckpt").is_file()
+    assert (tmp_path / "out" / "model.safetensors").is_file()
     assert all(p.poll() is not None for p in started)  # everything we started is stopped
     assert set(pids) == {"superlink", "supernode-brats21", "supernode-upenn"}
 
@@ -98,3 +98,16 @@ def test_processes_are_stopped_when_the_run_fails(tiny_cache, tmp_path):
         fed.run({"strategy": "centralized", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 1,
                  "out-dir": str(tmp_path / "out")}, timeout=120)
     assert all(p.poll() is not None for p in started) and not fed.processes
+
+
+def test_flags_follow_the_installed_flower(tmp_path, monkeypatch):
+    import gliofed.federated.flower.launcher as launcher
+
+    monkeypatch.setattr(launcher, "flower_version", lambda: (1, 41))
+    new = LocalFederation(APP_DIR, tmp_path / "new")
+    assert new.superlink_args()[:5] == ["--insecure", "--host", "127.0.0.1", "--port", str(new.fleet)]
+    assert "--port" in new.supernode_args('site="a"') and new.control == new.fleet
+    monkeypatch.setattr(launcher, "flower_version", lambda: (1, 27))
+    old = LocalFederation(APP_DIR, tmp_path / "old")
+    assert "--fleet-api-address" in old.superlink_args() and "--clientappio-api-address" in old.supernode_args("")
+    assert len({old.fleet, old.control, old.serverappio}) == 3

@@ -1,7 +1,10 @@
 """A whole Flower federation on this machine (127.0.0.1): one SuperLink, one SuperNode per site, ``flwr run``.
 
 For trying the Flower path on a laptop and for the tests. Every process is started here, in its own
-session, and only those processes are stopped, by PID, also when something fails:
+session, and only those processes are stopped, by PID, also when something fails. Registered nodes are counted
+with Flower's own CLI (``flwr supernode list --format json``, the Control API), and the SuperLink / SuperNode flags
+are built for the installed Flower (1.41 serves every API over one HTTP ``--host``/``--port``; older releases took
+one address per API):
 
 >>> with LocalFederation(app_dir=".", work_dir="runs/flower-local") as federation:       # doctest: +SKIP
 ...     federation.add_site("brats21", cache="data/tiny/cache_32")
@@ -25,7 +28,10 @@ from pathlib import Path
 from gliofed.errors import GliofedError
 from gliofed.runs import TrainingRun
 
-__all__ = ["LocalFederation", "FlowerRunError", "free_port", "toml_value"]
+__all__ = ["LocalFederation", "FlowerRunError", "free_port", "toml_value", "flower_version"]
+
+#: the first Flower release whose SuperLink serves Fleet, Control and ServerAppIo over one HTTP --host/--port
+HTTP_APIS = (1, 41)
 
 
 class FlowerRunError(GliofedError):
@@ -36,6 +42,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def flower_version() -> tuple[int, int]:
+    """(major, minor) of the installed ``flwr``."""
+    from importlib.metadata import version
+
+    major, minor = (int(part) for part in re.findall(r"\d+", version("flwr"))[:2])
+    return major, minor
 
 
 def toml_value(value) -> str:
@@ -61,7 +75,10 @@ class LocalFederation:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.processes: dict[str, subprocess.Popen] = {}
         self.last_run_id: str | None = None
+        self.version = flower_version()
         self.fleet, self.serverappio, self.control = free_port(), free_port(), free_port()
+        if self.version >= HTTP_APIS:  # one port for every API
+            self.serverappio = self.control = self.fleet
         bin_dir = str(Path(sys.executable).parent)
         self.env = {**os.environ, "FLWR_HOME": str(self.work_dir / "flwr_home"),
                     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -81,14 +98,25 @@ class LocalFederation:
         self.processes[name] = process
         return process
 
+    def superlink_args(self) -> list[str]:
+        """``flower-superlink`` flags for the installed Flower (loopback, insecure, state in ``work_dir``)."""
+        if self.version >= HTTP_APIS:
+            return ["--insecure", "--host", "127.0.0.1", "--port", str(self.fleet),
+                    "--database", str(self.work_dir / "superlink.db")]
+        return ["--insecure", "--fleet-api-address", f"127.0.0.1:{self.fleet}",
+                "--serverappio-api-address", f"127.0.0.1:{self.serverappio}",
+                "--control-api-address", f"127.0.0.1:{self.control}", "--storage-dir", str(self.work_dir / "storage")]
+
+    def supernode_args(self, node_config: str) -> list[str]:
+        """``flower-supernode`` flags for the installed Flower: this SuperLink, a free local port, the node config."""
+        own = ["--port", str(free_port())] if self.version >= HTTP_APIS else [
+            "--clientappio-api-address", f"127.0.0.1:{free_port()}"]
+        return ["--insecure", "--superlink", f"127.0.0.1:{self.fleet}", *own, "--node-config", node_config]
+
     def start_superlink(self) -> None:
         bin_dir = Path(sys.executable).parent
-        self._start("superlink", [str(bin_dir / "flower-superlink"), "--insecure",
-                                  "--fleet-api-address", f"127.0.0.1:{self.fleet}",
-                                  "--serverappio-api-address", f"127.0.0.1:{self.serverappio}",
-                                  "--control-api-address", f"127.0.0.1:{self.control}",
-                                  "--storage-dir", str(self.work_dir / "storage")])
-        for port in (self.control, self.fleet, self.serverappio):
+        self._start("superlink", [str(bin_dir / "flower-superlink"), *self.superlink_args()])
+        for port in sorted({self.control, self.fleet, self.serverappio}):
             self._wait_for_port(port, "superlink")
 
     def add_site(self, site: str, cache: str | Path, manifest: str | Path | None = None,
@@ -104,10 +132,7 @@ class LocalFederation:
         bin_dir = Path(sys.executable).parent
         registered = self._registered_nodes()
         name = f"supernode-{site}"
-        self._start(name, [str(bin_dir / "flower-supernode"), "--insecure",
-                           "--superlink", f"127.0.0.1:{self.fleet}",
-                           "--clientappio-api-address", f"127.0.0.1:{free_port()}",
-                           "--node-config", node_config])
+        self._start(name, [str(bin_dir / "flower-supernode"), *self.supernode_args(node_config)])
         # one registration at a time: concurrent first registrations can race in the SuperLink's state
         deadline = time.monotonic() + 60
         while self._registered_nodes() <= registered:
@@ -116,11 +141,22 @@ class LocalFederation:
                                      f"{self._log_tail(name)}")
             if time.monotonic() > deadline:
                 raise FlowerRunError(f"{name} did not register with the SuperLink within 60 s: {self._log_tail(name)}")
-            time.sleep(0.2)
+            time.sleep(0.5)
+
+    def registered_nodes(self) -> list[dict]:
+        """The SuperNodes the SuperLink knows, as ``flwr supernode list --format json`` reports them (each with
+        ``node-id`` and ``status``)."""
+        text = self._flwr("supernode", "list", "gliofed-local", "--format", "json", check=False)
+        try:
+            reply = json.loads(text[text.index("{"):text.rindex("}") + 1])
+        except ValueError as error:
+            raise FlowerRunError(f"flwr supernode list gave no JSON: {text[-500:]}") from error
+        if not reply.get("success", False):
+            return []  # the SuperLink is still starting
+        return list(reply.get("nodes", []))
 
     def _registered_nodes(self) -> int:
-        log = self.work_dir / "superlink.log"
-        return log.read_text(errors="ignore").count("Activated node_id") if log.exists() else 0
+        return sum(1 for node in self.registered_nodes() if node.get("status", "online") == "online")
 
     def _log_tail(self, name: str, chars: int = 1500) -> str:
         log = self.work_dir / f"{name}.log"
@@ -170,7 +206,7 @@ class LocalFederation:
 
     # runs ------------------------------------------------------------------------------------------------------
     def run(self, run_config: dict, timeout: float = 600, on_poll=None) -> dict:
-        """``flwr run`` the app with ``run_config`` overrides; wait until ``out-dir/model.ckpt`` appears.
+        """``flwr run`` the app with ``run_config`` overrides; wait until ``out-dir/model.safetensors`` appears.
 
         ``on_poll(history)`` is called about twice a second with the history written so far (tests use it to
         stop a node mid-run). Returns the final history (``out-dir/history.json``).

@@ -7,7 +7,7 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 ``preset`` (training recipe and distillation preset: tiny | workshop | paper), ``seed``, ``modalities``,
 ``size`` (in-plane size sites preprocess to), ``min-nodes`` (nodes to wait for before round 1),
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
-``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.ckpt`` and
+``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.safetensors`` and
 ``history.json`` go, on the SuperLink's machine), ``distill`` (overrides of the preset's
 :class:`~gliofed.federated.strategies.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
 policy decides whether it accepts them).
@@ -177,5 +177,6 @@ def main(grid: Grid, context: Context) -> None:
                         "bytes_down": bytes_down, "excluded": excluded,
                         "info": json.loads(json.dumps(info, default=float))})
         run.save_rounds(name, history)
-    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"})
+    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
+                   preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
     log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))

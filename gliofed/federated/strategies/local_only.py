@@ -43,11 +43,14 @@ class LocalOnly(Strategy):
 
     @classmethod
     def from_checkpoint(cls, path) -> LocalOnly:
-        """The strategy (with every site's model) from a simulator checkpoint ``state.pt``."""
-        import torch
+        """The strategy (with every site's model) from a simulator run: its folder or its ``state.safetensors``."""
+        from pathlib import Path
 
+        from gliofed.runs import TrainingRun
+
+        path = Path(path)
         strategy = cls()
-        strategy.load_state_dict(torch.load(path, weights_only=False)["strategy"])
+        strategy.load_state_dict(TrainingRun(path if path.is_dir() else path.parent).load_state()["strategy"])
         return strategy
 
     def state_dict(self) -> dict:

@@ -1,0 +1,306 @@
+"""`gliofed predict`: a trained model on new patients' NIfTI scans, written back as NIfTI in each scan's own grid.
+
+For every case the scans go through the training preprocessing (:func:`gliofed.data.transforms.preprocess_pipeline`:
+load -> RAS -> stack -> crop to non-zero voxels -> in-plane resize to the checkpoint's size -> z-score ->
+(C, D, H, W)), the model predicts, and the predicted class map is taken back through the inverse of those spatial
+steps with MONAI's :class:`~monai.transforms.Invertd` (nearest-neighbour): un-resize, un-crop (pad with background),
+back from RAS to the scan's own orientation. The mask is then written with nibabel using the input FLAIR's own
+affine and header, so 3D Slicer and ITK-SNAP overlay it on the original scans.
+
+Outputs in ``OUT/``:
+
+- ``<subject>_seg.nii.gz``: uint8, BraTS labels 0 background, 1 necrotic core, 2 oedema, 4 enhancing tumour;
+- ``<subject>_markers.json``: per marker the class probabilities (by class name) and the predicted class;
+- ``predictions.csv``: one row per case (probabilities, predicted classes, tumour volumes in ml, output paths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.errors import ConfigError, DataError
+
+__all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
+           "BRATS_LABELS"]
+
+#: in-memory class -> BraTS label written to NIfTI
+BRATS_LABELS = np.array([0, 1, 2, 4], dtype=np.uint8)
+
+
+def inference_pipeline(modalities, size: int):
+    """The training preprocessing for the given contrasts, without a mask, with every spatial step recorded so
+    that :class:`~monai.transforms.Invertd` can undo it. Identical step for step to
+    :func:`gliofed.data.transforms.preprocess_pipeline` (tested: same image as the cache)."""
+    from monai.transforms import (
+        Compose,
+        ConcatItemsd,
+        CropForegroundd,
+        EnsureChannelFirstd,
+        LoadImaged,
+        NormalizeIntensityd,
+        Orientationd,
+        Resized,
+    )
+
+    from gliofed.data.transforms import ValidateCased
+
+    keys = list(modalities)
+    return Compose([
+        LoadImaged(keys, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(keys, channel_dim="no_channel"),
+        ValidateCased(keys),
+        # stack first, then orient the stack: equal to orienting each contrast (they share one grid, validated), and
+        # Invertd can only undo transforms recorded on the key it inverts
+        ConcatItemsd(keys, name="image"),
+        Orientationd("image", axcodes="RAS", labels=None),
+        CropForegroundd("image", source_key="image", allow_smaller=True),
+        Resized("image", spatial_size=(size, size, -1), mode="area"),
+        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
+    ])
+
+
+def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
+    """BraTS-style clean-up of a predicted class map: connected components of the whole tumour (any non-zero class,
+    26-connectivity) smaller than ``min_voxels`` are set to background; with ``keep_largest`` only the largest
+    component stays. Off (returns a copy) when ``min_voxels <= 0`` and not ``keep_largest``.
+
+    Args:
+        labels: integer class map (any shape, usually (D, H, W)).
+        min_voxels: smallest component kept.
+        keep_largest: keep only the largest component.
+
+    Returns:
+        the cleaned class map (same dtype).
+    """
+    from scipy import ndimage
+
+    labels = np.array(labels, copy=True)
+    if min_voxels <= 0 and not keep_largest:
+        return labels
+    components, count = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim))
+    if count == 0:
+        return labels
+    sizes = np.bincount(components.ravel())[1:]
+    keep = sizes >= max(min_voxels, 1)
+    if keep_largest:
+        keep = np.zeros_like(keep)
+        keep[int(np.argmax(sizes))] = True
+    labels[~np.concatenate([[True], keep])[components]] = 0
+    return labels
+
+
+class Predictor:
+    """A loaded checkpoint ready to predict cases from NIfTI files.
+
+    Args:
+        checkpoint: ``model.safetensors`` (+ ``model.json``) or a run folder.
+        size: in-plane size; default (and only allowed value) the checkpoint's recorded one.
+        device: ``auto``, ``cpu``, ``cuda`` ...
+        min_voxels, keep_largest: optional post-processing (:func:`postprocess_mask`), off by default.
+    """
+
+    def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto", min_voxels: int = 0,
+                 keep_largest: bool = False) -> None:
+        from gliofed.engine import resolve_device
+        from gliofed.runs import check_preprocessing, load_checkpoint
+
+        if min_voxels < 0:
+            raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
+        self.checkpoint = Path(checkpoint)
+        self.model, self.config, state = load_checkpoint(checkpoint)
+        self.preprocessing = state.get("preprocessing") or {}
+        self.size = check_preprocessing(checkpoint, self.preprocessing, size)
+        if self.size is None:
+            raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
+                              "it was trained at).")
+        self.modalities = tuple(self.preprocessing.get("modalities") or self.config.modalities)
+        self.device = resolve_device(device)
+        self.model.eval().to(self.device)
+        self.min_voxels, self.keep_largest = min_voxels, keep_largest
+
+    def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
+        """The model's contrasts must all be given and exist; returns key -> path of every contrast given."""
+        given = {k: str(v) for k, v in paths.items() if k in MODALITIES and v}
+        missing = [m for m in self.modalities if m not in given]
+        if missing:
+            raise ConfigError(f"subject {subject}: the model needs {', '.join(self.modalities)} but "
+                              f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing.")
+        for key, path in given.items():
+            if not Path(path).is_file():
+                raise DataError(f"subject {subject}: {key} file {path} not found.")
+        return given
+
+    def predict_case(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict:
+        """Predict one case.
+
+        Args:
+            subject: the case's name (used in messages and output names).
+            paths: contrast -> NIfTI path; every contrast of the model is required. Contrasts beyond the model's
+                are used, as in training, only to find the brain (the crop to non-zero voxels).
+
+        Returns:
+            ``{"seg": class map in the scan's own grid (uint8, BraTS labels), "affine": the FLAIR's (or first given
+            contrast's) affine, "header": its NIfTI header, "probabilities": {marker: {class: p}},
+            "classes": {marker: class name}}``.
+        """
+        import nibabel as nib
+        import torch
+        from monai.data import MetaTensor
+        from monai.transforms import Invertd
+
+        given = self.check_inputs(subject, paths)
+        keys = [m for m in MODALITIES if m in given]  # training stacks the contrasts in this order
+        pipeline = inference_pipeline(keys, self.size)
+        try:
+            data = pipeline({"subject_id": subject, **given})
+        except Exception as error:  # MONAI wraps transform errors: report the root cause in one line
+            cause = error
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, DataError):
+                raise cause from None
+            raise DataError(f"subject {subject}: could not be preprocessed ({type(cause).__name__}: "
+                            f"{str(cause).splitlines()[0][:200]}).") from error
+        image = data["image"]  # (C, x, y, z) RAS, cropped, resized, normalised
+        channels = [keys.index(m) for m in self.modalities]
+        x = image.as_tensor()[channels].permute(0, 3, 2, 1)[None].float().to(self.device)  # (1, C, D, H, W)
+        with torch.no_grad():
+            outputs = self.model(x)
+        classes = outputs["seg"].float().argmax(1)[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
+        classes = postprocess_mask(classes, self.min_voxels, self.keep_largest)
+        pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(classes.transpose(2, 1, 0)))[None].float(),
+                          meta=image.meta, applied_operations=image.applied_operations)
+        inverted = Invertd("pred", pipeline, orig_keys="image", nearest_interp=True)({"pred": pred, "image": image})
+        mask = np.rint(np.asarray(inverted["pred"])[0]).astype(np.uint8)
+        reference = "flair" if "flair" in given else keys[0]
+        ref_img = nib.load(given[reference])
+        if mask.shape != ref_img.shape[:3]:
+            raise DataError(f"subject {subject}: the inverted mask has shape {mask.shape}, the {reference} scan "
+                            f"{ref_img.shape[:3]} (a preprocessing step could not be inverted).")
+        probabilities, predicted = {}, {}
+        for marker in MARKERS:
+            p = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
+            probabilities[marker] = {name: float(p[k]) for k, name in enumerate(MARKER_CLASSES[marker])}
+            predicted[marker] = MARKER_CLASSES[marker][int(np.argmax(p))]
+        return {"seg": BRATS_LABELS[mask], "affine": ref_img.affine, "header": ref_img.header,
+                "probabilities": probabilities, "classes": predicted, "reference": reference}
+
+    def write_case(self, subject: str, result: dict, out_dir: str | Path) -> dict:
+        """Write ``<subject>_seg.nii.gz`` and ``<subject>_markers.json`` (atomically); return the CSV row."""
+        import nibabel as nib
+
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        header = result["header"].copy()
+        header.set_data_dtype(np.uint8)
+        image = nib.Nifti1Image(result["seg"], result["affine"], header)
+        image.set_qform(result["affine"], code=int(result["header"]["qform_code"]) or 1)
+        image.set_sform(result["affine"], code=int(result["header"]["sform_code"]) or 1)
+        seg_path = out_dir / f"{subject}_seg.nii.gz"
+        _atomic(seg_path, lambda tmp: nib.save(image, tmp))
+        markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
+                   "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
+                   "probabilities": result["probabilities"], "predicted": result["classes"]}
+        markers_path = out_dir / f"{subject}_markers.json"
+        _atomic(markers_path, lambda tmp: tmp.write_text(json.dumps(markers, indent=2)))
+        voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0
+        seg = result["seg"]
+        row = {"subject": subject, "seg": str(seg_path), "markers": str(markers_path),
+               "volume_WT_ml": float((seg > 0).sum() * voxel_ml),
+               "volume_TC_ml": float(np.isin(seg, (1, 4)).sum() * voxel_ml),
+               "volume_ET_ml": float((seg == 4).sum() * voxel_ml)}
+        for marker in MARKERS:
+            row[f"{marker}_predicted"] = result["classes"][marker]
+            for name, p in result["probabilities"][marker].items():
+                row[f"p_{marker}_{name}"] = p
+        return row
+
+
+def _atomic(path: Path, write) -> None:
+    # keep the real suffix last: nibabel picks the format (and gzip) from the name
+    tmp = path.with_name(f".{path.name}.tmp{''.join(path.suffixes)}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
+                  device: str = "auto", min_voxels: int = 0, keep_largest: bool = False,
+                  progress: bool = True) -> pd.DataFrame:
+    """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
+
+    Args:
+        checkpoint: the model (see :class:`Predictor`).
+        cases: dicts with ``subject_id`` and contrast paths ``t1`` .. ``flair`` (blank/None where absent).
+        out_dir: the output folder.
+        size, device, min_voxels, keep_largest: see :class:`Predictor`.
+        progress: show a progress bar.
+
+    Returns:
+        the table written to ``out_dir/predictions.csv``.
+    """
+    from tqdm.auto import tqdm
+
+    predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest)
+    seen = set()
+    for case in cases:  # every input checked before any work
+        subject = str(case["subject_id"])
+        if not subject or subject in (".", "..") or any(c in subject for c in "/\\") or subject in seen:
+            raise ConfigError(f"subject name {subject!r} cannot name an output file (empty, repeated or a path).")
+        seen.add(subject)
+        predictor.check_inputs(subject, case)
+    rows = []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        subject = str(case["subject_id"])
+        rows.append(predictor.write_case(subject, predictor.predict_case(subject, case), out_dir))
+    table = pd.DataFrame(rows)
+    _atomic(Path(out_dir) / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
+    return table
+
+
+def subject_name(path: str | Path) -> str:
+    """A case name from a scan's file name: ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``."""
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii"):
+        name = name.removesuffix(suffix)
+    for modality in sorted(MODALITIES, key=len, reverse=True):
+        for sep in ("_", "-", "."):
+            if name.lower().endswith(sep + modality):
+                return name[: -len(modality) - 1]
+    return name
+
+
+def read_cases(path: str | Path) -> list[dict]:
+    """The cases of a CSV with ``subject_id`` and any of the ``t1, t1ce, t2, flair`` columns (paths relative to the
+    CSV; a gliofed manifest qualifies). Raises :class:`~gliofed.errors.ManifestError` when it cannot be used."""
+    from gliofed.errors import ManifestError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest file not found.")
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
+        raise ManifestError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]}).") from error
+    if "subject_id" not in table or not any(m in table for m in MODALITIES):
+        raise ManifestError(f"{path}: needs a subject_id column and at least one of {', '.join(MODALITIES)}.")
+    if table.empty:
+        raise ManifestError(f"{path}: no cases in this file.")
+    root = path.resolve().parent
+    cases = []
+    for _, row in table.iterrows():
+        case = {"subject_id": row["subject_id"].strip()}
+        for m in MODALITIES:
+            value = str(row.get(m, "") or "").strip()
+            case[m] = str((root / value).resolve()) if value else ""
+        cases.append(case)
+    return cases
