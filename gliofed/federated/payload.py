@@ -19,11 +19,14 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
+import numpy as np
+
 from gliofed.errors import GliofedError
+
+if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
+    import torch
 
 __all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
            "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "DISTILL_INITS"]
@@ -225,6 +228,8 @@ def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> Non
 
 def _check_distilled(payload: Payload) -> None:
     """A distilled set is consistent with itself and with the label spaces of :data:`MARKER_CLASSES`."""
+    from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES  # label spaces (pandas: import late)
+
     arrays, meta = payload.arrays, payload.meta
     expected = {"syn_images", "syn_masks", "syn_labels", *(f"soft:{m}" for m in MARKERS),
                 *(f"counts:{m}" for m in MARKERS)}
@@ -330,4 +335,6 @@ def state_to_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`state_to_arrays` (ignores fields that are not ``w:`` weights)."""
+    import torch
+
     return OrderedDict((k[2:], torch.from_numpy(np.array(v))) for k, v in arrays.items() if k.startswith("w:"))
