@@ -18,7 +18,6 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,7 +93,7 @@ class Payload:
         return buffer.getvalue()
 
     @classmethod
-    def deserialize(cls, data: bytes) -> "Payload":
+    def deserialize(cls, data: bytes) -> Payload:
         """Inverse of :meth:`serialize`; undecodable bytes raise :class:`PayloadError` (pickles are refused)."""
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -117,7 +116,8 @@ class Payload:
         """One row per field: name, dtype, shape and bytes — what exactly left the site."""
         rows = [{"field": name, "dtype": str(a.dtype), "shape": tuple(a.shape), "bytes": int(a.nbytes)}
                 for name, a in sorted(self.arrays.items())]
-        rows += [{"field": f"meta.{k}", "dtype": type(v).__name__, "shape": (), "bytes": len(json.dumps(v, default=_json_default))}
+        rows += [{"field": f"meta.{k}", "dtype": type(v).__name__, "shape": (),
+                  "bytes": len(json.dumps(v, default=_json_default))}
                  for k, v in sorted(self.meta.items())]
         return rows
 
@@ -258,7 +258,8 @@ def _check_distilled(payload: Payload) -> None:
     n, channels = images.shape[:2]
     if not 1 <= n <= MAX_SYNTHETIC or not 1 <= channels <= len(MODALITIES) or images.shape[2:] != low:
         raise PayloadError(f"payload field 'syn_images' has shape {images.shape}; expected (1..{MAX_SYNTHETIC}, "
-                           f"1..{len(MODALITIES)}, {', '.join(map(str, low))}) for shape {list(shape)} at scale {scale}.")
+                           f"1..{len(MODALITIES)}, {', '.join(map(str, low))}) for shape {list(shape)} "
+                           f"at scale {scale}.")
     masks = arrays["syn_masks"]
     if masks.dtype != np.uint8 or masks.shape != (n, *low):
         raise PayloadError(f"payload field 'syn_masks' is {masks.dtype} {masks.shape}, not uint8 {(n, *low)}.")
@@ -276,7 +277,8 @@ def _check_distilled(payload: Payload) -> None:
             raise PayloadError(f"payload field 'syn_labels' holds {marker} codes outside [-1, {k - 1}].")
         soft, counts = arrays[f"soft:{marker}"], arrays[f"counts:{marker}"]
         if soft.dtype.kind != "f" or soft.shape != (k, k):
-            raise PayloadError(f"payload field 'soft:{marker}' is {soft.dtype} {soft.shape}, not a float {(k, k)} table.")
+            raise PayloadError(f"payload field 'soft:{marker}' is {soft.dtype} {soft.shape}, "
+                               f"not a float {(k, k)} table.")
         if soft.min() < 0 or soft.max() > 1:
             raise PayloadError(f"payload field 'soft:{marker}' holds values outside [0, 1].")
         if counts.dtype.kind not in "iu" or counts.shape != (k,):
