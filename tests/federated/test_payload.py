@@ -292,19 +292,15 @@ def test_every_malformed_distilled_set_is_refused(payload, choice, data):
 
 
 def test_replies_built_by_a_site_pass(tiny_cache):
-    """The real producers (condense, Site.train) make replies that validate_reply accepts."""
-    from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.condense import condense
-    from gliofed.federated.distill import DistillSettings
+    """The real producers (a Site training and condensing) make replies that validate_reply accepts."""
     from gliofed.federated.site import Site
     from tests.federated.helpers import site_settings, small_model
 
     model = small_model()
     reference = state_to_arrays(model)
-    distilled = condense(model, CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"]), DistillSettings(steps=0),
-                         seed=0, site="tcga_lgg")
+    outgoing = Payload("model", reference, {"round": 1, "strategy": "fedavg"})
+    distilled = Site("tcga_lgg", tiny_cache).handle("distill", outgoing, site_settings(model, distill={"steps": 0}))
     validate_reply(distilled, "distilled_set", None)
-    reply = Site("brats21", tiny_cache).handle("train", Payload("model", reference, {"round": 1, "strategy": "fedavg"}),
-                                               site_settings(model, epochs=1))
+    reply = Site("brats21", tiny_cache).handle("train", outgoing, site_settings(model, epochs=1))
     validate_reply(reply, "weights_update", reference)
     validate_reply(Payload.deserialize(reply.serialize()), "weights_update", reference)  # as over Flower
