@@ -9,7 +9,8 @@ Measured, each in a new process with the tree under test first on ``PYTHONPATH``
 - ``import gliofed.federated.flower.client_app`` (what a Flower SuperNode loads to start the ClientApp).
 
 Each command runs ``--repeat`` times per tree (interleaved across commands and trees, so that a burst of load
-from other users of the machine hits every command and both trees alike); the median, min and max are reported with the load average.
+from other users of the machine hits every command and both trees alike); the median, min and max are
+reported with the load average.
 
 Usage::
 

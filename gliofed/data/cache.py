@@ -306,8 +306,8 @@ def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
 
     A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
     this host (a killed ``preprocess``) is taken over. (Two writers taking over the same stale lock at the same
-    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is created complete, by a hard link of
-    a written temporary file, so a reader never sees a half-written lock.
+    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is
+    created complete, by a hard link of a written temporary file, so a reader never sees a half-written lock.
 
     Yields:
         the lock file's path.
@@ -504,7 +504,8 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
     if not path.is_file():
         if missing_ok:
             return pd.DataFrame(columns=INDEX_COLUMNS)
-        raise CacheError(f"{cache_dir}: no preprocessed cache here (index.csv missing); run `gliofed preprocess` first.")
+        raise CacheError(f"{cache_dir}: no preprocessed cache here (index.csv missing); "
+                         "run `gliofed preprocess` first.")
     try:
         index = pd.read_csv(path, dtype={"subject_id": str, "site": str, "split": str, "sex": str, "affine": str,
                                          "image_sha256": str, "seg_sha256": str, "fingerprint": str},

@@ -158,7 +158,8 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
 
     Reports: missing or unreadable files, truncated gzip, shape or affine mismatch between a subject's
     modalities, NaN/Inf voxels, empty modalities, segmentation values outside {0, 1, 2, 4}, invalid
-    label codes, blank required fields, subject IDs or sites that are not safe file names, duplicate subject IDs and a subject listed in two splits.
+    label codes, blank required fields, subject IDs or sites that are not safe file names, duplicate subject IDs
+    and a subject listed in two splits.
 
     Args:
         path: manifest CSV.

@@ -97,7 +97,7 @@ class CaseDataset(Dataset):
         """Marker labels of every case, (N, 4) int64, -1 unknown."""
         return self.index[list(MARKERS)].to_numpy(dtype=np.int64)
 
-    def for_site(self, site: str) -> "CaseDataset":
+    def for_site(self, site: str) -> CaseDataset:
         """The same view restricted to one site."""
         view = object.__new__(CaseDataset)
         view.__dict__.update(self.__dict__)

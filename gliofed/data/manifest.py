@@ -200,7 +200,8 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
             with ``False`` invalid values become unknown (-1) — use :func:`gliofed.data.check` to list them.
 
     Returns:
-        DataFrame with the :data:`COLUMNS` and ``seg_regions`` (optional column, ``""`` or ``"WT"``); absolute paths (``""`` where blank), integer marker codes
+        DataFrame with the :data:`COLUMNS` and ``seg_regions`` (optional column, ``""`` or ``"WT"``); absolute
+        paths (``""`` where blank), integer marker codes
         with -1 for unknown, float ``age`` (NaN unknown), ``sex`` and ``split`` as strings.
 
     >>> df = read_manifest("cohort/manifest.csv")  # doctest: +SKIP

@@ -18,12 +18,14 @@ import zipfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.errors import GliofedError
+
+if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
+    import torch
 
 __all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
            "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "DISTILL_INITS"]
@@ -93,7 +95,7 @@ class Payload:
         return buffer.getvalue()
 
     @classmethod
-    def deserialize(cls, data: bytes) -> "Payload":
+    def deserialize(cls, data: bytes) -> Payload:
         """Inverse of :meth:`serialize`; undecodable bytes raise :class:`PayloadError` (pickles are refused)."""
         try:
             with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -116,7 +118,8 @@ class Payload:
         """One row per field: name, dtype, shape and bytes — what exactly left the site."""
         rows = [{"field": name, "dtype": str(a.dtype), "shape": tuple(a.shape), "bytes": int(a.nbytes)}
                 for name, a in sorted(self.arrays.items())]
-        rows += [{"field": f"meta.{k}", "dtype": type(v).__name__, "shape": (), "bytes": len(json.dumps(v, default=_json_default))}
+        rows += [{"field": f"meta.{k}", "dtype": type(v).__name__, "shape": (),
+                  "bytes": len(json.dumps(v, default=_json_default))}
                  for k, v in sorted(self.meta.items())]
         return rows
 
@@ -229,6 +232,8 @@ def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> Non
 
 def _check_distilled(payload: Payload) -> None:
     """A distilled set is consistent with itself and with the label spaces of :data:`MARKER_CLASSES`."""
+    from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES  # label spaces (pandas: import late)
+
     arrays, meta = payload.arrays, payload.meta
     expected = {"syn_images", "syn_masks", "syn_labels", *(f"soft:{m}" for m in MARKERS),
                 *(f"counts:{m}" for m in MARKERS)}
@@ -257,7 +262,8 @@ def _check_distilled(payload: Payload) -> None:
     n, channels = images.shape[:2]
     if not 1 <= n <= MAX_SYNTHETIC or not 1 <= channels <= len(MODALITIES) or images.shape[2:] != low:
         raise PayloadError(f"payload field 'syn_images' has shape {images.shape}; expected (1..{MAX_SYNTHETIC}, "
-                           f"1..{len(MODALITIES)}, {', '.join(map(str, low))}) for shape {list(shape)} at scale {scale}.")
+                           f"1..{len(MODALITIES)}, {', '.join(map(str, low))}) for shape {list(shape)} "
+                           f"at scale {scale}.")
     masks = arrays["syn_masks"]
     if masks.dtype != np.uint8 or masks.shape != (n, *low):
         raise PayloadError(f"payload field 'syn_masks' is {masks.dtype} {masks.shape}, not uint8 {(n, *low)}.")
@@ -275,7 +281,8 @@ def _check_distilled(payload: Payload) -> None:
             raise PayloadError(f"payload field 'syn_labels' holds {marker} codes outside [-1, {k - 1}].")
         soft, counts = arrays[f"soft:{marker}"], arrays[f"counts:{marker}"]
         if soft.dtype.kind != "f" or soft.shape != (k, k):
-            raise PayloadError(f"payload field 'soft:{marker}' is {soft.dtype} {soft.shape}, not a float {(k, k)} table.")
+            raise PayloadError(f"payload field 'soft:{marker}' is {soft.dtype} {soft.shape}, "
+                               f"not a float {(k, k)} table.")
         if soft.min() < 0 or soft.max() > 1:
             raise PayloadError(f"payload field 'soft:{marker}' holds values outside [0, 1].")
         if counts.dtype.kind not in "iu" or counts.shape != (k,):
@@ -334,4 +341,6 @@ def state_to_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:
 
 def arrays_to_state(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """Inverse of :func:`state_to_arrays` (ignores fields that are not ``w:`` weights)."""
+    import torch
+
     return OrderedDict((k[2:], torch.from_numpy(np.array(v))) for k, v in arrays.items() if k.startswith("w:"))

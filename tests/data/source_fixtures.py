@@ -92,7 +92,8 @@ def make_tcga(root: Path) -> tuple[Path, Path]:
     gbm = root / "Pre-operative_TCGA_GBM_NIfTI_and_Segmentations"
     lgg = root / "Pre-operative_TCGA_LGG_NIfTI_and_Segmentations"
     for patient, date, kinds, folder in [
-        ("TCGA-02-0006", "1996.08.23", ("flair", "t1", "t1Gd", "t2", "GlistrBoost", "GlistrBoost_ManuallyCorrected"), gbm),
+        ("TCGA-02-0006", "1996.08.23",
+         ("flair", "t1", "t1Gd", "t2", "GlistrBoost", "GlistrBoost_ManuallyCorrected"), gbm),
         ("TCGA-08-0509", "1998.01.01", ("flair", "t1Gd", "t2", "GlistrBoost"), gbm),
         ("TCGA-08-0510", "1998.02.02", ("flair", "t1Gd", "t2", "GlistrBoost"), gbm),
         ("TCGA-FG-7634", "2001.03.03", ("flair", "t1", "t2", "GlistrBoost"), lgg),

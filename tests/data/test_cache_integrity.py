@@ -104,9 +104,9 @@ def test_killed_writer_leftovers_and_stale_lock_are_cleared(small_manifest, cach
 
 def test_cache_locked_by_a_live_writer_is_refused(small_manifest, cache):
     before = (cache / "index.csv").read_bytes()
-    with cache_lock(cache):
-        with pytest.raises(CacheLockedError, match=rf"another preprocess \(PID {os.getpid()}\) is writing this cache"):
-            preprocess(small_manifest, cache, size=12, progress=False)
+    locked = rf"another preprocess \(PID {os.getpid()}\) is writing this cache"
+    with cache_lock(cache), pytest.raises(CacheLockedError, match=locked):
+        preprocess(small_manifest, cache, size=12, progress=False)
     assert (cache / "index.csv").read_bytes() == before
     assert not (cache / ".lock").exists()  # released on exit
 

@@ -106,7 +106,8 @@ def test_egd_marks_whole_tumour_masks_and_reports_odd_codes(tmp_path):
     cases = {c.subject_id: c for c in result.cases}
     assert cases["EGD-0001"].labels == {"idh": 1, "codeletion": 1, "mgmt": -1, "grade": 0}
     assert cases["EGD-0002"].labels == {"idh": -1, "codeletion": -1, "mgmt": -1, "grade": 2}
-    assert cases["EGD-0003"].labels["idh"] == -1 and "idh value 'borderline' not recognised" in status(result, "EGD-0003")[2]
+    assert cases["EGD-0003"].labels["idh"] == -1
+    assert "idh value 'borderline' not recognised" in status(result, "EGD-0003")[2]
     manifest, _ = result.write(tmp_path / "egd.csv")
     assert set(pd.read_csv(manifest, dtype=str)["seg_regions"]) == {"WT"}
     assert set(read_manifest(manifest)["seg_regions"]) == {"WT"}
@@ -142,7 +143,8 @@ def test_cli_curate_and_merge(tmp_path, capsys):
     root = fx.make_brats(tmp_path / "brats")
     assert main(["curate", "--source", "brats", "--root", str(root), "--out", str(tmp_path / "a.csv")]) == 0
     out = capsys.readouterr().out
-    assert "4 case(s) found, 2 included, 2 excluded" in out and "excluded Brats18_TCIA01_131_1: missing modality t1ce" in out
+    assert "4 case(s) found, 2 included, 2 excluded" in out
+    assert "excluded Brats18_TCIA01_131_1: missing modality t1ce" in out
     assert main(["curate", "--merge", str(tmp_path / "a.csv"), "--out", str(tmp_path / "all.csv")]) == 0
     assert main(["curate", "--source", "egd", "--root", str(tmp_path / "nowhere"), "--out", "x.csv"]) == 2
     assert "dataset folder not found" in capsys.readouterr().err

@@ -1,12 +1,21 @@
+import copy
+import math
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
+from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.federated.payload import (
+    MAX_N_CASES,
     Payload,
     PayloadError,
     arrays_to_state,
     state_to_arrays,
     validate,
+    validate_reply,
 )
 from gliofed.model import MultiTaskUNet
 
@@ -46,15 +55,6 @@ def test_oversized_payload_is_refused():
 
 
 # ------------------------------------------------------------------------- issue 14: replies as data
-import copy  # noqa: E402
-import math  # noqa: E402
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from hypothesis.extra import numpy as hnp  # noqa: E402
-
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS  # noqa: E402
-from gliofed.federated.payload import MAX_N_CASES, validate_reply  # noqa: E402
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SHAPES = hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4)
@@ -99,7 +99,7 @@ def _first_float(payload):
 #: one malformation each; every one must be refused (a mutation that does not apply returns False)
 def _mutate_weights(payload: Payload, reference, choice: int, data) -> bool:
     arrays, meta = payload.arrays, payload.meta
-    name = sorted(arrays)[0]
+    name = min(arrays)
     if choice == 0:  # a missing key
         del arrays[name]
     elif choice == 1:  # an unexpected weight
@@ -292,19 +292,15 @@ def test_every_malformed_distilled_set_is_refused(payload, choice, data):
 
 
 def test_replies_built_by_a_site_pass(tiny_cache):
-    """The real producers (condense, Site.train) make replies that validate_reply accepts."""
-    from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.site.condense import condense
-    from gliofed.federated.strategies.distill import DistillSettings
+    """The real producers (a Site training and condensing) make replies that validate_reply accepts."""
     from gliofed.federated.site import Site
     from tests.federated.helpers import site_settings, small_model
 
     model = small_model()
     reference = state_to_arrays(model)
-    distilled = condense(model, CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"]), DistillSettings(steps=0),
-                         seed=0, site="tcga_lgg")
+    outgoing = Payload("model", reference, {"round": 1, "strategy": "fedavg"})
+    distilled = Site("tcga_lgg", tiny_cache).handle("distill", outgoing, site_settings(model, distill={"steps": 0}))
     validate_reply(distilled, "distilled_set", None)
-    reply = Site("brats21", tiny_cache).handle("train", Payload("model", reference, {"round": 1, "strategy": "fedavg"}),
-                                               site_settings(model, epochs=1))
+    reply = Site("brats21", tiny_cache).handle("train", outgoing, site_settings(model, epochs=1))
     validate_reply(reply, "weights_update", reference)
     validate_reply(Payload.deserialize(reply.serialize()), "weights_update", reference)  # as over Flower

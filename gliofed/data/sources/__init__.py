@@ -112,7 +112,8 @@ class CurationResult:
         return "\n".join(lines)
 
 
-def curate(source: str, root: str | Path, labels: Sequence[str] | None = None, site: str | None = None) -> CurationResult:
+def curate(source: str, root: str | Path, labels: Sequence[str] | None = None,
+           site: str | None = None) -> CurationResult:
     """Find every case of ``source`` under ``root`` and encode its labels (see :data:`SOURCES`)."""
     if source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}.")
@@ -169,7 +170,8 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
             keep.append(False)
         elif twin is not None:
             duplicates.append({"subject_id": row.subject_id, "dataset": row.dataset, "file": row.source_file,
-                               "duplicate_of": twin, "reason": f"same patient as {twin} (kept from its source dataset)"})
+                               "duplicate_of": twin,
+                               "reason": f"same patient as {twin} (kept from its source dataset)"})
             keep.append(False)
         else:
             seen.add(row.subject_id)

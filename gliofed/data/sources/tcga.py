@@ -17,8 +17,8 @@ __all__ = ["curate_tcga", "SEED_EXCLUSIONS"]
 #: the seed study's three TCGA exclusions and why
 SEED_EXCLUSIONS = {"TCGA-08-0509": "no pre-contrast T1", "TCGA-08-0510": "no pre-contrast T1",
                    "TCGA-FG-7634": "no T1ce"}
-_FILE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})_([0-9.]+)_(flair|t1|t1Gd|t2|GlistrBoost|GlistrBoost_ManuallyCorrected)"
-                   r"\.nii(\.gz)?$")
+_FILE = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})_([0-9.]+)_"
+                   r"(flair|t1|t1Gd|t2|GlistrBoost|GlistrBoost_ManuallyCorrected)\.nii(\.gz)?$")
 _KEYS = {"flair": "flair", "t1": "t1", "t1Gd": "t1ce", "t2": "t2"}
 
 
