@@ -268,7 +268,8 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
             # coloring="lines" ignores line.color: a constant colour scale makes the outline white
             fig.add_trace(go.Contour(z=outline, showscale=False, contours=dict(start=0.5, end=0.5, size=1,
                                      coloring="lines"), colorscale=[[0, "white"], [1, "white"]], line=dict(width=2),
-                                     hoverinfo="skip", name="ground truth (whole tumour)", x0=geometry.x0 - geometry.dx, dx=geometry.dx, y0=geometry.y0 - geometry.dy,
+                                     hoverinfo="skip", name="ground truth (whole tumour)",
+                                     x0=geometry.x0 - geometry.dx, dx=geometry.dx, y0=geometry.y0 - geometry.dy,
                                      dy=geometry.dy), 1, c)
         fig.update_xaxes(range=list(geometry.x_range), row=1, col=c)
         fig.update_yaxes(range=list(geometry.y_range), row=1, col=c)
