@@ -268,7 +268,7 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
             # coloring="lines" ignores line.color: a constant colour scale makes the outline white
             fig.add_trace(go.Contour(z=outline, showscale=False, contours=dict(start=0.5, end=0.5, size=1,
                                      coloring="lines"), colorscale=[[0, "white"], [1, "white"]], line=dict(width=2),
-                                     hoverinfo="skip", name="ground truth (whole tumour)", showlegend=c == 1,
+                                     hoverinfo="skip", name="ground truth (whole tumour)",
                                      x0=geometry.x0 - geometry.dx, dx=geometry.dx, y0=geometry.y0 - geometry.dy,
                                      dy=geometry.dy), 1, c)
         fig.update_xaxes(range=list(geometry.x_range), row=1, col=c)
@@ -276,13 +276,15 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
     fig.update_xaxes(visible=False, constrain="domain")
     fig.update_yaxes(visible=False, constrain="domain")
     _lock_aspect(fig, len(cams))
-    left, right, _, _ = geometry.labels
-    for text, x, anchor in ((left, 0, "right"), (right, 1, "left")):
-        fig.add_annotation(text=text, x=x, y=0.5, xref="x domain", yref="y domain", xanchor=anchor, showarrow=False,
-                           font=dict(size=12))
-    fig.update_layout(title=title or None, height=330, width=190 * len(cams) + 150, plot_bgcolor="black",
-                      margin=dict(l=20, r=20, t=60, b=30), legend=dict(orientation="h", x=0, y=-0.02, yanchor="top",
-                                                                       bgcolor="rgba(0,0,0,0)"))
+    left, right, _, _ = geometry.labels  # the same for every panel: R left of the first, L right of the last
+    last = len(cams) if len(cams) > 1 else ""
+    for text, x, axis, anchor in ((left, 0, "x", "right"), (right, 1, f"x{last}", "left")):
+        fig.add_annotation(text=text, x=x, y=0.5, xref=f"{axis} domain", yref="y domain", xanchor=anchor,
+                           showarrow=False, font=dict(size=12))
+    key = "white line: ground-truth whole tumour" if mask is not None else ""
+    fig.update_layout(title=dict(text="<br>".join(filter(None, [title, f"<sup>{key}</sup>" if key else ""])) or None),
+                      height=330, width=190 * len(cams) + 150, plot_bgcolor="black", showlegend=False,
+                      margin=dict(l=20, r=20, t=70, b=20))
     return fig
 
 

@@ -9,10 +9,10 @@ towards Superior) and then permutes (C, x, y, z) to (C, D, H, W) = (C, z, y, x).
 * H (axis 1) increases towards **A**nterior,
 * W (axis 2) increases towards the patient's **R**ight.
 
-Display convention: **radiological**, as BraTS readers, ITK-SNAP and 3D Slicer show scans by default. The patient's
-right is on the left of the screen in the axial and coronal views (you look at the patient from the feet, or face
-to face); superior and anterior are up; the sagittal view has anterior on the left. Every view is labelled with the
-four directions, so nobody has to remember this paragraph.
+Display convention: **radiological**, as ITK-SNAP and 3D Slicer show axial and coronal slices by default: the
+patient's right is on the left of the screen (you look at the patient from the feet, or face to face); superior and
+anterior are up; the sagittal view has anterior on the left. Every view is labelled with the four directions, so
+nobody has to remember this paragraph.
 """
 
 from __future__ import annotations

@@ -327,7 +327,8 @@ class SliceViewer:
         figure.update_layout(
             width=_FIGURE_WIDTH, height=_FIGURE_HEIGHT, margin=dict(l=28, r=90, t=96, b=44),
             plot_bgcolor="black", paper_bgcolor="white", template="simple_white",
-            title=dict(x=0.02, xanchor="left", y=0.985, yanchor="top", yref="container", font=dict(size=14)),
+            title=dict(x=0.02, xanchor="left", y=1, yanchor="top", yref="container", pad=dict(t=10),
+                       font=dict(size=14)),
             legend=dict(orientation="h", x=0.5, xanchor="center", y=-0.04, yanchor="top", itemclick=False,
                         itemdoubleclick=False, font=dict(size=12)),
         )
