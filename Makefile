@@ -9,7 +9,7 @@ DEMO_DATA   ?= data/$(DEMO_PRESET)
 DEMO_ROUNDS ?= 2
 DEMO_ABLATION_EPOCHS ?= 1
 
-.PHONY: demo test setup clean
+.PHONY: demo test test-slow setup clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +27,11 @@ demo: setup
 test: setup
 	sh .ci/install-browser.sh
 	$(BIN)/ruff check gliofed tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# minutes-long end-to-end checks (a fresh non-editable `pip install .` that runs every shipped notebook); CI runs them
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
 
 clean:
 	rm -rf runs/demo data/tiny data/workshop .pytest_cache

@@ -136,7 +136,7 @@ def _load_legacy(path: Path, device: str) -> dict:
     """An old pickle checkpoint read with ``weights_only=True`` (tensors and plain types only), or the refusal."""
     try:
         with open(path, "rb") as f:  # a file object: torch.load would dispatch a *.safetensors name elsewhere
-            state = torch.load(f, map_location=device, weights_only=True)
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as error:  # the weights-only unpickler refuses any global it does not know: never run it
         raise _refuse_pickle(path) from error
     if not isinstance(state, dict) or "model" not in state:
@@ -159,7 +159,7 @@ def _load_pair(path: Path, device: str = "cpu") -> dict:
         raise CheckpointError(f"{weights}: its settings file {sidecar.name} is missing (a checkpoint is the "
                               ".safetensors weights plus the .json beside them).")
     try:
-        tensors = load_file(str(weights), device=str(device))
+        tensors = load_file(str(weights), device="cpu")  # callers move the model; "auto" is no torch device
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{weights}: not a readable safetensors file ({str(error).splitlines()[0]}).") from error
     try:
@@ -263,7 +263,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
     Args:
         path: ``model.safetensors`` (with ``model.json`` beside it), that JSON, or a run folder. An old pickle
             ``model.ckpt`` loads only when ``torch.load(weights_only=True)`` accepts it.
-        device: where the tensors go.
+        device: kept for callers; tensors are read to the CPU (like the model built here), and any device name,
+            ``"auto"`` included, is accepted; move the model with ``model.to(...)``.
 
     Returns:
         (model with weights, training config, the whole checkpoint: ``model``, ``model_config``, ``train_config``,

@@ -139,3 +139,10 @@ def test_no_unsafe_load_remains_in_the_package():
     package = Path(__file__).resolve().parents[1] / "gliofed"
     offenders = [str(p) for p in package.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert offenders == []
+
+
+def test_a_checkpoint_loads_whatever_device_name_the_caller_uses(tmp_path):
+    save_checkpoint(tmp_path / "model.safetensors", build_model(CONFIG), CONFIG)
+    for device in ("auto", "cpu"):  # notebooks pass their config's device, "auto" by default
+        model, _, _ = load_checkpoint(tmp_path, device)
+        assert next(model.parameters()).device.type == "cpu"
