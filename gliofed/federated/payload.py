@@ -28,9 +28,11 @@ class PayloadError(GliofedError):
 #: payload kind -> field name prefixes it may carry (arrays) and metadata keys
 DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
-    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "loss")},
+    # n_masked: cases with a segmentation mask; n_labelled: {marker: cases with a known label} (FedAvg weights
+    # the decoder and each marker head by them)
+    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss")},
     "distilled_set": {
-        "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:"),
+        "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:", "bn:"),
         "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design

@@ -10,7 +10,7 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.data.manifest import MODALITIES
+from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
 from gliofed.federated.condense import condense
@@ -49,6 +49,11 @@ class Site:
     def n_cases(self) -> int:
         """Number of training cases (sites disclose this: FedAvg weights by it)."""
         return len(self.__cases)
+
+    @property
+    def n_masked(self) -> int:
+        """Number of training cases with a segmentation mask (FedAvg weights the decoder by it)."""
+        return int(self.__cases.index["has_mask"].astype(bool).sum())
 
     def raw_bytes(self) -> int:
         """Bytes of this site's cached training cases: what pooling them (centralized) would transfer."""
@@ -100,8 +105,11 @@ class Site:
             self.__cases.transform = None
         network.cpu()
         loss = float(np.mean([h["total"] for h in history])) if history else float("nan")
-        return Payload("weights_update", state_to_arrays(network), {"site": self.name, "n_cases": self.n_cases,
-                                                                   "loss": loss})
+        labels = self.__cases.labels
+        labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
+        return Payload("weights_update", state_to_arrays(network),
+                       {"site": self.name, "n_cases": self.n_cases, "n_masked": self.n_masked,
+                        "n_labelled": labelled, "loss": loss})
 
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
