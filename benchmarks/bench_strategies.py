@@ -32,7 +32,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 import math
@@ -49,16 +48,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from gliofed.config import train_preset  # noqa: E402
-from gliofed.data.cache import preprocess  # noqa: E402
-from gliofed.data.dataset import CaseDataset  # noqa: E402
-from gliofed.data.manifest import MARKERS  # noqa: E402
-from gliofed.data.synth import make_cohort  # noqa: E402
-from gliofed.federated.distill import DistillSettings  # noqa: E402
-from gliofed.federated.rounds import STRATEGIES, make_strategy  # noqa: E402
-from gliofed.federated.simulate import PREDICTIONS_FILE, simulate  # noqa: E402
-from gliofed.federated.site import Site  # noqa: E402
-from gliofed.metrics import fast_auc  # noqa: E402
+from gliofed.config import train_preset
+from gliofed.data.cache import preprocess
+from gliofed.data.dataset import CaseDataset
+from gliofed.data.manifest import MARKERS
+from gliofed.data.synth import make_cohort
+from gliofed.federated.distill import DistillSettings
+from gliofed.federated.rounds import STRATEGIES, make_strategy
+from gliofed.federated.simulate import PREDICTIONS_FILE, simulate
+from gliofed.federated.site import Site
+from gliofed.metrics import fast_auc
 
 #: the marker AUCs whose mean is the headline accuracy (MGMT is reported, but is by design a weak cue)
 HEADLINE_MARKERS = ("idh", "codeletion", "grade")
@@ -69,7 +68,7 @@ FULL_SIZE = (4, 155, 128, 128)
 
 #: settings per mode: cohort preset, subjects per site, cache size, seeds, rounds, strategies, model, device
 MODES: dict[str, dict] = {
-    "full": dict(preset="workshop", cases_per_site=24, size=32, seeds=(0, 1, 2), rounds=5,
+    "full": dict(preset="workshop", cases_per_site=24, size=32, seeds=(0, 1, 2), rounds=6,
                  strategies=STRATEGIES, small_model=False, device="cpu", n_boot=2000),
     "quick": dict(preset="workshop", cases_per_site=12, size=32, seeds=(0,), rounds=2,
                   strategies=("fedavg", "distill"), small_model=False, device="cpu", n_boot=500),
@@ -83,8 +82,8 @@ MODES: dict[str, dict] = {
 }
 #: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)
 DISTILL: dict[str, dict] = {
-    "full": {"steps": 5, "server_epochs": 5, "real_batch": 16},
-    "quick": {"steps": 5, "server_epochs": 5, "real_batch": 16},
+    "full": {"steps": 5, "server_epochs": 5, "real_batch": 12},  # DISTILL_PRESETS["workshop"]
+    "quick": {"steps": 5, "server_epochs": 5, "real_batch": 12},
     "smoke": {"steps": 1, "server_epochs": 1, "real_batch": 4},
     "gpu": {"steps": 30, "server_epochs": 10},
     "tiny_round": {"steps": 2, "server_epochs": 2},  # DISTILL_PRESETS["tiny"]
@@ -349,7 +348,7 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, uploads: dict, mo
                              else "–")
             lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append(f"Upload per client-round at the seed's full-size model and input (4x155x128x128, serialised payloads):"
+    lines.append("Upload per client-round at the seed's full-size model and input (4x155x128x128, serialised payloads):"
                  f" FedAvg {uploads['fedavg']:,} B, distillation {uploads['distill']:,} B"
                  f" ({100 * uploads['distill'] / uploads['fedavg']:.1f} % of FedAvg).")
     truth = summary[summary["labels"] == "truth"].set_index("strategy")
@@ -378,7 +377,8 @@ def pareto_figure(summary: pd.DataFrame, path: Path, title: str) -> None:
             err_minus = [r[metric] - r[f"{metric}_lo"]] if np.isfinite(r[f"{metric}_lo"]) else None
             figure.add_trace(go.Scatter(x=[x], y=[r[metric]], mode="markers+text", text=[r["strategy"]],
                                         textposition="top center", name=r["strategy"], showlegend=col == 1,
-                                        error_y=dict(type="data", array=err, arrayminus=err_minus, visible=err is not None)),
+                                        error_y=dict(type="data", array=err, arrayminus=err_minus,
+                                                     visible=err is not None)),
                              row=1, col=col)
         figure.update_xaxes(type="log", title_text="bytes up per client-round (log; local-only at 1)", row=1, col=col)
     figure.update_layout(title=title, height=480, width=1100)
@@ -424,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for seed in mode["seeds"]:
         prepare_seed(seed, mode, out)
-    tasks = [(seed, name) for seed in mode["seeds"] for name in mode["strategies"]]
+    # longest first (distillation, then local-only), so that parallel workers finish together
+    order = {"distill": 0, "local": 1}
+    tasks = sorted(((seed, name) for seed in mode["seeds"] for name in mode["strategies"]),
+                   key=lambda task: (order.get(task[1], 2), task[0]))
     costs = []
 
     def done(cost: dict) -> None:
@@ -468,7 +471,8 @@ def main(argv: list[str] | None = None) -> int:
     _write_csv(differences, out / "differences.csv")
     table = markdown(summary, differences, uploads, mode_name, mode, distill, device, elapsed, args.jobs)
     (out / "table.md").write_text(table)
-    pareto_figure(summary, out / "pareto.html", f"gliofed strategies, {mode_name} benchmark ({len(mode['seeds'])} seeds)")
+    pareto_figure(summary, out / "pareto.html",
+                  f"gliofed strategies, {mode_name} benchmark ({len(mode['seeds'])} seeds)")
     print(table)
     log(f"done in {elapsed / 60:.1f} min; outputs in {out}")
     return 0

@@ -52,6 +52,7 @@ def test_local_only_scores_are_the_mean_over_site_models():
 
 def test_t_interval_over_seeds():
     mean, lo, hi = bench.t_interval([0.6, 0.7, 0.8])
+    assert hi - mean == pytest.approx(mean - lo)
     assert mean == pytest.approx(0.7) and lo == pytest.approx(0.7 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
     assert np.isnan(bench.t_interval([0.5])[1])
 

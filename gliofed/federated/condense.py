@@ -9,8 +9,8 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
 1. Soft labels. For every marker m and class c, the mean tempered softmax ``softmax(z_m / tau)`` of the
    global model over the site's real cases whose label of m is c (cases with unknown m are skipped).
 2. Label vectors (:func:`joint_labels`). Each synthetic volume carries the whole label vector of one of the
-   site's real cases (unknown markers stay -1), drawn so that every (marker, class) the site has seen
-   appears when ``n_synthetic`` allows. Synthetic labels thus follow the site's real joint distribution
+   real cases that define the matching targets (unknown markers stay -1), drawn uniformly. Synthetic labels
+   thus follow the site's real joint distribution
    (grade II with IDH-mutant, co-deletion only with IDH-mutant); cycling each marker on its own, as the
    first version did, made all markers perfectly correlated and paired grade II with IDH-wildtype.
 3. BatchNorm statistics (:func:`real_bn_statistics`): the mean and variance of every BatchNorm input over
@@ -57,7 +57,8 @@ def _real_batches(dataset, indices):
 
 
 @torch.no_grad()
-def soft_labels(model: torch.nn.Module, dataset, temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def soft_labels(model: torch.nn.Module, dataset,
+                temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per marker: (K, K) table, row c = mean tempered softmax over real cases of class c; and counts (K,)."""
     model.eval()
     sums = {m: np.zeros((len(c), len(c)), np.float64) for m, c in MARKER_CLASSES.items()}
@@ -73,37 +74,41 @@ def soft_labels(model: torch.nn.Module, dataset, temperature: float) -> tuple[di
     return tables, counts
 
 
-def joint_labels(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def joint_labels(labels: np.ndarray, n: int, rng: np.random.Generator, cover: bool = False) -> np.ndarray:
     """``n`` label vectors drawn from a site's real ones, so that synthetic labels follow its joint distribution.
 
-    First, for every (marker, class) the site has seen, rarest first, one real case of that class is drawn if
-    none of the vectors drawn so far covers it (while fewer than ``n`` are drawn); the rest are drawn
-    uniformly from the real cases (without replacement while possible). Every returned row is a real case's
-    label vector, unknown markers included (-1).
+    Each returned row is one real case's whole label vector, unknown markers included (-1), drawn uniformly
+    without replacement (in further passes over all cases once every case is used). With ``cover=True`` the
+    draw first takes, for every (marker, class) the site has seen, rarest first, one case of that class if none
+    drawn so far has it: every class appears when ``n`` allows, at the price of over-representing rare classes
+    (which, pooled on the server, confounds a marker with the sites where its rare class was drawn; off by
+    default).
 
     Args:
         labels: (N, 4) real label vectors in :data:`MARKERS` order, -1 unknown.
         n: number of vectors to draw.
         rng: random generator.
+        cover: draw every seen class first.
 
     Returns:
         (n, 4) int64 label vectors.
     """
     labels = np.asarray(labels, np.int64)
     chosen: list[int] = []
-    pairs = [(j, c, int((labels[:, j] == c).sum())) for j, marker in enumerate(MARKERS)
-             for c in range(len(MARKER_CLASSES[marker])) if (labels[:, j] == c).any()]
-    for j, c, _ in sorted(pairs, key=lambda pair: pair[2]):
-        if len(chosen) >= n:
-            break
-        if not any(labels[i, j] == c for i in chosen):
-            candidates = np.flatnonzero(labels[:, j] == c)
-            unused = np.setdiff1d(candidates, chosen)
-            chosen.append(int(rng.choice(unused if len(unused) else candidates)))
-    while len(chosen) < n:
-        unused = np.setdiff1d(np.arange(len(labels)), chosen)
-        pool = unused if len(unused) else np.arange(len(labels))
-        chosen.append(int(rng.choice(pool)))
+    if cover:
+        pairs = [(j, c, int((labels[:, j] == c).sum())) for j, marker in enumerate(MARKERS)
+                 for c in range(len(MARKER_CLASSES[marker])) if (labels[:, j] == c).any()]
+        for j, c, _ in sorted(pairs, key=lambda pair: pair[2]):
+            if len(chosen) >= n:
+                break
+            if not any(labels[i, j] == c for i in chosen):
+                candidates = np.flatnonzero(labels[:, j] == c)
+                unused = np.setdiff1d(candidates, chosen)
+                chosen.append(int(rng.choice(unused if len(unused) else candidates)))
+    passes = [i for i in rng.permutation(len(labels)) if i not in chosen]  # the rest of the first pass
+    while len(chosen) + len(passes) < n:  # then further passes over every case
+        passes += list(rng.permutation(len(labels)))
+    chosen += [int(i) for i in passes[: n - len(chosen)]]
     return labels[np.array(chosen, np.int64)]
 
 
@@ -342,7 +347,8 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     all_indices = np.arange(len(dataset))
     real = rng.choice(all_indices, size=min(len(all_indices), settings.real_batch), replace=False)
     bn_stats = real_bn_statistics(model, dataset, real)
-    labels = joint_labels(dataset.labels, settings.n_synthetic, rng)
+    # label vectors of the cases whose class means are the targets: every synthetic class has a real target
+    labels = joint_labels(dataset.labels[real], settings.n_synthetic, rng)
     fractions = _class_volumes(dataset, rng.choice(all_indices, size=min(len(all_indices), 8), replace=False))
     masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng))
     images = init_synthetic(dataset, settings.init, masks, low, rng, generator).clone().requires_grad_(True)

@@ -32,7 +32,8 @@ from gliofed.federated.payload import Payload
 from gliofed.federated.strategy import Strategy
 from gliofed.losses import MultiTaskLoss
 
-__all__ = ["DISTILL_PRESETS", "DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
+__all__ = ["DISTILL_PRESETS", "DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl",
+           "upsample_synthetic"]
 
 
 @dataclass
@@ -84,7 +85,7 @@ class DistillSettings:
 #: condensation effort per cohort preset (``paper`` = the defaults of :class:`DistillSettings`)
 DISTILL_PRESETS: dict[str, dict] = {
     "tiny": {"steps": 2, "server_epochs": 2},
-    "workshop": {"steps": 5, "server_epochs": 5, "real_batch": 16},
+    "workshop": {"steps": 5, "server_epochs": 5, "real_batch": 12},
     "paper": {},
 }
 
@@ -200,7 +201,9 @@ class DistillFederation(Strategy):
         return {"server_loss": float(np.mean(losses)) if losses else float("nan"), "memory_sets": len(earlier)}
 
     def state_dict(self) -> dict:
-        return {"memory": [(rnd, site, payload.kind, payload.arrays, payload.meta) for rnd, site, payload in self.memory]}
+        return {"memory": [(rnd, site, payload.kind, payload.arrays, payload.meta)
+                           for rnd, site, payload in self.memory]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.memory = [(rnd, site, Payload(kind, arrays, meta)) for rnd, site, kind, arrays, meta in state.get("memory", [])]
+        self.memory = [(rnd, site, Payload(kind, arrays, meta))
+                       for rnd, site, kind, arrays, meta in state.get("memory", [])]

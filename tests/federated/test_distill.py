@@ -124,12 +124,22 @@ def test_joint_labels_are_real_label_vectors_covering_every_seen_class():
 
     real = np.array([[1, 0, -1, 0], [1, 1, -1, 0], [0, 0, -1, 2], [0, 0, -1, 2], [0, -1, -1, 2], [1, 0, -1, 1],
                      [0, 0, -1, 2]])
-    drawn = joint_labels(real, 5, np.random.default_rng(3))
+    drawn = joint_labels(real, 5, np.random.default_rng(3), cover=True)
     assert drawn.shape == (5, 4)
     assert all(any((row == r).all() for r in real) for row in drawn)  # whole real vectors: joint distribution kept
     for j in range(4):
         assert set(real[:, j][real[:, j] >= 0]) <= set(drawn[:, j])  # every seen class appears (1p/19q 1 is rare)
     assert (drawn[:, 2] == -1).all()  # a marker the site never records stays unknown
+
+
+def test_joint_labels_by_default_follow_the_real_joint_distribution():
+    from gliofed.federated.condense import joint_labels
+
+    real = np.array([[1, 0, -1, 0], [0, -1, -1, 2], [0, 0, -1, 2], [1, 1, -1, 1], [0, 0, 1, 2]])
+    drawn = joint_labels(real, 5, np.random.default_rng(1))  # n = N: every real vector exactly once
+    assert sorted(map(tuple, drawn)) == sorted(map(tuple, real))
+    twice = joint_labels(real, 10, np.random.default_rng(1))
+    assert sorted(map(tuple, twice)) == sorted(map(tuple, np.concatenate([real, real])))
 
 
 def test_joint_labels_never_pair_classes_the_site_never_pairs():
