@@ -75,7 +75,8 @@ class Site:
                 ``distill`` (DistillSettings as dict).
 
         Returns:
-            ``weights_update`` or ``distilled_set`` payload.
+            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``) or
+            ``distilled_set`` payload.
         """
         config = TrainConfig.from_dict(settings["train"])
         network = MultiTaskUNet(**settings["model_config"])
