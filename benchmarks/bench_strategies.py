@@ -272,11 +272,26 @@ def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
     site_seconds = [t for s in sites for t in s.seconds]
     # centralized trains on the server: its per-round compute is the rounds' wall time before scoring
     train_walls = frame["wall_s"].iloc[:-1] if rounds > 1 else frame["wall_s"]
-    return {"seed": seed, "strategy": name, "rounds": rounds, "wall_s": wall,
+    cost = {"seed": seed, "strategy": name, "rounds": rounds, "wall_s": wall,
             "bytes_up_per_client_round": float(frame["bytes_up"].sum()) / (n_sites * rounds),
             "bytes_down_per_client_round": float(frame["bytes_down"].sum()) / (n_sites * rounds),
             "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
-            "server_s_per_round": float(train_walls.mean()) if name == "centralized" else float("nan")}
+            "server_s_per_round": float(train_walls.mean()) if name == "centralized" else float("nan"),
+            "settings": json.dumps({"rounds": mode["rounds"], "size": mode["size"],
+                                    "distill": distill if name == "distill" else None}, sort_keys=True)}
+    (work / f"run_{seed}_{name}" / "cost.json").write_text(json.dumps(cost))
+    return cost
+
+
+def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path) -> dict | None:
+    """The cost row of an earlier run of the same seed, strategy and settings whose predictions exist, else None."""
+    folder = work / f"run_{seed}_{name}"
+    if not ((folder / "cost.json").is_file() and (folder / PREDICTIONS_FILE).is_file()):
+        return None
+    cost = json.loads((folder / "cost.json").read_text())
+    wanted = json.dumps({"rounds": mode["rounds"], "size": mode["size"],
+                         "distill": distill if name == "distill" else None}, sort_keys=True)
+    return cost if cost.get("settings") == wanted else None
 
 
 def _cell(mean: float, lo: float, hi: float) -> str:
@@ -404,6 +419,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="override the mode's strategies")
     parser.add_argument("--jobs", type=int, default=1,
                         help="(seed, strategy) runs in parallel processes, one torch thread each (default 1)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep earlier runs in --out with the same seed, strategy and settings")
     parser.add_argument("--device-name", default=None, help="device description for the table (default: detected)")
     args = parser.parse_args(argv)
     mode_name = next((n for n in ("quick", "smoke", "gpu", "tiny_round") if getattr(args, n)), "full")
@@ -429,6 +446,11 @@ def main(argv: list[str] | None = None) -> int:
     tasks = sorted(((seed, name) for seed in mode["seeds"] for name in mode["strategies"]),
                    key=lambda task: (order.get(task[1], 2), task[0]))
     costs = []
+    if args.reuse:  # runs of the same seed, strategy and settings already in --out are kept
+        kept = [(task, reusable(*task, mode, distill, out)) for task in tasks]
+        costs = [cost for _, cost in kept if cost is not None]
+        tasks = [task for task, cost in kept if cost is None]
+        log(f"reusing {len(costs)} earlier runs; running {len(tasks)}")
 
     def done(cost: dict) -> None:
         costs.append(cost)
