@@ -50,11 +50,6 @@ class Site:
         """Number of training cases (sites disclose this: FedAvg weights by it)."""
         return len(self.__cases)
 
-    @property
-    def n_masked(self) -> int:
-        """Number of training cases with a segmentation mask (FedAvg weights the decoder by it)."""
-        return int(self.__cases.index["has_mask"].astype(bool).sum())
-
     def raw_bytes(self) -> int:
         """Bytes of this site's cached training cases: what pooling them (centralized) would transfer."""
         total = 0
@@ -106,10 +101,12 @@ class Site:
             self.__cases.transform = None
         network.cpu()
         loss = float(np.mean([h["total"] for h in history])) if history else float("nan")
+        # counts FedAvg weights the decoder and each marker head by (disclosed, like n_cases)
         labels = self.__cases.labels
         labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
+        n_masked = int(self.__cases.index["has_mask"].astype(bool).sum())
         return Payload("weights_update", state_to_arrays(network),
-                       {"site": self.name, "n_cases": self.n_cases, "n_masked": self.n_masked,
+                       {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
 
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
