@@ -316,7 +316,7 @@ def summarise(per_seed_rows: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
         cost = costs[costs["strategy"] == strategy]
         for key in ("bytes_up_per_client_round", "bytes_down_per_client_round", "site_s_per_round",
                     "server_s_per_round", "wall_s"):
-            row[key] = float(cost[key].mean())
+            row[key] = float(cost[key].mean())  # pandas skips NaN: a run whose time was not recorded
         rows.append(row)
     return pd.DataFrame(rows)
 
