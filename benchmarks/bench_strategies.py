@@ -419,6 +419,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="override the mode's strategies")
     parser.add_argument("--jobs", type=int, default=1,
                         help="(seed, strategy) runs in parallel processes, one torch thread each (default 1)")
+    parser.add_argument("--n-boot", type=int, help="override the mode's bootstrap resamples")
     parser.add_argument("--reuse", action="store_true",
                         help="keep earlier runs in --out with the same seed, strategy and settings")
     parser.add_argument("--device-name", default=None, help="device description for the table (default: detected)")
@@ -431,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         mode["rounds"] = args.rounds
     if args.strategies:
         mode["strategies"] = tuple(args.strategies)
+    if args.n_boot:
+        mode["n_boot"] = args.n_boot
     distill = DISTILL[mode_name]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
