@@ -25,6 +25,7 @@ demo: setup
 	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS)
 
 test: setup
+	$(BIN)/ruff check gliofed tests benchmarks
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -48,16 +48,19 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
-from gliofed.config import train_preset
-from gliofed.data.cache import preprocess
-from gliofed.data.dataset import CaseDataset
-from gliofed.data.manifest import MARKERS
-from gliofed.data.synth import make_cohort
-from gliofed.federated.distill import DistillSettings
-from gliofed.federated.rounds import STRATEGIES, make_strategy
-from gliofed.federated.simulate import PREDICTIONS_FILE, simulate
-from gliofed.federated.site import Site
-from gliofed.metrics import fast_auc
+from gliofed.data.cache import preprocess  # noqa: E402
+from gliofed.data.dataset import CaseDataset  # noqa: E402
+from gliofed.data.manifest import MARKERS  # noqa: E402
+from gliofed.data.synth import make_cohort  # noqa: E402
+from gliofed.experiments.comparison import build_sites  # noqa: E402
+from gliofed.federated.simulate import simulate  # noqa: E402
+from gliofed.federated.strategies import STRATEGIES, make_strategy  # noqa: E402
+from gliofed.federated.strategies.distill import DistillSettings  # noqa: E402
+from gliofed.metrics import fast_auc  # noqa: E402
+from gliofed.presets import train_preset  # noqa: E402
+from gliofed.runs import TrainingRun  # noqa: E402
+
+PREDICTIONS_FILE = TrainingRun.PREDICTIONS
 
 #: the marker AUCs whose mean is the headline accuracy (MGMT is reported, but is by design a weak cue)
 HEADLINE_MARKERS = ("idh", "codeletion", "grade")
@@ -82,18 +85,19 @@ MODES: dict[str, dict] = {
 }
 #: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)
 DISTILL: dict[str, dict] = {
-    "full": {"steps": 5, "server_epochs": 5, "real_batch": 12},  # DISTILL_PRESETS["workshop"]
+    "full": {"steps": 5, "server_epochs": 5, "real_batch": 12},  # the workshop preset's distillation effort
     "quick": {"steps": 5, "server_epochs": 5, "real_batch": 12},
     "smoke": {"steps": 1, "server_epochs": 1, "real_batch": 4},
     "gpu": {"steps": 30, "server_epochs": 10},
-    "tiny_round": {"steps": 2, "server_epochs": 2},  # DISTILL_PRESETS["tiny"]
+    "tiny_round": {"steps": 2, "server_epochs": 2},  # the tiny preset's
 }
 
 
 class TimedSite:
-    """A :class:`Site` whose answers are timed (the simulator needs only ``name``, ``handle`` and ``raw_bytes``)."""
+    """A :class:`~gliofed.federated.site.Site` whose training / distillation answers are timed (the simulator needs
+    only ``name``, ``handle`` and ``raw_bytes``)."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site) -> None:
         self.site, self.name, self.seconds = site, site.name, []
 
     def handle(self, task, model, settings):
@@ -101,7 +105,8 @@ class TimedSite:
         try:
             return self.site.handle(task, model, settings)
         finally:
-            self.seconds.append(time.perf_counter() - started)
+            if task in ("train", "distill"):  # not the centralized baseline's size enquiry
+                self.seconds.append(time.perf_counter() - started)
 
     def raw_bytes(self) -> int:
         return self.site.raw_bytes()
@@ -217,8 +222,8 @@ def full_size_upload_bytes(distill: dict) -> dict[str, int]:
     (4 x 155 x 128 x 128, one site): serialised payloads of exactly those shapes (the serialisation is
     uncompressed, so the bytes do not depend on the values)."""
     from gliofed.data.manifest import MARKER_CLASSES
-    from gliofed.federated.condense import build_payload
     from gliofed.federated.payload import Payload, state_to_arrays
+    from gliofed.federated.site.condense import build_payload
     from gliofed.model import MultiTaskUNet
 
     settings = DistillSettings(**distill)
@@ -257,26 +262,24 @@ def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
     if mode["small_model"]:
         overrides["model"] = {"features": (4, 8, 16, 32), "hidden": 8}
     config = train_preset(mode["preset"], **overrides)
-    train = CaseDataset(cache, split="train", modalities=config.modalities, seed=seed)
     test = CaseDataset(cache, split="test", modalities=config.modalities, seed=seed)
     strategy = make_strategy(name, 1, 0.01, distill, seed)
     strategy.evaluate_each_round = False  # score only the final model: the benchmark's cost is training
-    sites = [TimedSite(Site(s, cache, config.modalities, seed)) for s in train.sites]
+    sites = [TimedSite(site) for site in build_sites(cache, strategy, config)]
     started = time.perf_counter()
     _, history = simulate(strategy, sites, test, config, mode["rounds"],
-                          pooled_set=train if name == "centralized" else None,
                           checkpoint_dir=work / f"run_{seed}_{name}", progress=False)
     wall = time.perf_counter() - started
-    frame = history.to_frame()
-    n_sites, rounds = len(sites), len(history.rounds)
+    rounds = len(history.rounds)
+    # per client (the sites in the round's byte counts) and round
+    up = [sum(r["bytes_up"].values()) / max(len(r["bytes_up"]), 1) for r in history.rounds]
+    down = [sum(r["bytes_down"].values()) / max(len(r["bytes_down"]), 1) for r in history.rounds]
     site_seconds = [t for s in sites for t in s.seconds]
-    # centralized trains on the server: its per-round compute is the rounds' wall time before scoring
-    train_walls = frame["wall_s"].iloc[:-1] if rounds > 1 else frame["wall_s"]
+    pooled = [t for s in sites if s.name == "pooled" for t in s.seconds]  # centralized: the data centre
     cost = {"seed": seed, "strategy": name, "rounds": rounds, "wall_s": wall,
-            "bytes_up_per_client_round": float(frame["bytes_up"].sum()) / (n_sites * rounds),
-            "bytes_down_per_client_round": float(frame["bytes_down"].sum()) / (n_sites * rounds),
+            "bytes_up_per_client_round": float(np.mean(up)), "bytes_down_per_client_round": float(np.mean(down)),
             "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
-            "server_s_per_round": float(train_walls.mean()) if name == "centralized" else float("nan"),
+            "server_s_per_round": float(np.mean(pooled)) if pooled else float("nan"),
             "settings": json.dumps({"rounds": mode["rounds"], "size": mode["size"],
                                     "distill": distill if name == "distill" else None}, sort_keys=True)}
     (work / f"run_{seed}_{name}" / "cost.json").write_text(json.dumps(cost))

@@ -84,7 +84,8 @@ def _write_cache(folder: Path, cases: int, shape) -> None:
     rows = []
     for i in range(cases):
         subject = f"bench_{i:03d}"
-        np.save(folder / "cases" / f"{subject}.image.npy", rng.standard_normal(shape, dtype=np.float32).astype(np.float16))
+        image = rng.standard_normal(shape, dtype=np.float32).astype(np.float16)
+        np.save(folder / "cases" / f"{subject}.image.npy", image)
         np.save(folder / "cases" / f"{subject}.seg.npy", rng.integers(0, 4, shape[1:], dtype=np.uint8))
         rows.append({"subject_id": subject, "dataset": "bench", "site": f"s{i % 2}", "split": "train", "idh": 1,
                      "codeletion": 0, "mgmt": 1, "grade": 2, "age": 50, "sex": "M", "has_mask": True,
@@ -95,8 +96,9 @@ def _write_cache(folder: Path, cases: int, shape) -> None:
 def _engine(shape, batch: int, steps: int, warmup: int, device: torch.device, workers: int, compile_: bool) -> float:
     from gliofed.config import TrainConfig
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import build_model, make_loader, make_optimizer, prepare_model, train_epoch
+    from gliofed.engine import make_loader, make_optimizer, prepare_model, train_epoch
     from gliofed.losses import MultiTaskLoss
+    from gliofed.model import build_model
 
     config = TrainConfig(batch_size=batch, device=str(device), compile=compile_, num_workers=workers)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,4 +1,19 @@
-"""gliofed: federated, multi-task glioma MRI analysis (segmentation + IDH, 1p/19q, MGMT, WHO grade)."""
+"""gliofed: federated, multi-task glioma MRI analysis (segmentation + IDH, 1p/19q, MGMT, WHO grade).
+
+Package map (one concept per module; data flows down this list):
+
+- :mod:`gliofed.presets` — one :class:`~gliofed.presets.Preset` per name (cohort, cache size, training, distillation);
+  :mod:`gliofed.config` — :class:`~gliofed.config.TrainConfig`.
+- :mod:`gliofed.data` — manifest, synthetic cohort, checks, dataset adapters, preprocessing cache, Dataset.
+- :mod:`gliofed.model` (the network and its one builder), :mod:`gliofed.losses`, :mod:`gliofed.metrics`,
+  :mod:`gliofed.engine` (train / predict loops).
+- :mod:`gliofed.runs` — :class:`~gliofed.runs.TrainingRun`, the only reader and writer of a run folder.
+- :mod:`gliofed.federated` — ``strategies/`` (server side), ``site/`` (everything that touches a site's cases),
+  ``payload``, ``rounds``, ``simulate`` and ``flower/`` (the two drivers).
+- :mod:`gliofed.experiments` — strategy comparison, modality ablation, privacy audit (what notebooks call).
+- :mod:`gliofed.explain` (Grad-CAM), :mod:`gliofed.viz` (plots, viewer), :mod:`gliofed.workspace`,
+  :mod:`gliofed.cli`.
+"""
 
 from __future__ import annotations
 

@@ -91,39 +91,51 @@ def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
     return cache_dir
 
 
+def _native_size(manifest: str, largest: int = 128) -> int:
+    """The default in-plane size: the smallest in-plane matrix (RAS x, y) of the manifest's cases, at most ``largest``
+    (the seed's 128), so that a default never upsamples a cohort."""
+    import nibabel as nib
+
+    from gliofed.data.manifest import read_manifest
+
+    smallest = largest
+    for path in read_manifest(manifest)["t1"]:
+        image = nib.load(path)
+        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
+        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
+        smallest = min(smallest, *in_plane)
+    return int(smallest)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from gliofed.config import train_preset
-    from gliofed.engine import save_checkpoint
-    from gliofed.federated.simulate import run_experiment
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import get_preset
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                          batch_size=args.batch_size).items() if v is not None}
     if args.modalities:
         overrides["modalities"] = tuple(args.modalities.split(","))
-    config = train_preset(args.preset, **overrides)
+    preset = get_preset(args.preset)
+    config = preset.train.replace(**overrides)
     if args.strategy == "centralized" and args.rounds is None:
         rounds, local_epochs = config.epochs, 1  # one round per epoch: a learning curve for free
     else:
         rounds, local_epochs = args.rounds or 5, args.local_epochs
-    cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    distill = {k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
-                                     init=args.distill_init).items() if v is not None}
+    size = args.size
+    if size is None:
+        size = _native_size(args.manifest)
+        print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
+    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+    distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
+                                                          init=args.distill_init).items() if v is not None}}
     print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
-    model, history = run_experiment(cache_dir, args.strategy, config, rounds, local_epochs=local_epochs, mu=args.mu,
-                                    distill=distill, external_site=args.external_site, min_sites=args.min_sites,
-                                    checkpoint_dir=out, resume=args.resume)
-    checkpoint = save_checkpoint(out / "model.ckpt", model, config, epoch=rounds,
-                                 extra={"history": history.rounds, "strategy": args.strategy, "cache": str(cache_dir)})
-    history.to_frame().to_csv(out / "history.csv", index=False)
-    history.site_frame().to_csv(out / "history_sites.csv", index=False)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
+                                mu=args.mu, distill=distill, external_site=args.external_site,
+                                min_sites=args.min_sites, resume=args.resume)
     print(history.to_frame().tail(1).to_string(index=False))
-    print(f"saved {checkpoint}")
+    print(f"saved {Path(args.out) / 'model.ckpt'}")
     return 0
 
 
@@ -132,8 +144,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import load_checkpoint, predict
+    from gliofed.engine import predict
     from gliofed.metrics import evaluate_predictions, results_table
+    from gliofed.runs import load_checkpoint
 
     model, config, _ = load_checkpoint(args.checkpoint)
     cache_dir = _cache_for(args.manifest, args.cache, args.size, args.workers)
@@ -157,10 +170,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gliofed", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
+def _add_synth(commands) -> None:
     p = commands.add_parser("synth", help="generate the synthetic multi-site cohort")
     p.add_argument("--preset", default="workshop", choices=["tiny", "workshop", "paper"])
     p.add_argument("--out", required=True, help="output folder (receives manifest.csv)")
@@ -171,11 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_synth)
 
+
+def _add_check(commands) -> None:
     p = commands.add_parser("check", help="report every problem of a manifest and its files")
     p.add_argument("manifest")
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_check)
 
+
+def _add_curate(commands) -> None:
     p = commands.add_parser("curate", help="build a manifest from a real dataset download, or merge manifests")
     p.add_argument("--source", choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd"])
     p.add_argument("--root", help="the dataset's download folder")
@@ -186,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="manifest to write (the report goes next to it)")
     p.set_defaults(func=_cmd_curate)
 
+
+def _add_preprocess(commands) -> None:
     p = commands.add_parser("preprocess", help="preprocess a manifest into the case cache")
     p.add_argument("manifest")
     p.add_argument("--cache", required=True, help="cache folder")
@@ -193,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1)
     p.set_defaults(func=_cmd_preprocess)
 
+
+def _add_train(commands) -> None:
     p = commands.add_parser("train", help="train the multi-task network on a manifest")
     p.add_argument("manifest")
     p.add_argument("--strategy", default="centralized",
@@ -207,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--external-site", help="hold this site out of training entirely")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.pt")
     p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
-                   help="training recipe (default: the seed's, SGD lr 1e-3, 60 epochs)")
+                   help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -215,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default), cpu, cuda ...")
     p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
-    p.add_argument("--size", type=int, default=128)
+    p.add_argument("--size", type=int, help="in-plane size (default: the cohort's native size, at most 128)")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--out", default="runs/train")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="predict and score a checkpoint on a manifest's split")
     p.add_argument("checkpoint")
     p.add_argument("manifest")
@@ -232,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/evaluate")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_notebooks(commands) -> None:
     p = commands.add_parser("notebooks", help="execute the ordered notebooks with papermill")
     sub = p.add_subparsers(dest="action", required=True)
     run = sub.add_parser("run", help="run notebooks/01_... onwards in order")
@@ -239,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", "--parameter", nargs=2, action="append", dest="parameters", metavar=("KEY", "VALUE"))
     run.set_defaults(func=_cmd_notebooks)
 
+
+def _add_sweep(commands) -> None:
     p = commands.add_parser("sweep", help="run one notebook over a parameter grid and collect the results")
     p.add_argument("notebook", help="path, or the name of a shipped notebook (e.g. 03_evaluation.ipynb)")
     p.add_argument("--grid", action="append", required=True, metavar="KEY=a,b",
@@ -248,6 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sweep", help="one folder per run plus sweep.csv")
     p.add_argument("--html", action="store_true", help="also export each executed notebook as HTML")
     p.set_defaults(func=_cmd_sweep)
+
+
+#: one function per subcommand, in the order ``gliofed --help`` lists them
+_SUBCOMMANDS = (_add_synth, _add_check, _add_curate, _add_preprocess, _add_train, _add_evaluate, _add_notebooks,
+                _add_sweep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gliofed", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    for add in _SUBCOMMANDS:
+        add(commands)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Typed training configuration: the seed's recipe as the default, smaller presets for CPUs."""
+"""Typed training configuration: the seed's recipe as the default (smaller recipes live in :mod:`gliofed.presets`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from gliofed.data.manifest import MODALITIES
 from gliofed.errors import ConfigError
 
-__all__ = ["TrainConfig", "TRAIN_PRESETS", "train_preset"]
+__all__ = ["TrainConfig"]
 
 
 @dataclass
@@ -61,16 +61,17 @@ class TrainConfig:
         self.modalities = tuple(self.modalities)
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
-            raise ConfigError(f"modalities {list(self.modalities)} must be a non-empty subset of {', '.join(MODALITIES)}.")
+            raise ConfigError(f"modalities {list(self.modalities)} must be a non-empty subset of "
+                              f"{', '.join(MODALITIES)}.")
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -81,20 +82,5 @@ class TrainConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
+    def load(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-#: ``paper`` = the seed's recipe; ``workshop`` / ``tiny`` = fewer epochs and AdamW so CPUs learn in minutes
-TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "paper": TrainConfig(),
-    "workshop": TrainConfig(epochs=12, batch_size=4, optimizer="adamw", lr=3e-3, weight_decay=1e-4),
-    "tiny": TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=3e-3, augment=False),
-}
-
-
-def train_preset(name: str, **overrides) -> TrainConfig:
-    """A copy of :data:`TRAIN_PRESETS` ``[name]`` with ``overrides`` applied."""
-    if name not in TRAIN_PRESETS:
-        raise ConfigError(f"unknown training preset {name!r}; choose one of {', '.join(TRAIN_PRESETS)}.")
-    return TRAIN_PRESETS[name].replace(**overrides)

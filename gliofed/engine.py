@@ -6,42 +6,33 @@ bars, checkpoints; the CPU path is what the tests run.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
 from monai.utils import set_determinism
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from gliofed.checkpoint import load_checkpoint, save_checkpoint
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import collate_cases
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.losses import MultiTaskLoss
-from gliofed.model import build_model
+from gliofed.metrics import REGIONS, region_scores
 
 __all__ = [
-    "REGIONS",
     "resolve_device",
-    "build_model",
     "make_optimizer",
     "make_loader",
     "train_epoch",
+    "prepare_model",
     "fit",
     "predict",
-    "save_checkpoint",
-    "load_checkpoint",
     "seed_everything",
 ]
-
-#: evaluation regions as sets of in-memory classes: WT (the seed's T2w-hyperintense region), TC, ET
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 
 def seed_everything(seed: int) -> None:
@@ -128,7 +119,8 @@ def prepare_model(model: torch.nn.Module, config: TrainConfig, device: torch.dev
 
 def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs: int | None = None,
         optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
-        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True, desc: str = "epoch") -> list[dict]:
+        on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
+        desc: str = "epoch") -> list[dict]:
     """Train ``model`` in place for ``epochs`` (default ``config.epochs``); return per-epoch loss dicts.
 
     The data order of epoch ``e`` is seeded by ``(config.seed, e)``, so resuming at ``start_epoch``
@@ -141,7 +133,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     channels_last = config.channels_last and device.type == "cuda"
     history = []
     total_epochs = config.epochs if epochs is None else epochs
-    for epoch in tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc, disable=not progress or total_epochs < 2):
+    epochs_bar = tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc,
+                      disable=not progress or total_epochs < 2)
+    for epoch in epochs_bar:
         loader = make_loader(train_set, config.batch_size, shuffle=True, seed=config.seed * 100_003 + epoch,
                              num_workers=config.num_workers)
         losses = train_epoch(trained, loader, loss_fn, optimizer, device, config.amp, channels_last, extra_loss,
@@ -180,20 +174,10 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
             for k in range(len(MARKER_CLASSES[marker])):
                 row[f"p_{marker}_{k}"] = float(probs[k])
         predicted = outputs["seg"].float().argmax(1, keepdim=True)
-        for region, classes in REGIONS.items():
-            if not row["has_mask"]:
-                row[f"dice_{region}"] = row[f"hd95_{region}"] = float("nan")
-                continue
-            pred_r = torch.isin(predicted, torch.tensor(classes, device=device)).float()
-            true_r = torch.isin(seg, torch.tensor(classes, device=device)).float()
-            row[f"dice_{region}"] = float(compute_dice(pred_r, true_r, include_background=True, ignore_empty=False)[0, 0])
-            if hd95 and pred_r.sum() > 0 and true_r.sum() > 0:
-                with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
-                    warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
-                    row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
-                                                                             percentile=95)[0, 0])
-            else:
-                row[f"hd95_{region}"] = float("nan")
+        if row["has_mask"]:
+            row.update(region_scores(predicted, seg, hd95=hd95))
+        else:
+            row.update({f"{m}_{r}": float("nan") for r in REGIONS for m in ("dice", "hd95")})
         if save_masks is not None:
             np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
         rows.append(row)

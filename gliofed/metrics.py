@@ -11,20 +11,46 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import (
-    accuracy_score,
-    brier_score_loss,
-    f1_score,
-    recall_score,
-    roc_auc_score,
-)
+from sklearn.metrics import roc_auc_score
 
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 
-__all__ = ["classification_metrics", "segmentation_metrics", "expected_calibration_error", "evaluate_predictions",
-           "results_table", "quick_metrics", "per_site_metrics"]
+__all__ = ["REGIONS", "region_scores", "binary_scores", "classification_metrics", "segmentation_metrics",
+           "expected_calibration_error", "evaluate_predictions", "results_table", "quick_metrics", "per_site_metrics"]
+
+#: evaluation regions as sets of in-memory classes: WT (the seed's T2w-hyperintense region), TC, ET
+REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 _BINARY = ("idh", "codeletion", "mgmt")
+
+
+def region_scores(predicted, truth, hd95: bool = True) -> dict[str, float]:
+    """Dice and HD95 per region (:data:`REGIONS`) of one case with MONAI's metrics.
+
+    Args:
+        predicted, truth: class maps as tensors of shape (1, 1, D, H, W) on one device.
+        hd95: compute the 95th-percentile Hausdorff distances (slower); else NaN.
+
+    Returns:
+        ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (voxels; NaN where prediction or truth of a region is empty).
+    """
+    import warnings
+
+    import torch
+    from monai.metrics import compute_dice, compute_hausdorff_distance
+
+    row = {}
+    for region, classes in REGIONS.items():
+        pred_r = torch.isin(predicted, torch.tensor(classes, device=predicted.device)).float()
+        true_r = torch.isin(truth, torch.tensor(classes, device=truth.device)).float()
+        row[f"dice_{region}"] = float(compute_dice(pred_r, true_r, include_background=True, ignore_empty=False)[0, 0])
+        row[f"hd95_{region}"] = float("nan")
+        if hd95 and pred_r.sum() > 0 and true_r.sum() > 0:
+            with warnings.catch_warnings():  # MONAI 1.5+ warns about its own internal argument
+                warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*")
+                row[f"hd95_{region}"] = float(compute_hausdorff_distance(pred_r, true_r, include_background=True,
+                                                                         percentile=95)[0, 0])
+    return row
 
 
 def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int = 10) -> float:
@@ -41,20 +67,6 @@ def expected_calibration_error(y_true: np.ndarray, prob: np.ndarray, bins: int =
     return float(ece)
 
 
-def _binary_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    pred = (p >= 0.5).astype(int)
-    both = len(np.unique(y)) == 2
-    return {
-        "AUC": roc_auc_score(y, p) if both else np.nan,
-        "accuracy": accuracy_score(y, pred),
-        "recall": recall_score(y, pred, zero_division=0) if (y == 1).any() else np.nan,
-        "specificity": recall_score(1 - y, 1 - pred, zero_division=0) if (y == 0).any() else np.nan,
-        "F1": f1_score(y, pred, zero_division=0),
-        "ECE": expected_calibration_error(y, p),
-        "Brier": brier_score_loss(y, p, pos_label=1) if both else np.nan,
-    }
-
-
 def fast_auc(y: np.ndarray, p: np.ndarray) -> float:
     """ROC AUC by the rank-sum (Mann-Whitney) identity, ties averaged: equals scikit-learn's, without its input
     validation (the bootstrap calls it thousands of times)."""
@@ -66,8 +78,9 @@ def fast_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def _fast_binary_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
-    """:func:`_binary_scores` in plain NumPy (same values, tested), for the bootstrap resamples."""
+def binary_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """AUC, accuracy, recall, specificity, F1, ECE and Brier of binary labels ``y`` and probabilities ``p``, in plain
+    NumPy (equal to scikit-learn's, tested) because the bootstrap calls it thousands of times."""
     y = np.asarray(y).astype(int)
     pred = (p >= 0.5).astype(int)
     tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
@@ -95,7 +108,8 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, score: Callable, n_boot: int, seed:
     for key, values in draws.items():
         values = np.asarray(values, dtype=float)
         values = values[np.isfinite(values)]
-        cis[key] = (float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if len(values) else (np.nan, np.nan)
+        cis[key] = ((float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))) if len(values)
+                    else (np.nan, np.nan))
     return cis
 
 
@@ -115,12 +129,13 @@ def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: 
         if marker in _BINARY:
             tasks = {marker: (y, probs[:, 1])}
         else:  # grade: one-vs-rest per class
-            tasks = {f"grade {name}": ((y == k).astype(int), probs[:, k]) for k, name in enumerate(MARKER_CLASSES[marker])}
+            tasks = {f"grade {name}": ((y == k).astype(int), probs[:, k])
+                     for k, name in enumerate(MARKER_CLASSES[marker])}
         for task, (yt, pt) in tasks.items():
             if len(yt) == 0:
                 continue
-            values = _binary_scores(yt, pt)
-            cis = _bootstrap(yt, pt, _fast_binary_scores, n_boot, seed)
+            values = binary_scores(yt, pt)
+            cis = _bootstrap(yt, pt, binary_scores, n_boot, seed)
             for metric, value in values.items():
                 rows.append({"task": task, "metric": metric, "value": float(value), "ci_low": cis[metric][0],
                              "ci_high": cis[metric][1], "n": len(yt)})
@@ -133,7 +148,8 @@ def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: 
 
             value = macro(y, probs)["AUC"]
             ci = _bootstrap(y, probs, macro, n_boot, seed)["AUC"]
-            rows.append({"task": "grade", "metric": "AUC", "value": value, "ci_low": ci[0], "ci_high": ci[1], "n": len(y)})
+            rows.append({"task": "grade", "metric": "AUC", "value": value, "ci_low": ci[0], "ci_high": ci[1],
+                         "n": len(y)})
     return pd.DataFrame(rows, columns=["task", "metric", "value", "ci_low", "ci_high", "n"])
 
 

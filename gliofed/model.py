@@ -117,7 +117,14 @@ class MultiTaskUNet(nn.Module):
         return out
 
 
-def build_model(config) -> MultiTaskUNet:
-    """The :class:`MultiTaskUNet` a :class:`~gliofed.config.TrainConfig` describes: ``config.model`` options and one
-    input channel per ``config.modalities`` entry."""
-    return MultiTaskUNet(in_channels=len(config.modalities), **config.model)
+def build_model(spec) -> MultiTaskUNet:
+    """The one place a :class:`MultiTaskUNet` is built.
+
+    Args:
+        spec: a :class:`~gliofed.config.TrainConfig` (its ``model`` options and one input channel per
+            ``modalities`` entry), or a saved model config (the ``config`` dict of a built model, as checkpoints
+            and the server's requests carry it).
+    """
+    if isinstance(spec, dict):
+        return MultiTaskUNet(**spec)
+    return MultiTaskUNet(in_channels=len(spec.modalities), **spec.model)

@@ -178,7 +178,8 @@ def sweep(notebook: str | Path, grid: dict[str, list], out_dir: str | Path, fixe
     declared = set(pm.inspect_notebook(str(notebook)))
     unknown = sorted((set(grid) | set(fixed or {})) - declared)
     if unknown:
-        raise ConfigError(f"{notebook.name} has no parameter(s) {', '.join(unknown)}; it declares {', '.join(sorted(declared))}.")
+        raise ConfigError(f"{notebook.name} has no parameter(s) {', '.join(unknown)}; it declares "
+                          f"{', '.join(sorted(declared))}.")
     if "results_dir" not in declared:
         raise ConfigError(f"{notebook.name} declares no results_dir parameter, so a sweep cannot collect its results.")
     rows = []

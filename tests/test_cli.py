@@ -3,6 +3,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from gliofed.cli import main
 
@@ -72,3 +73,27 @@ def test_train_federated_strategy_writes_history_per_round(tiny_cohort, tmp_path
     history = pd.read_csv(tmp_path / "run" / "history.csv")
     assert list(history["round"]) == [1, 2] and (history["bytes_up"] > 0).all()
     assert (tmp_path / "run" / "state.pt").is_file() and (tmp_path / "run" / "history_sites.csv").is_file()
+
+
+def test_train_defaults_to_the_native_in_plane_size_and_the_presets_distillation(tiny_cohort, tmp_path, monkeypatch,
+                                                                                 capsys):
+    import gliofed.experiments
+
+    captured = {}
+
+    def fake_train(out, cache, strategy, config, rounds, **kwargs):
+        captured.update(cache=cache, distill=kwargs["distill"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(gliofed.experiments, "train_and_save", fake_train)
+    monkeypatch.chdir(tmp_path)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text((tiny_cohort / "manifest.csv").read_text())  # same cases, cache beside this copy
+    for entry in tiny_cohort.iterdir():
+        if entry.is_dir() and not entry.name.startswith("cache"):
+            (tmp_path / entry.name).symlink_to(entry)
+    with pytest.raises(SystemExit):
+        main(["train", str(manifest), "--strategy", "distill", "--preset", "tiny", "--synthetic", "2"])
+    assert "in-plane size 40" in capsys.readouterr().out  # tiny volumes are 40 x 46: never upsampled to 128
+    assert captured["cache"].name == "cache_40"
+    assert captured["distill"] == {"steps": 2, "server_epochs": 2, "n_synthetic": 2}

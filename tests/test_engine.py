@@ -1,17 +1,13 @@
 import pytest
 import torch
 
-from gliofed.config import TrainConfig, train_preset
+from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.engine import (
-    build_model,
-    fit,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-    seed_everything,
-)
+from gliofed.engine import fit, predict, seed_everything
 from gliofed.errors import ConfigError
+from gliofed.model import build_model
+from gliofed.presets import train_preset
+from gliofed.runs import load_checkpoint, save_checkpoint
 
 SMALL = dict(model={"features": (4, 8, 16, 32), "hidden": 8}, epochs=1, batch_size=3, optimizer="adamw", lr=1e-2,
              augment=False, device="cpu")
@@ -80,7 +76,7 @@ def test_config_validation_and_presets(tmp_path):
     assert train_preset("tiny", epochs=3).epochs == 3
     with pytest.raises(ConfigError, match="optimizer 'adam'"):
         TrainConfig(optimizer="adam")
-    with pytest.raises(ConfigError, match="unknown training preset"):
+    with pytest.raises(ConfigError, match="unknown preset"):
         train_preset("huge")
     config = TrainConfig(modalities=("t1", "t2"))
     config.save(tmp_path / "c.json")

@@ -89,13 +89,25 @@ def test_segmentation_summary_and_dice_agrees_with_monai():
 
 @pytest.mark.parametrize("seed", range(5))
 def test_bootstrap_scores_equal_the_scikit_learn_ones(seed):
-    from gliofed.metrics import _binary_scores, _fast_binary_scores
+    from sklearn.metrics import accuracy_score, brier_score_loss, f1_score, recall_score, roc_auc_score
+
+    from gliofed.metrics import binary_scores, expected_calibration_error
 
     rng = np.random.default_rng(seed)
     n = int(rng.integers(5, 40))
     y = rng.integers(0, 2, n) if seed else np.ones(n, int)  # seed 0: one class only
     p = np.round(rng.random(n), 1)  # rounded: ties
-    fast, reference = _fast_binary_scores(y, p), _binary_scores(y, p)
+    pred, both = (p >= 0.5).astype(int), len(np.unique(y)) == 2
+    reference = {
+        "AUC": roc_auc_score(y, p) if both else np.nan,
+        "accuracy": accuracy_score(y, pred),
+        "recall": recall_score(y, pred, zero_division=0) if (y == 1).any() else np.nan,
+        "specificity": recall_score(1 - y, 1 - pred, zero_division=0) if (y == 0).any() else np.nan,
+        "F1": f1_score(y, pred, zero_division=0),
+        "ECE": expected_calibration_error(y, p),
+        "Brier": brier_score_loss(y, p, pos_label=1) if both else np.nan,
+    }
+    fast = binary_scores(y, p)
     assert fast.keys() == reference.keys()
     for key in fast:
         assert fast[key] == pytest.approx(reference[key], nan_ok=True), key

@@ -18,7 +18,8 @@ def test_any_depth_and_odd_inplane_sizes_keep_the_input_shape(shape):
     net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).eval()
     out = net(torch.randn(2, 4, *shape), return_features=True)
     assert out["seg"].shape == (2, 4, *shape)
-    assert {k: tuple(out[k].shape) for k in HEADS} == {"idh": (2, 2), "codeletion": (2, 2), "mgmt": (2, 2), "grade": (2, 3)}
+    expected = {"idh": (2, 2), "codeletion": (2, 2), "mgmt": (2, 2), "grade": (2, 3)}
+    assert {k: tuple(out[k].shape) for k in HEADS} == expected
     assert out["bottleneck"].shape == (2, 32) and out["decoder"].shape == (2, 4, *shape)
 
 

@@ -19,7 +19,8 @@ def grid_notebook(tmp_path):
     nb.cells = [params, new_code_cell(
         "from gliofed.notebooks import save_results\n"
         "if a == 3:\n    raise ValueError('a must not be 3')\n"
-        "save_results('grid', [{'k': 0, 'score': a * 10}, {'k': 1, 'score': a * 10 + 1}], {'a': a, 'b': b}, results_dir)")]
+        "save_results('grid', [{'k': 0, 'score': a * 10}, {'k': 1, 'score': a * 10 + 1}], {'a': a, 'b': b}, "
+        "results_dir)")]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "grid.ipynb"
     nbformat.write(nb, path)

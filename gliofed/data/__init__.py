@@ -16,7 +16,7 @@ _EXPORTS = {
     "COLUMNS": "manifest", "MARKERS": "manifest", "MARKER_CLASSES": "manifest", "MODALITIES": "manifest",
     "read_manifest": "manifest", "write_manifest": "manifest",
     "assign_splits": "split",
-    "PRESETS": "synth", "SITES": "synth", "make_cohort": "synth",
+    "SITES": "synth", "make_cohort": "synth",
     "patient_characteristics": "tables", "site_heterogeneity": "tables",
 }
 __all__ = sorted(_EXPORTS)

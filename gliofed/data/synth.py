@@ -54,13 +54,12 @@ from gliofed.data.manifest import MARKERS, MODALITIES, write_manifest
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
+from gliofed.presets import CohortPreset, get_preset
 
 __all__ = [
     "ScannerProfile",
     "SiteProfile",
-    "CohortPreset",
     "SITES",
-    "PRESETS",
     "make_cohort",
     "synthesize_subject",
 ]
@@ -150,34 +149,6 @@ SITES: tuple[SiteProfile, ...] = (
     ),
 )
 
-
-@dataclass(frozen=True)
-class CohortPreset:
-    """Size of a generated cohort.
-
-    Attributes:
-        name: preset name.
-        cases_per_site: subjects per site; ``None`` = each site's ``n_cases`` (the seed's sizes).
-        inplane: in-plane matrix (x, y) of the stored volumes.
-        thickness_factor: multiplies each site's slice thickness (coarser, faster volumes).
-        min_slices: lower bound on the slice count.
-        cache_size: in-plane size the notebooks preprocess this preset to.
-    """
-
-    name: str
-    cases_per_site: int | None
-    inplane: tuple[int, int]
-    thickness_factor: float
-    min_slices: int
-    cache_size: int
-
-
-#: ``tiny`` for CI (seconds), ``workshop`` for the CPU demo, ``paper`` for the seed's 1,552 subjects.
-PRESETS: dict[str, CohortPreset] = {
-    "tiny": CohortPreset("tiny", 4, (40, 46), 10.0, 8, 32),
-    "workshop": CohortPreset("workshop", 24, (80, 96), 6.0, 10, 48),
-    "paper": CohortPreset("paper", None, (128, 128), 1.0, 24, 128),
-}
 
 #: brain bounding box of the MNI152 1 mm template (voxels), with a margin; computed once
 _MARGIN_VOX = 4
@@ -519,7 +490,7 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     Args:
         out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
             ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training).
-        preset: ``tiny``, ``workshop`` or ``paper`` (:data:`PRESETS`; default ``workshop``).
+        preset: ``tiny``, ``workshop`` or ``paper`` (:mod:`gliofed.presets`; default ``workshop``).
         seed: reproduces the cohort exactly (default 0).
         difficulty: 0..1, strength of the image cues and noise (default 0.5).
         sites: subset of :data:`SITES` names (default: all five).
@@ -531,8 +502,6 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     Returns:
         the manifest (memory encoding), also written to ``out_dir/manifest.csv``.
     """
-    if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     if not 0.0 <= difficulty <= 1.0:
         raise ConfigError(f"difficulty {difficulty} is outside 0..1.")
     chosen = [s for s in SITES if sites is None or s.name in sites]
@@ -540,7 +509,7 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     if unknown:
         raise ConfigError(f"unknown site(s) {', '.join(sorted(unknown))}; choose from "
                           f"{', '.join(s.name for s in SITES)}.")
-    config = PRESETS[preset]
+    config = get_preset(preset).cohort
     if cases_per_site is not None:
         config = replace(config, cases_per_site=cases_per_site)
     out_dir = Path(out_dir)

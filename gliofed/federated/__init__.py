@@ -1,6 +1,9 @@
 """Federated training: sites that keep their data, payloads that cross, strategies that aggregate.
 
-Server side (no access to any site's cases): :mod:`payload`, :mod:`strategy`, :mod:`fedavg`, :mod:`fedprox`,
-:mod:`distill`, :mod:`local`, :mod:`centralized`. Site side: :mod:`site`, :mod:`condense`, :mod:`privacy`.
-The in-process driver is :mod:`simulate`; the Flower apps are another driver over the same code.
+- :mod:`~gliofed.federated.strategies` (server side: what each round asks, how replies combine),
+  :mod:`~gliofed.federated.payload` (the only things that cross, declared and validated),
+  :mod:`~gliofed.federated.rounds` (one round over any transport) — no import path to any site's cases (tested);
+- :mod:`~gliofed.federated.site` (site side: the Site, condensation, the privacy audit of what leaves);
+- drivers: :mod:`~gliofed.federated.simulate` (in-process) and :mod:`~gliofed.federated.flower` (Flower apps and the
+  loopback launcher).
 """

@@ -36,6 +36,7 @@ DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
         "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design
+    "site_info": {"arrays": (), "meta": ("site", "n_cases", "raw_bytes")},  # what pooling a site's cases moves
     "nothing": {"arrays": (), "meta": ("site",)},
 }
 

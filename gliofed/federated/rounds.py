@@ -10,51 +10,31 @@ from monai.utils import set_determinism
 from torch import nn
 
 from gliofed.config import TrainConfig
-from gliofed.errors import GliofedError
-from gliofed.federated.centralized import Centralized
-from gliofed.federated.distill import DistillFederation, DistillSettings
-from gliofed.federated.fedavg import FedAvg
-from gliofed.federated.fedprox import FedProx
-from gliofed.federated.local import LocalOnly
 from gliofed.federated.payload import Payload, validate
-from gliofed.federated.strategy import Strategy
+from gliofed.federated.strategies.base import FederationError, Strategy
 
-__all__ = ["STRATEGIES", "FederationError", "Exchange", "RoundResult", "make_strategy", "round_seed",
-           "federated_round"]
+__all__ = ["FederationError", "Exchange", "Request", "RoundResult", "round_seed", "site_request", "federated_round"]
 
 log = logging.getLogger("gliofed.federated")
 
-STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
-
-#: ``{site: (task, outgoing payload, settings)}`` -> ``{site: reply payload, or the exception that stopped it}``
-Exchange = Callable[[dict[str, tuple[str, Payload, dict]]], dict[str, "Payload | BaseException"]]
+#: what the server sends a site: (task, outgoing payload, settings)
+Request = tuple[str, Payload, dict]
+#: ``{site: request}`` -> ``{site: reply payload, or the exception that stopped it}``
+Exchange = Callable[[dict[str, Request]], dict[str, "Payload | BaseException"]]
 #: (bytes_up, bytes_down, excluded, info) of one round, each per site except ``info``
 RoundResult = tuple[dict[str, int], dict[str, int], dict[str, str], dict]
-
-
-class FederationError(GliofedError):
-    """A round could not proceed (too few sites answered)."""
-
-
-def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
-                  seed: int = 0) -> Strategy:
-    """Build a strategy by name (one of :data:`STRATEGIES`)."""
-    if name == "centralized":
-        return Centralized(local_epochs)
-    if name == "local":
-        return LocalOnly(local_epochs)
-    if name == "fedavg":
-        return FedAvg(local_epochs)
-    if name == "fedprox":
-        return FedProx(local_epochs, mu)
-    if name == "distill":
-        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
-    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
 
 
 def round_seed(seed: int, rnd: int, index: int) -> int:
     """The seed of site number ``index`` (sites sorted by name) in round ``rnd``; ``index`` 10,000 is the server."""
     return int(seed) * 1_000_003 + rnd * 1_009 + index
+
+
+def site_request(config: TrainConfig, model: nn.Module, seed: int, task: str, outgoing: Payload,
+                 extra: dict | None = None) -> Request:
+    """One request to a site: the task, the outgoing payload and the settings every site reads (``train``: the
+    training config, ``model_config``, ``seed``: see :func:`round_seed`) plus the strategy's ``extra``."""
+    return task, outgoing, {"train": config.to_dict(), "model_config": model.config, "seed": seed, **(extra or {})}
 
 
 def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Sequence[str], config: TrainConfig,
@@ -64,15 +44,13 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
     A site whose reply fails (error, no answer, undeclared or oversized payload) is left out of the round
     with its reason; fewer than ``min_sites`` valid replies raise :class:`FederationError`.
     """
-    counts_bytes = getattr(strategy, "counts_bytes", True)
     model.cpu()
     requests, bytes_down = {}, {}
     for index, site in enumerate(sites):
         outgoing = strategy.broadcast(site, model, rnd)
-        bytes_down[site] = outgoing.nbytes if counts_bytes else 0
-        settings = {"train": config.to_dict(), "model_config": model.config,
-                    "seed": round_seed(config.seed, rnd, index), **strategy.site_settings(rnd)}
-        requests[site] = (strategy.task, outgoing, settings)
+        bytes_down[site] = outgoing.nbytes if strategy.counts_bytes else 0
+        requests[site] = site_request(config, model, round_seed(config.seed, rnd, index), strategy.task, outgoing,
+                                      strategy.site_settings(rnd))
     answers = exchange(requests)
     bytes_up, excluded, replies = {}, {}, {}
     for site in sites:
@@ -86,7 +64,7 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
             bytes_up[site] = 0
             log.warning("round %d: site %s left out: %s", rnd, site, excluded[site])
             continue
-        bytes_up[site] = reply.nbytes if counts_bytes else 0
+        bytes_up[site] = reply.nbytes if strategy.counts_bytes else 0
         replies[site] = reply
     if len(replies) < min_sites:
         raise FederationError(f"round {rnd}: only {len(replies)} of {len(sites)} sites answered "

@@ -1,6 +1,7 @@
 """Small shared builders for the federation tests."""
 
 from gliofed.config import TrainConfig
+from gliofed.federated.rounds import site_request
 from gliofed.model import MultiTaskUNet
 
 SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
@@ -17,4 +18,5 @@ def small_model() -> MultiTaskUNet:
 
 
 def site_settings(model, seed=1, **extra) -> dict:
-    return {"train": small_config().to_dict(), "model_config": model.config, "seed": seed, **extra}
+    """The settings of a server's request (as :func:`gliofed.federated.rounds.site_request` builds them)."""
+    return site_request(small_config(), model, seed, "train", None, extra)[2]

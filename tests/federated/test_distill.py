@@ -4,15 +4,15 @@ import pytest
 import torch
 
 from gliofed.data.dataset import CaseDataset
-from gliofed.federated.condense import condense
-from gliofed.federated.distill import (
+from gliofed.federated.payload import Payload, state_to_arrays
+from gliofed.federated.site import Site
+from gliofed.federated.site.condense import condense
+from gliofed.federated.strategies.distill import (
     DistillFederation,
     DistillSettings,
     distillation_kl,
     symmetric_kl,
 )
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.site import Site
 from gliofed.model import MultiTaskUNet
 from tests.federated.helpers import site_settings, small_model
 
@@ -75,7 +75,7 @@ def test_condensation_reduces_the_matching_loss_it_optimises(tiny_cache):
 
     def gap(steps):
         p = condense(model, site_dataset, DistillSettings(steps=steps, init="noise", perturb=0.0, lr=0.1), 3, "brats21")
-        from gliofed.federated.distill import upsample_synthetic
+        from gliofed.federated.strategies.distill import upsample_synthetic
         images, _ = upsample_synthetic(torch.from_numpy(p.arrays["syn_images"].astype(np.float32)),
                                        torch.from_numpy(p.arrays["syn_masks"].astype(np.int64)), p.meta["shape"])
         with torch.no_grad():
@@ -120,7 +120,7 @@ def test_distillation_upload_is_at_most_a_quarter_of_fedavg_at_default_settings(
 
 
 def test_joint_labels_are_real_label_vectors_covering_every_seen_class():
-    from gliofed.federated.condense import joint_labels
+    from gliofed.federated.site.condense import joint_labels
 
     real = np.array([[1, 0, -1, 0], [1, 1, -1, 0], [0, 0, -1, 2], [0, 0, -1, 2], [0, -1, -1, 2], [1, 0, -1, 1],
                      [0, 0, -1, 2]])
@@ -133,7 +133,7 @@ def test_joint_labels_are_real_label_vectors_covering_every_seen_class():
 
 
 def test_joint_labels_by_default_follow_the_real_joint_distribution():
-    from gliofed.federated.condense import joint_labels
+    from gliofed.federated.site.condense import joint_labels
 
     real = np.array([[1, 0, -1, 0], [0, -1, -1, 2], [0, 0, -1, 2], [1, 1, -1, 1], [0, 0, 1, 2]])
     drawn = joint_labels(real, 5, np.random.default_rng(1))  # n = N: every real vector exactly once
@@ -144,7 +144,7 @@ def test_joint_labels_by_default_follow_the_real_joint_distribution():
 
 def test_joint_labels_never_pair_classes_the_site_never_pairs():
     """Independent cycling paired grade II with IDH-wildtype; drawn vectors only pair what real cases pair."""
-    from gliofed.federated.condense import joint_labels
+    from gliofed.federated.site.condense import joint_labels
 
     real = np.array([[1, -1, -1, 0]] * 4 + [[0, -1, -1, 2]] * 5)  # grade II always IDH-mutant here
     drawn = joint_labels(real, 7, np.random.default_rng(0))
@@ -153,7 +153,7 @@ def test_joint_labels_never_pair_classes_the_site_never_pairs():
 
 
 def test_real_bn_statistics_are_the_mean_of_each_case_batch_statistics(tiny_cache):
-    from gliofed.federated.condense import real_bn_statistics
+    from gliofed.federated.site.condense import real_bn_statistics
 
     torch.manual_seed(0)
     model = small_model().eval()
@@ -193,7 +193,7 @@ def test_server_keeps_earlier_rounds_sets_for_memory_rounds(tiny_cache):
 
 
 def test_condensation_reduces_the_classifier_branch_matching_loss(tiny_cache):
-    from gliofed.federated.condense import matching_loss, real_targets
+    from gliofed.federated.site.condense import matching_loss, real_targets
 
     dataset = CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"])
     torch.manual_seed(0)

@@ -9,16 +9,15 @@ import torch
 
 pytest.importorskip("flwr")
 
-from gliofed.checkpoint import load_checkpoint  # noqa: E402
-from gliofed.config import train_preset  # noqa: E402
 from gliofed.data import CaseDataset  # noqa: E402
-from gliofed.federated.distill import DISTILL_PRESETS  # noqa: E402
-from gliofed.federated.flower.local import FlowerRunError, LocalFederation  # noqa: E402
-from gliofed.federated.rounds import make_strategy  # noqa: E402
+from gliofed.federated.flower.launcher import FlowerRunError, LocalFederation  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.federated.site import Site  # noqa: E402
+from gliofed.federated.strategies import make_strategy  # noqa: E402
 from gliofed.model import MultiTaskUNet  # noqa: E402
 from gliofed.notebooks import NOTEBOOK_DIR  # noqa: E402
+from gliofed.presets import get_preset, train_preset  # noqa: E402
+from gliofed.runs import load_checkpoint  # noqa: E402
 
 APP_DIR = NOTEBOOK_DIR.parent  # the repository: its pyproject.toml carries [tool.flwr.app]
 SITES = ("brats21", "upenn")
@@ -28,7 +27,7 @@ os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 def simulated_bytes(cache, strategy: str, rounds: int = 2):
     config = train_preset("tiny", seed=0, device="cpu")
     test = CaseDataset(cache, split="test", sites=list(SITES), seed=0)
-    _, history = simulate(make_strategy(strategy, distill=DISTILL_PRESETS["tiny"], seed=0),
+    _, history = simulate(make_strategy(strategy, distill=get_preset("tiny").distill, seed=0),
                           [Site(name, cache) for name in SITES], test, config, rounds, progress=False)
     return [(r["bytes_up"], r["bytes_down"]) for r in history.rounds]
 

@@ -3,10 +3,11 @@ import pandas as pd
 import pytest
 
 from gliofed.data.dataset import CaseDataset
-from gliofed.federated.fedavg import FedAvg
+from gliofed.experiments import run_experiment
 from gliofed.federated.payload import Payload
-from gliofed.federated.simulate import FederationError, run_experiment, simulate
+from gliofed.federated.simulate import simulate
 from gliofed.federated.site import Site
+from gliofed.federated.strategies import FedAvg, FederationError
 from tests.federated.helpers import small_config
 
 

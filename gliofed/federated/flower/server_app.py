@@ -19,18 +19,16 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 from monai.utils import set_determinism
 
-from gliofed.checkpoint import save_checkpoint
-from gliofed.config import TRAIN_PRESETS, train_preset
-from gliofed.federated.distill import DISTILL_PRESETS
 from gliofed.federated.flower.records import payload_to_record, record_to_payload
-from gliofed.federated.rounds import FederationError, federated_round, make_strategy
+from gliofed.federated.strategies import FederationError, make_strategy
 from gliofed.model import build_model
+from gliofed.presets import get_preset
+from gliofed.runs import TrainingRun
 
 __all__ = ["app", "FLOWER_STRATEGIES", "connect_sites", "flower_exchange"]
 
@@ -100,15 +98,14 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     name = str(cfg.get("strategy", "fedavg"))
     if name not in FLOWER_STRATEGIES:
-        raise FederationError(f"strategy {name!r} does not run over Flower; choose one of {', '.join(FLOWER_STRATEGIES)}.")
-    preset, seed = str(cfg.get("preset", "workshop")), int(cfg.get("seed", 0))
+        raise FederationError(f"strategy {name!r} does not run over Flower; choose one of "
+                              f"{', '.join(FLOWER_STRATEGIES)}.")
+    preset, seed = get_preset(str(cfg.get("preset", "workshop"))), int(cfg.get("seed", 0))
     rounds, min_sites = int(cfg.get("num-server-rounds", 3)), int(cfg.get("min-sites", 1))
-    config = train_preset(preset if preset in TRAIN_PRESETS else "workshop", seed=seed, device="cpu",
-                          modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
-    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)),
-                             DISTILL_PRESETS.get(preset, {}), seed)
-    out_dir = Path(str(cfg.get("out-dir", "runs/flower")))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    config = preset.train.replace(seed=seed, device="cpu",
+                                  modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
+    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), preset.distill, seed)
+    run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
     model = build_model(config)
@@ -118,15 +115,15 @@ def main(grid: Grid, context: Context) -> None:
     for rnd in range(1, rounds + 1):
         started = time.perf_counter()
         exchange = flower_exchange(grid, nodes, rnd, float(cfg.get("round-timeout", 600)))
-        bytes_up, bytes_down, excluded, info = federated_round(strategy, model, rnd, list(nodes), config, exchange,
-                                                               min_sites=min_sites)
+        bytes_up, bytes_down, excluded, info = strategy.run_round(model, rnd, list(nodes), config, exchange,
+                                                                  min_sites=min_sites,
+                                                                  max_payload_bytes=256 * 2**20)
         for site, reason in excluded.items():
             log.warning("round %d: site %s left out (%s); the round goes on with %d site(s)", rnd, site, reason,
                         len(nodes) - len(excluded))
         history.append({"round": rnd, "wall_s": time.perf_counter() - started, "bytes_up": bytes_up,
                         "bytes_down": bytes_down, "excluded": excluded,
                         "info": json.loads(json.dumps(info, default=float))})
-        (out_dir / "history.json").write_text(json.dumps({"strategy": name, "rounds": history}, indent=2))
-    save_checkpoint(out_dir / "model.ckpt", model, config, epoch=rounds,
-                    extra={"history": history, "strategy": name, "engine": "flower"})
-    log.warning("saved %s and %s", out_dir / "model.ckpt", out_dir / "history.json")
+        run.save_rounds(name, history)
+    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"})
+    log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))

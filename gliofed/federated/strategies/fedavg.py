@@ -13,7 +13,7 @@ from torch import nn
 
 from gliofed.data.manifest import MARKERS
 from gliofed.federated.payload import Payload
-from gliofed.federated.strategy import Strategy, weighted_average
+from gliofed.federated.strategies.base import Strategy, weighted_average
 
 __all__ = ["FedAvg", "SEGMENTATION_PREFIXES", "part_weights"]
 

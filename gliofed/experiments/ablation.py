@@ -12,15 +12,10 @@ import pandas as pd
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import MODALITY_SETS, CaseDataset
 from gliofed.data.transforms import augment_pipeline
-from gliofed.engine import (
-    build_model,
-    fit,
-    load_checkpoint,
-    predict,
-    save_checkpoint,
-    seed_everything,
-)
+from gliofed.engine import fit, predict, seed_everything
 from gliofed.metrics import evaluate_predictions
+from gliofed.model import build_model
+from gliofed.runs import TrainingRun
 
 __all__ = ["modality_ablation", "ablation_table"]
 
@@ -47,8 +42,9 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
                       device: str = "cpu") -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """Train one centralized model per modality set for ``epochs`` epochs and score each on the test split.
 
-    Models are saved as ``out_dir/<set>/model.ckpt`` and reused when a checkpoint with the same recipe
-    (modalities, epochs, seed, optimiser, learning rate) is already there, so reruns and sweeps are cheap.
+    Models are saved as run folders ``out_dir/<set>/`` (:class:`~gliofed.runs.TrainingRun`) and reused when one
+    with the same recipe (modalities, epochs, seed, optimiser, learning rate) is already there, so reruns and sweeps
+    are cheap.
 
     Returns:
         (long table of :func:`ablation_table` for every set, ``{set: predictions}``).
@@ -57,16 +53,16 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
     tables, predictions = [], {}
     for name, modalities in sets.items():
         set_config = replace(config, modalities=tuple(modalities))
-        path = Path(out_dir) / name.replace("+", "_") / "model.ckpt"
+        run = TrainingRun(Path(out_dir) / name.replace("+", "_"))
         model = None
-        if path.is_file():
-            model, saved, state = load_checkpoint(path, device)
+        if run.has_model:
+            model, saved, state = run.load_model(device)
             if saved.to_dict() != set_config.to_dict() or state.get("epoch") != epochs:
                 model = None  # another recipe: train again
         if model is None:
             print(f"training {name} ({', '.join(modalities)}) for {epochs} epoch(s)", flush=True)
             model = _train(cache_dir, set_config, epochs)
-            save_checkpoint(path, model, set_config, epoch=epochs)
+            run.save_model(model, set_config, epoch=epochs)
         test = CaseDataset(cache_dir, split="test", modalities=modalities, seed=config.seed)
         predictions[name] = predict(model, test, device=device, progress=False)
         tables.append(ablation_table(predictions[name], name, n_boot=n_boot, seed=config.seed))

@@ -11,6 +11,7 @@ session, and only those processes are stopped, by PID, also when something fails
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 
 from gliofed.errors import GliofedError
+from gliofed.runs import TrainingRun
 
 __all__ = ["LocalFederation", "FlowerRunError", "free_port", "toml_value"]
 
@@ -157,7 +159,7 @@ class LocalFederation:
         for name in sorted(self.processes, key=lambda n: n == "superlink"):
             self._stop(name)
 
-    def __enter__(self) -> "LocalFederation":
+    def __enter__(self) -> LocalFederation:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -180,7 +182,8 @@ class LocalFederation:
             raise FlowerRunError(f"flwr run did not start a run: {submitted[-2000:]}")
         run_id = self.last_run_id = match.group(1)
         deadline = time.monotonic() + timeout
-        history_path, model_path = out_dir / "history.json", out_dir / "model.ckpt"
+        result = TrainingRun(out_dir)
+        history_path, model_path = result.path(TrainingRun.ROUNDS), result.path(TrainingRun.MODEL)
         last_check = time.monotonic()
         while not model_path.exists():
             if time.monotonic() > deadline:
@@ -195,10 +198,8 @@ class LocalFederation:
                 if re.search(r"finished:(failed|stopped)", status):
                     raise FlowerRunError(f"Flower run {run_id} failed: {self.logs(run_id)[-3000:]}")
             if on_poll is not None and history_path.exists():
-                try:
+                with contextlib.suppress(json.JSONDecodeError):  # caught mid-write: the next poll reads it
                     on_poll(json.loads(history_path.read_text()))
-                except json.JSONDecodeError:
-                    pass
             time.sleep(0.5)
         time.sleep(0.5)  # the checkpoint is written after the last history update
         return json.loads(history_path.read_text())

@@ -13,15 +13,15 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
-from gliofed.federated.condense import condense
-from gliofed.federated.distill import DistillSettings
 from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
-from gliofed.model import MultiTaskUNet
+from gliofed.federated.site.condense import condense
+from gliofed.federated.strategies.distill import DistillSettings
+from gliofed.model import MultiTaskUNet, build_model
 
 __all__ = ["Site", "TASKS"]
 
 #: what a server may ask of a site
-TASKS = ("train", "distill")
+TASKS = ("describe", "train", "distill")
 
 
 class Site:
@@ -36,13 +36,15 @@ class Site:
         modalities: input contrasts (default all four).
         seed: seeds the split of cases whose manifest split is blank.
         external_site: the held-out site, if any (its cases are never training cases).
+        members: the sites whose training cases this participant holds (default: ``[name]``; the centralized
+            baseline's data centre holds them all).
     """
 
     def __init__(self, name: str, cache_dir: str | Path, modalities: Sequence[str] = MODALITIES, seed: int = 0,
-                 external_site: str | None = None) -> None:
+                 external_site: str | None = None, members: Sequence[str] | None = None) -> None:
         self.name = name
-        self.__cases = CaseDataset(cache_dir, split="train", sites=[name], modalities=modalities, seed=seed,
-                                   external_site=external_site)
+        self.__cases = CaseDataset(cache_dir, split="train", sites=list(members or [name]), modalities=modalities,
+                                   seed=seed, external_site=external_site)
         self.__cache_dir = Path(cache_dir)
 
     @property
@@ -63,18 +65,21 @@ class Site:
         """Answer one server request.
 
         Args:
-            task: ``"train"`` (local training from the global model: FedAvg, FedProx, local-only) or
-                ``"distill"`` (soft labels + condensed synthetic set).
+            task: ``"train"`` (local training from the global model: FedAvg, FedProx, local-only, the centralized
+                data centre), ``"distill"`` (soft labels + condensed synthetic set) or ``"describe"`` (the number
+                and bytes of its training cases: what pooling them would transfer).
             model: the global model (``model`` payload).
             settings: ``train`` (TrainConfig as dict), ``epochs``, ``seed``, ``mu`` (FedProx),
                 ``distill`` (DistillSettings as dict).
 
         Returns:
-            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``) or
-            ``distilled_set`` payload.
+            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
+            ``distilled_set`` or ``site_info`` payload.
         """
+        if task == "describe":
+            return Payload("site_info", {}, {"site": self.name, "n_cases": self.n_cases, "raw_bytes": self.raw_bytes()})
         config = TrainConfig.from_dict(settings["train"])
-        network = MultiTaskUNet(**settings["model_config"])
+        network = build_model(settings["model_config"])
         network.load_state_dict(arrays_to_state(model.arrays))
         seed = int(settings["seed"])
         seed_everything(seed)
@@ -112,7 +117,7 @@ class Site:
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;
         only the report — correlations and flags — leaves). See :mod:`gliofed.federated.privacy`."""
-        from gliofed.federated.privacy import nearest_neighbour_audit, volume_vectors
+        from gliofed.federated.site.privacy import nearest_neighbour_audit, volume_vectors
 
         synthetic = payload.arrays["syn_images"].astype(np.float32)
         grid = synthetic.shape[2:]

@@ -1,7 +1,7 @@
 """Distillation federation, server side (the seed study's method; compare FedAF, CVPR 2024, FedDM, CVPR 2023).
 
 Each round the sites return a condensed synthetic set, soft labels and the BatchNorm statistics of their real data
-(:mod:`gliofed.federated.condense`, which runs inside each site). The server sets the model's BatchNorm statistics
+(:mod:`gliofed.federated.site.condense`, which runs inside each site). The server sets the model's BatchNorm statistics
 to the case-weighted mean of the sites' and keeps them frozen while it trains (synthetic volumes are upsampled
 from a low resolution, so their batch statistics differ from real scans'), then trains the global model on this
 round's synthetic sets, each step paired with one set kept from the last ``memory_rounds`` rounds (the server
@@ -29,11 +29,10 @@ from torch import nn
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.federated.payload import Payload
-from gliofed.federated.strategy import Strategy
+from gliofed.federated.strategies.base import Strategy
 from gliofed.losses import MultiTaskLoss
 
-__all__ = ["DISTILL_PRESETS", "DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl",
-           "upsample_synthetic"]
+__all__ = ["DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
 
 
 @dataclass
@@ -84,14 +83,6 @@ class DistillSettings:
             raise ConfigError("n_synthetic, scale, real_batch and models must be >= 1 and steps >= 0.")
         if self.memory_rounds < 0:
             raise ConfigError(f"memory_rounds {self.memory_rounds} must be >= 0.")
-
-
-#: condensation effort per cohort preset (``paper`` = the defaults of :class:`DistillSettings`)
-DISTILL_PRESETS: dict[str, dict] = {
-    "tiny": {"steps": 2, "server_epochs": 2},
-    "workshop": {"steps": 5, "server_epochs": 5, "real_batch": 12},
-    "paper": {},
-}
 
 
 def upsample_synthetic(images: torch.Tensor, masks: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from torch import nn
 
+from gliofed.errors import GliofedError
 from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
 
-__all__ = ["Strategy", "weighted_average"]
+if TYPE_CHECKING:
+    from gliofed.config import TrainConfig
+    from gliofed.federated.rounds import Exchange, RoundResult
+
+__all__ = ["Strategy", "FederationError", "weighted_average"]
+
+
+class FederationError(GliofedError):
+    """A round could not proceed (too few sites answered)."""
 
 
 def weighted_average(updates: list[tuple[dict[str, np.ndarray], float]],
@@ -61,9 +72,25 @@ class Strategy:
     task = "train"
     #: score the model(s) on the test split after every round (else only after the last)
     evaluate_each_round = True
+    #: count the payloads' bytes as traffic (local-only's weights come back only to be scored, so it says no)
+    counts_bytes = True
 
     def __init__(self, local_epochs: int = 1) -> None:
         self.local_epochs = local_epochs
+
+    def run_round(self, model: nn.Module, rnd: int, sites: list[str], config: TrainConfig, exchange: Exchange,
+                  min_sites: int = 1, max_payload_bytes: int | None = None) -> RoundResult:
+        """Play round ``rnd``: by default the federated round of :func:`gliofed.federated.rounds.federated_round`
+        (broadcast, every site answers through ``exchange``, validation, :meth:`aggregate`)."""
+        from gliofed.federated.rounds import federated_round
+
+        return federated_round(self, model, rnd, sites, config, exchange, min_sites=min_sites,
+                               max_payload_bytes=max_payload_bytes)
+
+    def participants(self, sites: list[str]) -> dict[str, list[str]]:
+        """Who answers this strategy: participant name -> the sites whose training cases it holds (default: every
+        site itself; the centralized baseline adds a data centre that holds them all)."""
+        return {site: [site] for site in sites}
 
     def site_settings(self, rnd: int) -> dict:
         """Extra settings sent to every site this round (merged with the simulator's)."""

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from gliofed.data.manifest import MARKER_CLASSES, MARKERS
-from gliofed.federated.distill import DistillSettings, upsample_synthetic
 from gliofed.federated.payload import Payload
+from gliofed.federated.strategies.distill import DistillSettings, upsample_synthetic
 
 __all__ = ["soft_labels", "joint_labels", "real_bn_statistics", "init_synthetic", "real_targets", "matching_loss",
            "build_payload", "condense"]

@@ -6,7 +6,7 @@ import numpy as np
 from torch import nn
 
 from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.strategy import Strategy
+from gliofed.federated.strategies.base import Strategy
 
 __all__ = ["LocalOnly"]
 
@@ -42,7 +42,7 @@ class LocalOnly(Strategy):
         return dict(sorted(self.site_models.items())) or {"global": state_to_arrays(model)}
 
     @classmethod
-    def from_checkpoint(cls, path) -> "LocalOnly":
+    def from_checkpoint(cls, path) -> LocalOnly:
         """The strategy (with every site's model) from a simulator checkpoint ``state.pt``."""
         import torch
 

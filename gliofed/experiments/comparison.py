@@ -1,0 +1,101 @@
+"""The strategy comparison: one strategy trained over the sites of a cache and scored on the common test split,
+and the final models and test predictions that the evaluation notebooks read back from the run folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gliofed.config import TrainConfig
+from gliofed.data.dataset import CaseDataset
+from gliofed.engine import predict
+from gliofed.federated.simulate import History, simulate
+from gliofed.federated.site import Site
+from gliofed.federated.strategies import LocalOnly, Strategy, make_strategy
+from gliofed.runs import TrainingRun
+
+__all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions"]
+
+
+def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
+                external_site: str | None = None) -> list[Site]:
+    """One :class:`Site` per participant the strategy asks for (:meth:`Strategy.participants`) over the sites with
+    training cases in ``cache_dir``."""
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
+                        external_site=external_site)
+    return [Site(name, cache_dir, config.modalities, config.seed, external_site, members=members)
+            for name, members in strategy.participants(train.sites).items()]
+
+
+def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
+                   mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
+                   min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
+                   progress: bool = True) -> tuple[torch.nn.Module, History]:
+    """Train ``strategy`` (a name of :data:`~gliofed.federated.strategies.STRATEGIES`) for ``rounds`` rounds over the
+    sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`)."""
+    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
+    sites = build_sites(cache_dir, chosen, config, external_site)
+    test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
+                       external_site=external_site)
+    return simulate(chosen, sites, test, config, rounds, min_sites=min_sites, checkpoint_dir=checkpoint_dir,
+                    resume=resume, progress=progress)
+
+
+def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int,
+                   **kwargs) -> tuple[torch.nn.Module, History]:
+    """:func:`run_experiment` into the run folder ``run_dir``, then save its final model, history tables and config
+    there (:class:`~gliofed.runs.TrainingRun`). ``kwargs`` go to :func:`run_experiment`."""
+    run = TrainingRun(run_dir)
+    model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
+    run.save_model(model, config, epoch=rounds,
+                   extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)})
+    run.save_history(history)
+    run.save_config(config)
+    return model, history
+
+
+def _largest_site(cache_dir: Path, seed: int, candidates) -> str:
+    sizes = CaseDataset(cache_dir, split="train", seed=seed).index["site"].value_counts()
+    return next(site for site in sizes.index if site in candidates)
+
+
+def trained_model(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int = 1,
+                  local_epochs: int = 1, distill: dict | None = None, device: str = "cpu"):
+    """The final model of ``strategy`` saved in ``run_dir``; when the run has none, it is trained first (with a
+    message saying so) and saved there. For local-only: the model of the largest training site.
+
+    Returns:
+        (model, training config).
+    """
+    run = TrainingRun(run_dir)
+    if not run.has_model:
+        print(f"{run.path(TrainingRun.MODEL)} not found: training {strategy} for {rounds} round(s) now "
+              "(notebook 02 trains every strategy for the full comparison)")
+        train_and_save(run_dir, cache_dir, strategy, config, rounds, local_epochs=local_epochs, distill=distill,
+                       progress=False)
+    model, trained_config, _ = run.load_model(device)
+    if strategy == "local":
+        strategy_state = LocalOnly()
+        strategy_state.load_state_dict(run.load_state()["strategy"])
+        site_models = strategy_state.site_models
+        LocalOnly.load(model, site_models[_largest_site(Path(cache_dir), trained_config.seed, site_models)])
+    return model, trained_config
+
+
+def strategy_predictions(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, test_set,
+                         **train_kwargs) -> pd.DataFrame:
+    """Test-split predictions of a strategy's final model: the ones its training run saved when they cover exactly
+    ``test_set``'s cases, else predicted now (training first if needed, see :func:`trained_model`).
+    Local-only: the largest site's model."""
+    run = TrainingRun(run_dir)
+    saved = run.load_predictions() if run.has_model else None
+    if saved is not None:
+        name = "global" if set(saved["model"]) == {"global"} else _largest_site(Path(cache_dir), config.seed,
+                                                                                 set(saved["model"]))
+        chosen = saved[saved["model"] == name].drop(columns="model").reset_index(drop=True)
+        if list(chosen["subject"]) == list(test_set.index["subject_id"]):
+            return chosen
+    model, _ = trained_model(run_dir, cache_dir, strategy, config, **train_kwargs)
+    return predict(model, test_set, device=config.device, progress=False)

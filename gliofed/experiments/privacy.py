@@ -1,0 +1,35 @@
+"""The privacy audit experiment: every site condenses under a model with each initialisation and audits its own
+upload (inside the site, :meth:`~gliofed.federated.site.Site.privacy_audit`); the reports are stacked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from gliofed.config import TrainConfig
+from gliofed.data.dataset import CaseDataset
+from gliofed.federated.payload import Payload, state_to_arrays
+from gliofed.federated.rounds import round_seed, site_request
+from gliofed.federated.site import Site
+
+__all__ = ["privacy_audit"]
+
+
+def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
+                  inits: tuple[str, ...] = ("class_stats",), seed: int = 0) -> pd.DataFrame:
+    """Ask every site to condense under ``model`` with each initialisation in ``inits`` and to audit its own
+    upload; return all reports stacked.
+
+    Pass ``inits=("class_stats", "real_unsafe")`` to show what the audit flags."""
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
+    outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
+    reports = []
+    for index, name in enumerate(train.sites):
+        site = Site(name, cache_dir, config.modalities, config.seed)
+        for init in inits:
+            task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
+                                                   {"distill": {**(distill or {}), "init": init}})
+            reports.append(site.privacy_audit(site.handle(task, payload, settings)))
+    return pd.concat(reports, ignore_index=True)

@@ -1,0 +1,36 @@
+"""Server-side strategies: what each round asks of the sites and how their replies become the global model.
+
+Everything the server may import lives here (with :mod:`gliofed.federated.payload` and
+:mod:`gliofed.federated.rounds`); nothing here has an import path to a site's cases (tested from the folders).
+"""
+
+from __future__ import annotations
+
+from gliofed.errors import GliofedError
+from gliofed.federated.strategies.base import FederationError, Strategy, weighted_average
+from gliofed.federated.strategies.centralized import Centralized
+from gliofed.federated.strategies.distill import DistillFederation, DistillSettings
+from gliofed.federated.strategies.fedavg import FedAvg
+from gliofed.federated.strategies.fedprox import FedProx
+from gliofed.federated.strategies.local_only import LocalOnly
+
+__all__ = ["STRATEGIES", "Strategy", "FederationError", "weighted_average", "make_strategy", "Centralized",
+           "LocalOnly", "FedAvg", "FedProx", "DistillFederation", "DistillSettings"]
+
+STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
+
+
+def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
+                  seed: int = 0) -> Strategy:
+    """Build a strategy by name (one of :data:`STRATEGIES`)."""
+    if name == "centralized":
+        return Centralized(local_epochs)
+    if name == "local":
+        return LocalOnly(local_epochs)
+    if name == "fedavg":
+        return FedAvg(local_epochs)
+    if name == "fedprox":
+        return FedProx(local_epochs, mu)
+    if name == "distill":
+        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
+    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
