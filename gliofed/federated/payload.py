@@ -38,9 +38,11 @@ class PayloadError(GliofedError):
 #: payload kind -> field name prefixes it may carry (arrays) and metadata keys
 DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
-    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "loss", "n_masked")},
+    # n_masked: cases with a segmentation mask; n_labelled: {marker: cases with a known label} (FedAvg weights
+    # the decoder and each marker head by them)
+    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss")},
     "distilled_set": {
-        "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:"),
+        "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:", "bn:"),
         "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design
@@ -201,6 +203,14 @@ def _check_meta(payload: Payload) -> None:
         n_cases = _int_in(meta, "n_cases", 1, MAX_N_CASES)
         if "n_masked" in meta:
             _int_in(meta, "n_masked", 0, n_cases)
+        if "n_labelled" in meta:  # {marker: cases with a known label}, each within n_cases
+            from gliofed.data.manifest import MARKERS
+            labelled = meta["n_labelled"]
+            if not isinstance(labelled, Mapping) or not set(labelled) <= set(MARKERS):
+                raise PayloadError(f"payload metadata 'n_labelled' = {_short(labelled)} is not a mapping of markers "
+                                   "to counts.")
+            for marker in labelled:
+                _int_in(labelled, marker, 0, n_cases)
     if "loss" in meta and meta["loss"] is not None and (not _is_real(meta["loss"])
                                                         or not math.isfinite(float(meta["loss"]))):
         raise PayloadError(f"payload metadata 'loss' = {_short(meta['loss'])} is not a finite number or null.")
@@ -230,7 +240,19 @@ def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> Non
             raise PayloadError(f"payload field {name!r} has dtype {array.dtype}, the broadcast model {ref.dtype}.")
 
 
-def _check_distilled(payload: Payload) -> None:
+def _check_bn(name: str, array: np.ndarray, reference: Mapping[str, np.ndarray] | None) -> None:
+    """``bn:<layer>.running_mean|running_var``: a site's real BatchNorm statistics, float32 per channel, matching the
+    broadcast model's buffer when the model is known."""
+    if not name.endswith((".running_mean", ".running_var")) or array.dtype != np.float32 or array.ndim != 1 \
+            or not 1 <= array.size <= 4096:
+        raise PayloadError(f"payload field {name!r} is not a float32 per-channel BatchNorm statistic.")
+    if name.endswith(".running_var") and array.min() < 0:
+        raise PayloadError(f"payload field {name!r} holds a negative variance.")
+    if reference is not None and tuple(getattr(reference.get("w:" + name[3:]), "shape", ())) != array.shape:
+        raise PayloadError(f"payload field {name!r} does not match a BatchNorm buffer of the broadcast model.")
+
+
+def _check_distilled(payload: Payload, reference: Mapping[str, np.ndarray] | None = None) -> None:
     """A distilled set is consistent with itself and with the label spaces of :data:`MARKER_CLASSES`."""
     from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES  # label spaces (pandas: import late)
 
@@ -240,7 +262,9 @@ def _check_distilled(payload: Payload) -> None:
     for name in sorted(expected - set(arrays)):
         raise PayloadError(f"payload lacks field {name!r} of a distilled set.")
     for name in sorted(set(arrays) - expected):
-        raise PayloadError(f"payload field {name!r} is not a field of a distilled set.")
+        if not name.startswith("bn:"):
+            raise PayloadError(f"payload field {name!r} is not a field of a distilled set.")
+        _check_bn(name, arrays[name], reference)
     shape = meta["shape"]
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(_is_int(v) and 1 <= int(v) <= MAX_SIDE for v in shape)):
@@ -330,7 +354,7 @@ def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, n
     if reply.kind in ("weights_update", "model") and reference is not None:
         _check_against(reply, reference)
     elif reply.kind == "distilled_set":
-        _check_distilled(reply)
+        _check_distilled(reply, reference)
 
 
 def state_to_arrays(model: torch.nn.Module) -> dict[str, np.ndarray]:

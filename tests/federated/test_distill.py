@@ -118,3 +118,97 @@ def test_distillation_upload_is_at_most_a_quarter_of_fedavg_at_default_settings(
     fedavg = Payload("weights_update", state_to_arrays(model), {"site": "s0", "n_cases": 2, "loss": 0.0})
     assert 5.5e6 < fedavg.nbytes < 5.7e6
     assert distilled.nbytes <= 0.25 * fedavg.nbytes
+
+
+def test_joint_labels_are_real_label_vectors_covering_every_seen_class():
+    from gliofed.federated.site.condense import joint_labels
+
+    real = np.array([[1, 0, -1, 0], [1, 1, -1, 0], [0, 0, -1, 2], [0, 0, -1, 2], [0, -1, -1, 2], [1, 0, -1, 1],
+                     [0, 0, -1, 2]])
+    drawn = joint_labels(real, 5, np.random.default_rng(3), cover=True)
+    assert drawn.shape == (5, 4)
+    assert all(any((row == r).all() for r in real) for row in drawn)  # whole real vectors: joint distribution kept
+    for j in range(4):
+        assert set(real[:, j][real[:, j] >= 0]) <= set(drawn[:, j])  # every seen class appears (1p/19q 1 is rare)
+    assert (drawn[:, 2] == -1).all()  # a marker the site never records stays unknown
+
+
+def test_joint_labels_by_default_follow_the_real_joint_distribution():
+    from gliofed.federated.site.condense import joint_labels
+
+    real = np.array([[1, 0, -1, 0], [0, -1, -1, 2], [0, 0, -1, 2], [1, 1, -1, 1], [0, 0, 1, 2]])
+    drawn = joint_labels(real, 5, np.random.default_rng(1))  # n = N: every real vector exactly once
+    assert sorted(map(tuple, drawn)) == sorted(map(tuple, real))
+    twice = joint_labels(real, 10, np.random.default_rng(1))
+    assert sorted(map(tuple, twice)) == sorted(map(tuple, np.concatenate([real, real])))
+
+
+def test_joint_labels_never_pair_classes_the_site_never_pairs():
+    """Independent cycling paired grade II with IDH-wildtype; drawn vectors only pair what real cases pair."""
+    from gliofed.federated.site.condense import joint_labels
+
+    real = np.array([[1, -1, -1, 0]] * 4 + [[0, -1, -1, 2]] * 5)  # grade II always IDH-mutant here
+    drawn = joint_labels(real, 7, np.random.default_rng(0))
+    assert not ((drawn[:, 0] == 0) & (drawn[:, 3] == 0)).any()
+    assert not ((drawn[:, 0] == 1) & (drawn[:, 3] == 2)).any()
+
+
+def test_real_bn_statistics_are_the_mean_of_each_case_batch_statistics(tiny_cache):
+    from gliofed.federated.site.condense import real_bn_statistics
+
+    torch.manual_seed(0)
+    model = small_model().eval()
+    dataset = CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    stats = real_bn_statistics(model, dataset, [0, 1])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed
+    inputs = []
+    hook = model.conv_0.conv_0.adn.N.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    with torch.no_grad():
+        for i in (0, 1):
+            model(dataset[i]["image"][None])
+    hook.remove()
+    expected = torch.stack([x.mean((0, 2, 3, 4)) for x in inputs]).mean(0).numpy()
+    np.testing.assert_allclose(stats["conv_0.conv_0.adn.N.running_mean"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_server_uses_the_sites_real_bn_statistics_and_keeps_them(tiny_cache):
+    _, payload = _site_payload(tiny_cache)
+    key = "conv_0.conv_0.adn.N.running_mean"
+    assert f"bn:{key}" in payload.arrays
+    model = small_model()
+    DistillFederation({"server_epochs": 1}).aggregate(model, {"brats21": payload}, rnd=1)
+    np.testing.assert_allclose(model.state_dict()[key].numpy(), payload.arrays[f"bn:{key}"], rtol=1e-6)
+
+
+def test_server_keeps_earlier_rounds_sets_for_memory_rounds(tiny_cache):
+    _, payload = _site_payload(tiny_cache, steps=0)
+    server = DistillFederation({"server_epochs": 1, "memory_rounds": 2})
+    model = small_model()
+    infos = [server.aggregate(model, {"brats21": payload}, rnd=r) for r in (1, 2, 3, 4)]
+    assert [i["memory_sets"] for i in infos] == [0, 1, 2, 2]
+    assert sorted(r for r, _, _ in server.memory) == [3, 4]
+    restored = DistillFederation({"memory_rounds": 2})
+    restored.load_state_dict(server.state_dict())
+    assert [(r, s) for r, s, _ in restored.memory] == [(r, s) for r, s, _ in server.memory]
+
+
+def test_condensation_reduces_the_classifier_branch_matching_loss(tiny_cache):
+    from gliofed.federated.site.condense import matching_loss, real_targets
+
+    dataset = CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"])
+    torch.manual_seed(0)
+    model = small_model().eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    settings = dict(init="noise", perturb=0.0, lr=0.1, models=1)
+    targets = real_targets(model, dataset, range(len(dataset)))
+
+    def loss_after(steps):
+        p = condense(model, dataset, DistillSettings(steps=steps, **settings), 3, "tcga_lgg")
+        images = torch.from_numpy(p.arrays["syn_images"].astype(np.float32))
+        labels = torch.from_numpy(p.arrays["syn_labels"].astype(np.int64))
+        empty = torch.zeros((len(images), 1, *p.meta["shape"]), dtype=torch.int64)
+        return float(matching_loss(model, images, empty, labels, p.meta["shape"], targets))
+
+    assert loss_after(30) < 0.5 * loss_after(0)

@@ -1,25 +1,34 @@
-"""Site-side half of distillation federation: soft labels and dataset condensation.
+"""Site-side half of distillation federation: soft labels, label vectors, BatchNorm statistics and condensation.
 
 Runs inside a :class:`~gliofed.federated.site.Site` on its real cases; what it returns is a
-``distilled_set`` payload (synthetic volumes stored at low resolution, their hard labels and masks,
-the soft-label tables and label counts) and nothing else.
+``distilled_set`` payload (synthetic volumes stored at low resolution, their label vectors and masks, the
+soft-label tables, label counts and the BatchNorm statistics of the site's real data) and nothing else.
 
-Algorithm (compare FedDM, CVPR 2023 and FedAF, CVPR 2024; the seed study's "distillation federation"):
+Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study's "distillation federation"):
 
 1. Soft labels. For every marker m and class c, the mean tempered softmax ``softmax(z_m / tau)`` of the
    global model over the site's real cases whose label of m is c (cases with unknown m are skipped).
-2. Condensation. ``n_synthetic`` volumes at ``1 / scale`` of the site's reference shape are optimised so
-   that, under the global model and randomly perturbed copies of it, (a) the class-wise means of the
-   pooled bottleneck features of synthetic and real cases match for every marker and class they share,
-   and (b) the per-class means of the last decoder features over voxels of each segmentation class
-   match (voxel-class matching). Synthetic volumes are upsampled trilinearly on use.
-   Initialisation: ``"noise"`` (standard normal) or ``"class_stats"`` (per-class, per-contrast mean and
-   standard deviation of the real voxels painted into the synthetic mask, plus noise) — neither copies
-   a patient. ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the privacy
-   audit flags it.
-3. Hard labels are balanced over the classes the site has seen; markers the site never labels stay -1.
-   Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the site's mean
-   region volumes: class statistics, not a patient's mask.
+2. Label vectors (:func:`joint_labels`). Each synthetic volume carries the whole label vector of one of the
+   real cases that define the matching targets (unknown markers stay -1), drawn uniformly. Synthetic labels
+   thus follow the site's real joint distribution
+   (grade II with IDH-mutant, co-deletion only with IDH-mutant); cycling each marker on its own, as the
+   first version did, made all markers perfectly correlated and paired grade II with IDH-wildtype.
+3. BatchNorm statistics (:func:`real_bn_statistics`): the mean and variance of every BatchNorm input over
+   the site's real cases under the global model. The server trains with them frozen, so that the network
+   normalises synthetic volumes as it will normalise real ones at test time.
+4. Condensation. ``n_synthetic`` volumes at ``1 / scale`` of the site's reference shape are optimised
+   (Adam) so that, under the global model and ``models - 1`` randomly perturbed copies, the synthetic and
+   real class-wise means match (:func:`matching_loss`) for every marker and class they share, at three levels
+   of the classification branch — pooled bottleneck features, the MLP's hidden features and that marker's
+   logits — and, for segmentation, the per-class means of the last decoder features over voxels of each
+   segmentation class. Real targets are computed once per model copy over up to ``real_batch`` real cases
+   (:func:`real_targets`). Synthetic volumes are upsampled trilinearly on use.
+   Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (per-class,
+   per-contrast mean and standard deviation of real voxels painted into the synthetic mask, plus noise) —
+   neither copies a patient. ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the
+   privacy audit flags it.
+5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the site's mean region
+   volumes: class statistics, not a patient's mask. A site without masks sends empty masks.
 """
 
 from __future__ import annotations
@@ -34,7 +43,11 @@ from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.distill import DistillSettings, upsample_synthetic
 
-__all__ = ["soft_labels", "condense"]
+__all__ = ["soft_labels", "joint_labels", "real_bn_statistics", "init_synthetic", "real_targets", "matching_loss",
+           "build_payload", "condense"]
+
+#: levels of the network whose class-wise means are matched (see :func:`matching_loss`)
+_LEVELS = ("bottleneck", "hidden", "logits")
 
 
 def _real_batches(dataset, indices):
@@ -44,7 +57,8 @@ def _real_batches(dataset, indices):
 
 
 @torch.no_grad()
-def soft_labels(model: torch.nn.Module, dataset, temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def soft_labels(model: torch.nn.Module, dataset,
+                temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per marker: (K, K) table, row c = mean tempered softmax over real cases of class c; and counts (K,)."""
     model.eval()
     sums = {m: np.zeros((len(c), len(c)), np.float64) for m, c in MARKER_CLASSES.items()}
@@ -60,20 +74,82 @@ def soft_labels(model: torch.nn.Module, dataset, temperature: float) -> tuple[di
     return tables, counts
 
 
+def joint_labels(labels: np.ndarray, n: int, rng: np.random.Generator, cover: bool = False) -> np.ndarray:
+    """``n`` label vectors drawn from a site's real ones, so that synthetic labels follow its joint distribution.
+
+    Each returned row is one real case's whole label vector, unknown markers included (-1), drawn uniformly
+    without replacement (in further passes over all cases once every case is used). With ``cover=True`` the
+    draw first takes, for every (marker, class) the site has seen, rarest first, one case of that class if none
+    drawn so far has it: every class appears when ``n`` allows, at the price of over-representing rare classes
+    (which, pooled on the server, confounds a marker with the sites where its rare class was drawn; off by
+    default).
+
+    Args:
+        labels: (N, 4) real label vectors in :data:`MARKERS` order, -1 unknown.
+        n: number of vectors to draw.
+        rng: random generator.
+        cover: draw every seen class first.
+
+    Returns:
+        (n, 4) int64 label vectors.
+    """
+    labels = np.asarray(labels, np.int64)
+    chosen: list[int] = []
+    if cover:
+        pairs = [(j, c, int((labels[:, j] == c).sum())) for j, marker in enumerate(MARKERS)
+                 for c in range(len(MARKER_CLASSES[marker])) if (labels[:, j] == c).any()]
+        for j, c, _ in sorted(pairs, key=lambda pair: pair[2]):
+            if len(chosen) >= n:
+                break
+            if not any(labels[i, j] == c for i in chosen):
+                candidates = np.flatnonzero(labels[:, j] == c)
+                unused = np.setdiff1d(candidates, chosen)
+                chosen.append(int(rng.choice(unused if len(unused) else candidates)))
+    passes = [i for i in rng.permutation(len(labels)) if i not in chosen]  # the rest of the first pass
+    while len(chosen) + len(passes) < n:  # then further passes over every case
+        passes += list(rng.permutation(len(labels)))
+    chosen += [int(i) for i in passes[: n - len(chosen)]]
+    return labels[np.array(chosen, np.int64)]
+
+
+def _batchnorms(model: torch.nn.Module) -> dict[str, torch.nn.modules.batchnorm._BatchNorm]:
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)}
+
+
+@torch.no_grad()
+def real_bn_statistics(model: torch.nn.Module, dataset, indices) -> dict[str, np.ndarray]:
+    """Mean and variance of every BatchNorm layer's input over real cases under ``model``.
+
+    The equal-weight average over cases of each case's batch statistics (BatchNorm with ``momentum=None``),
+    computed on a copy; ``model`` is not changed.
+
+    Returns:
+        ``{"<layer>.running_mean": (C,), "<layer>.running_var": (C,)}`` float32 (state-dict names); empty if
+        the model has no BatchNorm.
+    """
+    twin = copy.deepcopy(model)
+    layers = _batchnorms(twin)
+    if not layers:
+        return {}
+    for layer in layers.values():
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the forward passes
+    twin.train()
+    for image, _, _, _ in _real_batches(dataset, indices):
+        twin(image)
+    stats = {}
+    for name, layer in layers.items():
+        stats[f"{name}.running_mean"] = layer.running_mean.detach().float().numpy().copy()
+        stats[f"{name}.running_var"] = layer.running_var.detach().float().numpy().copy()
+    return stats
+
+
 def _reference_shape(dataset, scale: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     depth = int(np.median(dataset.index["depth"]))
     shape = (depth, int(dataset.index["height"].iloc[0]), int(dataset.index["width"].iloc[0]))
     low = tuple(max(2, int(np.ceil(s / scale))) for s in shape)
     return shape, low
-
-
-def _synthetic_labels(counts: dict[str, np.ndarray], n: int) -> np.ndarray:
-    labels = np.full((n, len(MARKERS)), -1, np.int64)
-    for j, marker in enumerate(MARKERS):
-        seen = np.flatnonzero(counts[marker] > 0)
-        if len(seen):
-            labels[:, j] = seen[np.arange(n) % len(seen)]
-    return labels
 
 
 def _class_volumes(dataset, indices) -> np.ndarray:
@@ -113,54 +189,32 @@ def _perturbed(model: torch.nn.Module, relative: float, generator: torch.Generat
             if relative > 0:
                 noise = torch.randn(p.shape, generator=generator)
                 p.add_(noise * relative * (p.detach().std() if p.numel() > 1 else p.detach().abs() + 1e-8))
+            p.requires_grad_(False)
     return twin.eval()
 
 
-def _class_means(features: torch.Tensor, labels: torch.Tensor) -> dict[tuple[int, int], torch.Tensor]:
-    """(N, F) features, (N, 4) labels -> {(marker index, class): mean feature}."""
-    means = {}
-    for j, marker in enumerate(MARKERS):
-        for c in range(len(MARKER_CLASSES[marker])):
-            chosen = labels[:, j] == c
-            if bool(chosen.any()):
-                means[(j, c)] = features[chosen].mean(0)
-    return means
+def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int, int], rng: np.random.Generator,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Initial low-resolution synthetic images (n, C, d, h, w) float32.
 
-
-def _voxel_class_means(decoder: torch.Tensor, seg: torch.Tensor) -> dict[int, torch.Tensor]:
-    """(N, F, D, H, W) decoder features, (N, 1, D, H, W) classes -> {class: mean feature over its voxels}."""
-    flat = decoder.permute(1, 0, 2, 3, 4).reshape(decoder.shape[1], -1)
-    classes = seg.reshape(-1)
-    return {int(k): flat[:, classes == k].mean(1) for k in torch.unique(classes).tolist()}
-
-
-def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: int, site: str) -> Payload:
-    """Soft labels + condensed synthetic set of one site's real cases under the global ``model``.
-
-    Returns:
-        ``distilled_set`` payload: ``syn_images`` float16 (n, C, d, h, w), ``syn_masks`` uint8 (n, d, h, w),
-        ``syn_labels`` int8 (n, 4), ``soft:<marker>`` float32 (K, K), ``counts:<marker>`` int64 (K,);
-        meta ``site``, ``n_cases``, ``shape`` (full-resolution D, H, W), ``scale``, ``init``, ``temperature``.
+    Args:
+        dataset: the site's real cases (read only for ``class_stats`` statistics and ``real_unsafe``).
+        init: ``"noise"``, ``"class_stats"`` or ``"real_unsafe"`` (see the module docstring).
+        masks: (n, d, h, w) synthetic segmentation masks the ``class_stats`` initialisation paints.
+        low: the low-resolution grid (d, h, w).
+        rng, generator: NumPy / torch random generators.
     """
-    rng = np.random.default_rng(seed)
-    generator = torch.Generator().manual_seed(seed)
-    model = model.eval()
-    tables, counts = soft_labels(model, dataset, settings.temperature)
-    shape, low = _reference_shape(dataset, settings.scale)
-    n, channels = settings.n_synthetic, int(dataset[0]["image"].shape[0])
-    syn_labels = torch.from_numpy(_synthetic_labels(counts, n))
+    n, channels = int(masks.shape[0]), int(dataset[0]["image"].shape[0])
     all_indices = np.arange(len(dataset))
-    fractions = _class_volumes(dataset, rng.choice(all_indices, size=min(len(all_indices), 8), replace=False))
-    masks = torch.from_numpy(_synthetic_masks(low, fractions, n, rng))
-
-    if settings.init == "real_unsafe":
+    if init == "real_unsafe":
         picks = rng.choice(all_indices, size=n, replace=len(all_indices) < n)
-        images = torch.cat([F.interpolate(dataset[int(i)]["image"][None], size=low, mode="area") for i in picks])
-    elif settings.init == "class_stats":
+        return torch.cat([F.interpolate(dataset[int(i)]["image"][None], size=low, mode="area") for i in picks]).float()
+    if init == "class_stats":
         stats = torch.zeros(4, channels, 2)
         stats[:, :, 1] = 1.0
-        values = {k: [] for k in range(4)}
-        for image, seg, has_mask, _ in _real_batches(dataset, rng.choice(all_indices, size=min(len(all_indices), 4), replace=False)):
+        values: dict[int, list[torch.Tensor]] = {k: [] for k in range(4)}
+        sample = rng.choice(all_indices, size=min(len(all_indices), 4), replace=False)
+        for image, seg, has_mask, _ in _real_batches(dataset, sample):
             if has_mask:
                 for k in range(4):
                     chosen = seg[0] == k
@@ -172,51 +226,147 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
                 stats[k, :, 0], stats[k, :, 1] = joined.mean(1), joined.std(1).clamp_min(1e-3)
         mean = stats[masks.long(), :, 0].permute(0, 4, 1, 2, 3)
         std = stats[masks.long(), :, 1].permute(0, 4, 1, 2, 3)
-        images = mean + 0.5 * std * torch.randn(mean.shape, generator=generator)
-    else:
-        images = torch.randn((n, channels, *low), generator=generator)
-    images = images.float().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([images], lr=settings.lr)
-    full_masks = upsample_synthetic(images.detach(), masks, shape)[1]
+        return (mean + 0.5 * std * torch.randn(mean.shape, generator=generator)).float()
+    return torch.randn((n, channels, *low), generator=generator)
 
-    for step in range(settings.steps):
-        net = _perturbed(model, settings.perturb if step % 2 else 0.0, generator)  # theta_r and perturbed copies
-        for p in net.parameters():
-            p.requires_grad_(False)
-        batch = rng.choice(all_indices, size=min(len(all_indices), settings.real_batch), replace=False)
-        real_feats, real_labels, real_voxel = [], [], {}
-        with torch.no_grad():
-            voxel_sums: dict[int, list[torch.Tensor]] = {}
-            for image, seg, has_mask, labels in _real_batches(dataset, batch):
-                out = net(image, return_features=True)
-                real_feats.append(out["bottleneck"])
-                real_labels.append(labels[None])
-                if has_mask:
-                    for k, mean in _voxel_class_means(out["decoder"], seg[None]).items():
-                        voxel_sums.setdefault(k, []).append(mean)
-            real_voxel = {k: torch.stack(v).mean(0) for k, v in voxel_sums.items()}
-        real_means = _class_means(torch.cat(real_feats), torch.cat(real_labels))
-        syn_full, _ = upsample_synthetic(images, masks, shape)
-        out = net(syn_full, return_features=True)
-        syn_means = _class_means(out["bottleneck"], syn_labels)
-        shared = [key for key in syn_means if key in real_means]
-        loss = sum(((syn_means[k] - real_means[k]) ** 2).sum() for k in shared) if shared else images.sum() * 0
-        syn_voxel = _voxel_class_means(out["decoder"], full_masks)
-        seg_shared = [k for k in syn_voxel if k in real_voxel]
-        if seg_shared:
-            loss = loss + sum(((syn_voxel[k] - real_voxel[k]) ** 2).sum() for k in seg_shared)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
 
+def _levels(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
+    """Features of ``images`` at every matched level: bottleneck, hidden, per-marker logits, decoder."""
+    out = net(images, return_features=True)
+    hidden = net.mlp(out["bottleneck"])  # the classification branch's hidden features (eval: no dropout)
+    return {"bottleneck": out["bottleneck"], "hidden": hidden, "logits": {m: out[m].float() for m in MARKERS},
+            "decoder": out["decoder"]}
+
+
+def _class_sums(levels: dict, labels: torch.Tensor) -> dict[tuple[str, int, int], tuple[torch.Tensor, int]]:
+    """{(level, marker index, class): (sum of that level's features over cases of the class, count)}."""
+    sums = {}
+    for j, marker in enumerate(MARKERS):
+        for c in range(len(MARKER_CLASSES[marker])):
+            chosen = labels[:, j] == c
+            count = int(chosen.sum())
+            if count:
+                sums[("bottleneck", j, c)] = (levels["bottleneck"][chosen].sum(0), count)
+                sums[("hidden", j, c)] = (levels["hidden"][chosen].sum(0), count)
+                sums[("logits", j, c)] = (levels["logits"][marker][chosen].sum(0), count)
+    return sums
+
+
+def _voxel_class_sums(decoder: torch.Tensor, seg: torch.Tensor) -> dict[int, tuple[torch.Tensor, int]]:
+    """(N, F, D, H, W) decoder features, (N, 1, D, H, W) classes -> {class: (feature sum over its voxels, count)}."""
+    flat = decoder.permute(1, 0, 2, 3, 4).reshape(decoder.shape[1], -1)
+    classes = seg.reshape(-1)
+    return {int(k): (flat[:, classes == k].sum(1), int((classes == k).sum())) for k in torch.unique(classes).tolist()}
+
+
+@torch.no_grad()
+def real_targets(net: torch.nn.Module, dataset, indices) -> dict:
+    """Class-wise means of the real cases ``indices`` under ``net`` (eval mode): ``{"class": {(level, marker
+    index, class): mean}, "voxel": {segmentation class: mean decoder feature}}`` (cases without a mask add
+    nothing to ``voxel``)."""
+    class_sums: dict = {}
+    voxel_sums: dict = {}
+    for image, seg, has_mask, labels in _real_batches(dataset, indices):
+        levels = _levels(net, image)
+        for key, (total, count) in _class_sums(levels, labels[None]).items():
+            old = class_sums.get(key, (0.0, 0))
+            class_sums[key] = (old[0] + total, old[1] + count)
+        if has_mask:
+            for key, (total, count) in _voxel_class_sums(levels["decoder"], seg[None]).items():
+                old = voxel_sums.get(key, (0.0, 0))
+                voxel_sums[key] = (old[0] + total, old[1] + count)
+    return {"class": {k: s / n for k, (s, n) in class_sums.items()},
+            "voxel": {k: s / n for k, (s, n) in voxel_sums.items() if n}}
+
+
+def matching_loss(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+                  shape, targets: dict) -> torch.Tensor:
+    """Distribution-matching loss of the synthetic set under ``net`` against real ``targets``
+    (:func:`real_targets`).
+
+    Sum of squared distances between synthetic and real class means, for every (level, marker, class)
+    present in both (levels: pooled bottleneck, MLP hidden, that marker's logits), plus, for every
+    segmentation class present in both, the squared distance of the mean last-decoder feature over that
+    class's voxels.
+
+    Args:
+        net: model in eval mode (its parameters need no gradient).
+        images: (n, C, d, h, w) low-resolution synthetic images (requires grad).
+        masks: (n, 1, D, H, W) synthetic masks at full resolution (int64).
+        labels: (n, 4) synthetic label vectors.
+        shape: full-resolution (D, H, W).
+        targets: real class means under the same ``net``.
+
+    Returns:
+        scalar loss (zero, still connected to ``images``, when nothing is shared).
+    """
+    full = F.interpolate(images.float(), size=tuple(shape), mode="trilinear", align_corners=False)
+    levels = _levels(net, full)
+    loss = images.sum() * 0.0
+    for key, (total, count) in _class_sums(levels, labels).items():
+        if key in targets["class"]:
+            loss = loss + ((total / count - targets["class"][key]) ** 2).sum()
+    if bool((masks > 0).any()):
+        for k, (total, count) in _voxel_class_sums(levels["decoder"], masks).items():
+            if k in targets["voxel"] and count:
+                loss = loss + ((total / count - targets["voxel"][k]) ** 2).sum()
+    return loss
+
+
+def build_payload(images: torch.Tensor, masks: torch.Tensor, labels: np.ndarray, tables: dict[str, np.ndarray],
+                  counts: dict[str, np.ndarray], bn_stats: dict[str, np.ndarray], meta: dict) -> Payload:
+    """The ``distilled_set`` payload: ``syn_images`` float16 (n, C, d, h, w), ``syn_masks`` uint8 (n, d, h, w),
+    ``syn_labels`` int8 (n, 4), ``soft:<marker>`` float32 (K, K), ``counts:<marker>`` int64 (K,),
+    ``bn:<layer>.running_mean|var`` float32 (C,) and the given metadata."""
     arrays = {
         "syn_images": images.detach().numpy().astype(np.float16),
         "syn_masks": masks.numpy().astype(np.uint8),
-        "syn_labels": syn_labels.numpy().astype(np.int8),
+        "syn_labels": np.asarray(labels).astype(np.int8),
     }
     for marker in MARKERS:
         arrays[f"soft:{marker}"] = tables[marker]
         arrays[f"counts:{marker}"] = counts[marker]
+    for name, value in bn_stats.items():
+        arrays[f"bn:{name}"] = value.astype(np.float32)
+    return Payload("distilled_set", arrays, meta)
+
+
+def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: int, site: str) -> Payload:
+    """Soft labels + BatchNorm statistics + condensed synthetic set of one site's real cases under the global
+    ``model``.
+
+    Returns:
+        ``distilled_set`` payload (:func:`build_payload`); meta ``site``, ``n_cases``, ``shape``
+        (full-resolution D, H, W), ``scale``, ``init``, ``temperature``.
+    """
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = model.eval()
+    tables, counts = soft_labels(model, dataset, settings.temperature)
+    shape, low = _reference_shape(dataset, settings.scale)
+    all_indices = np.arange(len(dataset))
+    real = rng.choice(all_indices, size=min(len(all_indices), settings.real_batch), replace=False)
+    bn_stats = real_bn_statistics(model, dataset, real)
+    # label vectors of the cases whose class means are the targets: every synthetic class has a real target
+    labels = joint_labels(dataset.labels[real], settings.n_synthetic, rng)
+    fractions = _class_volumes(dataset, rng.choice(all_indices, size=min(len(all_indices), 8), replace=False))
+    masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng))
+    images = init_synthetic(dataset, settings.init, masks, low, rng, generator).clone().requires_grad_(True)
+    syn_labels = torch.from_numpy(labels)
+    full_masks = upsample_synthetic(images.detach(), masks, shape)[1]
+
+    if settings.steps > 0:
+        # theta_r and perturbed copies; real targets once per copy (over up to real_batch cases)
+        nets = [_perturbed(model, settings.perturb if k else 0.0, generator) for k in range(max(1, settings.models))]
+        targets = [real_targets(net, dataset, real) for net in nets]
+        optimizer = torch.optim.Adam([images], lr=settings.lr)
+        for step in range(settings.steps):
+            k = step % len(nets)
+            loss = matching_loss(nets[k], images, full_masks, syn_labels, shape, targets[k])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
     meta = {"site": site, "n_cases": len(dataset), "shape": list(shape), "scale": settings.scale,
             "init": settings.init, "temperature": settings.temperature}
-    return Payload("distilled_set", arrays, meta)
+    return build_payload(images, masks, labels, tables, counts, bn_stats, meta)

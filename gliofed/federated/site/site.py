@@ -10,7 +10,7 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.data.manifest import MODALITIES
+from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
 from gliofed.errors import PolicyError
@@ -95,7 +95,8 @@ class Site:
                 ``distill`` (DistillSettings as dict).
 
         Returns:
-            ``weights_update``, ``distilled_set`` or ``site_info`` payload.
+            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
+            ``distilled_set`` or ``site_info`` payload.
 
         Raises:
             PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
@@ -144,8 +145,13 @@ class Site:
             self.__cases.transform = None
         network.cpu()
         loss = float(np.mean([h["total"] for h in history])) if history else None  # no step: no loss (not NaN)
-        return Payload("weights_update", state_to_arrays(network), {"site": self.name, "n_cases": self.n_cases,
-                                                                   "loss": loss})
+        # counts FedAvg weights the decoder and each marker head by (disclosed, like n_cases)
+        labels = self.__cases.labels
+        labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
+        n_masked = int(self.__cases.index["has_mask"].astype(bool).sum())
+        return Payload("weights_update", state_to_arrays(network),
+                       {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
+                        "n_labelled": labelled, "loss": loss})
 
     def _refuse_if_flagged(self, payload: Payload) -> None:
         """The outgoing audit: a distilled set with any synthetic volume flagged as a near-copy stays here."""

@@ -21,18 +21,41 @@ class FederationError(GliofedError):
     """A round could not proceed (too few sites answered)."""
 
 
-def weighted_average(updates: list[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
+def weighted_average(updates: list[tuple[dict[str, np.ndarray], float]],
+                     part_weights: list[dict[str, float]] | None = None) -> dict[str, np.ndarray]:
     """Average ``w:`` arrays weighted by the given weights; integer buffers (BatchNorm step counters) take
-    the maximum."""
-    total = float(sum(w for _, w in updates))
+    the maximum.
+
+    Args:
+        updates: (arrays, weight) per site.
+        part_weights: optional, one dict per update: ``{name prefix: weight}`` overriding that update's weight
+            for the arrays whose name starts with the prefix (longest prefix wins). FedAvg uses it to weight the
+            segmentation decoder by each site's masked cases and each marker head by its labelled cases. Where
+            every site's weight of an array is zero (no site could train it), the plain weights apply.
+
+    Returns:
+        the averaged arrays.
+    """
     averaged = {}
     for name in updates[0][0]:
         first = updates[0][0][name]
         if first.dtype.kind in "iu":
             averaged[name] = np.max([u[name] for u, _ in updates], axis=0).astype(first.dtype)
-        else:
-            averaged[name] = (sum(u[name].astype(np.float64) * (w / total) for u, w in updates)).astype(first.dtype)
+            continue
+        weights = [_part_weight(name, w, part_weights[i] if part_weights else None) for i, (_, w) in enumerate(updates)]
+        if sum(weights) <= 0:
+            weights = [w for _, w in updates]
+        total = float(sum(weights))
+        averaged[name] = (sum(u[name].astype(np.float64) * (w / total) for (u, _), w in zip(updates, weights))
+                          ).astype(first.dtype)
     return averaged
+
+
+def _part_weight(name: str, default: float, parts: dict[str, float] | None) -> float:
+    if not parts:
+        return float(default)
+    matches = [prefix for prefix in parts if name.startswith(prefix)]
+    return float(parts[max(matches, key=len)]) if matches else float(default)
 
 
 class Strategy:

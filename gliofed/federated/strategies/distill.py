@@ -1,13 +1,18 @@
 """Distillation federation, server side (the seed study's method; compare FedAF, CVPR 2024, FedDM, CVPR 2023).
 
-Each round the sites return a condensed synthetic set plus soft labels (:mod:`gliofed.federated.site.condense`,
-which runs inside each site). The server trains the global model on the union of synthetic sets with
+Each round the sites return a condensed synthetic set, soft labels and the BatchNorm statistics of their real data
+(:mod:`gliofed.federated.site.condense`, which runs inside each site). The server sets the model's BatchNorm statistics
+to the case-weighted mean of the sites' and keeps them frozen while it trains (synthetic volumes are upsampled
+from a low resolution, so their batch statistics differ from real scans'), then trains the global model on this
+round's synthetic sets, each step paired with one set kept from the last ``memory_rounds`` rounds (the server
+no longer forgets earlier rounds), with
 
     loss = CE(markers | known synthetic labels) + seg loss (synthetic masks)
            + kl_weight * sum over sites, markers, classes of  symKL( p_server(c), q_site(c) )
 
 where ``p_server(c)`` is the server model's class-averaged tempered softmax over that site's synthetic
-volumes of class c and ``q_site(c)`` the site's uploaded soft label for class c. ``p_server`` is computed
+volumes of class c and ``q_site(c)`` the site's uploaded soft label for class c (this round's sets only: earlier
+soft labels describe an earlier model). ``p_server`` is computed
 from the live logits, so the KL term carries gradients into the model (:func:`symmetric_kl` is tested for it).
 """
 
@@ -39,32 +44,45 @@ class DistillSettings:
         scale: down-sampling factor of the stored synthetic volumes in every axis (default 4).
         steps: condensation optimisation steps per round (default 30).
         lr: condensation learning rate on synthetic voxels (default 0.05, Adam).
-        real_batch: real cases sampled per condensation step (default 6).
+        real_batch: real cases (at most) whose class means are the matching targets and whose BatchNorm
+            statistics are uploaded (default 32).
         perturb: relative std of the weight noise of the perturbed model copies (default 0.02).
+        models: model copies matched against, the global model and ``models - 1`` perturbed ones (default 2).
         init: ``"class_stats"`` (default), ``"noise"``, or ``"real_unsafe"`` (teaching only; flagged by the audit).
         temperature: tau of the soft labels and of the server's KL term (default 2.0).
         kl_weight: lambda of the server's symmetric KL term (default 1.0).
         server_epochs: server passes over the union of synthetic sets per round (default 10).
-        server_lr: server learning rate (default 1e-3, AdamW).
+        server_lr: server learning rate (default 3e-4, AdamW). Adam moves every weight by about ``server_lr`` per
+            step, and the server takes 50-100 steps a round on a few dozen synthetic volumes with BatchNorm
+            statistics measured before those steps; at 1e-3 the encoder drifted by about the weights' own scale
+            each round and the classification branch went silent on real scans (constant predictions, one
+            benchmark seed of three).
+        memory_rounds: earlier rounds whose synthetic sets the server keeps training on (default 4; 0 = none).
+        freeze_bn: train with the sites' real BatchNorm statistics frozen (default True).
     """
 
     n_synthetic: int = 3
     scale: int = 4
     steps: int = 30
     lr: float = 0.05
-    real_batch: int = 6
+    real_batch: int = 32
     perturb: float = 0.02
+    models: int = 2
     init: str = "class_stats"
     temperature: float = 2.0
     kl_weight: float = 1.0
     server_epochs: int = 10
-    server_lr: float = 1e-3
+    server_lr: float = 3e-4
+    memory_rounds: int = 4
+    freeze_bn: bool = True
 
     def __post_init__(self) -> None:
         if self.init not in ("noise", "class_stats", "real_unsafe"):
             raise ConfigError(f"distillation init {self.init!r} is not 'noise', 'class_stats' or 'real_unsafe'.")
-        if self.n_synthetic < 1 or self.scale < 1 or self.steps < 0:
-            raise ConfigError("n_synthetic and scale must be >= 1 and steps >= 0.")
+        if self.n_synthetic < 1 or self.scale < 1 or self.steps < 0 or self.real_batch < 1 or self.models < 1:
+            raise ConfigError("n_synthetic, scale, real_batch and models must be >= 1 and steps >= 0.")
+        if self.memory_rounds < 0:
+            raise ConfigError(f"memory_rounds {self.memory_rounds} must be >= 0.")
 
 
 def upsample_synthetic(images: torch.Tensor, masks: torch.Tensor, shape) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,35 +128,77 @@ class DistillFederation(Strategy):
         super().__init__(local_epochs=0)
         self.settings = settings if isinstance(settings, DistillSettings) else DistillSettings(**(settings or {}))
         self.seed = seed
+        #: (round, site, payload) of the synthetic sets kept from earlier rounds
+        self.memory: list[tuple[int, str, Payload]] = []
 
     def site_settings(self, rnd: int) -> dict:
         return {"distill": dataclasses.asdict(self.settings)}
 
+    def _load_bn(self, model: nn.Module, replies: dict[str, Payload]) -> None:
+        """Set the model's BatchNorm statistics to the case-weighted mean of the sites' real statistics."""
+        keys = sorted({k for p in replies.values() for k in p.arrays if k.startswith("bn:")})
+        if not keys:
+            return
+        state = model.state_dict()
+        for key in keys:
+            have = [(p.arrays[key].astype(np.float64), float(p.meta["n_cases"])) for p in replies.values()
+                    if key in p.arrays]
+            total = sum(w for _, w in have)
+            name = key[3:]
+            if name in state and total > 0:
+                mean = sum(a * (w / total) for a, w in have)
+                state[name].copy_(torch.from_numpy(mean).to(state[name].dtype))
+
+    @staticmethod
+    def _unpack(payload: Payload, device) -> tuple:
+        images, masks = upsample_synthetic(torch.from_numpy(payload.arrays["syn_images"].astype(np.float32)),
+                                           torch.from_numpy(payload.arrays["syn_masks"].astype(np.int64)),
+                                           payload.meta["shape"])
+        soft = {m: torch.from_numpy(payload.arrays[f"soft:{m}"]).to(device) for m in MARKERS}
+        labels = torch.from_numpy(payload.arrays["syn_labels"].astype(np.int64))
+        return images.to(device), masks.to(device), labels.to(device), soft
+
     def aggregate(self, model: nn.Module, replies: dict[str, Payload], rnd: int) -> dict:
         device = next(model.parameters()).device
-        sets = []
-        for site, payload in sorted(replies.items()):
-            images, masks = upsample_synthetic(torch.from_numpy(payload.arrays["syn_images"].astype(np.float32)),
-                                               torch.from_numpy(payload.arrays["syn_masks"].astype(np.int64)),
-                                               payload.meta["shape"])
-            soft = {m: torch.from_numpy(payload.arrays[f"soft:{m}"]).to(device) for m in MARKERS}
-            labels = torch.from_numpy(payload.arrays["syn_labels"].astype(np.int64))
-            sets.append((site, images.to(device), masks.to(device), labels.to(device), soft))
+        if self.settings.freeze_bn:
+            self._load_bn(model, replies)
+        current = [self._unpack(payload, device) for _, payload in sorted(replies.items())]
+        earlier = [self._unpack(payload, device) for _, _, payload in self.memory]
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.server_lr)
         loss_fn = MultiTaskLoss()
         rng = np.random.default_rng([self.seed, rnd])
         model.train()
+        if self.settings.freeze_bn:
+            for module in model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()  # normalise with the sites' real statistics; do not overwrite them
         losses = []
         for _ in range(self.settings.server_epochs):
-            for k in rng.permutation(len(sets)):  # one site's synthetic set per step: shapes differ across sites
-                _, images, masks, labels, soft = sets[k]
-                outputs = model(images)
-                has_mask = masks.flatten(1).amax(1) > 0
-                task_loss, _ = loss_fn(outputs, masks, has_mask, labels)
-                kl = distillation_kl(outputs, labels, soft, self.settings.temperature)
-                loss = task_loss + self.settings.kl_weight * kl
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                losses.append(float(loss.detach()))
-        return {"server_loss": float(np.mean(losses)) if losses else float("nan")}
+            for k in rng.permutation(len(current)):  # one site's synthetic set per step: shapes differ across sites
+                steps = [(current[k], True)]
+                if earlier:
+                    steps.append((earlier[int(rng.integers(len(earlier)))], False))
+                for (images, masks, labels, soft), with_kl in steps:
+                    outputs = model(images)
+                    has_mask = masks.flatten(1).amax(1) > 0
+                    loss, _ = loss_fn(outputs, masks, has_mask, labels)
+                    if with_kl:
+                        loss = loss + self.settings.kl_weight * distillation_kl(outputs, labels, soft,
+                                                                                self.settings.temperature)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+        self.memory = [entry for entry in self.memory if entry[0] > rnd - self.settings.memory_rounds]
+        if self.settings.memory_rounds > 0:
+            self.memory += [(rnd, site, payload) for site, payload in sorted(replies.items())]
+        model.eval()
+        return {"server_loss": float(np.mean(losses)) if losses else float("nan"), "memory_sets": len(earlier)}
+
+    def state_dict(self) -> dict:
+        return {"memory": [(rnd, site, payload.kind, payload.arrays, payload.meta)
+                           for rnd, site, payload in self.memory]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory = [(rnd, site, Payload(kind, arrays, meta))
+                       for rnd, site, kind, arrays, meta in state.get("memory", [])]

@@ -1,27 +1,56 @@
-"""FedAvg (McMahan et al., AISTATS 2017): case-count weighted averaging of locally trained weights."""
+"""FedAvg (McMahan et al., AISTATS 2017): case-count weighted averaging of locally trained weights.
+
+Partial labels: a site without masks cannot train the segmentation decoder, and a site that never records a
+marker cannot train that marker's head; its copy of those parameters is the old global one. Weighting them by
+total cases would pull every round's update back towards the old weights (by the share of such sites). So the
+decoder and segmentation head are weighted by each site's masked cases (``n_masked``) and each marker head by
+its cases with a known label (``n_labelled``); the shared encoder and the classification MLP by all cases.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
+from gliofed.data.manifest import MARKERS
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.base import Strategy, weighted_average
 
-__all__ = ["FedAvg"]
+__all__ = ["FedAvg", "SEGMENTATION_PREFIXES", "part_weights"]
+
+#: state-dict prefixes (``w:`` arrays) of the parameters only the segmentation loss trains
+SEGMENTATION_PREFIXES = ("w:upcat_", "w:seg_head.")
+
+
+def part_weights(payload: Payload) -> dict[str, float]:
+    """``{prefix: weight}`` of one site's update: decoder and segmentation head by masked cases, each marker head
+    by its labelled cases. A site that does not disclose them (an older client) gets its total case count."""
+    n_cases = float(payload.meta["n_cases"])
+    weights = {prefix: float(payload.meta.get("n_masked", n_cases)) for prefix in SEGMENTATION_PREFIXES}
+    labelled = payload.meta.get("n_labelled") or {}
+    for marker in MARKERS:
+        weights[f"w:heads.{marker}."] = float(labelled.get(marker, n_cases))
+    return weights
 
 
 class FedAvg(Strategy):
     """Each round every site trains ``local_epochs`` from the global model; the server averages the
-    weights (and BatchNorm statistics) weighted by the sites' case counts.
+    weights (and BatchNorm statistics) weighted by the sites' case counts — the decoder by masked cases and
+    each marker head by labelled cases (:func:`part_weights`) unless ``partial_weights=False``.
 
     Args:
         local_epochs: local epochs per round (default 1).
+        partial_weights: weight task-specific parameters by the cases that train them (default True).
     """
 
     name = "fedavg"
     task = "train"
 
+    def __init__(self, local_epochs: int = 1, partial_weights: bool = True) -> None:
+        super().__init__(local_epochs)
+        self.partial_weights = partial_weights
+
     def aggregate(self, model: nn.Module, replies: dict[str, Payload], rnd: int) -> dict:
         updates = [(p.arrays, float(p.meta["n_cases"])) for p in replies.values()]
-        self.load(model, weighted_average(updates))
+        parts = [part_weights(p) for p in replies.values()] if self.partial_weights else None
+        self.load(model, weighted_average(updates, parts))
         return {"site_loss": {site: p.meta.get("loss") for site, p in replies.items()}}

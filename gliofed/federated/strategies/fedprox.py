@@ -13,12 +13,13 @@ class FedProx(FedAvg):
     Args:
         local_epochs: local epochs per round (default 1).
         mu: proximal weight (default 0.01).
+        partial_weights: as in :class:`FedAvg` (default True).
     """
 
     name = "fedprox"
 
-    def __init__(self, local_epochs: int = 1, mu: float = 0.01) -> None:
-        super().__init__(local_epochs)
+    def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True) -> None:
+        super().__init__(local_epochs, partial_weights)
         self.mu = mu
 
     def site_settings(self, rnd: int) -> dict:

@@ -1,0 +1,510 @@
+"""Five ways of training on the same sites, over several seeds: accuracy, bytes and site compute, with CIs.
+
+For every seed the synthetic benchmark cohort is drawn anew (``make_cohort(seed=...)``: new subjects, new
+split), preprocessed, and every strategy (centralized, local, fedavg, fedprox, distill) is trained on it with the
+same settings. Each strategy's final model is scored on the test split twice:
+
+* ``truth``: against the cohort's hidden true labels (``truth.csv``), every test case labelled;
+* ``manifest``: against the manifest's partially known labels (unknown ones ignored), as a user would.
+
+Per strategy and metric (AUC IDH, 1p/19q, MGMT, grade; Dice WT, TC, ET; mean marker AUC = mean of IDH, 1p/19q
+and grade) the table gives the mean over seeds with a 95 % t-interval over seeds; paired differences against
+FedAvg and centralized come from a paired bootstrap over test cases (resampled within each seed, the difference
+averaged over seeds, 2,000 resamples). Dice is the mean over test cases with a mask. Local-only is the mean of
+the site models' scores (as in the simulator).
+
+Also per strategy: bytes up and down per client-round (measured on the serialised payloads), the site compute
+time per round (mean over sites and rounds of the time a site takes to answer), and the distillation upload at
+the seed's full-size model and input (4 x 155 x 128 x 128), measured on a serialised payload of that shape.
+
+Outputs (``--out``, default ``runs/bench_strategies``): ``per_seed.csv`` (one row per seed, strategy, label
+source, metric), ``summary.csv``, ``differences.csv``, ``table.md`` (for RESULTS.md, with device and date) and
+``pareto.html`` (accuracy against upload bytes; plotly.js inline, works offline).
+
+Usage:
+  python benchmarks/bench_strategies.py                 # the CPU benchmark (3 seeds, ~30-35 min on 2 idle cores)
+  python benchmarks/bench_strategies.py --quick         # 1 seed, fedavg + distill, 2 rounds (< 5 min)
+  python benchmarks/bench_strategies.py --smoke         # tiny cohort, small model, 1 round (the test's setting)
+  python benchmarks/bench_strategies.py --gpu           # larger setting for a lent GPU
+  python benchmarks/bench_strategies.py --tiny-round    # one round of each strategy on tiny (timing row)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from a checkout
+    sys.path.insert(0, str(ROOT))
+
+from gliofed.data.cache import preprocess  # noqa: E402
+from gliofed.data.dataset import CaseDataset  # noqa: E402
+from gliofed.data.manifest import MARKERS  # noqa: E402
+from gliofed.data.synth import make_cohort  # noqa: E402
+from gliofed.experiments.comparison import build_sites  # noqa: E402
+from gliofed.federated.simulate import simulate  # noqa: E402
+from gliofed.federated.strategies import STRATEGIES, make_strategy  # noqa: E402
+from gliofed.federated.strategies.distill import DistillSettings  # noqa: E402
+from gliofed.metrics import fast_auc  # noqa: E402
+from gliofed.presets import train_preset  # noqa: E402
+from gliofed.runs import TrainingRun  # noqa: E402
+
+PREDICTIONS_FILE = TrainingRun.PREDICTIONS
+
+#: the marker AUCs whose mean is the headline accuracy (MGMT is reported, but is by design a weak cue)
+HEADLINE_MARKERS = ("idh", "codeletion", "grade")
+METRICS = ("auc_idh", "auc_codeletion", "auc_mgmt", "auc_grade", "auc_mean", "dice_WT", "dice_TC", "dice_ET")
+LABELS = {"auc_idh": "AUC IDH", "auc_codeletion": "AUC 1p/19q", "auc_mgmt": "AUC MGMT", "auc_grade": "AUC grade",
+          "auc_mean": "mean marker AUC", "dice_WT": "Dice WT", "dice_TC": "Dice TC", "dice_ET": "Dice ET"}
+FULL_SIZE = (4, 155, 128, 128)
+
+#: settings per mode: cohort preset, subjects per site, cache size, seeds, rounds, strategies, model, device
+MODES: dict[str, dict] = {
+    "full": dict(preset="workshop", cases_per_site=24, size=32, seeds=(0, 1, 2), rounds=6,
+                 strategies=STRATEGIES, small_model=False, device="cpu", n_boot=2000),
+    "quick": dict(preset="workshop", cases_per_site=12, size=32, seeds=(0,), rounds=2,
+                  strategies=("fedavg", "distill"), small_model=False, device="cpu", n_boot=500),
+    "smoke": dict(preset="tiny", cases_per_site=None, size=24, seeds=(0,), rounds=1,
+                  strategies=("fedavg", "distill"), small_model=True, device="cpu", n_boot=100),
+    "gpu": dict(preset="workshop", cases_per_site=None, size=48, seeds=(0, 1, 2, 3, 4), rounds=12,
+                strategies=STRATEGIES, small_model=False, device="cuda", n_boot=2000),
+    # issue 12 point 5: one round of every strategy on the tiny cohort at its own cache size (32), 2 threads
+    "tiny_round": dict(preset="tiny", cases_per_site=None, size=32, seeds=(0,), rounds=1,
+                       strategies=STRATEGIES, small_model=False, device="cpu", n_boot=100, threads=2),
+}
+#: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)
+DISTILL: dict[str, dict] = {
+    "full": {"steps": 5, "server_epochs": 5, "real_batch": 12},  # the workshop preset's distillation effort
+    "quick": {"steps": 5, "server_epochs": 5, "real_batch": 12},
+    "smoke": {"steps": 1, "server_epochs": 1, "real_batch": 4},
+    "gpu": {"steps": 30, "server_epochs": 10},
+    "tiny_round": {"steps": 2, "server_epochs": 2},  # the tiny preset's
+}
+
+
+class TimedSite:
+    """A :class:`~gliofed.federated.site.Site` whose training / distillation answers are timed (the simulator needs
+    only ``name``, ``handle`` and ``raw_bytes``)."""
+
+    def __init__(self, site) -> None:
+        self.site, self.name, self.seconds = site, site.name, []
+
+    def handle(self, task, model, settings):
+        started = time.perf_counter()
+        try:
+            return self.site.handle(task, model, settings)
+        finally:
+            if task in ("train", "distill"):  # not the centralized baseline's size enquiry
+                self.seconds.append(time.perf_counter() - started)
+
+    def raw_bytes(self) -> int:
+        return self.site.raw_bytes()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scoring
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _auc(y: np.ndarray, frame: pd.DataFrame, marker: str) -> float:
+    known = y >= 0
+    y, frame = y[known], frame[known]
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if marker != "grade":
+        return fast_auc(y == 1, frame[f"p_{marker}_1"].to_numpy())
+    aucs = [fast_auc(y == k, frame[f"p_grade_{k}"].to_numpy()) for k in range(3) if 0 < (y == k).sum() < len(y)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def score(predictions: pd.DataFrame) -> dict[str, float]:
+    """Metrics of one model's test predictions (label columns already chosen: truth or manifest)."""
+    out = {f"auc_{m}": _auc(predictions[m].to_numpy(), predictions, m) for m in MARKERS}
+    out["auc_mean"] = float(np.mean([out[f"auc_{m}"] for m in HEADLINE_MARKERS]))
+    masked = predictions[predictions["has_mask"].astype(bool)]
+    for region in ("WT", "TC", "ET"):
+        out[f"dice_{region}"] = float(masked[f"dice_{region}"].mean()) if len(masked) else float("nan")
+    return out
+
+
+def score_models(predictions: pd.DataFrame, rows: np.ndarray | None = None) -> dict[str, float]:
+    """Mean over the evaluated models (one for global strategies, one per site for local-only) of :func:`score`,
+    on test cases ``rows`` (positions within each model's predictions, sorted by subject; default all)."""
+    scores = []
+    for _, group in predictions.groupby("model", sort=True):
+        group = group.sort_values("subject").reset_index(drop=True)
+        scores.append(score(group if rows is None else group.iloc[rows].reset_index(drop=True)))
+    return {k: float(np.nanmean([s[k] for s in scores])) if any(np.isfinite(s[k]) for s in scores) else float("nan")
+            for k in scores[0]}
+
+
+def with_labels(predictions: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
+    """The predictions with the manifest's labels (``truth=None``) or the cohort's true labels."""
+    if truth is None:
+        return predictions
+    table = truth.set_index("subject_id")
+    frame = predictions.copy()
+    for marker in MARKERS:
+        frame[marker] = table.loc[frame["subject"], f"true_{marker}"].to_numpy()
+    return frame
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and 95 % t-interval over seeds (NaN bounds for a single seed)."""
+    from scipy import stats
+
+    values = np.asarray([v for v in values if np.isfinite(v)], float)
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
+
+
+def paired_differences(per_seed: dict[int, dict[str, pd.DataFrame]], a: str, b: str, n_boot: int,
+                       seed: int = 0) -> list[dict]:
+    """Paired bootstrap of ``a - b`` for every metric: test cases resampled within each seed (the same cases for
+    both strategies), the per-seed difference averaged over seeds. Returns one row per metric: mean difference,
+    95 % percentile interval and the share of resamples with ``a <= b``."""
+    rng = np.random.default_rng(seed)
+    seeds = [s for s in sorted(per_seed) if a in per_seed[s] and b in per_seed[s]]
+    if not seeds:
+        return []
+    sizes = {s: per_seed[s][a]["subject"].nunique() for s in seeds}
+    observed = {m: [] for m in METRICS}
+    for s in seeds:
+        sa, sb = score_models(per_seed[s][a]), score_models(per_seed[s][b])
+        for m in METRICS:
+            observed[m].append(sa[m] - sb[m])
+    draws = {m: [] for m in METRICS}
+    for _ in range(n_boot):
+        diffs = {m: [] for m in METRICS}
+        for s in seeds:
+            rows = rng.integers(0, sizes[s], sizes[s])
+            sa, sb = score_models(per_seed[s][a], rows), score_models(per_seed[s][b], rows)
+            for m in METRICS:
+                diffs[m].append(sa[m] - sb[m])
+        for m in METRICS:
+            values = [d for d in diffs[m] if np.isfinite(d)]
+            if values:
+                draws[m].append(float(np.mean(values)))
+    out = []
+    for m in METRICS:
+        d = np.asarray(draws[m])
+        obs = [v for v in observed[m] if np.isfinite(v)]
+        out.append({"a": a, "b": b, "metric": m, "diff": float(np.mean(obs)) if obs else float("nan"),
+                    "lo": float(np.quantile(d, 0.025)) if len(d) else float("nan"),
+                    "hi": float(np.quantile(d, 0.975)) if len(d) else float("nan"),
+                    "p_a_le_b": float((d <= 0).mean()) if len(d) else float("nan")})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def full_size_upload_bytes(distill: dict) -> dict[str, int]:
+    """Bytes of one FedAvg upload and one distillation upload at the seed's full-size model and input
+    (4 x 155 x 128 x 128, one site): serialised payloads of exactly those shapes (the serialisation is
+    uncompressed, so the bytes do not depend on the values)."""
+    from gliofed.data.manifest import MARKER_CLASSES
+    from gliofed.federated.payload import Payload, state_to_arrays
+    from gliofed.federated.site.condense import build_payload
+    from gliofed.model import MultiTaskUNet
+
+    settings = DistillSettings(**distill)
+    model = MultiTaskUNet()
+    fedavg = Payload("weights_update", state_to_arrays(model),
+                     {"site": "s0", "n_cases": 1, "n_masked": 1, "n_labelled": {m: 1 for m in MARKERS}, "loss": 0.0})
+    shape = FULL_SIZE[1:]
+    low = tuple(max(2, math.ceil(s / settings.scale)) for s in shape)
+    n = settings.n_synthetic
+    bn = {k: v.numpy() for k, v in model.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    tables = {m: np.zeros((len(c), len(c)), np.float32) for m, c in MARKER_CLASSES.items()}
+    counts = {m: np.zeros(len(c), np.int64) for m, c in MARKER_CLASSES.items()}
+    distilled = build_payload(torch.zeros(n, FULL_SIZE[0], *low), torch.zeros(n, *low, dtype=torch.uint8),
+                              np.zeros((n, 4), np.int64), tables, counts, bn,
+                              {"site": "s0", "n_cases": 1, "shape": list(shape), "scale": settings.scale,
+                               "init": settings.init, "temperature": settings.temperature})
+    return {"fedavg": fedavg.nbytes, "distill": distilled.nbytes}
+
+
+def prepare_seed(seed: int, mode: dict, work: Path) -> None:
+    """Draw the cohort of ``seed`` (new subjects, new split) and preprocess it (both skipped when present)."""
+    cohort, cache = work / f"cohort_{seed}", work / f"cache_{seed}"
+    if not (cohort / "truth.csv").is_file():
+        make_cohort(cohort, preset=mode["preset"], seed=seed, cases_per_site=mode["cases_per_site"],
+                    progress=False, verbose=False)
+    preprocess(cohort / "manifest.csv", cache, size=mode["size"], workers=1, progress=False)
+
+
+def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
+    """Train strategy ``name`` on the prepared cohort of ``seed``; its test predictions go to the run folder.
+    Returns the cost row (bytes, compute time). Runs in a worker process when ``--jobs`` > 1."""
+    torch.set_num_threads(mode.get("threads", 1) if mode["device"] == "cpu" else torch.get_num_threads())
+    work = Path(work)
+    cache = work / f"cache_{seed}"
+    overrides = {"device": mode["device"], "seed": seed}
+    if mode["small_model"]:
+        overrides["model"] = {"features": (4, 8, 16, 32), "hidden": 8}
+    config = train_preset(mode["preset"], **overrides)
+    test = CaseDataset(cache, split="test", modalities=config.modalities, seed=seed)
+    strategy = make_strategy(name, 1, 0.01, distill, seed)
+    strategy.evaluate_each_round = False  # score only the final model: the benchmark's cost is training
+    sites = [TimedSite(site) for site in build_sites(cache, strategy, config)]
+    started = time.perf_counter()
+    _, history = simulate(strategy, sites, test, config, mode["rounds"],
+                          checkpoint_dir=work / f"run_{seed}_{name}", progress=False)
+    wall = time.perf_counter() - started
+    rounds = len(history.rounds)
+    # per client (the sites in the round's byte counts) and round
+    up = [sum(r["bytes_up"].values()) / max(len(r["bytes_up"]), 1) for r in history.rounds]
+    down = [sum(r["bytes_down"].values()) / max(len(r["bytes_down"]), 1) for r in history.rounds]
+    site_seconds = [t for s in sites for t in s.seconds]
+    pooled = [t for s in sites if s.name == "pooled" for t in s.seconds]  # centralized: the data centre
+    cost = {"seed": seed, "strategy": name, "rounds": rounds, "wall_s": wall,
+            "bytes_up_per_client_round": float(np.mean(up)), "bytes_down_per_client_round": float(np.mean(down)),
+            "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
+            "server_s_per_round": float(np.mean(pooled)) if pooled else float("nan"),
+            "settings": json.dumps({"rounds": mode["rounds"], "size": mode["size"],
+                                    "distill": distill if name == "distill" else None}, sort_keys=True)}
+    (work / f"run_{seed}_{name}" / "cost.json").write_text(json.dumps(cost))
+    return cost
+
+
+def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path) -> dict | None:
+    """The cost row of an earlier run of the same seed, strategy and settings whose predictions exist, else None."""
+    folder = work / f"run_{seed}_{name}"
+    if not ((folder / "cost.json").is_file() and (folder / PREDICTIONS_FILE).is_file()):
+        return None
+    cost = json.loads((folder / "cost.json").read_text())
+    wanted = json.dumps({"rounds": mode["rounds"], "size": mode["size"],
+                         "distill": distill if name == "distill" else None}, sort_keys=True)
+    return cost if cost.get("settings") == wanted else None
+
+
+def _cell(mean: float, lo: float, hi: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.2f}" if not np.isfinite(lo) else f"{mean:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def _bytes(value: float) -> str:
+    if not np.isfinite(value) or value == 0:
+        return "0"
+    return f"{value / 1e6:.2f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
+
+
+def summarise(per_seed_rows: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    for (source, strategy), group in per_seed_rows.groupby(["labels", "strategy"], sort=False):
+        row = {"labels": source, "strategy": strategy, "seeds": group["seed"].nunique()}
+        for m in METRICS:
+            mean, lo, hi = t_interval(group[m].tolist())
+            row.update({m: mean, f"{m}_lo": lo, f"{m}_hi": hi})
+        cost = costs[costs["strategy"] == strategy]
+        for key in ("bytes_up_per_client_round", "bytes_down_per_client_round", "site_s_per_round",
+                    "server_s_per_round", "wall_s"):
+            row[key] = float(cost[key].mean())  # pandas skips NaN: a run whose time was not recorded
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: pd.DataFrame, differences: pd.DataFrame, uploads: dict, mode_name: str, mode: dict,
+             distill: dict, device: str, elapsed: float, jobs: int = 1) -> str:
+    date = dt.date.today().isoformat()
+    lines = [f"Benchmark `{mode_name}`: cohort preset `{mode['preset']}`"
+             f" ({mode['cases_per_site'] or 'preset'} subjects per site, redrawn per seed), cache {mode['size']}x"
+             f"{mode['size']}, seeds {', '.join(map(str, mode['seeds']))}, {mode['rounds']} rounds x 1 local epoch,"
+             f" FedProx mu 0.01, distillation {json.dumps(distill)}. Device: {device}. Date: {date}."
+             f" Whole run: {elapsed / 60:.1f} min ({jobs} parallel process(es)).", ""]
+    for source, title in (("truth", "hidden true labels (`truth.csv`), every test case labelled"),
+                          ("manifest", "the manifest's known labels only")):
+        part = summary[summary["labels"] == source]
+        lines += [f"**Scored with {title}** — mean over seeds [95 % t-interval over seeds]; Dice = mean over masked"
+                  " test cases; mean marker AUC = mean of IDH, 1p/19q, grade:", ""]
+        header = ["strategy", *(LABELS[m] for m in METRICS)]
+        if source == "truth":
+            header += ["up / client-round", "down / client-round", "site s / round"]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for _, r in part.iterrows():
+            cells = [r["strategy"], *(_cell(r[m], r[f"{m}_lo"], r[f"{m}_hi"]) for m in METRICS)]
+            if source == "truth":
+                up = ("pooled cases once: " if r["strategy"] == "centralized" else "") + _bytes(
+                    r["bytes_up_per_client_round"] * (mode["rounds"] if r["strategy"] == "centralized" else 1))
+                compute = (f"{r['server_s_per_round']:.1f} (server, pooled)" if r["strategy"] == "centralized"
+                           else f"{r['site_s_per_round']:.1f}")
+                cells += [up, _bytes(r["bytes_down_per_client_round"]), compute]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    if len(differences):
+        lines += ["**Paired differences** (true labels; paired bootstrap over test cases within each seed, averaged"
+                  " over seeds; [95 % interval]; * = interval excludes 0):", ""]
+        header = ["a − b", *(LABELS[m] for m in METRICS)]
+        lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for (a, b), group in differences.groupby(["a", "b"], sort=False):
+            group = group.set_index("metric")
+            cells = []
+            for m in METRICS:
+                d = group.loc[m]
+                star = "*" if np.isfinite(d["lo"]) and (d["lo"] > 0 or d["hi"] < 0) else ""
+                cells.append(f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]{star}" if np.isfinite(d["diff"])
+                             else "–")
+            lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Upload per client-round at the seed's full-size model and input (4x155x128x128, serialised payloads):"
+                 f" FedAvg {uploads['fedavg']:,} B, distillation {uploads['distill']:,} B"
+                 f" ({100 * uploads['distill'] / uploads['fedavg']:.1f} % of FedAvg).")
+    truth = summary[summary["labels"] == "truth"].set_index("strategy")
+    if {"distill", "fedavg"} <= set(truth.index):
+        def ratio(metric: str) -> float:
+            reference = truth.loc["fedavg", metric]
+            return 100 * truth.loc["distill", metric] / reference if reference > 0 else float("nan")
+
+        ratio_auc, ratio_wt = ratio("auc_mean"), ratio("dice_WT")
+        lines.append(f"Distillation / FedAvg (true labels, mean over seeds): mean marker AUC {ratio_auc:.1f} %,"
+                     f" Dice WT {ratio_wt:.1f} % (targets: >= 95 %).")
+    return "\n".join(lines) + "\n"
+
+
+def pareto_figure(summary: pd.DataFrame, path: Path, title: str) -> None:
+    """Accuracy (mean marker AUC and Dice WT, true labels) against upload bytes per client-round; offline HTML."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    part = summary[summary["labels"] == "truth"]
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("mean marker AUC (IDH, 1p/19q, grade)", "Dice WT"))
+    for col, metric in ((1, "auc_mean"), (2, "dice_WT")):
+        for _, r in part.iterrows():
+            x = max(float(r["bytes_up_per_client_round"]), 1.0)  # local-only uploads nothing: drawn at 1 byte
+            err = [r[f"{metric}_hi"] - r[metric]] if np.isfinite(r[f"{metric}_hi"]) else None
+            err_minus = [r[metric] - r[f"{metric}_lo"]] if np.isfinite(r[f"{metric}_lo"]) else None
+            figure.add_trace(go.Scatter(x=[x], y=[r[metric]], mode="markers+text", text=[r["strategy"]],
+                                        textposition="top center", name=r["strategy"], showlegend=col == 1,
+                                        error_y=dict(type="data", array=err, arrayminus=err_minus,
+                                                     visible=err is not None)),
+                             row=1, col=col)
+        figure.update_xaxes(type="log", title_text="bytes up per client-round (log; local-only at 1)", row=1, col=col)
+    figure.update_layout(title=title, height=480, width=1100)
+    tmp = path.with_suffix(".tmp.html")
+    figure.write_html(tmp, include_plotlyjs=True, full_html=True)
+    tmp.replace(path)
+
+
+def _write_csv(frame: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_suffix(".tmp.csv")
+    frame.to_csv(tmp, index=False)
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    group = parser.add_mutually_exclusive_group()
+    for name in ("quick", "smoke", "gpu", "tiny_round"):
+        group.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=f"the {name} setting")
+    parser.add_argument("--out", default="runs/bench_strategies", help="output folder (cohorts, caches, runs, tables)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="override the mode's seeds")
+    parser.add_argument("--rounds", type=int, help="override the mode's rounds")
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, help="override the mode's strategies")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="(seed, strategy) runs in parallel processes, one torch thread each (default 1)")
+    parser.add_argument("--n-boot", type=int, help="override the mode's bootstrap resamples")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep earlier runs in --out with the same seed, strategy and settings")
+    parser.add_argument("--device-name", default=None, help="device description for the table (default: detected)")
+    args = parser.parse_args(argv)
+    mode_name = next((n for n in ("quick", "smoke", "gpu", "tiny_round") if getattr(args, n)), "full")
+    mode = dict(MODES[mode_name])
+    if args.seeds:
+        mode["seeds"] = tuple(args.seeds)
+    if args.rounds:
+        mode["rounds"] = args.rounds
+    if args.strategies:
+        mode["strategies"] = tuple(args.strategies)
+    if args.n_boot:
+        mode["n_boot"] = args.n_boot
+    distill = DISTILL[mode_name]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def log(text: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    started = time.perf_counter()
+    for seed in mode["seeds"]:
+        prepare_seed(seed, mode, out)
+    # longest first (distillation, then local-only), so that parallel workers finish together
+    order = {"distill": 0, "local": 1}
+    tasks = sorted(((seed, name) for seed in mode["seeds"] for name in mode["strategies"]),
+                   key=lambda task: (order.get(task[1], 2), task[0]))
+    costs = []
+    if args.reuse:  # runs of the same seed, strategy and settings already in --out are kept
+        kept = [(task, reusable(*task, mode, distill, out)) for task in tasks]
+        costs = [cost for _, cost in kept if cost is not None]
+        tasks = [task for task, cost in kept if cost is None]
+        log(f"reusing {len(costs)} earlier runs; running {len(tasks)}")
+
+    def done(cost: dict) -> None:
+        costs.append(cost)
+        log(f"seed {cost['seed']} {cost['strategy']}: {cost['wall_s']:.1f} s")
+
+    if args.jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+            futures = [pool.submit(run_one, seed, name, mode, distill, str(out)) for seed, name in tasks]
+            for future in as_completed(futures):
+                done(future.result())
+    else:
+        for seed, name in tasks:
+            done(run_one(seed, name, mode, distill, str(out)))
+    per_seed: dict[int, dict[str, pd.DataFrame]] = {}
+    rows = []
+    for seed in mode["seeds"]:
+        truth = pd.read_csv(out / f"cohort_{seed}" / "truth.csv")
+        per_seed[seed] = {}
+        for name in mode["strategies"]:
+            predictions = pd.read_csv(out / f"run_{seed}_{name}" / PREDICTIONS_FILE)
+            per_seed[seed][name] = with_labels(predictions, truth)
+            for source, frame in (("truth", per_seed[seed][name]), ("manifest", predictions)):
+                rows.append({"seed": seed, "strategy": name, "labels": source, **score_models(frame)})
+    per_seed_rows, cost_frame = pd.DataFrame(rows), pd.DataFrame(costs)
+    summary = summarise(per_seed_rows, cost_frame)
+    differences = []
+    for reference in ("fedavg", "centralized"):
+        for name in mode["strategies"]:
+            if name != reference and reference in mode["strategies"]:
+                differences += paired_differences(per_seed, name, reference, mode["n_boot"])
+    differences = pd.DataFrame(differences)
+    uploads = full_size_upload_bytes(distill)
+    device = args.device_name or (torch.cuda.get_device_name() if mode["device"] == "cuda"
+                                  else f"CPU ({platform.machine()}), 1 torch thread")
+    elapsed = time.perf_counter() - started
+    _write_csv(per_seed_rows.merge(cost_frame, on=["seed", "strategy"]), out / "per_seed.csv")
+    _write_csv(summary, out / "summary.csv")
+    _write_csv(differences, out / "differences.csv")
+    table = markdown(summary, differences, uploads, mode_name, mode, distill, device, elapsed, args.jobs)
+    (out / "table.md").write_text(table)
+    pareto_figure(summary, out / "pareto.html",
+                  f"gliofed strategies, {mode_name} benchmark ({len(mode['seeds'])} seeds)")
+    print(table)
+    log(f"done in {elapsed / 60:.1f} min; outputs in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

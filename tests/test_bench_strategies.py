@@ -1,0 +1,72 @@
+"""benchmarks/bench_strategies.py: its statistics, and a run at the smallest setting."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_strategies.py"
+_spec = importlib.util.spec_from_file_location("bench_strategies", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def _predictions(rng, n, quality, model="global"):
+    """Fake test predictions whose marker probabilities separate the classes by ``quality``."""
+    rows = []
+    for i in range(n):
+        labels = {"idh": i % 2, "codeletion": (i // 2) % 2, "mgmt": (i // 3) % 2, "grade": i % 3}
+        row = {"subject": f"s{i:02d}", "site": "a", "model": model, "has_mask": i % 4 != 0, **labels,
+               "dice_WT": quality, "dice_TC": quality / 2, "dice_ET": quality / 3}
+        for marker in ("idh", "codeletion", "mgmt"):
+            p = np.clip(0.5 + quality * (labels[marker] - 0.5) + rng.normal(0, 0.2), 0, 1)
+            row[f"p_{marker}_1"], row[f"p_{marker}_0"] = p, 1 - p
+        logits = rng.normal(0, 0.3, 3)
+        logits[labels["grade"]] += 3 * quality
+        probs = np.exp(logits) / np.exp(logits).sum()
+        for k in range(3):
+            row[f"p_grade_{k}"] = probs[k]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_not_a_null_one():
+    rng = np.random.default_rng(0)
+    per_seed = {s: {"good": _predictions(rng, 40, 0.9), "bad": _predictions(rng, 40, 0.1),
+                    "same": _predictions(rng, 40, 0.1)} for s in (0, 1)}
+    real = pd.DataFrame(bench.paired_differences(per_seed, "good", "bad", n_boot=200)).set_index("metric")
+    null = pd.DataFrame(bench.paired_differences(per_seed, "same", "bad", n_boot=200)).set_index("metric")
+    assert real.loc["auc_mean", "lo"] > 0 and real.loc["dice_WT", "diff"] == pytest.approx(0.8)
+    assert null.loc["auc_mean", "lo"] < 0 < null.loc["auc_mean", "hi"]
+
+
+def test_local_only_scores_are_the_mean_over_site_models():
+    rng = np.random.default_rng(1)
+    a, b = _predictions(rng, 30, 0.9, model="a"), _predictions(rng, 30, 0.2, model="b")
+    both = bench.score_models(pd.concat([a, b]))
+    assert both["dice_WT"] == pytest.approx((bench.score(a)["dice_WT"] + bench.score(b)["dice_WT"]) / 2)
+    assert both["auc_idh"] == pytest.approx((bench.score(a)["auc_idh"] + bench.score(b)["auc_idh"]) / 2)
+
+
+def test_t_interval_over_seeds():
+    mean, lo, hi = bench.t_interval([0.6, 0.7, 0.8])
+    assert hi - mean == pytest.approx(mean - lo)
+    assert mean == pytest.approx(0.7) and lo == pytest.approx(0.7 - 4.303 * 0.1 / 3 ** 0.5, abs=1e-3)
+    assert np.isnan(bench.t_interval([0.5])[1])
+
+
+def test_smoke_run_writes_table_csv_and_offline_figure(tmp_path):
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert set(summary["strategy"]) == {"fedavg", "distill"} and set(summary["labels"]) == {"truth", "manifest"}
+    per_seed = pd.read_csv(tmp_path / "per_seed.csv")
+    assert (per_seed["bytes_up_per_client_round"] > 0).all() and (per_seed["site_s_per_round"] > 0).all()
+    distill = summary[summary["strategy"] == "distill"]["bytes_up_per_client_round"].iloc[0]
+    fedavg = summary[summary["strategy"] == "fedavg"]["bytes_up_per_client_round"].iloc[0]
+    assert distill < fedavg
+    table = (tmp_path / "table.md").read_text()
+    assert "hidden true labels" in table and "manifest's known labels" in table and "distill − fedavg" in table
+    html = (tmp_path / "pareto.html").read_text()
+    assert "plotly" in html and "cdn.plot.ly" not in html.split("<body>")[0]  # plotly.js inline: works offline
