@@ -458,7 +458,8 @@ def _add_evaluate(commands) -> None:
     p.add_argument("manifest")
     p.add_argument("--split", default="test", choices=["train", "test", "external"])
     p.add_argument("--cache")
-    p.add_argument("--size", type=positive_int, help="in-plane size (default: the checkpoint's; another value is refused)")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: the checkpoint's; another value is refused)")
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--bootstrap", type=non_negative_int, default=1000,

@@ -149,8 +149,8 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         rounds: number of rounds.
         min_sites: a round proceeds only if at least this many sites answered validly.
         max_payload_bytes: a reply larger than this is refused (that site is left out of the round).
-        checkpoint_dir: if given, a :class:`~gliofed.runs.TrainingRun` folder: ``state.safetensors`` after every round and the
-            last round's test predictions.
+        checkpoint_dir: if given, a :class:`~gliofed.runs.TrainingRun` folder: ``state.safetensors`` after every
+            round and the last round's test predictions.
         resume: continue from ``checkpoint_dir/state.safetensors``; ends with exactly the metrics of an
             uninterrupted run (same seed, CPU).
 

@@ -59,6 +59,7 @@ def nearest_neighbour_audit(synthetic: np.ndarray, real: np.ndarray, real_ids: l
         j = int(cross[i].argmax())
         value = float(cross[i, j])
         rows.append({"site": site, "synthetic": i, "nn_corr": value, "nn_subject": real_ids[j],
-                     "real_to_real_q": real_q, "threshold": threshold, "percentile": float((real_nn < value).mean() * 100),
+                     "real_to_real_q": real_q, "threshold": threshold,
+                     "percentile": float((real_nn < value).mean() * 100),
                      "flagged": bool(value >= threshold)})
     return pd.DataFrame(rows)
