@@ -146,8 +146,6 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.strategy != "centralized" and args.min_sites > len(sites):
             raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
                               f"{args.manifest}.")
-        if args.resume and not (Path(args.out) / "state.pt").is_file():
-            raise ConfigError(f"cannot resume: {Path(args.out) / 'state.pt'} does not exist.")
         if args.distill_init == "real_unsafe" and not args.allow_real_init:
             raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
                               "refuses it unless you, as their operator, also pass --allow-real-init.")
@@ -270,7 +268,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from gliofed.runs import TrainingRun
 
         strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
-        check_resume(TrainingRun(args.out).load_state(), strategy, config, args.out)
+        run = TrainingRun(args.out)
+        if not run.has_state:
+            raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
+        check_resume(run.load_state(), strategy, config, args.out)
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
     size = args.size
     if size is None:

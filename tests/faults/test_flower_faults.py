@@ -24,6 +24,15 @@ os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 APP_DIR = NOTEBOOK_DIR.parent
 
 
+@pytest.fixture(autouse=True)
+def _inside_a_run(monkeypatch):
+    """flwr >= 1.41 builds a Message only inside a run (its TaskIdentity): these unit tests play the ServerApp."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    for name in ("_run_id", "_node_id", "_task_id"):
+        monkeypatch.setattr(TaskIdentity, name, 1)
+
+
 def _request() -> Message:
     return Message(content=RecordDict({"x": ConfigRecord({})}), dst_node_id=7, message_type=MessageType.TRAIN)
 
