@@ -294,9 +294,9 @@ def test_every_malformed_distilled_set_is_refused(payload, choice, data):
 def test_replies_built_by_a_site_pass(tiny_cache):
     """The real producers (condense, Site.train) make replies that validate_reply accepts."""
     from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.condense import condense
-    from gliofed.federated.distill import DistillSettings
     from gliofed.federated.site import Site
+    from gliofed.federated.site.condense import condense
+    from gliofed.federated.strategies.distill import DistillSettings
     from tests.federated.helpers import site_settings, small_model
 
     model = small_model()
