@@ -295,9 +295,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gliofed.data.dataset import CaseDataset
     from gliofed.engine import predict, resolve_device
     from gliofed.errors import ConfigError
-    from gliofed.inference import postprocess_mask, predict_cases
+    from gliofed.inference import check_preprocessing, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
-    from gliofed.runs import check_preprocessing, load_checkpoint
+    from gliofed.runs import load_checkpoint
 
     if args.min_component < 0:
         raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")

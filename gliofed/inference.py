@@ -28,7 +28,7 @@ from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.errors import ConfigError, DataError
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "BRATS_LABELS"]
 
 #: in-memory class -> BraTS label written to NIfTI
 BRATS_LABELS = np.array([0, 1, 2, 4], dtype=np.uint8)
@@ -64,6 +64,47 @@ def inference_pipeline(modalities, size: int):
         Resized("image", spatial_size=(size, size, -1), mode="area"),
         NormalizeIntensityd("image", nonzero=True, channel_wise=True),
     ])
+
+
+def preprocessing_of_cache(cache_dir: str | Path, modalities) -> dict:
+    """What a model trained on ``cache_dir`` expects of its input: in-plane ``size``, ``modalities`` (in channel
+    order), the preprocessing ``version`` and the steps, recorded in every checkpoint so that ``evaluate`` and
+    ``predict`` re-create exactly that input."""
+    from gliofed.data.cache import PREPROCESS_VERSION, read_index
+
+    index = read_index(cache_dir, missing_ok=True)
+    sizes = sorted({int(v) for v in index["height"]} | {int(v) for v in index["width"]}) if len(index) else []
+    return {"size": sizes[0] if len(sizes) == 1 else None, "modalities": list(modalities),
+            "version": PREPROCESS_VERSION,
+            "steps": "RAS orientation, crop to non-zero voxels, in-plane resize (area), z-score per contrast over "
+                     "brain voxels, (C, D, H, W)"}
+
+
+def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int | None) -> int | None:
+    """The in-plane size to use with a checkpoint: ``size`` if given and equal to the recorded one, else the
+    recorded one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained on).
+
+    Args:
+        checkpoint: the checkpoint's path (for the message).
+        recorded: the checkpoint's ``preprocessing`` (empty for checkpoints that recorded none).
+        size: the size the user asked for, or None.
+
+    Returns:
+        the size, or None when neither the user nor the checkpoint gives one.
+    """
+    from gliofed.data.cache import PREPROCESS_VERSION
+
+    recorded = recorded or {}
+    saved = recorded.get("size")
+    if size is not None and saved is not None and int(size) != int(saved):
+        raise ConfigError(f"{checkpoint}: the model was trained on {saved}x{saved} in-plane inputs but --size {size} "
+                          f"was given; leave --size out to use {saved}.")
+    version = recorded.get("version")
+    if version is not None and int(version) != PREPROCESS_VERSION:
+        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {version}, this gliofed "
+                          f"preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was trained "
+                          "with.")
+    return int(size) if size is not None else (int(saved) if saved is not None else None)
 
 
 def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
@@ -109,7 +150,7 @@ class Predictor:
     def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto", min_voxels: int = 0,
                  keep_largest: bool = False) -> None:
         from gliofed.engine import resolve_device
-        from gliofed.runs import check_preprocessing, load_checkpoint
+        from gliofed.runs import load_checkpoint
 
         if min_voxels < 0:
             raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")

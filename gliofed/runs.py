@@ -38,8 +38,7 @@ from gliofed.config import TrainConfig
 from gliofed.errors import CheckpointError, ConfigError
 from gliofed.model import MultiTaskUNet, build_model
 
-__all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "preprocessing_of_cache",
-           "check_preprocessing", "CHECKPOINT_FORMAT"]
+__all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "CHECKPOINT_FORMAT"]
 
 #: version of the safetensors + JSON checkpoint layout (1 was the pickle ``model.ckpt``)
 CHECKPOINT_FORMAT = 2
@@ -172,47 +171,6 @@ def _load_pair(path: Path, device: str = "cpu") -> dict:
 
 
 # the model checkpoint -----------------------------------------------------------------------------------------
-def preprocessing_of_cache(cache_dir: str | Path, modalities) -> dict:
-    """What a model trained on ``cache_dir`` expects of its input: in-plane ``size``, ``modalities`` (in channel
-    order), the preprocessing ``version`` and the steps, recorded in every checkpoint so that ``evaluate`` and
-    ``predict`` re-create exactly that input."""
-    from gliofed.data.cache import PREPROCESS_VERSION, read_index
-
-    index = read_index(cache_dir, missing_ok=True)
-    sizes = sorted({int(v) for v in index["height"]} | {int(v) for v in index["width"]}) if len(index) else []
-    return {"size": sizes[0] if len(sizes) == 1 else None, "modalities": list(modalities),
-            "version": PREPROCESS_VERSION,
-            "steps": "RAS orientation, crop to non-zero voxels, in-plane resize (area), z-score per contrast over "
-                     "brain voxels, (C, D, H, W)"}
-
-
-def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int | None) -> int | None:
-    """The in-plane size to use with a checkpoint: ``size`` if given and equal to the recorded one, else the
-    recorded one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained on).
-
-    Args:
-        checkpoint: the checkpoint's path (for the message).
-        recorded: the checkpoint's ``preprocessing`` (empty for checkpoints that recorded none).
-        size: the size the user asked for, or None.
-
-    Returns:
-        the size, or None when neither the user nor the checkpoint gives one.
-    """
-    from gliofed.data.cache import PREPROCESS_VERSION
-
-    recorded = recorded or {}
-    saved = recorded.get("size")
-    if size is not None and saved is not None and int(size) != int(saved):
-        raise ConfigError(f"{checkpoint}: the model was trained on {saved}x{saved} in-plane inputs but --size {size} "
-                          f"was given; leave --size out to use {saved}.")
-    version = recorded.get("version")
-    if version is not None and int(version) != PREPROCESS_VERSION:
-        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {version}, this gliofed "
-                          f"preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was trained "
-                          "with.")
-    return int(size) if size is not None else (int(saved) if saved is not None else None)
-
-
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None,
                     preprocessing: dict | None = None) -> Path:
@@ -225,7 +183,7 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         optimizer: optional optimiser whose state is kept too.
         epoch: epochs or rounds trained.
         extra: JSON-able extras (arrays are stored as tensors).
-        preprocessing: see :func:`preprocessing_of_cache`.
+        preprocessing: see :func:`gliofed.inference.preprocessing_of_cache`.
 
     Returns:
         the path of the weights file.
@@ -343,7 +301,7 @@ class TrainingRun:
     def save_model(self, model: torch.nn.Module, config: TrainConfig, epoch: int = 0, extra: dict | None = None,
                    optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None) -> Path:
         """Write the final model (``model.safetensors`` + ``model.json``) with its configs, ``preprocessing`` (see
-        :func:`preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
+        :func:`gliofed.inference.preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
         return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing)
 
     def load_model(self, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:

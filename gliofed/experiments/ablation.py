@@ -13,9 +13,10 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import MODALITY_SETS, CaseDataset
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, predict, seed_everything
+from gliofed.inference import preprocessing_of_cache
 from gliofed.metrics import evaluate_predictions
 from gliofed.model import build_model
-from gliofed.runs import TrainingRun, preprocessing_of_cache
+from gliofed.runs import TrainingRun
 
 __all__ = ["modality_ablation", "ablation_table"]
 

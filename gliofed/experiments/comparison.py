@@ -15,7 +15,8 @@ from gliofed.federated.simulate import History, simulate
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies import LocalOnly, Strategy, make_strategy
-from gliofed.runs import TrainingRun, preprocessing_of_cache
+from gliofed.inference import preprocessing_of_cache
+from gliofed.runs import TrainingRun
 
 __all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions"]
 
