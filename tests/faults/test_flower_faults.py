@@ -4,6 +4,7 @@ request refused by a SuperNode whose operator did not allow it. The SuperNode th
 ``tests/federated/test_flower.py::test_a_node_that_disappears_mid_run_is_left_out_and_the_round_finishes``."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +19,9 @@ from gliofed.federated.flower.records import payload_to_record  # noqa: E402
 from gliofed.federated.flower.server_app import decode_reply, distill_overrides  # noqa: E402
 from gliofed.federated.payload import Payload  # noqa: E402
 from gliofed.federated.rounds import SiteFailure, one_line  # noqa: E402
-from gliofed.notebooks import NOTEBOOK_DIR  # noqa: E402
 
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-APP_DIR = NOTEBOOK_DIR.parent
+APP_DIR = Path(__file__).resolve().parents[2]  # the repository: its pyproject.toml carries [tool.flwr.app]
 
 
 @pytest.fixture(autouse=True)
