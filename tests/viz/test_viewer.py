@@ -202,7 +202,8 @@ def test_case_views_from_a_model(tiny_cache, small_model):
     assert [v.subject for v in views] == list(test.index["subject_id"][:2])
     assert set(views[0].cams) == {"seg", "idh"} and views[0].cams["seg"].shape == views[0].image.shape[1:]
     assert abs(sum(views[0].probabilities["grade"]) - 1) < 1e-5
-    assert views[0].spacing is None  # this cache records no spacing: the viewer estimates the aspect
+    first = test.index.iloc[0]  # the cache records each case's voxel spacing: the viewer draws with it
+    assert views[0].spacing == pytest.approx((first["spacing_d"], first["spacing_h"], first["spacing_w"]))
     # the viewer's maps are explain's: Grad-CAM of the predicted class
     image = test[0]["image"][None]
     predicted = int(small_model(image)["idh"].argmax(1)[0])
