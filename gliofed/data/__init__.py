@@ -13,7 +13,6 @@ _EXPORTS = {
     "CaseDataset": "dataset", "MODALITY_SETS": "dataset", "collate_cases": "dataset",
     "PreprocessReport": "cache", "load_case": "cache", "preprocess": "cache", "read_index": "cache",
     "read_settings": "cache", "case_spacing": "cache", "case_affine": "cache", "INDEX_COLUMNS": "cache",
-    "CaseGeometry": "transforms", "preprocess_case": "transforms", "to_original_grid": "transforms",
     "process_map": "parallel", "unsafe_name": "manifest",
     "CheckReport": "check", "Problem": "check", "check_manifest": "check",
     "COLUMNS": "manifest", "MARKERS": "manifest", "MARKER_CLASSES": "manifest", "MODALITIES": "manifest",

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
-
-import nibabel as nib
 import numpy as np
 import torch
 from monai.transforms import (
@@ -31,7 +26,7 @@ from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
 
 __all__ = ["ValidateCased", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline",
-           "depth_first_affine", "CaseGeometry", "preprocess_case", "to_original_grid"]
+           "depth_first_affine"]
 
 
 class ValidateCased(MapTransform):
@@ -158,83 +153,3 @@ def augment_pipeline(seed: int = 0) -> Compose:
     ])
     pipeline.set_random_state(seed)
     return pipeline
-
-
-@dataclass(frozen=True)
-class CaseGeometry:
-    """Where a preprocessed case lies in the world, and the scan grid it came from.
-
-    Attributes:
-        affine: 4 x 4, (d, h, w, 1) index of the preprocessed (D, H, W) grid -> world mm (RAS+).
-        spacing: mm per voxel along D, H, W.
-        shape: (D, H, W) of the preprocessed grid.
-        original_affine: 4 x 4 affine of the input scans as stored (nibabel), voxel (i, j, k, 1) -> world mm.
-        original_shape: (i, j, k) shape of the input scans as stored.
-    """
-
-    affine: np.ndarray
-    spacing: tuple[float, float, float]
-    shape: tuple[int, int, int]
-    original_affine: np.ndarray
-    original_shape: tuple[int, int, int]
-
-
-def preprocess_case(paths: Mapping[str, str | Path], size: int = 128, subject: str = "case"
-                    ) -> tuple[np.ndarray, CaseGeometry]:
-    """Preprocess one new case exactly as the cache does, keeping what is needed to map results back.
-
-    Args:
-        paths: ``t1``, ``t1ce``, ``t2``, ``flair`` NIfTI paths (co-registered, as for a manifest row).
-        size: the in-plane size of the model's cache (from its checkpoint).
-        subject: the name used in error messages.
-
-    Returns:
-        (image float32 (4, D, size, size), :class:`CaseGeometry`); a prediction on the image grid goes back to
-        the scans' grid with :func:`to_original_grid`.
-
-    Raises:
-        DataError: a volume breaks the rules of ``gliofed check`` (names the subject and file).
-    """
-    missing = [m for m in MODALITIES if not paths.get(m)]
-    if missing:
-        raise DataError(f"subject {subject}: no {', '.join(missing)} file given.")
-    out = preprocess_pipeline(size, with_seg=False)({"subject_id": subject, **{m: str(paths[m]) for m in MODALITIES}})
-    image = np.asarray(out["image"], dtype=np.float32)
-    reference = nib.load(str(paths[MODALITIES[0]]))
-    geometry = CaseGeometry(np.asarray(out["image_affine"], dtype=np.float64),
-                            tuple(float(v) for v in out["image_spacing"]), tuple(int(v) for v in image.shape[1:]),
-                            np.asarray(reference.affine, dtype=np.float64),
-                            tuple(int(v) for v in reference.shape[:3]))
-    return image, geometry
-
-
-def to_original_grid(volume: np.ndarray, geometry: CaseGeometry, fill: int | float = 0) -> np.ndarray:
-    """Resample a (D, H, W) volume on the preprocessed grid back to the scans' stored grid (nearest neighbour).
-
-    Every stored voxel takes the value of the preprocessed voxel whose centre is nearest its world position
-    (through the two affines), so orientation, crop and in-plane resize are all undone; voxels outside the
-    crop get ``fill``. Nearest neighbour keeps label values (use it for segmentations).
-
-    Args:
-        volume: (D, H, W) array on ``geometry.shape``.
-        geometry: from :func:`preprocess_case` (or a cache index row's affine and the scans' header).
-        fill: value outside the preprocessed grid (default 0, background).
-
-    Returns:
-        array of ``geometry.original_shape`` and ``volume``'s dtype, to save with ``geometry.original_affine``.
-    """
-    volume = np.asarray(volume)
-    if volume.shape != geometry.shape:
-        raise DataError(f"volume of shape {volume.shape} is not on the preprocessed grid {geometry.shape}.")
-    to_cache = np.linalg.inv(geometry.affine) @ geometry.original_affine  # stored voxel -> preprocessed voxel
-    ni, nj, nk = geometry.original_shape
-    out = np.full(geometry.original_shape, fill, dtype=volume.dtype)
-    ii, jj = np.meshgrid(np.arange(ni), np.arange(nj), indexing="ij")
-    for k in range(nk):  # one stored slice at a time keeps memory at one slice of coordinates
-        points = np.stack([ii, jj, np.full_like(ii, k), np.ones_like(ii)]).reshape(4, -1)
-        d, h, w = np.rint(to_cache[:3] @ points).astype(np.int64)
-        inside = (d >= 0) & (d < volume.shape[0]) & (h >= 0) & (h < volume.shape[1]) & (w >= 0) & (w < volume.shape[2])
-        values = np.full(points.shape[1], fill, dtype=volume.dtype)
-        values[inside] = volume[d[inside], h[inside], w[inside]]
-        out[:, :, k] = values.reshape(ni, nj)
-    return out
