@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     differences = pd.DataFrame(differences)
     uploads = full_size_upload_bytes(distill)
     device = args.device_name or (torch.cuda.get_device_name() if mode["device"] == "cuda"
-                                  else f"CPU ({platform.machine()}), 1 torch thread")
+                                  else f"CPU ({platform.machine()}), {mode.get('threads', 1)} torch thread(s) per run")
     elapsed = time.perf_counter() - started
     _write_csv(per_seed_rows.merge(cost_frame, on=["seed", "strategy"]), out / "per_seed.csv")
     _write_csv(summary, out / "summary.csv")

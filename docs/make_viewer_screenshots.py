@@ -39,12 +39,13 @@ def _train(data: Path, preset: str, seed: int, epochs: int) -> None:
     import torch
 
     from gliofed.experiments.comparison import train_and_save
+    from gliofed.runs import TrainingRun
     from gliofed.workspace import Workspace
 
     torch.set_num_threads(2)
     ws, config = Workspace.prepare(data, preset, seed=seed, device="cpu")
     run_dir = ws.runs / "centralized"
-    if not (run_dir / "model.ckpt").is_file():
+    if not TrainingRun(run_dir).has_model:
         train_and_save(run_dir, ws.cache, "centralized", config, rounds=1, local_epochs=epochs, progress=True)
 
 

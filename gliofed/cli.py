@@ -146,6 +146,10 @@ def check_arguments(args: argparse.Namespace) -> None:
         if args.strategy != "centralized" and args.min_sites > len(sites):
             raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
                               f"{args.manifest}.")
+        if args.preset is None:  # a damaged cohort.json is reported now, not after preprocessing
+            from gliofed.presets import cohort_preset
+
+            cohort_preset(args.manifest)
         if args.distill_init == "real_unsafe" and not args.allow_real_init:
             raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
                               "refuses it unless you, as their operator, also pass --allow-real-init.")
@@ -241,6 +245,19 @@ def _native_size(manifest: str, largest: int = 128) -> int:
     return int(smallest)
 
 
+def _train_preset_name(args: argparse.Namespace) -> str:
+    """``--preset``, else the preset a synthetic cohort was made with (its ``cohort.json``), else ``paper``."""
+    if args.preset:
+        return args.preset
+    from gliofed.presets import cohort_preset
+
+    name = cohort_preset(args.manifest)
+    if name:
+        print(f"preset {name} (the synthetic cohort's, from {Path(args.manifest).parent / 'cohort.json'};"
+              " --preset changes it)")
+    return name or "paper"
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from gliofed.engine import resolve_device
     from gliofed.experiments import train_and_save
@@ -251,7 +268,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                                          batch_size=args.batch_size).items() if v is not None}
     if args.modalities:
         overrides["modalities"] = tuple(args.modalities.split(","))
-    preset = get_preset(args.preset)
+    preset = get_preset(_train_preset_name(args))
     config = preset.train.replace(**overrides)
     resolve_device(config.device)  # a device this machine lacks is an error now, not after preprocessing
     if args.strategy == "centralized" and args.rounds is None:
@@ -259,7 +276,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     else:
         rounds, local_epochs = (args.rounds if args.rounds is not None else 5), args.local_epochs
     if rounds < 1:
-        raise ConfigError(f"the {args.preset} preset trains {rounds} epoch(s); pass --epochs or --rounds >= 1.")
+        raise ConfigError(f"the {preset.name} preset trains {rounds} epoch(s); pass --epochs or --rounds >= 1.")
     distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
                                                           init=args.distill_init).items() if v is not None}}
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
@@ -438,8 +455,9 @@ def _add_train(commands) -> None:
                    help="a round needs this many valid answers (default 1; at most the number of sites)")
     p.add_argument("--external-site", help="hold this site out of training entirely")
     p.add_argument("--resume", action="store_true", help="continue from OUT/state.safetensors")
-    p.add_argument("--preset", default="paper", choices=["paper", "workshop", "tiny"],
-                   help="training recipe and distillation effort (default: the seed's, SGD lr 1e-3, 60 epochs)")
+    p.add_argument("--preset", default=None, choices=["paper", "workshop", "tiny"],
+                   help="training recipe and distillation effort (default: a synthetic cohort's own preset, from "
+                        "its cohort.json; otherwise paper, the seed's: SGD lr 1e-3, 60 epochs)")
     p.add_argument("--epochs", type=positive_int)
     p.add_argument("--lr", type=positive_float)
     p.add_argument("--batch-size", type=positive_int)

@@ -12,12 +12,14 @@ that learns in minutes; ``tiny`` CI-sized (seconds).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gliofed.config import TrainConfig
 from gliofed.errors import ConfigError
 
-__all__ = ["CohortPreset", "Preset", "PRESETS", "get_preset", "train_preset"]
+__all__ = ["CohortPreset", "Preset", "PRESETS", "COHORT_FILE", "cohort_preset", "get_preset", "train_preset"]
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,27 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
     return PRESETS[name]
+
+
+#: written by ``make_cohort`` beside a synthetic cohort's manifest: the preset (and seed) it was generated with
+COHORT_FILE = "cohort.json"
+
+
+def cohort_preset(manifest: str | Path) -> str | None:
+    """The preset a synthetic cohort was generated with (``cohort.json`` beside ``manifest``), or None where the
+    manifest has no such file (a real dataset). A file that is not a JSON object naming a known preset is a
+    :class:`~gliofed.errors.ConfigError` naming the file."""
+    path = Path(manifest).parent / COHORT_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"{path}: not a readable JSON file ({error}).") from error
+    name = record.get("preset") if isinstance(record, dict) else None
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ConfigError(f"{path}: 'preset' must be one of {', '.join(PRESETS)}, not {name!r}.")
+    return name
 
 
 def train_preset(name: str, **overrides) -> TrainConfig:

@@ -76,3 +76,19 @@ def small_manifest(tmp_path) -> Path:
          "idh": "", "codeletion": "", "mgmt": "0", "grade": "2", "age": "", "sex": "M", "split": "test"},
     ]
     return write_manifest_rows(tmp_path / "manifest.csv", rows)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """One line in every run's summary (and so in CI's log) saying whether the real-browser test ran or skipped."""
+    stats = terminalreporter.stats
+    ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
+           if "tests/viz/test_browser.py" in getattr(r, "nodeid", "") and r.when == "call"]
+    skipped = [r for r in stats.get("skipped", []) if "test_browser.py" in str(getattr(r, "location", ("",))[0])
+               or "tests/viz/test_browser.py" in getattr(r, "nodeid", "")]
+    if ran:
+        failed = sum(1 for r in ran if r.outcome != "passed")
+        terminalreporter.write_line(f"browser test (JupyterLab + Chromium): ran {len(ran)} checks, {failed} failed")
+    elif skipped:
+        reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
+        reason = reason.removeprefix("Skipped: ")
+        terminalreporter.write_line(f"browser test (JupyterLab + Chromium): SKIPPED — {reason}")

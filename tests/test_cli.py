@@ -97,3 +97,59 @@ def test_train_defaults_to_the_native_in_plane_size_and_the_presets_distillation
     assert "in-plane size 40" in capsys.readouterr().out  # tiny volumes are 40 x 46: never upsampled to 128
     assert captured["cache"].name == "cache_40"
     assert captured["distill"] == {"steps": 2, "server_epochs": 2, "n_synthetic": 2}
+
+
+def _capture_train(monkeypatch) -> dict:
+    import gliofed.experiments
+
+    captured = {}
+
+    def fake_train(out, cache, strategy, config, rounds, **kwargs):
+        captured.update(config=config, distill=kwargs["distill"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(gliofed.experiments, "train_and_save", fake_train)
+    return captured
+
+
+def _copy_of(tiny_cohort, folder, cohort_json: str | None):
+    folder.mkdir()
+    (folder / "manifest.csv").write_text((tiny_cohort / "manifest.csv").read_text())
+    for entry in tiny_cohort.iterdir():
+        if entry.is_dir() and not entry.name.startswith("cache"):
+            (folder / entry.name).symlink_to(entry)
+    if cohort_json is not None:
+        (folder / "cohort.json").write_text(cohort_json)
+    return folder / "manifest.csv"
+
+
+def test_synth_records_its_preset_and_train_follows_it_without_preset(tiny_cohort, tmp_path, monkeypatch, capsys):
+    import json
+
+    assert json.loads((tiny_cohort / "cohort.json").read_text())["preset"] == "tiny"
+    captured = _capture_train(monkeypatch)
+    manifest = _copy_of(tiny_cohort, tmp_path / "c", (tiny_cohort / "cohort.json").read_text())
+    with pytest.raises(SystemExit):
+        main(["train", str(manifest), "--strategy", "distill", "--rounds", "1", "--size", "16"])
+    assert "preset tiny (the synthetic cohort's" in capsys.readouterr().out
+    assert captured["distill"] == {"steps": 2, "server_epochs": 2}  # the tiny preset's effort, not the paper's
+    assert captured["config"].optimizer == "adamw"
+
+
+def test_train_without_preset_or_cohort_file_uses_the_papers_recipe(tiny_cohort, tmp_path, monkeypatch):
+    captured = _capture_train(monkeypatch)
+    manifest = _copy_of(tiny_cohort, tmp_path / "c", None)
+    with pytest.raises(SystemExit):
+        main(["train", str(manifest), "--strategy", "fedavg", "--rounds", "1", "--size", "16"])
+    assert captured["config"].optimizer == "sgd" and captured["config"].lr == 1e-3
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"preset": "huge"}', '["tiny"]'])
+def test_a_damaged_cohort_file_is_refused_in_one_line_before_any_work(tiny_cohort, tmp_path, monkeypatch, capsys,
+                                                                      text):
+    captured = _capture_train(monkeypatch)
+    manifest = _copy_of(tiny_cohort, tmp_path / "c", text)
+    assert main(["train", str(manifest), "--strategy", "fedavg", "--rounds", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"gliofed: error: {tmp_path / 'c' / 'cohort.json'}: ") and "\n" not in err
+    assert not captured and not list((tmp_path / "c").glob("cache*"))  # nothing trained or preprocessed

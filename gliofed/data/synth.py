@@ -37,6 +37,7 @@ BraTS values 0/1/2/4, skull-stripped, zero background) and ``DIR/manifest.csv``.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -53,7 +54,8 @@ from gliofed.data.parallel import process_map
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
-from gliofed.presets import CohortPreset, get_preset
+from gliofed.fileio import atomic_write_text
+from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
 
 __all__ = [
     "ScannerProfile",
@@ -488,7 +490,8 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
 
     Args:
         out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
-            ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training).
+            ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training) and
+            ``cohort.json`` (the preset, seed, difficulty and subjects per site it was made with).
         preset: ``tiny``, ``workshop`` or ``paper`` (:mod:`gliofed.presets`; default ``workshop``).
         seed: reproduces the cohort exactly (default 0).
         difficulty: 0..1, strength of the image cues and noise (default 0.5).
@@ -529,6 +532,9 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     manifest["split"] = assign_splits(manifest, test_size=test_size, seed=seed)
     write_manifest(manifest, out_dir / "manifest.csv")
     truth.to_csv(out_dir / "truth.csv", index=False)
+    # the recipe this cohort was made for: `gliofed train` follows it when --preset is not given
+    atomic_write_text(out_dir / COHORT_FILE, json.dumps({"preset": preset, "seed": seed, "difficulty": difficulty,
+                                                         "cases_per_site": cases_per_site}, indent=1) + "\n")
     if verbose:
         print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
               f"(preset {preset}, seed {seed}, difficulty {difficulty}).")

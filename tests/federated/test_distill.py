@@ -212,3 +212,57 @@ def test_condensation_reduces_the_classifier_branch_matching_loss(tiny_cache):
         return float(matching_loss(model, images, empty, labels, p.meta["shape"], targets))
 
     assert loss_after(30) < 0.5 * loss_after(0)
+
+
+class _TwoClassSite:
+    """A site of 8 cases: IDH-mutant grade II tumours (bright in contrast 0, no enhancing rim) and IDH-wildtype
+    grade IV ones (dark in contrast 0, with an enhancing rim); only what ``init_synthetic`` reads."""
+
+    def __init__(self):
+        self.items = []
+        for i in range(8):
+            mutant = i % 2 == 0
+            seg = torch.zeros(8, 12, 12, dtype=torch.long)
+            seg[2:6, 3:9, 3:9] = 2
+            seg[3:5, 5:7, 5:7] = 1
+            if not mutant:
+                seg[3:5, 4:8, 4] = 3
+            image = torch.randn(4, 8, 12, 12) * 0.1
+            image[0][seg > 0] += 2.0 if mutant else -2.0
+            labels = torch.tensor([1 if mutant else 0, -1, -1, 0 if mutant else 2])
+            self.items.append({"image": image, "seg": seg, "has_mask": torch.tensor(True), "labels": labels})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_class_stats_initialisation_follows_each_volumes_labels():
+    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+
+    site = _TwoClassSite()
+    cases = _case_statistics(site, range(len(site)))
+    labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])  # mutant grade II, wildtype grade IV
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(_synthetic_masks((8, 12, 12), _class_fractions(cases, labels), 2, rng))
+    assert int((masks[0] == 3).sum()) == 0  # grade II cases have no enhancing rim: neither has its volume
+    assert int((masks[1] == 3).sum()) > 0
+    images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
+                            labels=labels, cases=cases)
+    tumour = [float(images[i, 0][masks[i] > 0].mean()) for i in range(2)]
+    assert tumour[0] > 1.0 and tumour[1] < -1.0  # each starts with the intensities of its own class's tumours
+    # without labels every volume gets the site's average (the old behaviour): no class signal
+    plain = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
+                           cases=cases)
+    assert abs(float(plain[0, 0][masks[0] > 0].mean())) < 0.5
+
+
+def test_a_label_no_case_shares_falls_back_to_the_site_statistics():
+    from gliofed.federated.site.condense import _case_statistics, _matching_cases
+
+    site = _TwoClassSite()
+    cases = _case_statistics(site, range(len(site)))
+    assert len(_matching_cases(cases, np.array([1, -1, -1, 0]))) == 4
+    assert len(_matching_cases(cases, np.array([1, -1, -1, 2]))) == len(cases)  # no mutant grade IV case

@@ -23,12 +23,15 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    logits — and, for segmentation, the per-class means of the last decoder features over voxels of each
    segmentation class. Real targets are computed once per model copy over up to ``real_batch`` real cases
    (:func:`real_targets`). Synthetic volumes are upsampled trilinearly on use.
-   Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (per-class,
-   per-contrast mean and standard deviation of real voxels painted into the synthetic mask, plus noise) —
-   neither copies a patient. ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the
-   privacy audit flags it.
-5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the site's mean region
-   volumes: class statistics, not a patient's mask. A site without masks sends empty masks.
+   Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (per tissue
+   class and contrast, the mean and standard deviation of real voxels painted into the synthetic mask, plus
+   noise; the statistics are averaged over the target cases that share the volume's label vector, so that a
+   volume labelled IDH-mutant grade II starts with the intensities of the site's IDH-mutant grade II tumours) —
+   neither copies a patient's voxels. ``"real_unsafe"`` starts from down-sampled real cases: for teaching only;
+   the privacy audit flags it.
+5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the mean region volumes
+   of the target cases that share the volume's labels (e.g. no enhancing rim for grade II when the site's grade
+   II tumours have none): class statistics, not a patient's mask. A site without masks sends empty masks.
 """
 
 from __future__ import annotations
@@ -152,29 +155,61 @@ def _reference_shape(dataset, scale: int) -> tuple[tuple[int, int, int], tuple[i
     return shape, low
 
 
-def _class_volumes(dataset, indices) -> np.ndarray:
-    fractions = []
-    for _, seg, has_mask, _ in _real_batches(dataset, indices):
-        if has_mask:
-            fractions.append(np.bincount(seg.numpy().ravel(), minlength=4) / seg.numel())
-    return np.mean(fractions, 0) if fractions else np.array([1.0, 0, 0, 0])
+def _case_statistics(dataset, indices) -> list[dict]:
+    """Per real case with a mask: its label vector, tissue-class volume fractions (4,) and per-class, per-contrast
+    voxel mean and standard deviation (4, C, 2; NaN for a class the case lacks). Summaries only, never voxels."""
+    cases = []
+    for image, seg, has_mask, labels in _real_batches(dataset, indices):
+        if not has_mask:
+            continue
+        flat_seg, flat_img = seg.reshape(-1), image[0].reshape(image.shape[1], -1)
+        stats = torch.full((4, image.shape[1], 2), float("nan"))
+        for k in range(4):
+            chosen = flat_seg == k
+            if int(chosen.sum()) > 1:
+                stats[k, :, 0], stats[k, :, 1] = flat_img[:, chosen].mean(1), flat_img[:, chosen].std(1).clamp_min(1e-3)
+        cases.append({"labels": np.asarray(labels, np.int64),
+                      "fractions": np.bincount(flat_seg.numpy(), minlength=4)[:4] / flat_seg.numel(),
+                      "stats": stats})
+    return cases
+
+
+def _matching_cases(cases: list[dict], labels: np.ndarray) -> list[dict]:
+    """The cases whose label vector agrees with ``labels`` on every marker known in both; all cases if none does."""
+    def agrees(case: dict) -> bool:
+        known = (case["labels"] >= 0) & (labels >= 0)
+        return bool(np.all(case["labels"][known] == labels[known]))
+
+    return [c for c in cases if agrees(c)] or cases
+
+
+def _class_fractions(cases: list[dict], labels: np.ndarray) -> np.ndarray:
+    """(n, 4) tissue-class fractions per synthetic volume: the mean over the real cases that share its labels
+    (e.g. no enhancing rim for a grade II label when the site's grade II cases have none)."""
+    rows = []
+    for vector in labels:
+        matching = _matching_cases(cases, vector)
+        rows.append(np.mean([c["fractions"] for c in matching], 0) if matching else np.array([1.0, 0, 0, 0]))
+    return np.asarray(rows)
 
 
 def _synthetic_masks(low: tuple[int, int, int], fractions: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Ellipsoidal lesions: oedema shell, core, enhancing rim, with the site's mean class fractions."""
+    """Ellipsoidal lesions: oedema shell, core, enhancing rim; ``fractions`` (4,) for all volumes or (n, 4) one row
+    per volume (class statistics, never a patient's mask)."""
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in low], indexing="ij")
     masks = np.zeros((n, *low), np.uint8)
-    lesion = float(fractions[1:].sum())
-    if lesion <= 0:
-        return masks
+    rows = np.broadcast_to(np.asarray(fractions, float), (n, 4))
     for i in range(n):
+        lesion = float(rows[i, 1:].sum())
+        if lesion <= 0:
+            continue
         centre = rng.uniform(-0.3, 0.3, 3)
         r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
         order = np.argsort(r, axis=None)
         flat = masks[i].reshape(-1)
         total = int(round(lesion * flat.size))
         # innermost voxels necrosis/core (1), then enhancing rim (3), then oedema (2)
-        counts = (fractions[1:] / lesion * total).round().astype(int)
+        counts = (rows[i, 1:] / lesion * total).round().astype(int)
         ncr, ed, et = counts[0], counts[1], counts[2]
         flat[order[:ncr]] = 1
         flat[order[ncr:ncr + et]] = 3
@@ -194,7 +229,8 @@ def _perturbed(model: torch.nn.Module, relative: float, generator: torch.Generat
 
 
 def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int, int], rng: np.random.Generator,
-                   generator: torch.Generator) -> torch.Tensor:
+                   generator: torch.Generator, labels: np.ndarray | None = None,
+                   cases: list[dict] | None = None) -> torch.Tensor:
     """Initial low-resolution synthetic images (n, C, d, h, w) float32.
 
     Args:
@@ -203,6 +239,10 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
         masks: (n, d, h, w) synthetic segmentation masks the ``class_stats`` initialisation paints.
         low: the low-resolution grid (d, h, w).
         rng, generator: NumPy / torch random generators.
+        labels: (n, 4) the synthetic volumes' label vectors; with ``cases``, ``class_stats`` paints each volume
+            with the mean statistics of the real cases that share its labels (so a volume labelled IDH-mutant
+            starts with the intensities of the site's IDH-mutant tumours, not the site's average).
+        cases: :func:`_case_statistics` of the real cases to draw statistics from (default: 4 random cases).
     """
     n, channels = int(masks.shape[0]), int(dataset[0]["image"].shape[0])
     all_indices = np.arange(len(dataset))
@@ -210,24 +250,33 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
         picks = rng.choice(all_indices, size=n, replace=len(all_indices) < n)
         return torch.cat([F.interpolate(dataset[int(i)]["image"][None], size=low, mode="area") for i in picks]).float()
     if init == "class_stats":
-        stats = torch.zeros(4, channels, 2)
-        stats[:, :, 1] = 1.0
-        values: dict[int, list[torch.Tensor]] = {k: [] for k in range(4)}
-        sample = rng.choice(all_indices, size=min(len(all_indices), 4), replace=False)
-        for image, seg, has_mask, _ in _real_batches(dataset, sample):
-            if has_mask:
-                for k in range(4):
-                    chosen = seg[0] == k
-                    if chosen.any():
-                        values[k].append(image[0][:, chosen])
-        for k, parts in values.items():
-            if parts:
-                joined = torch.cat(parts, 1)
-                stats[k, :, 0], stats[k, :, 1] = joined.mean(1), joined.std(1).clamp_min(1e-3)
-        mean = stats[masks.long(), :, 0].permute(0, 4, 1, 2, 3)
-        std = stats[masks.long(), :, 1].permute(0, 4, 1, 2, 3)
-        return (mean + 0.5 * std * torch.randn(mean.shape, generator=generator)).float()
+        if cases is None:
+            cases = _case_statistics(dataset, rng.choice(all_indices, size=min(len(all_indices), 4), replace=False))
+        site = _mean_stats(cases, channels)
+        out = []
+        for i in range(n):
+            stats = site
+            if labels is not None:
+                stats = _mean_stats(_matching_cases(cases, np.asarray(labels[i], np.int64)), channels)
+                stats = torch.where(torch.isnan(stats), site, stats)  # a class the matching cases lack
+            mean = stats[masks[i].long(), :, 0].permute(3, 0, 1, 2)
+            std = stats[masks[i].long(), :, 1].permute(3, 0, 1, 2)
+            out.append(mean + 0.5 * std * torch.randn(mean.shape, generator=generator))
+        return torch.stack(out).float()
     return torch.randn((n, channels, *low), generator=generator)
+
+
+def _mean_stats(cases: list[dict], channels: int) -> torch.Tensor:
+    """(4, C, 2) mean over ``cases`` of their per-class statistics; (0, 1) for a class none of them has."""
+    stats = torch.zeros(4, channels, 2)
+    stats[:, :, 1] = 1.0
+    if cases:
+        stacked = torch.stack([c["stats"] for c in cases])
+        present = ~torch.isnan(stacked)
+        summed = torch.where(present, stacked, torch.zeros(())).sum(0)
+        count = present.sum(0)
+        stats = torch.where(count > 0, summed / count.clamp_min(1), stats)
+    return stats
 
 
 def _levels(net: torch.nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
@@ -349,9 +398,11 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     bn_stats = real_bn_statistics(model, dataset, real)
     # label vectors of the cases whose class means are the targets: every synthetic class has a real target
     labels = joint_labels(dataset.labels[real], settings.n_synthetic, rng)
-    fractions = _class_volumes(dataset, rng.choice(all_indices, size=min(len(all_indices), 8), replace=False))
-    masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng))
-    images = init_synthetic(dataset, settings.init, masks, low, rng, generator).clone().requires_grad_(True)
+    # each volume's lesion and intensities follow the real cases that share its labels (summaries, never voxels)
+    cases = _case_statistics(dataset, real)
+    masks = torch.from_numpy(_synthetic_masks(low, _class_fractions(cases, labels), settings.n_synthetic, rng))
+    images = init_synthetic(dataset, settings.init, masks, low, rng, generator, labels=labels,
+                            cases=cases).clone().requires_grad_(True)
     syn_labels = torch.from_numpy(labels)
     full_masks = upsample_synthetic(images.detach(), masks, shape)[1]
 
