@@ -249,11 +249,11 @@ def _train_preset_name(args: argparse.Namespace) -> str:
     """``--preset``, else the preset a synthetic cohort was made with (its ``cohort.json``), else ``paper``."""
     if args.preset:
         return args.preset
-    from gliofed.presets import cohort_preset
+    from gliofed.presets import COHORT_FILE, cohort_preset
 
     name = cohort_preset(args.manifest)
     if name:
-        print(f"preset {name} (the synthetic cohort's, from {Path(args.manifest).parent / 'cohort.json'};"
+        print(f"preset {name} (the synthetic cohort's, from {Path(args.manifest).parent / COHORT_FILE};"
               " --preset changes it)")
     return name or "paper"
 

@@ -89,20 +89,29 @@ def get_preset(name: str) -> Preset:
 COHORT_FILE = "cohort.json"
 
 
+#: a cohort.json is a few hundred bytes; anything far larger is not one
+_COHORT_FILE_LIMIT = 64 * 1024
+
+
 def cohort_preset(manifest: str | Path) -> str | None:
     """The preset a synthetic cohort was generated with (``cohort.json`` beside ``manifest``), or None where the
-    manifest has no such file (a real dataset). A file that is not a JSON object naming a known preset is a
+    manifest has no such file (a real dataset). A file that is not a small JSON object naming a known preset is a
     :class:`~gliofed.errors.ConfigError` naming the file."""
     path = Path(manifest).parent / COHORT_FILE
     if not path.is_file():
         return None
     try:
+        if path.stat().st_size > _COHORT_FILE_LIMIT:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a cohort file "
+                              f"(at most {_COHORT_FILE_LIMIT:,}).")
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise ConfigError(f"{path}: not a readable JSON file ({error}).") from error
-    name = record.get("preset") if isinstance(record, dict) else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{path}: not a readable JSON file ({type(error).__name__}: {str(error)[:200]}).") from error
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path}: not a JSON object (found {type(record).__name__}).")
+    name = record.get("preset")
     if not isinstance(name, str) or name not in PRESETS:
-        raise ConfigError(f"{path}: 'preset' must be one of {', '.join(PRESETS)}, not {name!r}.")
+        raise ConfigError(f"{path}: 'preset' must be one of {', '.join(PRESETS)}, not {repr(name)[:60]}.")
     return name
 
 

@@ -78,17 +78,40 @@ def small_manifest(tmp_path) -> Path:
     return write_manifest_rows(tmp_path / "manifest.csv", rows)
 
 
+def _is_browser_report(report) -> bool:
+    location = getattr(report, "location", None) or ("",)
+    path = str(getattr(report, "nodeid", "") or location[0] or "").split("::")[0].replace("\\", "/")
+    return path == "tests/viz/test_browser.py" or path.endswith("/tests/viz/test_browser.py")
+
+
+def browser_summary(stats: dict) -> str | None:
+    """The summary line for the real-browser test from pytest's report lists, or None when it was not selected.
+    Every phase counts: a failing fixture (JupyterLab did not start), a collection error and a failing teardown
+    are failures, not silence."""
+    outcome: dict[str, tuple[str, object]] = {}
+    for key in ("passed", "failed", "error", "skipped"):
+        for report in stats.get(key, []):
+            if not _is_browser_report(report):
+                continue
+            state = "failed" if key in ("failed", "error") or getattr(report, "failed", False) else (
+                "skipped" if key == "skipped" else "passed")
+            rank = {"passed": 0, "skipped": 1, "failed": 2}
+            node = getattr(report, "nodeid", "") or "collection"
+            if node not in outcome or rank[state] > rank[outcome[node][0]]:
+                outcome[node] = (state, getattr(report, "longrepr", None))
+    if not outcome:
+        return None
+    failed = sum(1 for state, _ in outcome.values() if state == "failed")
+    ran = sum(1 for state, _ in outcome.values() if state != "skipped")
+    if ran:
+        return f"browser test (JupyterLab + Chromium): ran {ran} checks, {failed} failed or errored"
+    longrepr = next(iter(outcome.values()))[1]
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    return f"browser test (JupyterLab + Chromium): SKIPPED — {reason.removeprefix('Skipped: ')}"
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """One line in every run's summary (and so in CI's log) saying whether the real-browser test ran or skipped."""
-    stats = terminalreporter.stats
-    ran = [r for key in ("passed", "failed", "error") for r in stats.get(key, [])
-           if "tests/viz/test_browser.py" in getattr(r, "nodeid", "") and r.when == "call"]
-    skipped = [r for r in stats.get("skipped", []) if "test_browser.py" in str(getattr(r, "location", ("",))[0])
-               or "tests/viz/test_browser.py" in getattr(r, "nodeid", "")]
-    if ran:
-        failed = sum(1 for r in ran if r.outcome != "passed")
-        terminalreporter.write_line(f"browser test (JupyterLab + Chromium): ran {len(ran)} checks, {failed} failed")
-    elif skipped:
-        reason = skipped[0].longrepr[2] if isinstance(skipped[0].longrepr, tuple) else str(skipped[0].longrepr)
-        reason = reason.removeprefix("Skipped: ")
-        terminalreporter.write_line(f"browser test (JupyterLab + Chromium): SKIPPED — {reason}")
+    line = browser_summary(terminalreporter.stats)
+    if line:
+        terminalreporter.write_line(line)

@@ -144,7 +144,22 @@ def test_train_without_preset_or_cohort_file_uses_the_papers_recipe(tiny_cohort,
     assert captured["config"].optimizer == "sgd" and captured["config"].lr == 1e-3
 
 
-@pytest.mark.parametrize("text", ["{not json", '{"preset": "huge"}', '["tiny"]'])
+_DAMAGED = ["{not json", '{"preset": "huge"}', '["tiny"]', "[" * 200_000, '{"preset": "tiny"}' + " " * 70_000,
+            '{"preset": ["tiny"]}', '{"preset": ' + "[" * 60_000]  # the last: under the size cap, too deep to parse
+
+
+def test_the_deep_cohort_file_is_under_the_size_cap_and_too_deep_for_json():
+    import json
+
+    from gliofed.presets import _COHORT_FILE_LIMIT
+
+    deep = _DAMAGED[-1]
+    assert len(deep.encode()) < _COHORT_FILE_LIMIT  # so it reaches the parser, not the size check
+    with pytest.raises(RecursionError):
+        json.loads(deep)
+
+
+@pytest.mark.parametrize("text", _DAMAGED)
 def test_a_damaged_cohort_file_is_refused_in_one_line_before_any_work(tiny_cohort, tmp_path, monkeypatch, capsys,
                                                                       text):
     captured = _capture_train(monkeypatch)
@@ -153,3 +168,19 @@ def test_a_damaged_cohort_file_is_refused_in_one_line_before_any_work(tiny_cohor
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"gliofed: error: {tmp_path / 'c' / 'cohort.json'}: ") and "\n" not in err
     assert not captured and not list((tmp_path / "c").glob("cache*"))  # nothing trained or preprocessed
+
+
+@pytest.mark.parametrize("text", _DAMAGED)
+def test_the_argument_check_reads_the_cohort_file_before_train_runs(tiny_cohort, tmp_path, text):
+    """The check runs in check_arguments, before the command imports torch or touches the cache."""
+    from gliofed.cli import build_parser, check_arguments
+    from gliofed.errors import ConfigError
+
+    manifest = _copy_of(tiny_cohort, tmp_path / "c", text)
+    args = build_parser().parse_args(["train", str(manifest), "--strategy", "fedavg", "--rounds", "1"])
+    with pytest.raises(ConfigError, match="cohort.json: ") as caught:
+        check_arguments(args)
+    assert len(str(caught.value)) < 400
+    assert check_arguments(build_parser().parse_args(["train", str(manifest), "--strategy", "fedavg",
+                                                      "--preset", "tiny"])) is None  # --preset: the file is not read
+

@@ -491,7 +491,7 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     Args:
         out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
             ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training) and
-            ``cohort.json`` (the preset, seed, difficulty and subjects per site it was made with).
+            ``cohort.json`` (the preset, seed, difficulty and subjects per site it was made with; written last).
         preset: ``tiny``, ``workshop`` or ``paper`` (:mod:`gliofed.presets`; default ``workshop``).
         seed: reproduces the cohort exactly (default 0).
         difficulty: 0..1, strength of the image cues and noise (default 0.5).
@@ -515,6 +515,8 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     if cases_per_site is not None:
         config = replace(config, cases_per_site=cases_per_site)
     out_dir = Path(out_dir)
+    # a cohort.json left by an earlier cohort in this folder must not outlive it if this run stops half-way
+    (out_dir / COHORT_FILE).unlink(missing_ok=True)
     tasks = []
     for site_index, site in enumerate(SITES):
         if site not in chosen:
@@ -533,8 +535,9 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     write_manifest(manifest, out_dir / "manifest.csv")
     truth.to_csv(out_dir / "truth.csv", index=False)
     # the recipe this cohort was made for: `gliofed train` follows it when --preset is not given
-    atomic_write_text(out_dir / COHORT_FILE, json.dumps({"preset": preset, "seed": seed, "difficulty": difficulty,
-                                                         "cases_per_site": cases_per_site}, indent=1) + "\n")
+    record = {"preset": preset, "seed": seed, "difficulty": difficulty,
+              "subjects_per_site": {str(k): int(v) for k, v in manifest.groupby("site").size().items()}}
+    atomic_write_text(out_dir / COHORT_FILE, json.dumps(record, indent=1) + "\n")  # last: the cohort is complete
     if verbose:
         print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
               f"(preset {preset}, seed {seed}, difficulty {difficulty}).")

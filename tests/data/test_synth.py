@@ -1,4 +1,5 @@
 import filecmp
+import json
 
 import nibabel as nib
 import numpy as np
@@ -43,6 +44,24 @@ def test_same_seed_same_files_other_seed_differs(tmp_path):
     a, b, c = (np.asarray(nib.load(tmp_path / d / name).dataobj) for d in "abc")
     assert np.array_equal(a, b) and not np.array_equal(a, c)
     assert filecmp.cmp(tmp_path / "a" / "manifest.csv", tmp_path / "b" / "manifest.csv", shallow=False)
+    record = json.loads((tmp_path / "a" / "cohort.json").read_text())
+    assert record["preset"] == "tiny" and record["seed"] == 3 and record["subjects_per_site"] == {"tcga_lgg": 2}
+
+
+def test_a_failed_cohort_run_leaves_no_stale_cohort_file(tmp_path, monkeypatch):
+    import gliofed.data.synth as synth
+
+    folder = tmp_path / "cohort"
+    folder.mkdir()
+    (folder / "cohort.json").write_text('{"preset": "paper"}')
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synth, "process_map", broken)
+    with pytest.raises(OSError, match="disk full"):
+        make_cohort(folder, preset="tiny", sites=("tcga_lgg",), cases_per_site=2, progress=False, verbose=False)
+    assert not (folder / "cohort.json").exists()  # train will not follow the old cohort's preset
 
 
 def test_codeletion_only_in_idh_mutant_and_lgg_site_is_lower_grade():

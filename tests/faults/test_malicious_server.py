@@ -37,3 +37,25 @@ def test_a_site_whose_operator_opted_in_complies_and_only_the_other_is_left_out(
 def test_the_request_is_refused_through_run_experiment_too(tiny_cache):
     with pytest.raises(FederationError, match="PolicyError: site .* refuses the 'distill' request"):
         run_experiment(tiny_cache, "distill", small_config(), rounds=1, distill=EXFILTRATION, progress=False)
+
+
+def test_the_server_run_config_cannot_choose_a_flower_sites_split(tiny_cache, monkeypatch):
+    """The split of cases with a blank manifest split is seeded from the site's node config (``split-seed``), not
+    from the run config the server writes: a server cannot pick which of a site's cases it trains and summarises."""
+    from types import SimpleNamespace
+
+    import gliofed.federated.site as site_package
+    from gliofed.errors import ConfigError
+    from gliofed.federated.flower import client_app
+
+    made = []
+    monkeypatch.setattr(site_package, "Site", lambda name, cache, modalities, seed, policy: made.append(seed) or name)
+    monkeypatch.setattr(client_app, "_SITES", {})
+    node = {"site": "brats21", "cache": str(tiny_cache)}
+    for run_seed in (0, 7, 12345):
+        client_app.site_from_context(SimpleNamespace(node_config=node, run_config={"seed": run_seed}))
+    assert made == [0]  # one site, seeded by the node, whatever the server's seed
+    client_app.site_from_context(SimpleNamespace(node_config={**node, "split-seed": 5}, run_config={"seed": 0}))
+    assert made == [0, 5]
+    with pytest.raises(ConfigError, match="'split-seed' must be an integer"):
+        client_app.site_from_context(SimpleNamespace(node_config={**node, "split-seed": "x"}, run_config={}))

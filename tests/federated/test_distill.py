@@ -6,7 +6,7 @@ import torch
 from gliofed.data.dataset import CaseDataset
 from gliofed.federated.payload import Payload, state_to_arrays
 from gliofed.federated.site import Site
-from gliofed.federated.site.condense import condense
+from gliofed.federated.site.condense import condense, soft_labels
 from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies.distill import (
     DistillFederation,
@@ -60,12 +60,28 @@ def test_condensed_set_is_low_resolution_with_labels_masks_and_soft_labels(tiny_
 def test_soft_labels_are_class_averaged_tempered_softmax(tiny_cache):
     model = small_model().eval()
     dataset = CaseDataset(tiny_cache, split="train", sites=["tcga_lgg"])
-    payload = condense(model, dataset, DistillSettings(steps=0, temperature=3.0), seed=0, site="tcga_lgg")
+    payload = condense(model, dataset, DistillSettings(steps=0, temperature=3.0), seed=0, site="tcga_lgg",
+                       min_group=1)
     with torch.no_grad():
         rows = [torch.softmax(model(dataset[i]["image"][None])["grade"][0] / 3.0, 0).numpy()
                 for i in range(len(dataset)) if int(dataset[i]["labels"][3]) == 0]
+    assert rows
     np.testing.assert_allclose(payload.arrays["soft:grade"][0], np.mean(rows, 0), atol=1e-5)
     assert payload.arrays["counts:grade"][0] == len(rows)
+
+
+def test_a_soft_label_row_fewer_cases_than_the_minimum_back_is_sent_empty(tiny_cache):
+    model = small_model().eval()
+    dataset = CaseDataset(tiny_cache, split="train", sites=["brats21"])
+    tables, counts = soft_labels(model, dataset, 2.0, min_cases=1)
+    seen = {m: counts[m].copy() for m in counts}
+    assert any(((c > 0) & (c < 3)).any() for c in seen.values()), "fixture: no class with 1-2 cases"
+    tables, counts = soft_labels(model, dataset, 2.0, min_cases=3)
+    for marker, before in seen.items():
+        few = before < 3
+        assert (counts[marker][few] == 0).all() and (tables[marker][few] == 0).all()
+        assert (counts[marker][~few] == before[~few]).all()
+        assert np.allclose(tables[marker][~few].sum(1), 1, atol=1e-5)
 
 
 def test_condensation_reduces_the_matching_loss_it_optimises(tiny_cache):
@@ -205,7 +221,7 @@ def test_condensation_reduces_the_classifier_branch_matching_loss(tiny_cache):
     targets = real_targets(model, dataset, range(len(dataset)))
 
     def loss_after(steps):
-        p = condense(model, dataset, DistillSettings(steps=steps, **settings), 3, "tcga_lgg")
+        p = condense(model, dataset, DistillSettings(steps=steps, **settings), 3, "tcga_lgg", min_group=1)
         images = torch.from_numpy(p.arrays["syn_images"].astype(np.float32))
         labels = torch.from_numpy(p.arrays["syn_labels"].astype(np.int64))
         empty = torch.zeros((len(images), 1, *p.meta["shape"]), dtype=torch.int64)
@@ -259,10 +275,261 @@ def test_class_stats_initialisation_follows_each_volumes_labels():
     assert abs(float(plain[0, 0][masks[0] > 0].mean())) < 0.5
 
 
-def test_a_label_no_case_shares_falls_back_to_the_site_statistics():
-    from gliofed.federated.site.condense import _case_statistics, _matching_cases
+def test_summary_groups_are_disjoint_share_labels_and_fall_back_marker_by_marker():
+    from gliofed.federated.site.condense import _case_statistics, group_for, summary_groups
 
     site = _TwoClassSite()
     cases = _case_statistics(site, range(len(site)))
-    assert len(_matching_cases(cases, np.array([1, -1, -1, 0]))) == 4
-    assert len(_matching_cases(cases, np.array([1, -1, -1, 2]))) == len(cases)  # no mutant grade IV case
+    groups = summary_groups(cases, 3)
+    assert sorted(len(g) for g in groups) == [4, 4]
+    assert all(len({tuple(c["labels"]) for c in g}) == 1 for g in groups)
+    # no IDH-mutant grade IV case: IDH, the stronger cue, picks the group
+    assert all(int(c["labels"][0]) == 1 for c in group_for(groups, np.array([1, -1, -1, 2])))
+    assert summary_groups(cases, 5) and all(len(g) >= 5 for g in summary_groups(cases, 5))
+    assert summary_groups(cases, 9) == []  # 8 masked cases cannot make a group of 9
+    for k in (1, 2, 3, 5):  # a partition: every case exactly once
+        assert sorted(id(c) for g in summary_groups(cases, k) for c in g) == sorted(id(c) for c in cases)
+
+
+def _one_rare_case_site():
+    """The two-class site plus one IDH-mutant grade IV case whose tumour is very bright in contrast 1 and has no
+    oedema at all: the only case with that label vector."""
+    site = _TwoClassSite()
+    seg = torch.zeros(8, 12, 12, dtype=torch.long)
+    seg[2:6, 3:9, 3:9] = 1
+    image = torch.randn(4, 8, 12, 12) * 0.1
+    image[1][seg > 0] += 9.0
+    site.items.append({"image": image, "seg": seg, "has_mask": torch.tensor(True),
+                       "labels": torch.tensor([1, -1, -1, 2])})
+    return site
+
+
+def test_no_volume_starts_from_one_rare_patients_summary():
+    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+
+    site = _one_rare_case_site()
+    cases = _case_statistics(site, range(len(site)))
+    rare = np.array([[1, -1, -1, 2]])
+    masks_for = {}
+    for min_cases in (1, 3):
+        rng = np.random.default_rng(0)
+        fractions = _class_fractions(cases, rare, min_cases)
+        masks = torch.from_numpy(_synthetic_masks((8, 12, 12), fractions, 1, rng))
+        images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
+                                labels=rare, cases=cases, min_cases=min_cases)
+        masks_for[min_cases] = (fractions[0], float(images[0, 1][masks[0] > 0].mean()))
+    # alone (min_cases=1) the volume is that patient's: all core, no oedema, contrast 1 at ~9
+    assert masks_for[1][0][2] == 0 and masks_for[1][1] > 8
+    # pooled over >= 3 cases (the IDH-mutant ones, grade no longer matched): oedema present, intensity diluted
+    assert masks_for[3][0][2] > 0 and masks_for[3][1] < 4
+
+
+def test_a_class_too_few_cases_of_the_group_show_is_not_summarised():
+    from gliofed.federated.site.condense import _case_statistics, _mean_stats
+
+    site = _TwoClassSite()  # enhancing rim (class 3) only in the 4 wildtype cases
+    cases = _case_statistics(site, range(len(site)))
+    mutant = [c for c in cases if int(c["labels"][0]) == 1]
+    assert torch.isnan(_mean_stats(mutant, 4, 3)[3]).all()  # no mutant case shows class 3
+    assert not torch.isnan(_mean_stats(cases, 4, 3)[3]).any()  # 4 cases do
+    assert torch.isnan(_mean_stats(cases, 4, 5)[3]).all()  # but not 5
+    assert torch.isnan(_mean_stats(cases[:2], 4, 3)).all()  # two cases summarise nothing at min 3
+
+
+def test_no_two_released_summaries_differ_by_one_patient():
+    """The differencing attack on per-label averages: a site of 3 mutant grade II cases, 4 wildtype grade IV
+    cases and one mutant grade IV patient X. Whatever label vectors a server's seed draws, X's statistics are
+    never one released average minus another: each volume's statistics are its disjoint group's."""
+    from gliofed.federated.site.condense import _case_statistics, group_for, summary_groups
+
+    site = _one_rare_case_site()
+    site.items.pop(0)  # 3 mutant grade II cases left
+    cases = _case_statistics(site, range(len(site)))
+    groups = summary_groups(cases, 3)
+    x = next(c for c in cases if tuple(int(v) for v in c["labels"]) == (1, -1, -1, 2))
+    # X's own label vector picks the group X sits in, and that group is not X alone
+    assert any(c is x for c in group_for(groups, x["labels"])) and len(group_for(groups, x["labels"])) >= 3
+    vectors = {tuple(int(v) for v in c["labels"]) for c in cases} | {(1, -1, -1, 0), (0, -1, -1, 2), (1, 0, 0, 2)}
+    members = {frozenset(id(c) for c in group_for(groups, np.array(v))) for v in vectors}
+    assert all(len(m) >= 3 for m in members)
+    assert all(a == b or len(a ^ b) >= 3 for a in members for b in members)
+
+
+def _recording_condense(monkeypatch, dataset, min_group):
+    """Run ``condense`` (0 steps and 2) over several seeds and real_batch sizes; return the index sets that the
+    BatchNorm statistics, the matching targets and the image summaries were computed over."""
+    import gliofed.federated.site.condense as module
+
+    seen = {"bn": [], "targets": [], "summaries": []}
+    for name, key in (("real_bn_statistics", "bn"), ("real_targets", "targets"), ("_case_statistics", "summaries")):
+        original = getattr(module, name)
+
+        def record(net, data, indices, *rest, _original=original, _key=key, **kw):
+            seen[_key].append(frozenset(int(i) for i in indices))
+            return _original(net, data, indices, *rest, **kw)
+
+        if name == "_case_statistics":
+            def record(data, indices, _original=original):  # noqa: F811 (a different signature)
+                seen["summaries"].append(frozenset(int(i) for i in indices))
+                return _original(data, indices)
+        monkeypatch.setattr(module, name, record)
+    model = small_model().eval()
+    for seed in (0, 1, 2):
+        for real_batch in (3, 4, 7, len(dataset)):
+            settings = DistillSettings(steps=1 if real_batch == 4 else 0, real_batch=real_batch, models=1)
+            module.condense(model, dataset, settings, seed, "all", min_group=min_group)
+    return seen
+
+
+def test_real_cases_are_averaged_in_whole_fixed_blocks_whatever_the_seed_and_real_batch(tiny_cache, monkeypatch):
+    """The attack: request real_batch n, then n - 1 with the same seed and model, and subtract the BatchNorm
+    statistics to get one patient's. Every average is over whole fixed blocks of >= min_group cases instead."""
+    from gliofed.federated.site.condense import real_blocks
+
+    dataset = CaseDataset(tiny_cache, split="train")
+    n = len(dataset)
+    blocks = [frozenset(int(i) for i in b) for b in real_blocks(n, 3)]
+    assert n >= 12 and all(len(b) >= 3 for b in blocks) and sum(len(b) for b in blocks) == n
+    assert len(frozenset().union(*blocks)) == n  # disjoint and covering
+    seen = _recording_condense(monkeypatch, dataset, 3)
+    averaged = seen["bn"] + seen["targets"]
+    assert len(seen["targets"]) == 3 and len(set(seen["bn"])) > 1  # steps ran; seeds and sizes changed the set
+    for used in averaged:
+        assert used == frozenset().union(*[b for b in blocks if b <= used])  # a union of whole blocks
+    assert all(a == b or len(a ^ b) >= 3 for a in averaged for b in averaged)
+    assert all(len(used) >= 3 for used in averaged)
+    assert set(seen["summaries"]) == {frozenset(range(n))}  # image summaries: all cases, never the seed's pick
+
+
+def test_real_blocks_are_the_sites_own_and_do_not_depend_on_the_request():
+    from gliofed.federated.site.condense import real_blocks, real_subset
+
+    assert [b.tolist() for b in real_blocks(17, 3)] == [b.tolist() for b in real_blocks(17, 3)]
+    assert sorted(len(b) for b in real_blocks(17, 3)) == [3, 3, 3, 4, 4]
+    assert len(real_blocks(5, 3)) == 1 and len(real_blocks(5, 1)) == 5
+    for seed in range(5):
+        for real_batch in range(1, 20):
+            subset = real_subset(17, real_batch, 3, np.random.default_rng(seed))
+            assert min(real_batch, 17) <= len(subset) <= min(real_batch, 17) + 3
+
+
+def test_matching_targets_fewer_cases_than_the_minimum_back_are_left_out(tiny_cache):
+    from gliofed.data.manifest import MARKER_CLASSES, MARKERS
+    from gliofed.federated.site.condense import _levels, real_targets
+
+    dataset = CaseDataset(tiny_cache, split="train", sites=["brats21", "tcga_lgg"])
+    model = small_model().eval()
+    labels = np.asarray(dataset.labels)
+    everything = real_targets(model, dataset, range(len(dataset)), 1)
+    pooled = real_targets(model, dataset, range(len(dataset)), 3)
+    for j, marker in enumerate(MARKERS):
+        for c in range(len(MARKER_CLASSES[marker])):
+            count = int((labels[:, j] == c).sum())
+            assert (("hidden", j, c) in everything["class"]) == (count >= 1)
+            assert (("hidden", j, c) in pooled["class"]) == (count >= 3)
+    assert any(0 < int((labels[:, j] == c).sum()) < 3 for j in range(4) for c in range(2)), "fixture"
+    # a voxel target is the mean over every voxel of the class in the masked cases (as on the synthetic side)
+    shown = {k: sum(bool(dataset[i]["has_mask"]) and bool((dataset[i]["seg"] == k).any())
+                    for i in range(len(dataset))) for k in range(4)}
+    assert {k for k in shown if shown[k] >= 1} == set(everything["voxel"])
+    assert {k for k in shown if shown[k] >= 3} == set(pooled["voxel"])
+    most = max(shown.values())
+    assert len(real_targets(model, dataset, range(len(dataset)), most)["voxel"]) < len(everything["voxel"]), shown
+    with torch.no_grad():
+        total, count, cases = 0.0, 0, 0
+        for i in range(len(dataset)):
+            item = dataset[i]
+            if bool(item["has_mask"]):
+                decoder = _levels(model, item["image"][None])["decoder"][0]
+                chosen = item["seg"].reshape(-1) == 2
+                if bool(chosen.any()):
+                    total = total + decoder.reshape(decoder.shape[0], -1)[:, chosen].sum(1)
+                    count, cases = count + int(chosen.sum()), cases + 1
+    assert cases >= 3
+    torch.testing.assert_close(pooled["voxel"][2], total / count, rtol=1e-4, atol=1e-5)
+
+
+def test_label_vectors_sent_are_shared_by_at_least_the_minimum_group():
+    from gliofed.federated.site.condense import group_labels
+
+    site = _one_rare_case_site()  # 4 mutant grade II, 4 wildtype grade IV, one mutant grade IV patient
+    labels = np.array([item["labels"].numpy() for item in site.items])
+    assert (group_labels(labels, 1) == labels).all()
+    released = group_labels(labels, 3)
+    assert tuple(released[-1]) == (1, -1, -1, -1)  # the rare patient's rare grade is not sent (nor made up)
+    known = released >= 0
+    assert (released[known] == labels[known]).all()  # no case is sent with a label it does not have
+    for j in range(4):  # every value sent is one at least 3 cases are sent with
+        for v in np.unique(released[:, j][released[:, j] >= 0]):
+            assert int((released[:, j] == v).sum()) >= 3
+    assert (group_labels(labels[:2], 3) == -1).all()  # too few cases: nothing known is sent
+
+
+def test_condensed_label_vectors_are_group_vectors(tiny_cache):
+    from gliofed.federated.site.condense import group_labels
+
+    dataset = CaseDataset(tiny_cache, split="train")
+    allowed = {tuple(int(v) for v in row) for row in group_labels(dataset.labels, 3)}
+    assert allowed != {tuple(int(v) for v in row) for row in np.asarray(dataset.labels)}  # fixture: it matters
+    for seed in (0, 1):
+        payload = condense(small_model().eval(), dataset, DistillSettings(steps=0, n_synthetic=8), seed, "all")
+        assert {tuple(int(v) for v in row) for row in payload.arrays["syn_labels"]} <= allowed
+
+
+def test_a_lesion_class_too_few_cases_of_the_group_show_is_left_out_of_the_mask():
+    from gliofed.federated.site.condense import _case_statistics, _class_fractions
+
+    site = _TwoClassSite()
+    site.items[0]["seg"][3, 4:8, 8] = 3  # one mutant case alone has an enhancing rim
+    cases = _case_statistics(site, range(len(site)))
+    mutant = np.array([[1, -1, -1, 0]])
+    assert _class_fractions(cases, mutant, 1)[0, 3] > 0
+    fractions = _class_fractions(cases, mutant, 3)[0]
+    assert fractions[3] == 0 and fractions[1] > 0 and fractions[2] > 0 and abs(fractions.sum() - 1) < 1e-9
+
+
+def test_a_site_with_fewer_masked_cases_than_the_minimum_sends_unmasked_noise_volumes():
+    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+
+    site = _TwoClassSite()
+    cases = _case_statistics(site, range(2))
+    labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])
+    rng = np.random.default_rng(0)
+    masks = torch.from_numpy(_synthetic_masks((8, 12, 12), _class_fractions(cases, labels, 3), 2, rng))
+    assert int(masks.sum()) == 0  # no lesion: the server treats them as unmasked
+    images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
+                            labels=labels, cases=cases, min_cases=3)
+    assert abs(float(images.mean())) < 0.1 and 0.3 < float(images.std()) < 0.7  # 0.5 x standard normal
+
+
+def test_the_server_cannot_lower_the_sites_minimum_group(tiny_cache, monkeypatch):
+    import gliofed.federated.site.site as site_module
+    from gliofed.errors import ConfigError, PolicyError
+
+    assert SitePolicy().min_group == 3
+    assert SitePolicy.from_node_config({"policy-min-group": "5"}).min_group == 5
+    with pytest.raises(ConfigError, match="min_group"):
+        SitePolicy(min_group=0)
+    seen = []
+    monkeypatch.setattr(site_module, "condense", lambda *args, **kwargs: seen.append(kwargs["min_group"]) or
+                        Payload("distilled_set", {}, {}))
+    site = Site("tcga_lgg", tiny_cache, policy=SitePolicy(min_group=2, refuse_flagged=False))
+    model = small_model()
+    request = site_settings(model, distill={"steps": 0})
+    site.handle("distill", Payload("model", state_to_arrays(model), {}), request)
+    assert seen == [2]  # the operator's bound reaches condensation
+    asking = site_settings(model, distill={"steps": 0, "min_group": 1})
+    with pytest.raises(PolicyError, match="unknown distillation setting.*min_group"):
+        site.handle("distill", Payload("model", state_to_arrays(model), {}), asking)
+    assert seen == [2]  # refused before anything ran
+
+
+def test_a_site_with_fewer_cases_than_its_minimum_group_refuses_to_distill(tiny_cache):
+    from gliofed.errors import PolicyError
+
+    model = small_model()
+    site = Site("tcga_lgg", tiny_cache, policy=SitePolicy(min_group=4))
+    assert site.n_cases == 3
+    with pytest.raises(PolicyError, match="3 training case.*fewer than the 4"):
+        site.handle("distill", Payload("model", state_to_arrays(model), {}), site_settings(model, distill={"steps": 0}))
+

@@ -58,6 +58,8 @@ def test_a_safe_distillation_passes_the_audit_and_leaves(tiny_cache):
     ("distill", {"distill": {"n_synthetic": 33}}, "n_synthetic 33 exceeds this site's maximum of 32"),
     ("distill", {"distill": {"steps": 10**6}}, "steps 1000000 exceeds this site's maximum of 1000"),
     ("distill", {"distill": {"real_batch": 500}}, "real_batch 500 exceeds this site's maximum of 64"),
+    ("distill", {"distill": {"real_batch": 1}}, "real_batch 1 is below this site's minimum of 3"),
+    ("distill", {"distill": {"min_group": 1}}, "unknown distillation setting(s) min_group"),
     ("distill", {"distill": {"perturb": 50.0}}, "perturb 50.0 exceeds this site's maximum of 1.0"),
     ("distill", {"distill": {"temperature": 0.0}}, "temperature 0.0 is below this site's minimum of 0.05"),
     ("distill", {"distill": {"init": "copy_everything"}}, "initialisation 'copy_everything' is unknown"),
@@ -124,6 +126,7 @@ def test_the_policy_comes_from_the_node_config():
     ({"policy-allow-real-init": "yes"}, "policy-allow-real-init must be true or false"),
     ({"policy-tasks": "train,exfiltrate"}, "unknown task\\(s\\) exfiltrate"),
     ({"policy-min-scale": 0}, "min_scale must be a positive integer"),
+    ({"policy-min-group": 65}, "min_group \\(65\\) is above max_real_batch \\(64\\)"),
 ])
 def test_a_bad_node_config_policy_is_a_clear_error(config, message):
     with pytest.raises(ConfigError, match=message):

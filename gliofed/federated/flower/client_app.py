@@ -40,7 +40,13 @@ def site_from_context(context: Context):
     cache = Path(str(node["cache"]))
     modalities = tuple(str(run.get("modalities", "t1,t1ce,t2,flair")).split(","))
     policy = SitePolicy.from_node_config(node)
-    key = (str(node["site"]), str(cache), modalities, int(run.get("seed", 0)), policy)
+    # the split of cases with a blank manifest split is the site's: seeded from its node config, never from the
+    # run config (which the server writes), so a server cannot choose which cases the site trains and summarises
+    try:
+        split_seed = int(node.get("split-seed", 0))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"node config 'split-seed' must be an integer, not {node.get('split-seed')!r}.") from error
+    key = (str(node["site"]), str(cache), modalities, split_seed, policy)
     if key not in _SITES:
         if "manifest" in node:
             from gliofed.data.cache import preprocess

@@ -4,34 +4,60 @@ Runs inside a :class:`~gliofed.federated.site.Site` on its real cases; what it r
 ``distilled_set`` payload (synthetic volumes stored at low resolution, their label vectors and masks, the
 soft-label tables, label counts and the BatchNorm statistics of the site's real data) and nothing else.
 
+Nothing it returns summarises fewer than ``min_group`` real patients (the site operator's
+``SitePolicy.min_group``, default 3; the server cannot lower it), and no two things it returns, in one round
+or across rounds and requests, are averages over case sets that differ by fewer than ``min_group`` patients:
+
+- every average over "the real cases" (BatchNorm statistics, matching targets) is over a union of fixed,
+  disjoint **blocks** of at least ``min_group`` cases (:func:`real_blocks`, :func:`real_subset`), drawn from
+  the site's own fixed order: the server's seed only picks which blocks, its ``real_batch`` only how many;
+- every per-class summary (a soft-label row, a class-wise matching target, a tissue class's intensity
+  statistics or volume fraction) that fewer than ``min_group`` cases back is left out;
+- image summaries come from fixed, disjoint **groups** of at least ``min_group`` cases sharing labels
+  (:func:`summary_groups`), and a label value goes out only where at least ``min_group`` cases of a group
+  share it (:func:`group_labels`).
+
+This bounds what differencing can single out; it is not differential privacy (a server that crafts the model
+still learns block-level averages of features it chooses; see the README's privacy section).
+
 Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study's "distillation federation"):
 
 1. Soft labels. For every marker m and class c, the mean tempered softmax ``softmax(z_m / tau)`` of the
-   global model over the site's real cases whose label of m is c (cases with unknown m are skipped).
-2. Label vectors (:func:`joint_labels`). Each synthetic volume carries the whole label vector of one of the
-   real cases that define the matching targets (unknown markers stay -1), drawn uniformly. Synthetic labels
-   thus follow the site's real joint distribution
-   (grade II with IDH-mutant, co-deletion only with IDH-mutant); cycling each marker on its own, as the
-   first version did, made all markers perfectly correlated and paired grade II with IDH-wildtype.
+   global model over the site's real cases whose label of m is c (cases with unknown m are skipped); a class
+   fewer than ``min_group`` cases show is sent as an empty row with count 0.
+2. Label vectors (:func:`joint_labels`, :func:`group_labels`). Each synthetic volume carries the label vector
+   of one of the real cases that define the matching targets, drawn uniformly, with every marker value fewer
+   than ``min_group`` cases of its summary group share sent as -1 (unknown); no value is made up. Synthetic
+   labels thus follow the site's real joint distribution (grade II with IDH-mutant, co-deletion only with
+   IDH-mutant); cycling each marker on its own, as the first version did, made all markers perfectly
+   correlated and paired grade II with IDH-wildtype.
 3. BatchNorm statistics (:func:`real_bn_statistics`): the mean and variance of every BatchNorm input over
-   the site's real cases under the global model. The server trains with them frozen, so that the network
-   normalises synthetic volumes as it will normalise real ones at test time.
+   the real cases (whole blocks) under the global model. The server trains with them frozen, so that the
+   network normalises synthetic volumes as it will normalise real ones at test time.
 4. Condensation. ``n_synthetic`` volumes at ``1 / scale`` of the site's reference shape are optimised
    (Adam) so that, under the global model and ``models - 1`` randomly perturbed copies, the synthetic and
    real class-wise means match (:func:`matching_loss`) for every marker and class they share, at three levels
    of the classification branch — pooled bottleneck features, the MLP's hidden features and that marker's
    logits — and, for segmentation, the per-class means of the last decoder features over voxels of each
-   segmentation class. Real targets are computed once per model copy over up to ``real_batch`` real cases
-   (:func:`real_targets`). Synthetic volumes are upsampled trilinearly on use.
+   segmentation class. Real targets are computed once per model copy over at least ``real_batch`` real cases,
+   whole blocks (:func:`real_targets`; only where at least ``min_group`` cases show the class). Synthetic
+   volumes are upsampled trilinearly on use.
    Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (per tissue
    class and contrast, the mean and standard deviation of real voxels painted into the synthetic mask, plus
-   noise; the statistics are averaged over the target cases that share the volume's label vector, so that a
+   noise; the statistics are averaged over the site's cases that share the volume's label vector, so that a
    volume labelled IDH-mutant grade II starts with the intensities of the site's IDH-mutant grade II tumours) —
-   neither copies a patient's voxels. ``"real_unsafe"`` starts from down-sampled real cases: for teaching only;
-   the privacy audit flags it.
+   neither copies a patient's voxels. The statistics are those of a fixed group of at least ``min_group``
+   cases (the site operator's ``SitePolicy.min_group``, default 3; :func:`summary_groups`): the site's masked
+   cases split into disjoint groups sharing labels, matched on fewer markers, weakest image cue first, where
+   too few cases share a label vector; so one patient's summary never stands alone, and no two released
+   averages differ by one patient. A tissue class fewer than ``min_group`` of the group's cases show is
+   painted standard normal.
+   ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the privacy audit flags it.
 5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the mean region volumes
-   of the target cases that share the volume's labels (e.g. no enhancing rim for grade II when the site's grade
-   II tumours have none): class statistics, not a patient's mask. A site without masks sends empty masks.
+   of the same group of cases (e.g. no enhancing rim for grade II when the site's grade II tumours have none;
+   none either when fewer than ``min_group`` of the group's cases show one): class statistics, not a patient's
+   mask. A site without masks (or with fewer masked cases than ``min_group``)
+   sends empty masks.
 """
 
 from __future__ import annotations
@@ -46,8 +72,12 @@ from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.distill import DistillSettings, upsample_synthetic
 
-__all__ = ["soft_labels", "joint_labels", "real_bn_statistics", "init_synthetic", "real_targets", "matching_loss",
-           "build_payload", "condense"]
+__all__ = ["soft_labels", "joint_labels", "group_labels", "real_blocks", "real_subset", "summary_groups",
+           "group_for", "real_bn_statistics", "init_synthetic", "real_targets", "matching_loss", "build_payload",
+           "condense"]
+
+#: the site's fixed order of its cases for :func:`real_blocks` (a constant: nothing a request sends changes it)
+_BLOCK_ORDER_SEED = 20_231_118
 
 #: levels of the network whose class-wise means are matched (see :func:`matching_loss`)
 _LEVELS = ("bottleneck", "hidden", "logits")
@@ -60,9 +90,12 @@ def _real_batches(dataset, indices):
 
 
 @torch.no_grad()
-def soft_labels(model: torch.nn.Module, dataset,
-                temperature: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Per marker: (K, K) table, row c = mean tempered softmax over real cases of class c; and counts (K,)."""
+def soft_labels(model: torch.nn.Module, dataset, temperature: float,
+                min_cases: int = 1) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per marker: (K, K) table, row c = mean tempered softmax over real cases of class c; and counts (K,).
+
+    A class fewer than ``min_cases`` cases show gets an all-zero row and count 0 (the server then skips it):
+    a row over one patient would be that patient's prediction."""
     model.eval()
     sums = {m: np.zeros((len(c), len(c)), np.float64) for m, c in MARKER_CLASSES.items()}
     counts = {m: np.zeros(len(c), np.int64) for m, c in MARKER_CLASSES.items()}
@@ -73,6 +106,9 @@ def soft_labels(model: torch.nn.Module, dataset,
             if label >= 0:
                 sums[marker][label] += torch.softmax(out[marker][0].float() / temperature, 0).numpy()
                 counts[marker][label] += 1
+    for marker in MARKERS:
+        few = counts[marker] < max(1, int(min_cases))
+        sums[marker][few], counts[marker][few] = 0.0, 0
     tables = {m: (sums[m] / np.maximum(counts[m], 1)[:, None]).astype(np.float32) for m in MARKERS}
     return tables, counts
 
@@ -113,6 +149,48 @@ def joint_labels(labels: np.ndarray, n: int, rng: np.random.Generator, cover: bo
         passes += list(rng.permutation(len(labels)))
     chosen += [int(i) for i in passes[: n - len(chosen)]]
     return labels[np.array(chosen, np.int64)]
+
+
+def real_blocks(n_cases: int, min_cases: int = 1) -> list[np.ndarray]:
+    """The site's cases ``0 .. n_cases - 1`` split into fixed, disjoint blocks of at least ``min_cases`` (sizes
+    differ by at most one), in an order fixed by the site alone: every average over real cases is over whole
+    blocks, so that no two such averages, whatever seeds and sizes a server requests, differ by fewer than
+    ``min_cases`` patients. One block of all cases when there are fewer than ``2 * min_cases``."""
+    order = np.random.default_rng(_BLOCK_ORDER_SEED).permutation(int(n_cases))
+    n_blocks = max(1, int(n_cases) // max(1, int(min_cases)))
+    return [np.sort(block) for block in np.array_split(order, n_blocks)]
+
+
+def real_subset(n_cases: int, real_batch: int, min_cases: int, rng: np.random.Generator) -> np.ndarray:
+    """Sorted indices of the real cases one condensation averages over: whole :func:`real_blocks`, drawn in the
+    order ``rng`` (the request's seed) gives until at least ``min(real_batch, n_cases)`` cases are in."""
+    blocks = real_blocks(n_cases, min_cases)
+    want, chosen, total = min(int(real_batch), int(n_cases)), [], 0
+    for b in rng.permutation(len(blocks)):
+        if total >= want:
+            break
+        chosen.append(blocks[int(b)])
+        total += len(blocks[int(b)])
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def group_labels(labels: np.ndarray, min_cases: int = 1) -> np.ndarray:
+    """(N, 4) the label vector each real case may be sent as: per marker, its own value where at least
+    ``min_cases`` cases of its :func:`summary_groups` group (over all ``labels``) have that value, else -1
+    (unknown). No value is made up (a case is never sent with a label it does not have), and no value fewer than
+    ``min_cases`` cases of a fixed group share is sent; so a rare combination goes out with its rare markers
+    unknown, indistinguishable from an unrecorded one. With ``min_cases=1`` every case keeps its own vector;
+    with fewer cases than ``min_cases`` every vector is unknown."""
+    labels = np.asarray(labels, np.int64)
+    out = np.full_like(labels, -1)
+    least = max(1, int(min_cases))
+    for group in summary_groups([{"labels": row, "index": i} for i, row in enumerate(labels)], min_cases):
+        members = np.array([case["index"] for case in group])
+        for j in range(labels.shape[1]):
+            column = labels[members, j]
+            shared = (column >= 0) & (np.array([(column == v).sum() for v in column]) >= least)
+            out[members[shared], j] = column[shared]
+    return out
 
 
 def _batchnorms(model: torch.nn.Module) -> dict[str, torch.nn.modules.batchnorm._BatchNorm]:
@@ -174,22 +252,78 @@ def _case_statistics(dataset, indices) -> list[dict]:
     return cases
 
 
-def _matching_cases(cases: list[dict], labels: np.ndarray) -> list[dict]:
-    """The cases whose label vector agrees with ``labels`` on every marker known in both; all cases if none does."""
-    def agrees(case: dict) -> bool:
-        known = (case["labels"] >= 0) & (labels >= 0)
-        return bool(np.all(case["labels"][known] == labels[known]))
-
-    return [c for c in cases if agrees(c)] or cases
+#: markers left out of the grouping key, weakest image cue first, while fewer than ``min_cases`` cases share a key
+RELAX_ORDER: tuple[str, ...] = ("mgmt", "codeletion", "grade", "idh")
+#: markers by image cue, strongest first: how a synthetic volume's label vector picks its group
+_CUE_ORDER: tuple[str, ...] = tuple(reversed(RELAX_ORDER))
 
 
-def _class_fractions(cases: list[dict], labels: np.ndarray) -> np.ndarray:
-    """(n, 4) tissue-class fractions per synthetic volume: the mean over the real cases that share its labels
-    (e.g. no enhancing rim for a grade II label when the site's grade II cases have none)."""
+def summary_groups(cases: list[dict], min_cases: int = 1) -> list[list[dict]]:
+    """The site's masked cases split into disjoint groups of at least ``min_cases`` that share labels, the only
+    sets whose pooled summaries a synthetic volume may start from.
+
+    Cases with the same whole label vector (an unknown marker, -1, is a value of its own) form a group when there
+    are at least ``min_cases`` of them; the rest are grouped again with MGMT left out of the key, then 1p/19q,
+    grade and IDH (:data:`RELAX_ORDER`); any last few join the group their labels agree with most. The groups
+    depend only on the cases given (the condensation passes all of the site's masked cases), never on a server's
+    seed or ``real_batch``, and are disjoint: no two released averages can be subtracted to single a patient
+    out. Empty when the site has fewer than ``min_cases`` masked cases.
+    """
+    min_cases = max(1, int(min_cases))
+    if len(cases) < min_cases:
+        return []
+    groups: list[list[dict]] = []
+    left, kept = list(cases), list(MARKERS)
+    for dropped in (None, *RELAX_ORDER):
+        if dropped is not None:
+            kept.remove(dropped)
+        columns = [MARKERS.index(m) for m in kept]
+        buckets: dict[tuple, list[dict]] = {}
+        for case in left:
+            buckets.setdefault(tuple(int(v) for v in case["labels"][columns]), []).append(case)
+        left = []
+        for members in buckets.values():
+            if len(members) >= min_cases:
+                groups.append(members)
+            else:
+                left += members
+    for case in left:  # fewer than min_cases left over: each joins the group it agrees with most
+        group_for(groups, case["labels"]).append(case)
+    return groups
+
+
+def group_for(groups: list[list[dict]], labels: np.ndarray) -> list[dict]:
+    """The group whose cases agree most with ``labels``: the largest share agreeing on IDH, then grade, 1p/19q,
+    MGMT (an unknown marker in ``labels`` agrees with anything), then the larger group; ``[]`` without groups."""
+    labels = np.asarray(labels, np.int64)
+
+    def score(group: list[dict]) -> tuple:
+        shares = []
+        for marker in _CUE_ORDER:
+            j = MARKERS.index(marker)
+            shares.append(1.0 if labels[j] < 0 else float(np.mean([int(c["labels"][j]) == labels[j] for c in group])))
+        return (*shares, len(group))
+
+    return max(groups, key=score) if groups else []
+
+
+def _class_fractions(cases: list[dict], labels: np.ndarray, min_cases: int = 1) -> np.ndarray:
+    """(n, 4) tissue-class fractions per synthetic volume: the mean over the group of real cases its labels pick
+    (:func:`summary_groups`; e.g. no enhancing rim for a grade II label when that group's tumours have none); no
+    lesion where the site has fewer than ``min_cases`` masked cases (the volume then counts as unmasked), and no
+    lesion class that fewer than ``min_cases`` of the group's cases show (its share goes to background)."""
+    groups = summary_groups(cases, min_cases)
     rows = []
     for vector in labels:
-        matching = _matching_cases(cases, vector)
-        rows.append(np.mean([c["fractions"] for c in matching], 0) if matching else np.array([1.0, 0, 0, 0]))
+        group = group_for(groups, vector)
+        if not group:
+            rows.append(np.array([1.0, 0, 0, 0]))
+            continue
+        stacked = np.array([c["fractions"] for c in group], float)
+        row = stacked.mean(0)
+        row[1:][(stacked[:, 1:] > 0).sum(0) < max(1, int(min_cases))] = 0.0
+        row[0] = 1.0 - row[1:].sum()
+        rows.append(row)
     return np.asarray(rows)
 
 
@@ -198,7 +332,10 @@ def _synthetic_masks(low: tuple[int, int, int], fractions: np.ndarray, n: int, r
     per volume (class statistics, never a patient's mask)."""
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in low], indexing="ij")
     masks = np.zeros((n, *low), np.uint8)
-    rows = np.broadcast_to(np.asarray(fractions, float), (n, 4))
+    fractions = np.asarray(fractions, float)
+    if fractions.shape not in ((4,), (n, 4)):
+        raise ValueError(f"lesion fractions must have shape (4,) or ({n}, 4), not {fractions.shape}.")
+    rows = np.broadcast_to(fractions, (n, 4))
     for i in range(n):
         lesion = float(rows[i, 1:].sum())
         if lesion <= 0:
@@ -230,7 +367,7 @@ def _perturbed(model: torch.nn.Module, relative: float, generator: torch.Generat
 
 def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int, int], rng: np.random.Generator,
                    generator: torch.Generator, labels: np.ndarray | None = None,
-                   cases: list[dict] | None = None) -> torch.Tensor:
+                   cases: list[dict] | None = None, min_cases: int = 1) -> torch.Tensor:
     """Initial low-resolution synthetic images (n, C, d, h, w) float32.
 
     Args:
@@ -239,10 +376,15 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
         masks: (n, d, h, w) synthetic segmentation masks the ``class_stats`` initialisation paints.
         low: the low-resolution grid (d, h, w).
         rng, generator: NumPy / torch random generators.
-        labels: (n, 4) the synthetic volumes' label vectors; with ``cases``, ``class_stats`` paints each volume
-            with the mean statistics of the real cases that share its labels (so a volume labelled IDH-mutant
-            starts with the intensities of the site's IDH-mutant tumours, not the site's average).
-        cases: :func:`_case_statistics` of the real cases to draw statistics from (default: 4 random cases).
+        labels: (n, 4) the synthetic volumes' label vectors; ``class_stats`` paints each volume with the mean
+            statistics of the group of real cases its labels pick (:func:`summary_groups`, :func:`group_for`), so a
+            volume labelled IDH-mutant starts with the intensities of the site's IDH-mutant tumours. Without labels
+            every volume gets the average of all ``cases``.
+        cases: :func:`_case_statistics` of the real cases to draw statistics from (default: every masked case of
+            ``dataset``).
+        min_cases: fewest cases any statistic may summarise (the site's ``SitePolicy.min_group``): groups have at
+            least this many cases, a tissue class fewer of the group's cases show is painted standard normal, and
+            a site with fewer masked cases than this paints standard normal throughout.
     """
     n, channels = int(masks.shape[0]), int(dataset[0]["image"].shape[0])
     all_indices = np.arange(len(dataset))
@@ -251,14 +393,15 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
         return torch.cat([F.interpolate(dataset[int(i)]["image"][None], size=low, mode="area") for i in picks]).float()
     if init == "class_stats":
         if cases is None:
-            cases = _case_statistics(dataset, rng.choice(all_indices, size=min(len(all_indices), 4), replace=False))
-        site = _mean_stats(cases, channels)
+            cases = _case_statistics(dataset, all_indices)
+        prior = torch.zeros(4, channels, 2)
+        prior[:, :, 1] = 1.0  # a class fewer than min_cases cases of the group show: standard normal, as "noise"
+        groups = summary_groups(cases, min_cases) if labels is not None else [cases] * (len(cases) >= min_cases)
         out = []
         for i in range(n):
-            stats = site
-            if labels is not None:
-                stats = _mean_stats(_matching_cases(cases, np.asarray(labels[i], np.int64)), channels)
-                stats = torch.where(torch.isnan(stats), site, stats)  # a class the matching cases lack
+            group = group_for(groups, labels[i]) if labels is not None else (groups[0] if groups else [])
+            stats = _mean_stats(group, channels, min_cases)
+            stats = torch.where(torch.isnan(stats), prior, stats)
             mean = stats[masks[i].long(), :, 0].permute(3, 0, 1, 2)
             std = stats[masks[i].long(), :, 1].permute(3, 0, 1, 2)
             out.append(mean + 0.5 * std * torch.randn(mean.shape, generator=generator))
@@ -266,16 +409,16 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
     return torch.randn((n, channels, *low), generator=generator)
 
 
-def _mean_stats(cases: list[dict], channels: int) -> torch.Tensor:
-    """(4, C, 2) mean over ``cases`` of their per-class statistics; (0, 1) for a class none of them has."""
-    stats = torch.zeros(4, channels, 2)
-    stats[:, :, 1] = 1.0
+def _mean_stats(cases: list[dict], channels: int, min_cases: int = 1) -> torch.Tensor:
+    """(4, C, 2) mean over ``cases`` of their per-class statistics; NaN for a class fewer than ``min_cases`` of
+    them show (so that no class's statistics are those of fewer than ``min_cases`` patients)."""
+    stats = torch.full((4, channels, 2), float("nan"))
     if cases:
         stacked = torch.stack([c["stats"] for c in cases])
         present = ~torch.isnan(stacked)
         summed = torch.where(present, stacked, torch.zeros(())).sum(0)
         count = present.sum(0)
-        stats = torch.where(count > 0, summed / count.clamp_min(1), stats)
+        stats = torch.where(count >= max(1, min_cases), summed / count.clamp_min(1), stats)
     return stats
 
 
@@ -309,10 +452,14 @@ def _voxel_class_sums(decoder: torch.Tensor, seg: torch.Tensor) -> dict[int, tup
 
 
 @torch.no_grad()
-def real_targets(net: torch.nn.Module, dataset, indices) -> dict:
+def real_targets(net: torch.nn.Module, dataset, indices, min_cases: int = 1) -> dict:
     """Class-wise means of the real cases ``indices`` under ``net`` (eval mode): ``{"class": {(level, marker
-    index, class): mean}, "voxel": {segmentation class: mean decoder feature}}`` (cases without a mask add
-    nothing to ``voxel``)."""
+    index, class): mean}, "voxel": {segmentation class: mean decoder feature}}``.
+
+    A voxel target is the mean feature over all of that class's voxels in the masked cases (pooled, like the
+    synthetic side of :func:`matching_loss`; cases without a mask add nothing). A target that fewer than
+    ``min_cases`` cases back (for a voxel target: masked cases showing the class) is left out: it would be one
+    patient's features."""
     class_sums: dict = {}
     voxel_sums: dict = {}
     for image, seg, has_mask, labels in _real_batches(dataset, indices):
@@ -322,10 +469,12 @@ def real_targets(net: torch.nn.Module, dataset, indices) -> dict:
             class_sums[key] = (old[0] + total, old[1] + count)
         if has_mask:
             for key, (total, count) in _voxel_class_sums(levels["decoder"], seg[None]).items():
-                old = voxel_sums.get(key, (0.0, 0))
-                voxel_sums[key] = (old[0] + total, old[1] + count)
-    return {"class": {k: s / n for k, (s, n) in class_sums.items()},
-            "voxel": {k: s / n for k, (s, n) in voxel_sums.items() if n}}
+                if count:
+                    old = voxel_sums.get(key, (0.0, 0, 0))
+                    voxel_sums[key] = (old[0] + total, old[1] + count, old[2] + 1)
+    least = max(1, int(min_cases))
+    return {"class": {k: s / n for k, (s, n) in class_sums.items() if n >= least},
+            "voxel": {k: s / n for k, (s, n, cases) in voxel_sums.items() if cases >= least}}
 
 
 def matching_loss(net: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
@@ -380,9 +529,14 @@ def build_payload(images: torch.Tensor, masks: torch.Tensor, labels: np.ndarray,
     return Payload("distilled_set", arrays, meta)
 
 
-def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: int, site: str) -> Payload:
+def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: int, site: str,
+             min_group: int = 3) -> Payload:
     """Soft labels + BatchNorm statistics + condensed synthetic set of one site's real cases under the global
     ``model``.
+
+    ``min_group``: fewest real cases any released summary may pool, and the size of the blocks the real cases
+    are averaged in (see the module docstring) — the site operator's ``SitePolicy.min_group``, never the
+    server's.
 
     Returns:
         ``distilled_set`` payload (:func:`build_payload`); meta ``site``, ``n_cases``, ``shape``
@@ -391,25 +545,29 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
-    tables, counts = soft_labels(model, dataset, settings.temperature)
+    tables, counts = soft_labels(model, dataset, settings.temperature, min_group)
     shape, low = _reference_shape(dataset, settings.scale)
     all_indices = np.arange(len(dataset))
-    real = rng.choice(all_indices, size=min(len(all_indices), settings.real_batch), replace=False)
+    # whole fixed blocks of >= min_group cases: the server's seed picks blocks, never single cases
+    real = real_subset(len(dataset), settings.real_batch, min_group, rng)
     bn_stats = real_bn_statistics(model, dataset, real)
-    # label vectors of the cases whose class means are the targets: every synthetic class has a real target
-    labels = joint_labels(dataset.labels[real], settings.n_synthetic, rng)
-    # each volume's lesion and intensities follow the real cases that share its labels (summaries, never voxels)
-    cases = _case_statistics(dataset, real)
-    masks = torch.from_numpy(_synthetic_masks(low, _class_fractions(cases, labels), settings.n_synthetic, rng))
-    images = init_synthetic(dataset, settings.init, masks, low, rng, generator, labels=labels,
-                            cases=cases).clone().requires_grad_(True)
+    # label vectors of the cases whose class means are the targets (as their groups' shared vectors)
+    labels = joint_labels(group_labels(dataset.labels, min_group)[real], settings.n_synthetic, rng)
+    # each volume's lesion and intensities follow the group of real cases its labels pick (summaries of at least
+    # min_group patients, never voxels), over all masked cases of the site: the server's seed and real_batch
+    # cannot choose the cases whose summaries are released
+    cases = _case_statistics(dataset, all_indices)
+    fractions = _class_fractions(cases, labels, min_group)
+    masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng))
+    images = init_synthetic(dataset, settings.init, masks, low, rng, generator, labels=labels, cases=cases,
+                            min_cases=min_group).clone().requires_grad_(True)
     syn_labels = torch.from_numpy(labels)
     full_masks = upsample_synthetic(images.detach(), masks, shape)[1]
 
     if settings.steps > 0:
         # theta_r and perturbed copies; real targets once per copy (over up to real_batch cases)
         nets = [_perturbed(model, settings.perturb if k else 0.0, generator) for k in range(max(1, settings.models))]
-        targets = [real_targets(net, dataset, real) for net in nets]
+        targets = [real_targets(net, dataset, real, min_group) for net in nets]
         optimizer = torch.optim.Adam([images], lr=settings.lr)
         for step in range(settings.steps):
             k = step % len(nets)

@@ -10,7 +10,7 @@ Node config keys (``flower-supernode --node-config 'site="a" cache="..." policy-
 fields below with the prefix ``policy-``: ``policy-tasks`` ("describe,train,distill"), ``policy-min-scale``,
 ``policy-max-synthetic``, ``policy-max-bytes``, ``policy-allow-real-init``, ``policy-refuse-flagged``,
 ``policy-max-steps``, ``policy-max-real-batch``, ``policy-max-epochs``, ``policy-max-batch-size``,
-``policy-max-workers``, ``policy-device``.
+``policy-max-workers``, ``policy-min-group``, ``policy-device``.
 
 >>> SitePolicy().violations("distill", {"distill": {"init": "real_unsafe", "scale": 1, "steps": 0}})[:1]
 ["initialisation 'real_unsafe' copies patients and this site's operator has not allowed it"]
@@ -57,6 +57,13 @@ class SitePolicy:
         max_epochs: most local epochs per request (default 100).
         max_batch_size: largest training batch (default 64).
         max_workers: most DataLoader workers the request may start (default 4).
+        min_group: fewest real cases any summary a distilled set carries may pool (default 3): the statistics and
+            the label vector a synthetic volume starts from (a label vector fewer cases share is matched on fewer
+            markers), each soft-label row and class-wise matching target (one fewer cases back is left out), and
+            the BatchNorm statistics and matching targets as a whole, which average fixed, disjoint blocks of at
+            least this many cases (so no two of them differ by fewer). A request's ``real_batch`` below it is
+            refused, and so is any distillation at a site with fewer training cases. Not a request setting: the
+            server cannot lower it. Must not exceed ``max_real_batch``.
         device: the device the site trains on, whatever the request says (default ``None``: the request's).
     """
 
@@ -72,6 +79,7 @@ class SitePolicy:
     max_epochs: int = 100
     max_batch_size: int = 64
     max_workers: int = 4
+    min_group: int = 3
     device: str | None = None
 
     def __post_init__(self) -> None:
@@ -80,9 +88,13 @@ class SitePolicy:
         unknown = [t for t in self.tasks if t not in ALL_TASKS]
         if unknown:
             raise ConfigError(f"site policy: unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}.")
-        for name in ("min_scale", "max_synthetic", "max_bytes", "max_real_batch", "max_epochs", "max_batch_size"):
+        for name in ("min_scale", "max_synthetic", "max_bytes", "max_real_batch", "max_epochs", "max_batch_size",
+                     "min_group"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"site policy: {name} must be a positive integer, not {getattr(self, name)!r}.")
+        if self.min_group > self.max_real_batch:
+            raise ConfigError(f"site policy: min_group ({self.min_group}) is above max_real_batch "
+                              f"({self.max_real_batch}), so every distillation request would be refused.")
         if not isinstance(self.max_steps, int) or self.max_steps < 0 or self.max_workers < 0:
             raise ConfigError("site policy: max_steps and max_workers must be integers >= 0.")
         if not 0 < self.audit_quantile <= 1:
@@ -140,7 +152,12 @@ class SitePolicy:
         return found
 
     def _distill_violations(self, distill: Mapping) -> list[str]:
-        found = []
+        from gliofed.federated.strategies.distill import DistillSettings
+
+        known = {f.name for f in dataclasses.fields(DistillSettings)}
+        unknown = sorted(str(key) for key in distill if key not in known)
+        # e.g. a server that sends "min_group": that bound is the operator's (``min_group`` above), not a setting
+        found = [f"unknown distillation setting(s) {', '.join(unknown)}"] if unknown else []
         init = distill.get("init", "class_stats")
         if init not in SAFE_INITS and not (init == "real_unsafe" and self.allow_real_init):
             found.append(f"initialisation {init!r} copies patients and this site's operator has not allowed it"
@@ -148,7 +165,8 @@ class SitePolicy:
         found += _bounded("scale", distill.get("scale", 4), self.min_scale, 10_000)
         found += _bounded("n_synthetic", distill.get("n_synthetic", 3), 1, self.max_synthetic)
         found += _bounded("steps", distill.get("steps", 30), 0, self.max_steps)
-        found += _bounded("real_batch", distill.get("real_batch", 6), 1, self.max_real_batch)
+        # BatchNorm statistics and matching targets average real_batch cases: never fewer than min_group
+        found += _bounded("real_batch", distill.get("real_batch", 32), self.min_group, self.max_real_batch)
         found += _bounded("perturb", distill.get("perturb", 0.02), 0.0, 1.0, integer=False)
         found += _bounded("temperature", distill.get("temperature", 2.0), 0.05, 100.0, integer=False)
         found += _bounded("lr", distill.get("lr", 0.05), 0.0, 10.0, integer=False, open_low=True, label="distill lr")

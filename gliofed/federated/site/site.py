@@ -106,6 +106,9 @@ class Site:
         if task != "describe" and isinstance((settings or {}).get("model_config"), dict):
             model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
         self.__policy.check_request(self.name, task, settings or {}, model_bytes)
+        if task == "distill" and self.n_cases < self.__policy.min_group:
+            raise PolicyError(f"site {self.name} refuses the 'distill' request: it has {self.n_cases} training case(s),"
+                              f" fewer than the {self.__policy.min_group} any summary it sends must pool.")
         reply = self._answer(task, model, settings)
         self.__policy.check_reply_size(self.name, reply.nbytes)
         if reply.kind == "distilled_set" and self.__policy.refuse_flagged:
@@ -125,7 +128,8 @@ class Site:
         if task == "train":
             return self._train(network, config, settings, seed)
         if task == "distill":
-            return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name)
+            return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name,
+                            min_group=self.__policy.min_group)
         raise ValueError(f"site {self.name}: unknown task {task!r}; expected one of {', '.join(TASKS)}.")
 
     def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int) -> Payload:
