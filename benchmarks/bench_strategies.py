@@ -52,6 +52,7 @@ from gliofed.data.cache import preprocess  # noqa: E402
 from gliofed.data.dataset import CaseDataset  # noqa: E402
 from gliofed.data.manifest import MARKERS  # noqa: E402
 from gliofed.data.synth import make_cohort  # noqa: E402
+from gliofed.errors import ConfigError  # noqa: E402
 from gliofed.experiments.comparison import build_sites  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.federated.strategies import STRATEGIES, make_strategy  # noqa: E402
@@ -85,8 +86,8 @@ MODES: dict[str, dict] = {
 }
 #: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)
 DISTILL: dict[str, dict] = {
-    "full": {"steps": 5, "server_epochs": 5, "real_batch": 12},  # the workshop preset's distillation effort
-    "quick": {"steps": 5, "server_epochs": 5, "real_batch": 12},
+    "full": {"steps": 5, "server_epochs": 10, "real_batch": 12},  # the workshop preset's distillation effort
+    "quick": {"steps": 5, "server_epochs": 10, "real_batch": 12},
     "smoke": {"steps": 1, "server_epochs": 1, "real_batch": 4},
     "gpu": {"steps": 30, "server_epochs": 10},
     "tiny_round": {"steps": 2, "server_epochs": 2},  # the tiny preset's
@@ -427,6 +428,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="keep earlier runs in --out with the same seed, strategy and settings")
     parser.add_argument("--device-name", default=None, help="device description for the table (default: detected)")
+    parser.add_argument("--distill", default=None, metavar="JSON",
+                        help='override distillation settings, e.g. \'{"steps": 20}\' (merged into the mode\'s)')
     args = parser.parse_args(argv)
     mode_name = next((n for n in ("quick", "smoke", "gpu", "tiny_round") if getattr(args, n)), "full")
     mode = dict(MODES[mode_name])
@@ -438,7 +441,16 @@ def main(argv: list[str] | None = None) -> int:
         mode["strategies"] = tuple(args.strategies)
     if args.n_boot:
         mode["n_boot"] = args.n_boot
-    distill = DISTILL[mode_name]
+    distill = dict(DISTILL[mode_name])
+    if args.distill:
+        try:
+            extra = json.loads(args.distill)
+            if not isinstance(extra, dict):
+                raise ValueError("not a JSON object")
+            DistillSettings(**{**distill, **extra})  # unknown or invalid settings fail here, before any work
+        except (ValueError, TypeError, ConfigError) as error:
+            parser.error(f"--distill {args.distill!r}: {error}")
+        distill.update(extra)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -73,7 +73,7 @@ PRESETS: dict[str, Preset] = {
     "workshop": Preset(
         "workshop", CohortPreset("workshop", 24, (80, 96), 6.0, 10, 48),
         TrainConfig(epochs=12, batch_size=4, optimizer="adamw", lr=3e-3, weight_decay=1e-4),
-        {"steps": 5, "server_epochs": 5, "real_batch": 12}),  # real_batch: cases whose class means are the targets
+        {"steps": 5, "server_epochs": 10, "real_batch": 12}),  # real_batch: cases whose class means are the targets
     "paper": Preset("paper", CohortPreset("paper", None, (128, 128), 1.0, 24, 128), TrainConfig(), {}),
 }
 

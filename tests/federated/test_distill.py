@@ -2,6 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from gliofed.data.dataset import CaseDataset
 from gliofed.federated.payload import Payload, state_to_arrays
@@ -275,6 +276,82 @@ def test_class_stats_initialisation_follows_each_volumes_labels():
     assert abs(float(plain[0, 0][masks[0] > 0].mean())) < 0.5
 
 
+def _brain_site():
+    """The two-class site with a brain: zero outside a box (as preprocessing leaves the background), an anatomy
+    every case shares (contrast 2 bright in a fixed 'ventricle'), and tumours in one corner of the box."""
+    site = _TwoClassSite()
+    for item in site.items:
+        outside = torch.ones(8, 12, 12, dtype=torch.bool)
+        outside[1:7, 2:10, 2:10] = False
+        item["image"][2][1:3, 2:4, 2:4] += 3.0
+        item["image"][:, outside] = 0.0
+        item["seg"][outside] = 0
+    return site
+
+
+def test_the_site_template_is_the_mean_anatomy_of_all_its_cases():
+    from gliofed.federated.site.condense import site_template
+
+    site = _brain_site()
+    template, brain = site_template(site, range(len(site)), (4, 6, 6))
+    expected = torch.stack([F.interpolate(item["image"][None], size=(4, 6, 6), mode="area")[0]
+                            for item in site.items]).mean(0)
+    torch.testing.assert_close(template, expected)
+    assert brain.shape == (4, 6, 6) and float(brain.max()) == 1.0 and float(brain.min()) == 0.0  # corners: no brain
+    assert site_template(site, range(2), (4, 6, 6), min_cases=3) is None  # two cases are no population
+
+
+def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain():
+    from gliofed.federated.site.condense import (
+        _case_statistics,
+        _class_fractions,
+        _lesion_centres,
+        _synthetic_masks,
+        init_synthetic,
+        site_template,
+    )
+
+    site = _brain_site()
+    cases = _case_statistics(site, range(len(site)))
+    labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])
+    low = (8, 12, 12)
+    template, brain = site_template(site, range(len(site)), low)
+    centres = _lesion_centres(cases, labels, 3)
+    true_centre = (torch.nonzero(site.items[0]["seg"] > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1)
+    np.testing.assert_allclose(centres[0], true_centre.numpy(), atol=0.2)  # where the group's tumours sit
+    rng = np.random.default_rng(0)
+    inside = (brain >= 0.5).numpy()
+    masks = torch.from_numpy(_synthetic_masks(low, _class_fractions(cases, labels, 3), 2, rng, centres=centres,
+                                              brain=inside))
+    assert int(masks.sum()) > 0 and not masks[:, ~torch.from_numpy(inside)].any()  # every lesion inside the brain
+    images = init_synthetic(site, "class_stats", masks, low, rng, torch.Generator().manual_seed(0), labels=labels,
+                            cases=cases, min_cases=3, template=template)
+    background = (masks[0] == 0)
+    # non-tumour voxels: the shared anatomy (the bright 'ventricle', zero outside the brain), a little noise
+    assert float((images[0][:, background] - template[:, background]).abs().mean()) < 0.2
+    ventricle = torch.zeros_like(background)
+    ventricle[1:3, 2:4, 2:4] = True
+    assert int((ventricle & background).sum()) >= 4 and float(images[0, 2][ventricle & background].mean()) > 2.0
+    assert float(images[0][:, ~torch.from_numpy(inside)].abs().mean()) < 0.2
+    tumour = [float(images[i, 0][masks[i] > 0].mean()) for i in range(2)]
+    assert tumour[0] > 1.0 and tumour[1] < -1.0  # the lesion keeps its class's intensities
+
+
+def test_condensation_starts_from_the_template_of_every_case_whatever_the_request(tiny_cache, monkeypatch):
+    import gliofed.federated.site.condense as module
+
+    seen = []
+    original = module.site_template
+    monkeypatch.setattr(module, "site_template", lambda data, indices, *rest, **kw: seen.append(
+        frozenset(int(i) for i in indices)) or original(data, indices, *rest, **kw))
+    dataset = CaseDataset(tiny_cache, split="train")
+    for seed, real_batch in ((0, 3), (1, 6), (2, len(dataset))):
+        module.condense(small_model().eval(), dataset, DistillSettings(steps=0, real_batch=real_batch), seed, "all")
+    assert seen == [frozenset(range(len(dataset)))] * 3
+    module.condense(small_model().eval(), dataset, DistillSettings(steps=0, init="noise"), 0, "all")
+    assert len(seen) == 3  # only class_stats uses it
+
+
 def test_summary_groups_are_disjoint_share_labels_and_fall_back_marker_by_marker():
     from gliofed.federated.site.condense import _case_statistics, group_for, summary_groups
 
@@ -533,3 +610,42 @@ def test_a_site_with_fewer_cases_than_its_minimum_group_refuses_to_distill(tiny_
     with pytest.raises(PolicyError, match="3 training case.*fewer than the 4"):
         site.handle("distill", Payload("model", state_to_arrays(model), {}), site_settings(model, distill={"steps": 0}))
 
+
+
+def _separation_after_server_training(kl_weight: float) -> float:
+    """A server trained on one site's 8 synthetic volumes whose 1p/19q class shows in contrast 0, with soft labels
+    that carry no class information (the global model answered both classes alike, p = 0.13): how far apart its
+    1p/19q outputs for the two classes end up."""
+    from gliofed.data.manifest import MARKER_CLASSES
+    from gliofed.federated.site.condense import build_payload
+
+    torch.manual_seed(0)
+    n = 8
+    images = torch.randn(n, 4, 4, 6, 6) * 0.3
+    labels = np.full((n, 4), -1)
+    labels[:, 1] = np.arange(n) % 2
+    images[labels[:, 1] == 1, 0] += 1.0
+    images[labels[:, 1] == 0, 0] -= 1.0
+    tables = {m: np.zeros((len(c), len(c)), np.float32) for m, c in MARKER_CLASSES.items()}
+    counts = {m: np.zeros(len(c), np.int64) for m, c in MARKER_CLASSES.items()}
+    tables["codeletion"][:] = [0.87, 0.13]
+    counts["codeletion"][:] = 5
+    payload = build_payload(images, torch.zeros(n, 4, 6, 6, dtype=torch.uint8), labels, tables, counts, {},
+                            {"site": "a", "n_cases": 10, "shape": [8, 12, 12], "scale": 2, "init": "noise",
+                             "temperature": 2.0})
+    model = small_model()
+    DistillFederation({"server_epochs": 40, "kl_weight": kl_weight, "memory_rounds": 0}).aggregate(
+        model, {"a": payload}, rnd=1)
+    with torch.no_grad():
+        full = F.interpolate(images.float(), size=(8, 12, 12), mode="trilinear", align_corners=False)
+        p = torch.softmax(model(full)["codeletion"], 1)[:, 1].numpy()
+    return float(p[labels[:, 1] == 1].mean() - p[labels[:, 1] == 0].mean())
+
+
+def test_uninformative_soft_labels_do_not_stop_the_server_learning_a_marker_at_the_default_weight():
+    """The soft labels are the global model's answers: where it does not yet separate a marker's classes, the KL
+    term holds the server there. The default weight leaves the hard labels in charge; a heavy one does not."""
+    assert DistillSettings().kl_weight == 0.25
+    default = _separation_after_server_training(DistillSettings().kl_weight)
+    assert default > 0.25
+    assert _separation_after_server_training(4.0) < 0.5 * default

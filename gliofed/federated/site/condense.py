@@ -42,19 +42,22 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    segmentation class. Real targets are computed once per model copy over at least ``real_batch`` real cases,
    whole blocks (:func:`real_targets`; only where at least ``min_group`` cases show the class). Synthetic
    volumes are upsampled trilinearly on use.
-   Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (per tissue
-   class and contrast, the mean and standard deviation of real voxels painted into the synthetic mask, plus
-   noise; the statistics are averaged over the site's cases that share the volume's label vector, so that a
-   volume labelled IDH-mutant grade II starts with the intensities of the site's IDH-mutant grade II tumours) —
-   neither copies a patient's voxels. The statistics are those of a fixed group of at least ``min_group``
-   cases (the site operator's ``SitePolicy.min_group``, default 3; :func:`summary_groups`): the site's masked
-   cases split into disjoint groups sharing labels, matched on fewer markers, weakest image cue first, where
-   too few cases share a label vector; so one patient's summary never stands alone, and no two released
+   Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (a synthetic
+   lesion painted into the site's mean anatomy: :func:`site_template`, the mean of all its cases' images on the
+   low-resolution grid, as an atlas is a mean of brains; per tumour class and contrast, the mean and standard
+   deviation of real voxels painted into the synthetic mask, plus noise; the statistics are averaged over the
+   site's cases that share the volume's label vector, so that a volume labelled IDH-mutant grade II starts with
+   the intensities of the site's IDH-mutant grade II tumours) — neither copies a patient's voxels. The
+   statistics are those of a fixed group of at least ``min_group`` cases (the site operator's
+   ``SitePolicy.min_group``, default 3; :func:`summary_groups`): the site's masked cases split into disjoint
+   groups sharing labels, matched on fewer markers, weakest image cue first, where too few cases share a label
+   vector; so one patient's summary never stands alone, and no two released
    averages differ by one patient. A tissue class fewer than ``min_group`` of the group's cases show is
    painted standard normal.
    ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the privacy audit flags it.
-5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) sized from the mean region volumes
-   of the same group of cases (e.g. no enhancing rim for grade II when the site's grade II tumours have none;
+5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) inside the template's brain, centred
+   near the mean lesion centroid of the same group of cases and sized from their mean region volumes (e.g. no
+   enhancing rim for grade II when the site's grade II tumours have none;
    none either when fewer than ``min_group`` of the group's cases show one): class statistics, not a patient's
    mask. A site without masks (or with fewer masked cases than ``min_group``)
    sends empty masks.
@@ -73,8 +76,8 @@ from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.distill import DistillSettings, upsample_synthetic
 
 __all__ = ["soft_labels", "joint_labels", "group_labels", "real_blocks", "real_subset", "summary_groups",
-           "group_for", "real_bn_statistics", "init_synthetic", "real_targets", "matching_loss", "build_payload",
-           "condense"]
+           "group_for", "real_bn_statistics", "site_template", "init_synthetic", "real_targets", "matching_loss",
+           "build_payload", "condense"]
 
 #: the site's fixed order of its cases for :func:`real_blocks` (a constant: nothing a request sends changes it)
 _BLOCK_ORDER_SEED = 20_231_118
@@ -246,10 +249,33 @@ def _case_statistics(dataset, indices) -> list[dict]:
             chosen = flat_seg == k
             if int(chosen.sum()) > 1:
                 stats[k, :, 0], stats[k, :, 1] = flat_img[:, chosen].mean(1), flat_img[:, chosen].std(1).clamp_min(1e-3)
+        lesion = torch.nonzero(seg.reshape(seg.shape[-3:]) > 0).float()
+        # the lesion's centroid in [-1, 1] grid coordinates (D, H, W), NaN without one: where tumours sit
+        centre = (lesion.mean(0) / torch.tensor([max(s - 1, 1) for s in seg.shape[-3:]]) * 2 - 1).numpy() \
+            if len(lesion) else np.full(3, np.nan)
         cases.append({"labels": np.asarray(labels, np.int64),
                       "fractions": np.bincount(flat_seg.numpy(), minlength=4)[:4] / flat_seg.numel(),
-                      "stats": stats})
+                      "stats": stats, "centre": centre})
     return cases
+
+
+@torch.no_grad()
+def site_template(dataset, indices, low: tuple[int, int, int],
+                  min_cases: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The anatomy the site's cases share, on the low-resolution grid ``low``: (C, d, h, w) the mean of their
+    images (each area-resampled to ``low``) and (d, h, w) the share of them with brain (a nonzero voxel) there.
+
+    A population template, as an atlas is: an average over all of ``indices`` (the condensation passes every case
+    of the site, whatever the request), never fewer than ``min_cases`` (None then)."""
+    total, brain, n = None, None, 0
+    for image, _, _, _ in _real_batches(dataset, indices):
+        small = F.interpolate(image.float(), size=tuple(low), mode="area")[0]
+        inside = F.interpolate((image != 0).any(1, keepdim=True).float(), size=tuple(low), mode="area")[0, 0]
+        total, brain = (small, inside) if total is None else (total + small, brain + inside)
+        n += 1
+    if n < max(1, int(min_cases)):
+        return None
+    return total / n, brain / n
 
 
 #: markers left out of the grouping key, weakest image cue first, while fewer than ``min_cases`` cases share a key
@@ -327,21 +353,42 @@ def _class_fractions(cases: list[dict], labels: np.ndarray, min_cases: int = 1) 
     return np.asarray(rows)
 
 
-def _synthetic_masks(low: tuple[int, int, int], fractions: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def _lesion_centres(cases: list[dict], labels: np.ndarray, min_cases: int = 1) -> np.ndarray:
+    """(n, 3) the mean lesion centroid (grid coordinates in [-1, 1]) of the group of real cases each synthetic
+    volume's labels pick (:func:`summary_groups`); NaN where no group of at least ``min_cases`` cases has one."""
+    groups = summary_groups(cases, min_cases)
+    rows = []
+    for vector in labels:
+        centres = np.array([c["centre"] for c in group_for(groups, vector) if "centre" in c], float).reshape(-1, 3)
+        centres = centres[np.isfinite(centres).all(1)]
+        rows.append(centres.mean(0) if len(centres) >= max(1, int(min_cases)) else np.full(3, np.nan))
+    return np.asarray(rows, float).reshape(-1, 3)
+
+
+def _synthetic_masks(low: tuple[int, int, int], fractions: np.ndarray, n: int, rng: np.random.Generator,
+                     centres: np.ndarray | None = None, brain: np.ndarray | None = None) -> np.ndarray:
     """Ellipsoidal lesions: oedema shell, core, enhancing rim; ``fractions`` (4,) for all volumes or (n, 4) one row
-    per volume (class statistics, never a patient's mask)."""
+    per volume (class statistics, never a patient's mask).
+
+    ``centres`` (n, 3): where each lesion is centred (grid coordinates in [-1, 1]; a NaN row, or none: drawn in
+    the middle of the grid), with a small random shift; ``brain`` (d, h, w) bool: the voxels a lesion may take
+    (default all), so that a lesion lies inside the template's brain."""
     grids = np.meshgrid(*[np.linspace(-1, 1, s) for s in low], indexing="ij")
     masks = np.zeros((n, *low), np.uint8)
     fractions = np.asarray(fractions, float)
     if fractions.shape not in ((4,), (n, 4)):
         raise ValueError(f"lesion fractions must have shape (4,) or ({n}, 4), not {fractions.shape}.")
     rows = np.broadcast_to(fractions, (n, 4))
+    allowed = np.ones(low, bool) if brain is None or not np.asarray(brain).any() else np.asarray(brain, bool)
     for i in range(n):
         lesion = float(rows[i, 1:].sum())
         if lesion <= 0:
             continue
-        centre = rng.uniform(-0.3, 0.3, 3)
+        known = centres is not None and np.isfinite(centres[i]).all()
+        centre = (np.clip(centres[i] + rng.uniform(-0.15, 0.15, 3), -0.6, 0.6) if known
+                  else rng.uniform(-0.3, 0.3, 3))
         r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grids, centre)))
+        r = np.where(allowed, r, np.inf)  # outside the brain last
         order = np.argsort(r, axis=None)
         flat = masks[i].reshape(-1)
         total = int(round(lesion * flat.size))
@@ -367,7 +414,8 @@ def _perturbed(model: torch.nn.Module, relative: float, generator: torch.Generat
 
 def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int, int], rng: np.random.Generator,
                    generator: torch.Generator, labels: np.ndarray | None = None,
-                   cases: list[dict] | None = None, min_cases: int = 1) -> torch.Tensor:
+                   cases: list[dict] | None = None, min_cases: int = 1,
+                   template: torch.Tensor | None = None) -> torch.Tensor:
     """Initial low-resolution synthetic images (n, C, d, h, w) float32.
 
     Args:
@@ -385,6 +433,9 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
         min_cases: fewest cases any statistic may summarise (the site's ``SitePolicy.min_group``): groups have at
             least this many cases, a tissue class fewer of the group's cases show is painted standard normal, and
             a site with fewer masked cases than this paints standard normal throughout.
+        template: (C, d, h, w) the site's mean anatomy (:func:`site_template`); ``class_stats`` paints the lesion
+            onto it (background voxels: the template plus a little noise) instead of onto a uniform background of
+            the non-tumour statistics, so that the server sees tumours inside brains.
     """
     n, channels = int(masks.shape[0]), int(dataset[0]["image"].shape[0])
     all_indices = np.arange(len(dataset))
@@ -404,6 +455,10 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
             stats = torch.where(torch.isnan(stats), prior, stats)
             mean = stats[masks[i].long(), :, 0].permute(3, 0, 1, 2)
             std = stats[masks[i].long(), :, 1].permute(3, 0, 1, 2)
+            if template is not None:  # non-tumour voxels: the site's shared anatomy, not one uniform value
+                background = (masks[i] == 0)[None]
+                mean = torch.where(background, template.float(), mean)
+                std = torch.where(background, torch.full_like(std, 0.2), std)
             out.append(mean + 0.5 * std * torch.randn(mean.shape, generator=generator))
         return torch.stack(out).float()
     return torch.randn((n, channels, *low), generator=generator)
@@ -558,9 +613,13 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     # cannot choose the cases whose summaries are released
     cases = _case_statistics(dataset, all_indices)
     fractions = _class_fractions(cases, labels, min_group)
-    masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng))
+    shared = site_template(dataset, all_indices, low, min_group) if settings.init == "class_stats" else None
+    template, brain = shared if shared is not None else (None, None)
+    masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng,
+                                              centres=_lesion_centres(cases, labels, min_group),
+                                              brain=None if brain is None else (brain >= 0.5).numpy()))
     images = init_synthetic(dataset, settings.init, masks, low, rng, generator, labels=labels, cases=cases,
-                            min_cases=min_group).clone().requires_grad_(True)
+                            min_cases=min_group, template=template).clone().requires_grad_(True)
     syn_labels = torch.from_numpy(labels)
     full_masks = upsample_synthetic(images.detach(), masks, shape)[1]
 
