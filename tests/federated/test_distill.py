@@ -278,12 +278,15 @@ def test_class_stats_initialisation_follows_each_volumes_labels():
 
 def _brain_site():
     """The two-class site with a brain: zero outside a box (as preprocessing leaves the background), an anatomy
-    every case shares (contrast 2 bright in a fixed 'ventricle'), and tumours in one corner of the box."""
+    every case shares (contrast 2 bright in a fixed 'ventricle'), and tumours off the middle of the grid, towards
+    the low corner."""
     site = _TwoClassSite()
     for item in site.items:
+        item["image"] = torch.roll(item["image"], shifts=(-1, -1, -1), dims=(1, 2, 3))
+        item["seg"] = torch.roll(item["seg"], shifts=(-1, -1, -1), dims=(0, 1, 2))
         outside = torch.ones(8, 12, 12, dtype=torch.bool)
         outside[1:7, 2:10, 2:10] = False
-        item["image"][2][1:3, 2:4, 2:4] += 3.0
+        item["image"][2][4:6, 6:8, 6:8] += 3.0
         item["image"][:, outside] = 0.0
         item["seg"][outside] = 0
     return site
@@ -293,12 +296,29 @@ def test_the_site_template_is_the_mean_anatomy_of_all_its_cases():
     from gliofed.federated.site.condense import site_template
 
     site = _brain_site()
-    template, brain = site_template(site, range(len(site)), (4, 6, 6))
+    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
     expected = torch.stack([F.interpolate(item["image"][None], size=(4, 6, 6), mode="area")[0]
                             for item in site.items]).mean(0)
-    torch.testing.assert_close(template, expected)
-    assert brain.shape == (4, 6, 6) and float(brain.max()) == 1.0 and float(brain.min()) == 0.0  # corners: no brain
+    torch.testing.assert_close(template[:, brain], expected[:, brain])
+    assert brain.dtype == torch.bool and brain.shape == (4, 6, 6)
+    assert brain[:, 1:5, 1:5].all() and not brain[:, 0].any() and not brain[:, 5].any() and not brain[:, :, 0].any()
+    assert float(template[:, ~brain].abs().max()) == 0.0
     assert site_template(site, range(2), (4, 6, 6), min_cases=3) is None  # two cases are no population
+
+
+def test_the_template_leaves_out_where_fewer_than_min_group_patients_have_brain():
+    """Background is 0 and the case count is public: a cell only one or two patients' heads reach would be
+    their voxels over a known count. Such cells stay background, and are not brain."""
+    from gliofed.federated.site.condense import site_template
+
+    site = _brain_site()
+    for k, item in enumerate(site.items[:2]):  # two patients' heads reach one more slab of cells
+        item["image"][:, 1:7, 10:12, 2:10] = 5.0 + k
+    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
+    assert not brain[:, 5].any() and float(template[:, :, 5].abs().max()) == 0.0  # h 10-11: only 2 patients there
+    site.items[2]["image"][:, 1:7, 10:12, 2:10] = 7.0  # a third patient: now a population's
+    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
+    assert brain[:, 5, 1:5].all() and float(template[0, 1, 5, 2]) > 0.5
 
 
 def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain():
@@ -318,19 +338,23 @@ def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain()
     template, brain = site_template(site, range(len(site)), low)
     centres = _lesion_centres(cases, labels, 3)
     true_centre = (torch.nonzero(site.items[0]["seg"] > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1)
-    np.testing.assert_allclose(centres[0], true_centre.numpy(), atol=0.2)  # where the group's tumours sit
+    assert (true_centre < -0.15).all()  # off the middle of the grid
+    np.testing.assert_allclose(centres[0], true_centre.numpy(), atol=0.03)  # where the group's tumours sit
     rng = np.random.default_rng(0)
-    inside = (brain >= 0.5).numpy()
+    inside = brain.numpy()
     masks = torch.from_numpy(_synthetic_masks(low, _class_fractions(cases, labels, 3), 2, rng, centres=centres,
                                               brain=inside))
     assert int(masks.sum()) > 0 and not masks[:, ~torch.from_numpy(inside)].any()  # every lesion inside the brain
+    for mask in masks:  # each lesion sits towards the group's tumours, not in the middle of the grid
+        drawn = torch.nonzero(mask > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1
+        assert (drawn < 0).all() and float((drawn - true_centre).abs().max()) < 0.3
     images = init_synthetic(site, "class_stats", masks, low, rng, torch.Generator().manual_seed(0), labels=labels,
                             cases=cases, min_cases=3, template=template)
     background = (masks[0] == 0)
     # non-tumour voxels: the shared anatomy (the bright 'ventricle', zero outside the brain), a little noise
     assert float((images[0][:, background] - template[:, background]).abs().mean()) < 0.2
     ventricle = torch.zeros_like(background)
-    ventricle[1:3, 2:4, 2:4] = True
+    ventricle[4:6, 6:8, 6:8] = True
     assert int((ventricle & background).sum()) >= 4 and float(images[0, 2][ventricle & background].mean()) > 2.0
     assert float(images[0][:, ~torch.from_numpy(inside)].abs().mean()) < 0.2
     tumour = [float(images[i, 0][masks[i] > 0].mean()) for i in range(2)]
@@ -350,6 +374,22 @@ def test_condensation_starts_from_the_template_of_every_case_whatever_the_reques
     assert seen == [frozenset(range(len(dataset)))] * 3
     module.condense(small_model().eval(), dataset, DistillSettings(steps=0, init="noise"), 0, "all")
     assert len(seen) == 3  # only class_stats uses it
+
+
+def test_condensation_paints_its_lesions_inside_the_template_brain_onto_the_template(tiny_cache):
+    """End to end: what ``condense`` sends (steps=0) is the template's anatomy with lesions inside its brain."""
+    import gliofed.federated.site.condense as module
+
+    dataset = CaseDataset(tiny_cache, split="train")
+    payload = module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all")
+    images = torch.from_numpy(payload.arrays["syn_images"].astype(np.float32))
+    masks = torch.from_numpy(payload.arrays["syn_masks"])
+    template, brain = module.site_template(dataset, range(len(dataset)), tuple(masks.shape[1:]), 3)
+    assert int(masks.sum()) > 0 and not masks[:, ~brain].any()
+    background = (masks == 0)[:, None].expand_as(images)
+    difference = (images - template[None].expand_as(images))[background]
+    assert float(difference.abs().mean()) < 0.2  # the template plus a little noise
+    assert float(images[:, :, ~brain].abs().mean()) < 0.2  # nothing where fewer than 3 patients have brain
 
 
 def test_summary_groups_are_disjoint_share_labels_and_fall_back_marker_by_marker():

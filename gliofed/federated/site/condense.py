@@ -44,7 +44,8 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    volumes are upsampled trilinearly on use.
    Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (a synthetic
    lesion painted into the site's mean anatomy: :func:`site_template`, the mean of all its cases' images on the
-   low-resolution grid, as an atlas is a mean of brains; per tumour class and contrast, the mean and standard
+   low-resolution grid, as an atlas is a mean of brains, kept only where at least ``min_group`` patients' brains
+   cover a cell; per tumour class and contrast, the mean and standard
    deviation of real voxels painted into the synthetic mask, plus noise; the statistics are averaged over the
    site's cases that share the volume's label vector, so that a volume labelled IDH-mutant grade II starts with
    the intensities of the site's IDH-mutant grade II tumours) — neither copies a patient's voxels. The
@@ -55,7 +56,8 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    averages differ by one patient. A tissue class fewer than ``min_group`` of the group's cases show is
    painted standard normal.
    ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the privacy audit flags it.
-5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema) inside the template's brain, centred
+5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema), for ``class_stats`` inside the
+   template's brain (the cells at least ``min_group`` patients' brains cover), centred
    near the mean lesion centroid of the same group of cases and sized from their mean region volumes (e.g. no
    enhancing rim for grade II when the site's grade II tumours have none;
    none either when fewer than ``min_group`` of the group's cases show one): class statistics, not a patient's
@@ -263,19 +265,26 @@ def _case_statistics(dataset, indices) -> list[dict]:
 def site_template(dataset, indices, low: tuple[int, int, int],
                   min_cases: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The anatomy the site's cases share, on the low-resolution grid ``low``: (C, d, h, w) the mean of their
-    images (each area-resampled to ``low``) and (d, h, w) the share of them with brain (a nonzero voxel) there.
+    images (each area-resampled to ``low``) and (d, h, w) bool the brain: the cells that at least ``min_cases``
+    of the cases cover (brain, a nonzero voxel, in at least half of the cell).
 
     A population template, as an atlas is: an average over all of ``indices`` (the condensation passes every case
-    of the site, whatever the request), never fewer than ``min_cases`` (None then)."""
-    total, brain, n = None, None, 0
+    of the site, whatever the request), never fewer than ``min_cases`` (None then). A mean over all cases is not
+    enough by itself: preprocessing leaves the background at 0, so where fewer than ``min_cases`` patients have
+    brain (the edge of one patient's head) the mean is those patients' voxels over a known count. Those cells are
+    left 0 (background) in the template and are not brain."""
+    total, covered, n = None, None, 0
     for image, _, _, _ in _real_batches(dataset, indices):
         small = F.interpolate(image.float(), size=tuple(low), mode="area")[0]
         inside = F.interpolate((image != 0).any(1, keepdim=True).float(), size=tuple(low), mode="area")[0, 0]
-        total, brain = (small, inside) if total is None else (total + small, brain + inside)
+        total = small if total is None else total + small
+        covered = (inside >= 0.5).long() if covered is None else covered + (inside >= 0.5).long()
         n += 1
-    if n < max(1, int(min_cases)):
+    need = max(1, int(min_cases))
+    if n < need:
         return None
-    return total / n, brain / n
+    brain = covered >= need
+    return total / n * brain, brain
 
 
 #: markers left out of the grouping key, weakest image cue first, while fewer than ``min_cases`` cases share a key
@@ -432,7 +441,8 @@ def init_synthetic(dataset, init: str, masks: torch.Tensor, low: tuple[int, int,
             ``dataset``).
         min_cases: fewest cases any statistic may summarise (the site's ``SitePolicy.min_group``): groups have at
             least this many cases, a tissue class fewer of the group's cases show is painted standard normal, and
-            a site with fewer masked cases than this paints standard normal throughout.
+            a site with fewer masked cases than this paints standard normal throughout (with ``template``: the
+            template plus a little noise).
         template: (C, d, h, w) the site's mean anatomy (:func:`site_template`); ``class_stats`` paints the lesion
             onto it (background voxels: the template plus a little noise) instead of onto a uniform background of
             the non-tumour statistics, so that the server sees tumours inside brains.
@@ -617,7 +627,7 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     template, brain = shared if shared is not None else (None, None)
     masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng,
                                               centres=_lesion_centres(cases, labels, min_group),
-                                              brain=None if brain is None else (brain >= 0.5).numpy()))
+                                              brain=None if brain is None else brain.numpy()))
     images = init_synthetic(dataset, settings.init, masks, low, rng, generator, labels=labels, cases=cases,
                             min_cases=min_group, template=template).clone().requires_grad_(True)
     syn_labels = torch.from_numpy(labels)
