@@ -32,7 +32,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
+import hashlib
 import json
 import math
 import platform
@@ -281,8 +283,7 @@ def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
             "bytes_up_per_client_round": float(np.mean(up)), "bytes_down_per_client_round": float(np.mean(down)),
             "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
             "server_s_per_round": float(np.mean(pooled)) if pooled else float("nan"),
-            "settings": json.dumps({"rounds": mode["rounds"], "size": mode["size"],
-                                    "distill": distill if name == "distill" else None}, sort_keys=True)}
+            "settings": settings_key(name, mode, distill)}
     (work / f"run_{seed}_{name}" / "cost.json").write_text(json.dumps(cost))
     return cost
 
@@ -293,9 +294,24 @@ def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path) -> dic
     if not ((folder / "cost.json").is_file() and (folder / PREDICTIONS_FILE).is_file()):
         return None
     cost = json.loads((folder / "cost.json").read_text())
-    wanted = json.dumps({"rounds": mode["rounds"], "size": mode["size"],
-                         "distill": distill if name == "distill" else None}, sort_keys=True)
-    return cost if cost.get("settings") == wanted else None
+    return cost if cost.get("settings") == settings_key(name, mode, distill) else None
+
+
+def source_fingerprint() -> str:
+    """SHA-256 over the package's Python sources: a run made by other code is never reused."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "gliofed").rglob("*.py")):
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def settings_key(name: str, mode: dict, distill: dict) -> str:
+    """What makes two runs of one seed and strategy the same run: the mode's settings, the distillation settings
+    as resolved (every field, defaults included, so a changed default is a changed run) and the code."""
+    resolved = dataclasses.asdict(DistillSettings(**distill)) if name == "distill" else None
+    keep = {key: value for key, value in mode.items() if key not in ("seeds", "strategies", "n_boot")}
+    return json.dumps({"mode": keep, "distill": resolved, "code": source_fingerprint()}, sort_keys=True,
+                      default=str)
 
 
 def _cell(mean: float, lo: float, hi: float) -> str:

@@ -70,3 +70,49 @@ def test_smoke_run_writes_table_csv_and_offline_figure(tmp_path):
     assert "hidden true labels" in table and "manifest's known labels" in table and "distill − fedavg" in table
     html = (tmp_path / "pareto.html").read_text()
     assert "plotly" in html and "cdn.plot.ly" not in html.split("<body>")[0]  # plotly.js inline: works offline
+
+
+def test_reuse_keeps_only_a_run_of_the_same_settings_and_code(tmp_path, monkeypatch):
+    """``--reuse`` must not keep a stale run: the key holds the resolved distillation settings (a changed default
+    is a changed run), the mode's settings and a fingerprint of the package's code."""
+    mode, distill = dict(bench.MODES["smoke"]), dict(bench.DISTILL["smoke"])
+    folder = tmp_path / "run_0_distill"
+    folder.mkdir()
+    (folder / bench.PREDICTIONS_FILE).write_text("subject\n")
+    cost = {"seed": 0, "strategy": "distill", "settings": bench.settings_key("distill", mode, distill)}
+    (folder / "cost.json").write_text(bench.json.dumps(cost))
+    assert bench.reusable(0, "distill", mode, distill, tmp_path) == cost
+    assert bench.reusable(0, "distill", {**mode, "rounds": mode["rounds"] + 1}, distill, tmp_path) is None
+    assert bench.reusable(0, "distill", mode, {**distill, "steps": 2}, tmp_path) is None
+    # the same explicit settings, but a default of DistillSettings changed: not the same run
+    fields = bench.dataclasses.fields(bench.DistillSettings)
+    changed = next(f for f in fields if f.name not in distill and isinstance(f.default, (int, float)))
+    monkeypatch.setattr(bench, "DistillSettings", bench.dataclasses.make_dataclass(
+        "DistillSettings", [(f.name, f.type, bench.dataclasses.field(default=f.default + 1 if f is changed
+                                                                     else f.default)) for f in fields]))
+    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
+    monkeypatch.undo()
+    monkeypatch.setattr(bench, "source_fingerprint", lambda: "other code")
+    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
+    (folder / bench.PREDICTIONS_FILE).unlink()  # no predictions: nothing to keep
+    monkeypatch.undo()
+    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
+
+
+def test_privacy_audit_script_flags_real_cases_and_summarises_each_initialisation(tmp_path):
+    """benchmarks/bench_privacy_audit.py on a smoke benchmark's trained distillation model: one summary row per
+    initialisation, every volume audited, and down-sampled real cases flagged."""
+    spec = importlib.util.spec_from_file_location("bench_privacy_audit", _PATH.parent / "bench_privacy_audit.py")
+    audit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(audit)
+    assert bench.main(["--smoke", "--out", str(tmp_path), "--strategies", "distill"]) == 0
+    assert audit.main([str(tmp_path), "--seed", "0", "--distill", '{"steps": 1, "server_epochs": 1, '
+                       '"real_batch": 4}']) == 0
+    report = pd.read_csv(tmp_path / "privacy_audit_0.csv")
+    summary = audit.summarise(report).set_index("init")
+    assert list(summary.index) == ["class_stats", "noise", "real_unsafe"]
+    assert (summary["volumes"] == summary.loc["real_unsafe", "volumes"]).all() and summary["volumes"].min() > 0
+    assert summary.loc["real_unsafe", "flagged"] > 0 and summary.loc["real_unsafe", "nn_corr_max"] > 0.9
+    assert summary.loc["noise", "flagged"] == 0
+    with pytest.raises(SystemExit):  # no such seed's run: a clear argument error, not a traceback
+        audit.main([str(tmp_path), "--seed", "7"])
