@@ -10,7 +10,9 @@ percentile, and the sites' thresholds.
 
 Usage:
   python benchmarks/bench_privacy_audit.py runs/bench_strategies --seed 0
-  python benchmarks/bench_privacy_audit.py runs/bench_strategies --seed 0 --distill '{"server_epochs": 10}'
+  python benchmarks/bench_privacy_audit.py runs/bench_strategies --seed 0 --distill '{"steps": 0}'
+
+The distillation settings are those the run was trained with (its ``cost.json``); ``--distill`` changes some.
 
 Writes ``privacy_audit_<seed>.csv`` (every volume's row) into the benchmark folder and prints the summary.
 """
@@ -49,12 +51,24 @@ def summarise(report: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def recorded_settings(run: Path) -> dict | None:
+    """The distillation settings ``run`` was trained with, as ``bench_strategies.py`` recorded them in its
+    ``cost.json`` (None where it holds none)."""
+    try:
+        settings = json.loads(json.loads((run / "cost.json").read_text())["settings"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    distill = settings.get("distill") if isinstance(settings, dict) else None
+    return dict(distill) if isinstance(distill, dict) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench", type=Path, help="a bench_strategies.py output folder")
     parser.add_argument("--seed", type=int, default=0, help="which seed's trained distillation model (default 0)")
     parser.add_argument("--distill", default=None,
-                        help="distillation settings as JSON (default: the benchmark's `full` mode settings)")
+                        help="distillation settings as JSON, merged into those the run was trained with (its "
+                             "cost.json)")
     parser.add_argument("--inits", nargs="+", default=list(INITS), choices=INITS)
     args = parser.parse_args(argv)
     run, cache = args.bench / f"run_{args.seed}_distill", args.bench / f"cache_{args.seed}"
@@ -64,7 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     spec = importlib.util.spec_from_file_location("bench_strategies", ROOT / "benchmarks" / "bench_strategies.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    distill = dict(bench.DISTILL["full"])
+    distill = recorded_settings(run)
+    if distill is None:
+        distill = dict(bench.DISTILL["full"])
+        print(f"{run / 'cost.json'} records no distillation settings: auditing with the full benchmark's "
+              f"{json.dumps(distill, sort_keys=True)}", file=sys.stderr)
     if args.distill:
         try:
             extra = json.loads(args.distill)

@@ -247,17 +247,30 @@ def full_size_upload_bytes(distill: dict) -> dict[str, int]:
 
 
 def prepare_seed(seed: int, mode: dict, work: Path) -> None:
-    """Draw the cohort of ``seed`` (new subjects, new split) and preprocess it (both skipped when present)."""
+    """Draw the cohort of ``seed`` (new subjects, new split) and preprocess it (both skipped when present and made
+    with the same settings and code: ``bench_cohort.json``; a cohort made otherwise is an error, never reused).
+
+    Raises:
+        ConfigError: ``work`` holds a cohort of this seed made with other settings or code, or by hand."""
     cohort, cache = work / f"cohort_{seed}", work / f"cache_{seed}"
-    if not (cohort / "truth.csv").is_file():
+    stamp = json.dumps({"seed": seed, "preset": mode["preset"], "cases_per_site": mode["cases_per_site"],
+                        "size": mode["size"], "code": source_fingerprint()}, sort_keys=True)
+    stamp_file = cohort / "bench_cohort.json"
+    if cohort.exists() or cache.exists():
+        if not stamp_file.is_file() or stamp_file.read_text() != stamp:
+            raise ConfigError(f"{cohort}: made with other settings or other code than this run's (see "
+                              f"{stamp_file.name}); use another --out, or delete {cohort} and {cache}.")
+    else:
         make_cohort(cohort, preset=mode["preset"], seed=seed, cases_per_site=mode["cases_per_site"],
                     progress=False, verbose=False)
+        stamp_file.write_text(stamp)
     preprocess(cohort / "manifest.csv", cache, size=mode["size"], workers=1, progress=False)
 
 
-def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
+def run_one(seed: int, name: str, mode: dict, distill: dict, work: str, key: str) -> dict:
     """Train strategy ``name`` on the prepared cohort of ``seed``; its test predictions go to the run folder.
-    Returns the cost row (bytes, compute time). Runs in a worker process when ``--jobs`` > 1."""
+    Returns the cost row (bytes, compute time; ``key``: :func:`settings_key`, taken when the benchmark started).
+    Runs in a worker process when ``--jobs`` > 1."""
     torch.set_num_threads(mode.get("threads", 1) if mode["device"] == "cpu" else torch.get_num_threads())
     work = Path(work)
     cache = work / f"cache_{seed}"
@@ -283,25 +296,34 @@ def run_one(seed: int, name: str, mode: dict, distill: dict, work: str) -> dict:
             "bytes_up_per_client_round": float(np.mean(up)), "bytes_down_per_client_round": float(np.mean(down)),
             "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
             "server_s_per_round": float(np.mean(pooled)) if pooled else float("nan"),
-            "settings": settings_key(name, mode, distill)}
+            "settings": key}
     (work / f"run_{seed}_{name}" / "cost.json").write_text(json.dumps(cost))
     return cost
 
 
-def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path) -> dict | None:
+def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path, key: str | None = None) -> dict | None:
     """The cost row of an earlier run of the same seed, strategy and settings whose predictions exist, else None."""
     folder = work / f"run_{seed}_{name}"
     if not ((folder / "cost.json").is_file() and (folder / PREDICTIONS_FILE).is_file()):
         return None
     cost = json.loads((folder / "cost.json").read_text())
-    return cost if cost.get("settings") == settings_key(name, mode, distill) else None
+    return cost if cost.get("settings") == (key or settings_key(name, mode, distill)) else None
 
 
 def source_fingerprint() -> str:
-    """SHA-256 over the package's Python sources: a run made by other code is never reused."""
+    """SHA-256 over the package's Python sources, this script and the versions of the numerical packages: a run
+    made by other code, or in another environment, is never reused."""
+    import importlib.metadata
+
     digest = hashlib.sha256()
-    for path in sorted((ROOT / "gliofed").rglob("*.py")):
+    for path in sorted((ROOT / "gliofed").rglob("*.py")) + [Path(__file__).resolve()]:
         digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for package in ("torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "nibabel"):
+        try:
+            version = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            version = "absent"
+        digest.update(f"{package}=={version}\0".encode())
     return digest.hexdigest()
 
 
@@ -475,14 +497,19 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     for seed in mode["seeds"]:
-        prepare_seed(seed, mode, out)
+        try:
+            prepare_seed(seed, mode, out)
+        except ConfigError as error:
+            parser.error(str(error))
     # longest first (distillation, then local-only), so that parallel workers finish together
     order = {"distill": 0, "local": 1}
     tasks = sorted(((seed, name) for seed in mode["seeds"] for name in mode["strategies"]),
                    key=lambda task: (order.get(task[1], 2), task[0]))
     costs = []
+    # what identifies a run, taken once, now: an edit made while the benchmark runs does not relabel its runs
+    keys = {name: settings_key(name, mode, distill) for name in mode["strategies"]}
     if args.reuse:  # runs of the same seed, strategy and settings already in --out are kept
-        kept = [(task, reusable(*task, mode, distill, out)) for task in tasks]
+        kept = [(task, reusable(*task, mode, distill, out, keys[task[1]])) for task in tasks]
         costs = [cost for _, cost in kept if cost is not None]
         tasks = [task for task, cost in kept if cost is None]
         log(f"reusing {len(costs)} earlier runs; running {len(tasks)}")
@@ -495,12 +522,13 @@ def main(argv: list[str] | None = None) -> int:
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_one, seed, name, mode, distill, str(out)) for seed, name in tasks]
+            futures = [pool.submit(run_one, seed, name, mode, distill, str(out), keys[name])
+                       for seed, name in tasks]
             for future in as_completed(futures):
                 done(future.result())
     else:
         for seed, name in tasks:
-            done(run_one(seed, name, mode, distill, str(out)))
+            done(run_one(seed, name, mode, distill, str(out), keys[name]))
     per_seed: dict[int, dict[str, pd.DataFrame]] = {}
     rows = []
     for seed in mode["seeds"]:

@@ -79,9 +79,12 @@ def test_reuse_keeps_only_a_run_of_the_same_settings_and_code(tmp_path, monkeypa
     folder = tmp_path / "run_0_distill"
     folder.mkdir()
     (folder / bench.PREDICTIONS_FILE).write_text("subject\n")
-    cost = {"seed": 0, "strategy": "distill", "settings": bench.settings_key("distill", mode, distill)}
+    key = bench.settings_key("distill", mode, distill)
+    cost = {"seed": 0, "strategy": "distill", "settings": key}
     (folder / "cost.json").write_text(bench.json.dumps(cost))
     assert bench.reusable(0, "distill", mode, distill, tmp_path) == cost
+    assert bench.reusable(0, "distill", mode, distill, tmp_path, key) == cost
+    assert bench.reusable(0, "distill", mode, distill, tmp_path, key + "x") is None  # the key taken at the start
     assert bench.reusable(0, "distill", {**mode, "rounds": mode["rounds"] + 1}, distill, tmp_path) is None
     assert bench.reusable(0, "distill", mode, {**distill, "steps": 2}, tmp_path) is None
     # the same explicit settings, but a default of DistillSettings changed: not the same run
@@ -106,8 +109,8 @@ def test_privacy_audit_script_flags_real_cases_and_summarises_each_initialisatio
     audit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(audit)
     assert bench.main(["--smoke", "--out", str(tmp_path), "--strategies", "distill"]) == 0
-    assert audit.main([str(tmp_path), "--seed", "0", "--distill", '{"steps": 1, "server_epochs": 1, '
-                       '"real_batch": 4}']) == 0
+    assert audit.recorded_settings(tmp_path / "run_0_distill")["real_batch"] == bench.DISTILL["smoke"]["real_batch"]
+    assert audit.main([str(tmp_path), "--seed", "0"]) == 0  # with the settings the run was trained with
     report = pd.read_csv(tmp_path / "privacy_audit_0.csv")
     summary = audit.summarise(report).set_index("init")
     assert list(summary.index) == ["class_stats", "noise", "real_unsafe"]
@@ -116,3 +119,15 @@ def test_privacy_audit_script_flags_real_cases_and_summarises_each_initialisatio
     assert summary.loc["noise", "flagged"] == 0
     with pytest.raises(SystemExit):  # no such seed's run: a clear argument error, not a traceback
         audit.main([str(tmp_path), "--seed", "7"])
+
+
+def test_a_cohort_made_with_other_settings_or_code_is_refused_not_reused(tmp_path, monkeypatch):
+    mode = dict(bench.MODES["smoke"])
+    bench.prepare_seed(0, mode, tmp_path)
+    assert (tmp_path / "cohort_0" / "bench_cohort.json").is_file()
+    bench.prepare_seed(0, mode, tmp_path)  # same settings and code: kept
+    with pytest.raises(bench.ConfigError, match="cohort_0: made with other settings or other code"):
+        bench.prepare_seed(0, {**mode, "size": mode["size"] + 8}, tmp_path)
+    monkeypatch.setattr(bench, "source_fingerprint", lambda: "other code")
+    with pytest.raises(bench.ConfigError, match="use another --out"):
+        bench.prepare_seed(0, mode, tmp_path)

@@ -276,6 +276,9 @@ def test_class_stats_initialisation_follows_each_volumes_labels():
     assert abs(float(plain[0, 0][masks[0] > 0].mean())) < 0.5
 
 
+FULL = (8, 12, 12)  # the test sites' full-resolution grid
+
+
 def _brain_site():
     """The two-class site with a brain: zero outside a box (as preprocessing leaves the background), an anatomy
     every case shares (contrast 2 bright in a fixed 'ventricle'), and tumours off the middle of the grid, towards
@@ -296,29 +299,68 @@ def test_the_site_template_is_the_mean_anatomy_of_all_its_cases():
     from gliofed.federated.site.condense import site_template
 
     site = _brain_site()
-    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
     expected = torch.stack([F.interpolate(item["image"][None], size=(4, 6, 6), mode="area")[0]
                             for item in site.items]).mean(0)
     torch.testing.assert_close(template[:, brain], expected[:, brain])
     assert brain.dtype == torch.bool and brain.shape == (4, 6, 6)
     assert brain[:, 1:5, 1:5].all() and not brain[:, 0].any() and not brain[:, 5].any() and not brain[:, :, 0].any()
     assert float(template[:, ~brain].abs().max()) == 0.0
-    assert site_template(site, range(2), (4, 6, 6), min_cases=3) is None  # two cases are no population
+    assert site_template(site, range(2), FULL, (4, 6, 6), min_cases=3) is None  # two cases are no population
 
 
 def test_the_template_leaves_out_where_fewer_than_min_group_patients_have_brain():
     """Background is 0 and the case count is public: a cell only one or two patients' heads reach would be
-    their voxels over a known count. Such cells stay background, and are not brain."""
+    their voxels over a known count. Such cells stay background, and are not brain; lesions go only where most
+    patients have brain."""
     from gliofed.federated.site.condense import site_template
 
     site = _brain_site()
     for k, item in enumerate(site.items[:2]):  # two patients' heads reach one more slab of cells
         item["image"][:, 1:7, 10:12, 2:10] = 5.0 + k
-    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
     assert not brain[:, 5].any() and float(template[:, :, 5].abs().max()) == 0.0  # h 10-11: only 2 patients there
     site.items[2]["image"][:, 1:7, 10:12, 2:10] = 7.0  # a third patient: now a population's
-    template, brain = site_template(site, range(len(site)), (4, 6, 6), min_cases=3)
-    assert brain[:, 5, 1:5].all() and float(template[0, 1, 5, 2]) > 0.5
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
+    assert float(template[0, 1, 5, 2]) > 0.5  # sent: the mean of three heads over the eight cases
+    assert not brain[:, 5].any()  # but 3 heads of 8 are no typical head: no lesion goes there
+    site.items[3]["image"][:, 1:7, 10:12, 2:10] = 7.0  # half the patients
+    assert site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)[1][:, 5, 1:5].all()
+
+
+@pytest.mark.parametrize("low", [(8, 12, 12), (4, 6, 6), (4, 7, 6), (3, 5, 5), (2, 3, 3)])
+def test_no_grid_a_server_asks_for_lets_it_see_a_voxel_fewer_than_min_group_patients_cover(low):
+    """A server picks the scale. Cells of a coarse grid that are mostly brain can hold a rim only two patients'
+    heads reach (grid (4, 7, 6): the cell over rows 8-10), and templates at two scales could be differenced
+    into it. The template at every grid must not depend on such voxels at all."""
+    from gliofed.federated.site.condense import site_template
+
+    site = _brain_site()
+    for k, item in enumerate(site.items[:2]):  # two patients' heads reach rows 10-11
+        item["image"][:, 1:7, 10:12, 2:10] = 5.0 + k
+    before = site_template(site, range(len(site)), FULL, low, min_cases=3)
+    for item in site.items[:2]:
+        item["image"][:, 1:7, 10:12, 2:10] *= 10.0  # only those voxels change
+    after = site_template(site, range(len(site)), FULL, low, min_cases=3)
+    torch.testing.assert_close(before[0], after[0], rtol=0, atol=0)
+    assert torch.equal(before[1], after[1])
+
+
+def test_the_template_is_made_on_the_sites_full_grid_whatever_the_cases_depth():
+    """Cases of other depths are resampled to the site's grid first; the template at any grid is the
+    area average of that one full-resolution population image."""
+    from gliofed.federated.site.condense import site_template
+
+    site = _brain_site()
+    for item in site.items[::2]:  # half the cases have 6 slices, not 8
+        item["image"] = F.interpolate(item["image"][None], size=(6, 12, 12), mode="nearest")[0]
+    full, brain_full = site_template(site, range(len(site)), FULL, FULL, min_cases=3)
+    for low in ((4, 6, 6), (3, 5, 5)):
+        template, brain = site_template(site, range(len(site)), FULL, low, min_cases=3)
+        expected = F.interpolate(full[None], size=low, mode="area")[0]
+        torch.testing.assert_close(template, expected)
+        torch.testing.assert_close(brain, F.interpolate(brain_full[None, None].float(), size=low,
+                                                        mode="area")[0, 0] >= 0.5)
 
 
 def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain():
@@ -335,7 +377,7 @@ def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain()
     cases = _case_statistics(site, range(len(site)))
     labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])
     low = (8, 12, 12)
-    template, brain = site_template(site, range(len(site)), low)
+    template, brain = site_template(site, range(len(site)), FULL, low, 1)
     centres = _lesion_centres(cases, labels, 3)
     true_centre = (torch.nonzero(site.items[0]["seg"] > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1)
     assert (true_centre < -0.15).all()  # off the middle of the grid
@@ -366,14 +408,22 @@ def test_condensation_starts_from_the_template_of_every_case_whatever_the_reques
 
     seen = []
     original = module.site_template
-    monkeypatch.setattr(module, "site_template", lambda data, indices, *rest, **kw: seen.append(
-        frozenset(int(i) for i in indices)) or original(data, indices, *rest, **kw))
+    def spy(data, indices, reference, low, min_cases):
+        seen.append((frozenset(int(i) for i in indices), tuple(reference), min_cases))
+        return original(data, indices, reference, low, min_cases)
+
+    monkeypatch.setattr(module, "site_template", spy)
     dataset = CaseDataset(tiny_cache, split="train")
-    for seed, real_batch in ((0, 3), (1, 6), (2, len(dataset))):
-        module.condense(small_model().eval(), dataset, DistillSettings(steps=0, real_batch=real_batch), seed, "all")
-    assert seen == [frozenset(range(len(dataset)))] * 3
+    shape = module._reference_shape(dataset, 4)[0]
+    for seed, real_batch, scale in ((0, 3, 4), (1, 6, 2), (2, len(dataset), 3)):
+        module.condense(small_model().eval(), dataset, DistillSettings(steps=0, real_batch=real_batch, scale=scale),
+                        seed, "all")
+    # every case, on the site's own full-resolution grid whatever the scale, pooled as the site's min_group says
+    assert seen == [(frozenset(range(len(dataset))), shape, 3)] * 3
+    module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all", min_group=5)
+    assert seen[-1][2] == 5
     module.condense(small_model().eval(), dataset, DistillSettings(steps=0, init="noise"), 0, "all")
-    assert len(seen) == 3  # only class_stats uses it
+    assert len(seen) == 4  # only class_stats uses it
 
 
 def test_condensation_paints_its_lesions_inside_the_template_brain_onto_the_template(tiny_cache):
@@ -384,7 +434,8 @@ def test_condensation_paints_its_lesions_inside_the_template_brain_onto_the_temp
     payload = module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all")
     images = torch.from_numpy(payload.arrays["syn_images"].astype(np.float32))
     masks = torch.from_numpy(payload.arrays["syn_masks"])
-    template, brain = module.site_template(dataset, range(len(dataset)), tuple(masks.shape[1:]), 3)
+    shape = module._reference_shape(dataset, DistillSettings().scale)[0]
+    template, brain = module.site_template(dataset, range(len(dataset)), shape, tuple(masks.shape[1:]), 3)
     assert int(masks.sum()) > 0 and not masks[:, ~brain].any()
     background = (masks == 0)[:, None].expand_as(images)
     difference = (images - template[None].expand_as(images))[background]

@@ -44,9 +44,10 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    volumes are upsampled trilinearly on use.
    Initialisation (:func:`init_synthetic`): ``"noise"`` (standard normal) or ``"class_stats"`` (a synthetic
    lesion painted into the site's mean anatomy: :func:`site_template`, the mean of all its cases' images on the
-   low-resolution grid, as an atlas is a mean of brains, kept only where at least ``min_group`` patients' brains
-   cover a cell; per tumour class and contrast, the mean and standard
-   deviation of real voxels painted into the synthetic mask, plus noise; the statistics are averaged over the
+   low-resolution grid, as an atlas is a mean of brains, made on the site's full-resolution grid and kept only
+   where at least ``min_group`` patients' brains cover a voxel, whatever scale is asked; per tumour class and
+   contrast, the mean and standard deviation of real voxels painted into the synthetic mask, plus noise; the
+   statistics are averaged over the
    site's cases that share the volume's label vector, so that a volume labelled IDH-mutant grade II starts with
    the intensities of the site's IDH-mutant grade II tumours) — neither copies a patient's voxels. The
    statistics are those of a fixed group of at least ``min_group`` cases (the site operator's
@@ -57,7 +58,7 @@ Algorithm (compare FedDM, CVPR 2023, FedAF, CVPR 2024 and FedLGD; the seed study
    painted standard normal.
    ``"real_unsafe"`` starts from down-sampled real cases: for teaching only; the privacy audit flags it.
 5. Synthetic masks are an ellipsoidal lesion (enhancing rim, core, oedema), for ``class_stats`` inside the
-   template's brain (the cells at least ``min_group`` patients' brains cover), centred
+   template's brain (the cells at least half covered by voxels most of the site's patients' brains cover), centred
    near the mean lesion centroid of the same group of cases and sized from their mean region volumes (e.g. no
    enhancing rim for grade II when the site's grade II tumours have none;
    none either when fewer than ``min_group`` of the group's cases show one): class statistics, not a patient's
@@ -262,29 +263,42 @@ def _case_statistics(dataset, indices) -> list[dict]:
 
 
 @torch.no_grad()
-def site_template(dataset, indices, low: tuple[int, int, int],
-                  min_cases: int = 1) -> tuple[torch.Tensor, torch.Tensor] | None:
+def site_template(dataset, indices, reference: tuple[int, int, int], low: tuple[int, int, int],
+                  min_cases: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The anatomy the site's cases share, on the low-resolution grid ``low``: (C, d, h, w) the mean of their
-    images (each area-resampled to ``low``) and (d, h, w) bool the brain: the cells that at least ``min_cases``
-    of the cases cover (brain, a nonzero voxel, in at least half of the cell).
+    images and (d, h, w) bool the brain a synthetic lesion may take; None for fewer than ``min_cases`` cases.
 
     A population template, as an atlas is: an average over all of ``indices`` (the condensation passes every case
-    of the site, whatever the request), never fewer than ``min_cases`` (None then). A mean over all cases is not
-    enough by itself: preprocessing leaves the background at 0, so where fewer than ``min_cases`` patients have
-    brain (the edge of one patient's head) the mean is those patients' voxels over a known count. Those cells are
-    left 0 (background) in the template and are not brain."""
+    of the site, whatever the request). A mean over all cases is not enough by itself: preprocessing leaves the
+    background at 0 and the case count is public, so where fewer than ``min_cases`` patients have brain (the rim
+    that one patient's head alone reaches) the mean is those patients' voxels over a known count. So the template
+    is made once on the site's own full-resolution grid ``reference`` (each case resampled to it), where every
+    voxel that fewer than ``min_cases`` patients' brains (a nonzero voxel) cover is set to 0, and only then
+    area-resampled to ``low``. Whatever grid a server asks for (its ``scale``), what it gets is an average of that
+    one full-resolution population image: templates at two scales cannot be differenced into a rim voxel. (The
+    kept region's edge is where the ``min_cases``-th patient's head ends: a k-anonymous bound, not one patient's
+    outline.)
+
+    The brain returned is where most of the site's patients have brain (on the full grid; at ``low``, the cells
+    it covers at least half of): lesions go where the typical head is, not into a rim a minority reaches."""
+    need = max(1, int(min_cases))
+    reference = tuple(int(s) for s in reference)
     total, covered, n = None, None, 0
     for image, _, _, _ in _real_batches(dataset, indices):
-        small = F.interpolate(image.float(), size=tuple(low), mode="area")[0]
-        inside = F.interpolate((image != 0).any(1, keepdim=True).float(), size=tuple(low), mode="area")[0, 0]
-        total = small if total is None else total + small
-        covered = (inside >= 0.5).long() if covered is None else covered + (inside >= 0.5).long()
+        image = image.float()
+        inside = (image != 0).any(1, keepdim=True).float()
+        if tuple(image.shape[-3:]) != reference:
+            image = F.interpolate(image, size=reference, mode="trilinear", align_corners=False)
+            inside = F.interpolate(inside, size=reference, mode="trilinear", align_corners=False)
+        total = image[0] if total is None else total + image[0]
+        covered = (inside[0, 0] >= 0.5).long() if covered is None else covered + (inside[0, 0] >= 0.5).long()
         n += 1
-    need = max(1, int(min_cases))
     if n < need:
         return None
-    brain = covered >= need
-    return total / n * brain, brain
+    population = covered >= need
+    typical = population & (2 * covered >= n)
+    brain = F.interpolate(typical[None, None].float(), size=tuple(low), mode="area")[0, 0] >= 0.5
+    return F.interpolate((total / n * population)[None], size=tuple(low), mode="area")[0], brain
 
 
 #: markers left out of the grouping key, weakest image cue first, while fewer than ``min_cases`` cases share a key
@@ -623,7 +637,7 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     # cannot choose the cases whose summaries are released
     cases = _case_statistics(dataset, all_indices)
     fractions = _class_fractions(cases, labels, min_group)
-    shared = site_template(dataset, all_indices, low, min_group) if settings.init == "class_stats" else None
+    shared = site_template(dataset, all_indices, shape, low, min_group) if settings.init == "class_stats" else None
     template, brain = shared if shared is not None else (None, None)
     masks = torch.from_numpy(_synthetic_masks(low, fractions, settings.n_synthetic, rng,
                                               centres=_lesion_centres(cases, labels, min_group),
