@@ -54,9 +54,9 @@ class DistillSettings:
             model's answers on the sites' real cases, so the KL pulls the server towards what the model already
             does: where it does not yet separate a marker's classes (its rows for both classes alike), the term
             holds the head there. At 1.0 this made 1p/19q collapse to one constant output (p = 0.13 for every
-            test case) on one development seed in five; at 0.25, over the ten seeds run with the shipped
-            settings (development seeds 10-14, benchmark seeds 0-4), no IDH, 1p/19q or grade AUC fell below
-            0.65 (``benchmarks/RESULTS.md``); the outputs are still poorly spread, as FedAvg's are.
+            test case) on one development seed in five; at 0.25, on every seed run since (development seeds
+            10-14, benchmark seeds 0-4, ``benchmarks/RESULTS.md``), no IDH, 1p/19q or grade head came out
+            constant or inverted (lowest AUC 0.55); the outputs are still poorly spread, as FedAvg's are.
         server_epochs: server passes over the union of synthetic sets per round (default 10).
         server_lr: server learning rate (default 3e-4, AdamW). Adam moves every weight by about ``server_lr`` per
             step, and the server takes 50-100 steps a round on a few dozen synthetic volumes with BatchNorm
