@@ -83,14 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         distill = dict(bench.DISTILL["full"])
         print(f"{run / 'cost.json'} records no distillation settings: auditing with the full benchmark's "
               f"{json.dumps(distill, sort_keys=True)}", file=sys.stderr)
-    if args.distill:
-        try:
-            extra = json.loads(args.distill)
-        except ValueError as error:
-            parser.error(f"--distill {args.distill!r}: {error}")
-        if not isinstance(extra, dict):
-            parser.error(f"--distill {args.distill!r}: not a JSON object")
-        distill.update(extra)
+    try:
+        distill = bench.merged_distill(distill, args.distill)
+    except GliofedError as error:
+        parser.error(str(error))
 
     from gliofed.config import TrainConfig
     from gliofed.experiments.privacy import privacy_audit

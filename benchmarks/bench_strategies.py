@@ -301,13 +301,34 @@ def run_one(seed: int, name: str, mode: dict, distill: dict, work: str, key: str
     return cost
 
 
-def reusable(seed: int, name: str, mode: dict, distill: dict, work: Path, key: str | None = None) -> dict | None:
-    """The cost row of an earlier run of the same seed, strategy and settings whose predictions exist, else None."""
+def reusable(seed: int, name: str, work: Path, key: str) -> dict | None:
+    """The cost row of an earlier run of ``seed`` and strategy ``name`` whose predictions exist and whose settings
+    key (:func:`settings_key`) is ``key``, else None."""
     folder = work / f"run_{seed}_{name}"
     if not ((folder / "cost.json").is_file() and (folder / PREDICTIONS_FILE).is_file()):
         return None
     cost = json.loads((folder / "cost.json").read_text())
-    return cost if cost.get("settings") == (key or settings_key(name, mode, distill)) else None
+    return cost if cost.get("settings") == key else None
+
+
+def merged_distill(base: dict, text: str | None) -> dict:
+    """``base`` with the settings of the JSON object ``text`` (a ``--distill`` option) merged in, checked by
+    :class:`DistillSettings` before any work.
+
+    Raises:
+        ConfigError: ``text`` is not a JSON object, or names an unknown or invalid setting (one line)."""
+    distill = dict(base)
+    if not text:
+        return distill
+    try:
+        extra = json.loads(text)
+        if not isinstance(extra, dict):
+            raise ValueError("not a JSON object")
+        DistillSettings(**{**distill, **extra})  # unknown or invalid settings fail here, before any work
+    except (ValueError, TypeError, ConfigError) as error:
+        raise ConfigError(f"--distill {text!r}: {error}") from None
+    distill.update(extra)
+    return distill
 
 
 def source_fingerprint() -> str:
@@ -479,16 +500,10 @@ def main(argv: list[str] | None = None) -> int:
         mode["strategies"] = tuple(args.strategies)
     if args.n_boot:
         mode["n_boot"] = args.n_boot
-    distill = dict(DISTILL[mode_name])
-    if args.distill:
-        try:
-            extra = json.loads(args.distill)
-            if not isinstance(extra, dict):
-                raise ValueError("not a JSON object")
-            DistillSettings(**{**distill, **extra})  # unknown or invalid settings fail here, before any work
-        except (ValueError, TypeError, ConfigError) as error:
-            parser.error(f"--distill {args.distill!r}: {error}")
-        distill.update(extra)
+    try:
+        distill = merged_distill(DISTILL[mode_name], args.distill)
+    except ConfigError as error:
+        parser.error(str(error))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -509,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     # what identifies a run, taken once, now: an edit made while the benchmark runs does not relabel its runs
     keys = {name: settings_key(name, mode, distill) for name in mode["strategies"]}
     if args.reuse:  # runs of the same seed, strategy and settings already in --out are kept
-        kept = [(task, reusable(*task, mode, distill, out, keys[task[1]])) for task in tasks]
+        kept = [(task, reusable(*task, out, keys[task[1]])) for task in tasks]
         costs = [cost for _, cost in kept if cost is not None]
         tasks = [task for task, cost in kept if cost is None]
         log(f"reusing {len(costs)} earlier runs; running {len(tasks)}")

@@ -82,25 +82,27 @@ def test_reuse_keeps_only_a_run_of_the_same_settings_and_code(tmp_path, monkeypa
     key = bench.settings_key("distill", mode, distill)
     cost = {"seed": 0, "strategy": "distill", "settings": key}
     (folder / "cost.json").write_text(bench.json.dumps(cost))
-    assert bench.reusable(0, "distill", mode, distill, tmp_path) == cost
-    assert bench.reusable(0, "distill", mode, distill, tmp_path, key) == cost
-    assert bench.reusable(0, "distill", mode, distill, tmp_path, key + "x") is None  # the key taken at the start
-    assert bench.reusable(0, "distill", {**mode, "rounds": mode["rounds"] + 1}, distill, tmp_path) is None
-    assert bench.reusable(0, "distill", mode, {**distill, "steps": 2}, tmp_path) is None
+
+    def reused():
+        return bench.reusable(0, "distill", tmp_path, bench.settings_key("distill", mode, distill))
+
+    assert reused() == cost and bench.reusable(0, "distill", tmp_path, key) == cost
+    assert bench.reusable(0, "distill", tmp_path, key + "x") is None  # another key: not this run
+    assert bench.settings_key("distill", {**mode, "rounds": mode["rounds"] + 1}, distill) != key
+    assert bench.settings_key("distill", mode, {**distill, "steps": 2}) != key
     # the same explicit settings, but a default of DistillSettings changed: not the same run
     fields = bench.dataclasses.fields(bench.DistillSettings)
     changed = next(f for f in fields if f.name not in distill and isinstance(f.default, (int, float)))
     monkeypatch.setattr(bench, "DistillSettings", bench.dataclasses.make_dataclass(
         "DistillSettings", [(f.name, f.type, bench.dataclasses.field(default=f.default + 1 if f is changed
                                                                      else f.default)) for f in fields]))
-    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
+    assert reused() is None
     monkeypatch.undo()
     monkeypatch.setattr(bench, "source_fingerprint", lambda: "other code")
-    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
-    (folder / bench.PREDICTIONS_FILE).unlink()  # no predictions: nothing to keep
+    assert reused() is None
     monkeypatch.undo()
-    assert bench.reusable(0, "distill", mode, distill, tmp_path) is None
-
+    (folder / bench.PREDICTIONS_FILE).unlink()  # no predictions: nothing to keep
+    assert reused() is None
 
 def test_privacy_audit_script_flags_real_cases_and_summarises_each_initialisation(tmp_path):
     """benchmarks/bench_privacy_audit.py on a smoke benchmark's trained distillation model: one summary row per
@@ -119,6 +121,8 @@ def test_privacy_audit_script_flags_real_cases_and_summarises_each_initialisatio
     assert summary.loc["noise", "flagged"] == 0
     with pytest.raises(SystemExit):  # no such seed's run: a clear argument error, not a traceback
         audit.main([str(tmp_path), "--seed", "7"])
+    with pytest.raises(SystemExit):  # an unknown setting: refused before any work
+        audit.main([str(tmp_path), "--seed", "0", "--distill", '{"stpes": 1}'])
 
 
 def test_a_cohort_made_with_other_settings_or_code_is_refused_not_reused(tmp_path, monkeypatch):
