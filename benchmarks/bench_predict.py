@@ -25,11 +25,12 @@ def main() -> None:
 
     from gliofed.config import TrainConfig
     from gliofed.data.cache import PREPROCESS_VERSION
-    from gliofed.data.manifest import MODALITIES, read_manifest
+    from gliofed.data.manifest import read_manifest
     from gliofed.data.synth import make_cohort
     from gliofed.inference import predict_cases
     from gliofed.model import build_model
     from gliofed.runs import save_checkpoint
+    from gliofed.vocab import MODALITIES
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -375,8 +375,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from gliofed.data.manifest import MODALITIES
     from gliofed.errors import ConfigError
+    from gliofed.vocab import MODALITIES
 
     given = {m: getattr(args, m) for m in MODALITIES if getattr(args, m)}
     if bool(args.manifest) == bool(given):

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gliofed.data.manifest import MODALITIES
 from gliofed.errors import ConfigError
+from gliofed.fileio import atomic_write_text
+from gliofed.vocab import MODALITIES
 
 __all__ = ["TrainConfig"]
 
@@ -81,7 +82,7 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

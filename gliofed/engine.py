@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import collate_cases
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.losses import MultiTaskLoss
-from gliofed.metrics import REGIONS, region_scores
+from gliofed.metrics import region_scores
+from gliofed.vocab import MARKER_CLASSES, MARKERS, REGIONS
 
 __all__ = [
     "resolve_device",

@@ -17,15 +17,15 @@ Outputs in ``OUT/``:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.errors import ConfigError, DataError
+from gliofed.fileio import atomic_write, atomic_write_text
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
            "preprocessing_of_cache", "check_preprocessing", "BRATS_LABELS"]
@@ -245,12 +245,12 @@ class Predictor:
         image.set_qform(result["affine"], code=int(result["header"]["qform_code"]) or 1)
         image.set_sform(result["affine"], code=int(result["header"]["sform_code"]) or 1)
         seg_path = out_dir / f"{subject}_seg.nii.gz"
-        _atomic(seg_path, lambda tmp: nib.save(image, tmp))
+        atomic_write(seg_path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
         markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
                    "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
                    "probabilities": result["probabilities"], "predicted": result["classes"]}
         markers_path = out_dir / f"{subject}_markers.json"
-        _atomic(markers_path, lambda tmp: tmp.write_text(json.dumps(markers, indent=2)))
+        atomic_write_text(markers_path, json.dumps(markers, indent=2))
         voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0
         seg = result["seg"]
         row = {"subject": subject, "seg": str(seg_path), "markers": str(markers_path),
@@ -262,16 +262,6 @@ class Predictor:
             for name, p in result["probabilities"][marker].items():
                 row[f"p_{marker}_{name}"] = p
         return row
-
-
-def _atomic(path: Path, write) -> None:
-    # keep the real suffix last: nibabel picks the format (and gzip) from the name
-    tmp = path.with_name(f".{path.name}.tmp{''.join(path.suffixes)}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
@@ -304,7 +294,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
         subject = str(case["subject_id"])
         rows.append(predictor.write_case(subject, predictor.predict_case(subject, case), out_dir))
     table = pd.DataFrame(rows)
-    _atomic(Path(out_dir) / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(Path(out_dir) / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
     return table
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.losses import DiceCELoss, FocalLoss
 from torch import nn
 
-from gliofed.data.manifest import MARKERS
+from gliofed.vocab import MARKERS
 
 __all__ = ["MultiTaskLoss"]
 

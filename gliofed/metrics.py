@@ -13,14 +13,11 @@ import pandas as pd
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
+from gliofed.vocab import MARKER_CLASSES, MARKERS, REGIONS
 
-__all__ = ["REGIONS", "region_scores", "binary_scores", "classification_metrics", "segmentation_metrics",
+__all__ = ["region_scores", "binary_scores", "classification_metrics", "segmentation_metrics",
            "expected_calibration_error", "hd95_label", "evaluate_predictions", "results_table", "quick_metrics",
            "per_site_metrics"]
-
-#: evaluation regions as sets of in-memory classes: WT (the seed's T2w-hyperintense region), TC, ET
-REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)}
 
 _BINARY = ("idh", "codeletion", "mgmt")
 

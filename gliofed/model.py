@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import TwoConv
 from torch import nn
 
-from gliofed.data.manifest import MARKER_CLASSES
+from gliofed.vocab import MARKER_CLASSES
 
 __all__ = ["MultiTaskUNet", "HEADS", "build_model"]
 

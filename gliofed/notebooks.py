@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from gliofed.errors import ConfigError
+from gliofed.fileio import atomic_write_text, to_json
 
 __all__ = ["NOTEBOOK_DIR", "RESULTS_SUFFIX", "ordered_notebooks", "run_notebook", "run_notebooks", "save_results",
            "load_results", "parse_value", "parse_grid", "sweep"]
@@ -75,7 +76,7 @@ def _export_html(executed: Path) -> Path:
 
     body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
     target = executed.with_suffix(".html")
-    target.write_text(body, encoding="utf-8")
+    atomic_write_text(target, body)
     return target
 
 
@@ -116,16 +117,9 @@ def save_results(notebook: str, records: Sequence[dict] | pd.DataFrame, paramete
         records = records.to_dict(orient="records")
     path = Path(results_dir) / f"{notebook}{RESULTS_SUFFIX}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"notebook": notebook, "parameters": parameters, "records": list(records)}, indent=2,
-                               default=_json_scalar))
+    atomic_write_text(path, to_json({"notebook": notebook, "parameters": parameters, "records": list(records)},
+                                    indent=2))
     return path
-
-
-def _json_scalar(value):
-    try:
-        return value.item()  # numpy scalars
-    except AttributeError:
-        return str(value)
 
 
 def load_results(path: str | Path) -> pd.DataFrame:

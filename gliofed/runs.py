@@ -25,7 +25,6 @@ Kept apart from the engine so that the Flower ServerApp can save models without 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.errors import CheckpointError, ConfigError
+from gliofed.fileio import atomic_write, to_json
 from gliofed.model import MultiTaskUNet, build_model
 
 __all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "CHECKPOINT_FORMAT"]
@@ -46,15 +46,9 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, bare pickle
 
 
 def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
-    """``write(tmp)`` then rename over ``path``: a reader never sees a half-written file."""
+    """``write(tmp)`` then rename over ``path`` (:func:`~gliofed.fileio.atomic_write`), creating the run folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, write)
 
 
 # tensors out of a nested state, JSON for the rest -------------------------------------------------------------
@@ -98,21 +92,13 @@ def _join_tree(tree: Any, tensors: dict[str, torch.Tensor], where: Path) -> Any:
     return tree
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
-
-
 def _save_pair(weights_path: Path, tree: dict) -> Path:
     """``tree`` as ``weights_path`` (safetensors) + ``weights_path.with_suffix('.json')``, each written atomically."""
     from safetensors.torch import save_file
 
     tensors: dict[str, torch.Tensor] = {}
     rest = _split_tree(tree, "", tensors)
-    text = json.dumps({"format": CHECKPOINT_FORMAT, **rest}, indent=1, default=_json_default)
+    text = to_json({"format": CHECKPOINT_FORMAT, **rest}, indent=1)
     _replace_atomically(weights_path, lambda tmp: save_file(tensors, str(tmp), metadata={"gliofed": "checkpoint"}))
     _replace_atomically(weights_path.with_suffix(".json"), lambda tmp: tmp.write_text(text))
     return weights_path
@@ -337,8 +323,8 @@ class TrainingRun:
 
     # tables ---------------------------------------------------------------------------------------------------
     def save_config(self, config: TrainConfig) -> Path:
-        text = json.dumps(config.to_dict(), indent=2)
-        return _replace_atomically(self.path(self.CONFIG), lambda tmp: tmp.write_text(text))
+        return _replace_atomically(self.path(self.CONFIG), lambda tmp: tmp.write_text(json.dumps(config.to_dict(),
+                                                                                                    indent=2)))
 
     def save_history(self, history) -> None:
         """A simulator :class:`~gliofed.federated.simulate.History` as ``history.csv`` and ``history_sites.csv``."""
@@ -347,7 +333,7 @@ class TrainingRun:
 
     def save_rounds(self, strategy: str, rounds: list[dict]) -> Path:
         """Per-round records as ``history.json`` (the Flower ServerApp writes it after every round)."""
-        text = json.dumps({"strategy": strategy, "rounds": rounds}, indent=2, default=float)
+        text = to_json({"strategy": strategy, "rounds": rounds}, indent=2)
         return _replace_atomically(self.path(self.ROUNDS), lambda tmp: tmp.write_text(text))
 
     def load_rounds(self) -> dict:

@@ -13,10 +13,11 @@ import torch
 from gliofed.cli import main
 from gliofed.config import TrainConfig
 from gliofed.data.cache import PREPROCESS_VERSION
-from gliofed.data.manifest import MODALITIES, read_manifest
+from gliofed.data.manifest import read_manifest
 from gliofed.inference import Predictor, inference_pipeline, postprocess_mask, subject_name
 from gliofed.model import build_model
 from gliofed.runs import save_checkpoint
+from gliofed.vocab import MODALITIES
 
 SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
 

@@ -1,8 +1,8 @@
 """Data: manifest, synthetic cohort, checking, preprocessing cache and Dataset.
 
-Exports are resolved lazily (PEP 562) so that importing a light submodule such as
-:mod:`gliofed.data.manifest` (the label constants the server side needs) does not load the dataset or the
-cache: server-side code must have no import path to site data (tested).
+Exports are resolved lazily (PEP 562), so that importing one submodule does not load the others. The label vocabulary
+(contrasts, markers, regions) is :mod:`gliofed.vocab`, not this package: the server side has no import path to site
+data (tested).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ _EXPORTS = {
     "read_settings": "cache", "case_spacing": "cache", "case_affine": "cache", "INDEX_COLUMNS": "cache",
     "process_map": "parallel", "unsafe_name": "manifest",
     "CheckReport": "check", "Problem": "check", "check_manifest": "check",
-    "COLUMNS": "manifest", "MARKERS": "manifest", "MARKER_CLASSES": "manifest", "MODALITIES": "manifest",
+    "COLUMNS": "manifest",
     "read_manifest": "manifest", "write_manifest": "manifest",
     "assign_splits": "split",
     "SITES": "synth", "make_cohort": "synth",

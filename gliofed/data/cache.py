@@ -39,10 +39,11 @@ import numpy as np
 import pandas as pd
 
 from gliofed.data.check import read_error
-from gliofed.data.manifest import MARKERS, MODALITIES, check_safe_names, read_manifest, unsafe_name
+from gliofed.data.manifest import check_safe_names, read_manifest, unsafe_name
 from gliofed.data.parallel import process_map
 from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, GliofedError, ManifestError
 from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
            "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",

@@ -15,8 +15,9 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
-from gliofed.data.manifest import MODALITIES, _read_raw, absolute_path, label_problems, unsafe_name
+from gliofed.data.manifest import _read_raw, absolute_path, label_problems, unsafe_name
 from gliofed.data.parallel import process_map
+from gliofed.vocab import MODALITIES
 
 __all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES"]
 

@@ -11,9 +11,9 @@ from monai.data.utils import pad_list_data_collate
 from torch.utils.data import Dataset
 
 from gliofed.data.cache import INDEX_COLUMNS, case_spacing, load_case, read_index
-from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.split import assign_splits
 from gliofed.errors import CacheError, ConfigError
+from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["CaseDataset", "MODALITY_SETS", "collate_cases"]
 

@@ -33,13 +33,10 @@ import numpy as np
 import pandas as pd
 
 from gliofed.errors import ManifestError
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, SPLITS
 
 __all__ = [
     "COLUMNS",
-    "MODALITIES",
-    "MARKERS",
-    "MARKER_CLASSES",
-    "SPLITS",
     "read_manifest",
     "write_manifest",
     "label_problems",
@@ -53,16 +50,6 @@ COLUMNS: tuple[str, ...] = (
     "subject_id", "dataset", "site", "t1", "t1ce", "t2", "flair", "seg",
     "idh", "codeletion", "mgmt", "grade", "age", "sex", "split",
 )
-MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
-#: marker -> human-readable class names, index = code
-MARKER_CLASSES: dict[str, tuple[str, ...]] = {
-    "idh": ("wildtype", "mutant"),
-    "codeletion": ("intact", "co-deleted"),
-    "mgmt": ("unmethylated", "methylated"),
-    "grade": ("II", "III", "IV"),
-}
-MARKERS: tuple[str, ...] = tuple(MARKER_CLASSES)
-SPLITS: tuple[str, ...] = ("train", "test", "external")
 _PATH_COLUMNS = (*MODALITIES, "seg")
 _SEXES = ("M", "F")
 

@@ -49,13 +49,14 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from gliofed.data.manifest import MARKERS, MODALITIES, write_manifest
+from gliofed.data.manifest import write_manifest
 from gliofed.data.parallel import process_map
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
 from gliofed.fileio import atomic_write_text
 from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
+from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = [
     "ScannerProfile",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
+from gliofed.vocab import MARKER_CLASSES, MARKERS
 
 __all__ = ["patient_characteristics", "site_heterogeneity"]
 

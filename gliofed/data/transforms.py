@@ -22,8 +22,8 @@ from monai.transforms import (
 )
 
 from gliofed.data.check import volume_problems
-from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
+from gliofed.vocab import MODALITIES
 
 __all__ = ["ValidateCased", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline",
            "depth_first_affine"]

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gliofed.errors import GliofedError
+from gliofed.fileio import json_default
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
     import torch
@@ -87,7 +89,7 @@ class Payload:
         """Deterministic bytes on the wire: an uncompressed zip of ``.npy`` arrays and ``meta.json``."""
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
-            header = json.dumps({"kind": self.kind, "meta": self.meta}, sort_keys=True, default=_json_default)
+            header = json.dumps({"kind": self.kind, "meta": self.meta}, sort_keys=True, default=json_default)
             archive.writestr(zipfile.ZipInfo("meta.json", (1980, 1, 1, 0, 0, 0)), header)
             for name in sorted(self.arrays):
                 array_buffer = io.BytesIO()
@@ -121,17 +123,9 @@ class Payload:
         rows = [{"field": name, "dtype": str(a.dtype), "shape": tuple(a.shape), "bytes": int(a.nbytes)}
                 for name, a in sorted(self.arrays.items())]
         rows += [{"field": f"meta.{k}", "dtype": type(v).__name__, "shape": (),
-                  "bytes": len(json.dumps(v, default=_json_default))}
+                  "bytes": len(json.dumps(v, default=json_default))}
                  for k, v in sorted(self.meta.items())]
         return rows
-
-
-def _json_default(value):
-    if isinstance(value, (np.integer, np.floating)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"metadata value of type {type(value).__name__} is not JSON-serialisable")
 
 
 def _declared(spec: dict[str, tuple[str, ...]], name: str) -> bool:
@@ -204,7 +198,6 @@ def _check_meta(payload: Payload) -> None:
         if "n_masked" in meta:
             _int_in(meta, "n_masked", 0, n_cases)
         if "n_labelled" in meta:  # {marker: cases with a known label}, each within n_cases
-            from gliofed.data.manifest import MARKERS
             labelled = meta["n_labelled"]
             if not isinstance(labelled, Mapping) or not set(labelled) <= set(MARKERS):
                 raise PayloadError(f"payload metadata 'n_labelled' = {_short(labelled)} is not a mapping of markers "
@@ -254,8 +247,6 @@ def _check_bn(name: str, array: np.ndarray, reference: Mapping[str, np.ndarray] 
 
 def _check_distilled(payload: Payload, reference: Mapping[str, np.ndarray] | None = None) -> None:
     """A distilled set is consistent with itself and with the label spaces of :data:`MARKER_CLASSES`."""
-    from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES  # label spaces (pandas: import late)
-
     arrays, meta = payload.arrays, payload.meta
     expected = {"syn_images", "syn_masks", "syn_labels", *(f"soft:{m}" for m in MARKERS),
                 *(f"counts:{m}" for m in MARKERS)}

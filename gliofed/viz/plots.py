@@ -13,7 +13,6 @@ from plotly.subplots import make_subplots
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from gliofed.data.cache import load_case, read_index
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.metrics import per_site_metrics
 from gliofed.viz.slices import (
     brain_mask,
@@ -23,6 +22,7 @@ from gliofed.viz.slices import (
     plane_geometry,
     spacing_from_index,
 )
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["plot_cases", "plot_learning_curves", "plot_bytes", "plot_roc", "plot_dice_violin", "plot_per_site",
            "plot_ablation", "plot_gradcam", "save_html"]

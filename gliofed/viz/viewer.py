@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS, MODALITIES
 from gliofed.viz.slices import (
     PLANES,
     brain_mask,
@@ -43,6 +42,7 @@ from gliofed.viz.slices import (
     plane_slice,
     spacing_from_index,
 )
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["CaseView", "case_views", "SliceViewer", "PLANES", "frontend_available", "PREDICTION_COLOUR",
            "TRUTH_COLOURS", "CAM_COLORSCALE"]

@@ -582,8 +582,8 @@ def test_real_blocks_are_the_sites_own_and_do_not_depend_on_the_request():
 
 
 def test_matching_targets_fewer_cases_than_the_minimum_back_are_left_out(tiny_cache):
-    from gliofed.data.manifest import MARKER_CLASSES, MARKERS
     from gliofed.federated.site.condense import _levels, real_targets
+    from gliofed.vocab import MARKER_CLASSES, MARKERS
 
     dataset = CaseDataset(tiny_cache, split="train", sites=["brats21", "tcga_lgg"])
     model = small_model().eval()
@@ -707,8 +707,8 @@ def _separation_after_server_training(kl_weight: float) -> float:
     """A server trained on one site's 8 synthetic volumes whose 1p/19q class shows in contrast 0, with soft labels
     that carry no class information (the global model answered both classes alike, p = 0.13): how far apart its
     1p/19q outputs for the two classes end up."""
-    from gliofed.data.manifest import MARKER_CLASSES
     from gliofed.federated.site.condense import build_payload
+    from gliofed.vocab import MARKER_CLASSES
 
     torch.manual_seed(0)
     n = 8

@@ -7,7 +7,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.federated.payload import (
     MAX_N_CASES,
     Payload,
@@ -18,6 +17,7 @@ from gliofed.federated.payload import (
     validate_reply,
 )
 from gliofed.model import MultiTaskUNet
+from gliofed.vocab import MARKER_CLASSES, MARKERS
 
 
 def test_serialisation_round_trips_and_nbytes_is_its_length():

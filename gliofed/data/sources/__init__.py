@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from gliofed.data.manifest import COLUMNS, MARKER_CLASSES, MARKERS, MODALITIES, absolute_path, relative_path
+from gliofed.data.manifest import COLUMNS, absolute_path, relative_path
 from gliofed.data.sources.brats import curate_brats, curate_brats2021
 from gliofed.data.sources.common import CuratedCase
 from gliofed.data.sources.others import curate_egd, curate_rembrandt, curate_ucsf
 from gliofed.data.sources.tcga import curate_tcga
 from gliofed.data.sources.upenn import curate_upenn
 from gliofed.errors import DataError
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["SOURCES", "EXTRA_COLUMNS", "CurationResult", "curate", "merge_manifests", "CuratedCase"]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from gliofed.data.manifest import MODALITIES
 from gliofed.errors import DataError
+from gliofed.vocab import MODALITIES
 
 __all__ = ["CuratedCase", "Vocabulary", "VOCABULARIES", "encode", "nifti_problem", "read_table", "find_column",
            "grade_code", "sex_code", "age_value", "apply_label_table"]

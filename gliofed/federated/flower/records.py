@@ -6,7 +6,8 @@ import json
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from gliofed.federated.payload import Payload, _json_default
+from gliofed.federated.payload import Payload
+from gliofed.fileio import json_default
 
 __all__ = ["payload_to_record", "record_to_payload", "REFUSAL"]
 
@@ -19,11 +20,11 @@ REFUSAL = "refusal"
 def payload_to_record(payload: Payload, task: str | None = None, settings: dict | None = None) -> RecordDict:
     """One payload (and, server to site, the task and its settings) as a ``RecordDict``: the arrays in an
     ``ArrayRecord``, the kind, metadata and settings as JSON strings in a ``ConfigRecord``."""
-    header = {"kind": payload.kind, "meta": json.dumps(payload.meta, sort_keys=True, default=_json_default)}
+    header = {"kind": payload.kind, "meta": json.dumps(payload.meta, sort_keys=True, default=json_default)}
     if task is not None:
         header["task"] = task
     if settings is not None:
-        header["settings"] = json.dumps(settings, default=_json_default)
+        header["settings"] = json.dumps(settings, default=json_default)
     arrays = ArrayRecord(array_dict={name: Array(array) for name, array in payload.arrays.items()})
     return RecordDict({ARRAYS: arrays, HEADER: ConfigRecord(header)})
 

@@ -74,9 +74,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.distill import DistillSettings, upsample_synthetic
+from gliofed.vocab import MARKER_CLASSES, MARKERS
 
 __all__ = ["soft_labels", "joint_labels", "group_labels", "real_blocks", "real_subset", "summary_groups",
            "group_for", "real_bn_statistics", "site_template", "init_synthetic", "real_targets", "matching_loss",

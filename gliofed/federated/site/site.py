@@ -10,7 +10,6 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.data.manifest import MARKERS, MODALITIES
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
 from gliofed.errors import PolicyError
@@ -19,6 +18,7 @@ from gliofed.federated.site.condense import condense
 from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.strategies.distill import DistillSettings
 from gliofed.model import MultiTaskUNet, build_model
+from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["Site", "TASKS"]
 

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gliofed.data.manifest import MARKER_CLASSES, MARKERS
 from gliofed.errors import ConfigError
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.base import Strategy
 from gliofed.losses import MultiTaskLoss
+from gliofed.vocab import MARKER_CLASSES, MARKERS
 
 __all__ = ["DistillSettings", "DistillFederation", "symmetric_kl", "distillation_kl", "upsample_synthetic"]
 

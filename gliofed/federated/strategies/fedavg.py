@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from gliofed.data.manifest import MARKERS
 from gliofed.federated.payload import Payload
 from gliofed.federated.strategies.base import Strategy, weighted_average
+from gliofed.vocab import MARKERS
 
 __all__ = ["FedAvg", "SEGMENTATION_PREFIXES", "part_weights"]
 
