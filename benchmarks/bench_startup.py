@@ -6,7 +6,7 @@ Measured, each in a new process with the tree under test first on ``PYTHONPATH``
 - ``gliofed --help`` and ``gliofed check <missing manifest>`` (a CLI command; the second exits non-zero);
 - the first code cell of ``notebooks/02_*.ipynb`` run as a script (a notebook kernel's first import cell,
   without the kernel's own start-up);
-- ``import gliofed.federated.flower.client_app`` (what a Flower SuperNode loads to start the ClientApp).
+- ``import gliofed.federated.site.client_app`` (what a Flower SuperNode loads to start the ClientApp).
 
 Each command runs ``--repeat`` times per tree (interleaved across commands and trees, so that a burst of load
 from other users of the machine hits every command and both trees alike); the median, min and max are
@@ -49,7 +49,7 @@ def commands(tree: Path) -> dict[str, list[str]]:
         "gliofed --help": [*cli, "--help"],
         "gliofed check <missing manifest>": [*cli, "check", "/nonexistent/manifest.csv"],
         "notebook 02 first cell": [python, "-c", _notebook_cell(tree)],
-        "Flower ClientApp import": [python, "-c", "import gliofed.federated.flower.client_app"],
+        "Flower ClientApp import": [python, "-c", "import gliofed.federated.site.client_app"],
     }
 
 

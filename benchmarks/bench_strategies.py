@@ -55,9 +55,9 @@ from gliofed.data.dataset import CaseDataset  # noqa: E402
 from gliofed.data.synth import make_cohort  # noqa: E402
 from gliofed.errors import ConfigError  # noqa: E402
 from gliofed.experiments.comparison import build_sites  # noqa: E402
+from gliofed.federated.protocol import DistillSettings  # noqa: E402
+from gliofed.federated.server.strategies import STRATEGIES, make_strategy  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
-from gliofed.federated.strategies import STRATEGIES, make_strategy  # noqa: E402
-from gliofed.federated.strategies.distill import DistillSettings  # noqa: E402
 from gliofed.metrics import fast_auc  # noqa: E402
 from gliofed.presets import train_preset  # noqa: E402
 from gliofed.runs import TrainingRun  # noqa: E402
@@ -224,7 +224,7 @@ def full_size_upload_bytes(distill: dict) -> dict[str, int]:
     """Bytes of one FedAvg upload and one distillation upload at the seed's full-size model and input
     (4 x 155 x 128 x 128, one site): serialised payloads of exactly those shapes (the serialisation is
     uncompressed, so the bytes do not depend on the values)."""
-    from gliofed.federated.payload import Payload, state_to_arrays
+    from gliofed.federated.protocol.payload import Payload, state_to_arrays
     from gliofed.federated.site.condense import build_payload
     from gliofed.model import MultiTaskUNet
     from gliofed.vocab import MARKER_CLASSES

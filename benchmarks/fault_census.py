@@ -113,12 +113,17 @@ import numpy as np
 import torch
 from gliofed.config import TrainConfig
 from gliofed.model import build_model
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.rounds import federated_round
-try:
-    from gliofed.federated.strategies import make_strategy
+try:  # the three rooms (issue 24), else the earlier layouts
+    from gliofed.federated.protocol.payload import Payload, state_to_arrays
+    from gliofed.federated.server.rounds import federated_round
+    from gliofed.federated.server.strategies import make_strategy
 except ImportError:
-    from gliofed.federated.rounds import make_strategy
+    from gliofed.federated.payload import Payload, state_to_arrays
+    from gliofed.federated.rounds import federated_round
+    try:
+        from gliofed.federated.strategies import make_strategy
+    except ImportError:
+        from gliofed.federated.rounds import make_strategy
 
 case = sys.argv[1]
 torch.manual_seed(0)
@@ -158,8 +163,9 @@ def exchange(requests):
 
 raised, excluded = None, None
 try:
-    _, _, excluded, _ = federated_round(make_strategy("fedavg", 1), model, 1, ["a_honest", "b_bad"], config,
-                                        exchange, min_sites=1)
+    result = federated_round(make_strategy("fedavg", 1), model, 1, ["a_honest", "b_bad"], config, exchange,
+                             min_sites=1)
+    excluded = result.excluded if hasattr(result, "excluded") else result[2]  # a RoundResult, or a 4-tuple before
 except Exception as error:
     raised = first_line(error)
 after = state_to_arrays(model)
@@ -184,14 +190,21 @@ except ImportError:
     pass
 from gliofed.config import TrainConfig
 from gliofed.model import build_model
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.rounds import federated_round
-from gliofed.federated.flower.records import payload_to_record
-from gliofed.federated.flower.server_app import flower_exchange
-try:
-    from gliofed.federated.strategies import make_strategy
+try:  # the three rooms (issue 24), else the earlier layouts
+    from gliofed.federated.protocol.payload import Payload, state_to_arrays
+    from gliofed.federated.protocol.records import payload_to_record
+    from gliofed.federated.server.rounds import federated_round
+    from gliofed.federated.server.server_app import flower_exchange
+    from gliofed.federated.server.strategies import make_strategy
 except ImportError:
-    from gliofed.federated.rounds import make_strategy
+    from gliofed.federated.payload import Payload, state_to_arrays
+    from gliofed.federated.rounds import federated_round
+    from gliofed.federated.flower.records import payload_to_record
+    from gliofed.federated.flower.server_app import flower_exchange
+    try:
+        from gliofed.federated.strategies import make_strategy
+    except ImportError:
+        from gliofed.federated.rounds import make_strategy
 
 case = sys.argv[1]
 torch.manual_seed(0)
@@ -227,8 +240,9 @@ class Grid:
 raised, excluded = None, None
 try:
     exchange = flower_exchange(Grid(), {"a_honest": 1, "b_bad": 2}, 1, 5.0)
-    _, _, excluded, _ = federated_round(make_strategy("fedavg", 1), model, 1, ["a_honest", "b_bad"], config,
-                                        exchange, min_sites=1)
+    result = federated_round(make_strategy("fedavg", 1), model, 1, ["a_honest", "b_bad"], config, exchange,
+                             min_sites=1)
+    excluded = result.excluded if hasattr(result, "excluded") else result[2]  # a RoundResult, or a 4-tuple before
 except Exception as error:
     raised = first_line(error)
 after = state_to_arrays(model)
@@ -246,12 +260,16 @@ import torch.nn.functional as F
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.model import build_model
-from gliofed.federated.payload import Payload, state_to_arrays, validate
 from gliofed.federated.site import Site
-try:
-    from gliofed.federated.strategies.distill import DistillSettings
+try:  # the three rooms (issue 24), else the earlier layouts
+    from gliofed.federated.protocol import DistillSettings
+    from gliofed.federated.protocol.payload import Payload, state_to_arrays, validate
 except ImportError:
-    from gliofed.federated.distill import DistillSettings
+    from gliofed.federated.payload import Payload, state_to_arrays, validate
+    try:
+        from gliofed.federated.strategies.distill import DistillSettings
+    except ImportError:
+        from gliofed.federated.distill import DistillSettings
 
 cache = sys.argv[1]
 torch.manual_seed(0)

@@ -280,8 +280,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
                                                           init=args.distill_init).items() if v is not None}}
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
+        from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
-        from gliofed.federated.strategies import make_strategy
         from gliofed.runs import TrainingRun
 
         strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)

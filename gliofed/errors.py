@@ -7,7 +7,7 @@ traceback and exits non-zero.
 from __future__ import annotations
 
 __all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "CacheDamagedError", "CacheLockedError",
-           "ConfigError", "PolicyError", "CheckpointError"]
+           "ConfigError", "PolicyError", "CheckpointError", "PayloadError", "FederationError"]
 
 
 class GliofedError(Exception):
@@ -46,3 +46,11 @@ class PolicyError(GliofedError):
 
 class CheckpointError(GliofedError):
     """A checkpoint or resume state is missing, unsafe to load (a pickle), damaged or does not fit the data."""
+
+
+class PayloadError(GliofedError):
+    """A payload holds undeclared fields, non-finite or out-of-range values, or exceeds its size limit."""
+
+
+class FederationError(GliofedError):
+    """A federated round could not proceed (too few sites answered, or a participant the strategy needs failed)."""

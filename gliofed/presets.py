@@ -51,7 +51,7 @@ class Preset:
         name: preset name.
         cohort: the synthetic cohort's size (:class:`CohortPreset`).
         train: the training recipe (:class:`~gliofed.config.TrainConfig`).
-        distill: overrides of :class:`~gliofed.federated.strategies.distill.DistillSettings` (condensation effort).
+        distill: overrides of :class:`~gliofed.federated.protocol.DistillSettings` (condensation effort).
     """
 
     name: str

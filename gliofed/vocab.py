@@ -11,7 +11,7 @@ pulling in pandas, torch or a site's data (compare MONAI's ``monai/utils/enums.p
 from __future__ import annotations
 
 __all__ = ["MODALITIES", "MARKER_CLASSES", "MARKERS", "SEG_CLASSES", "REGIONS", "SPLITS", "TASKS", "PAYLOAD_KINDS",
-           "REPLY_KINDS"]
+           "REPLY_KINDS", "DISTILL_INITS"]
 
 #: input contrasts, in the channel order of every tensor (C, D, H, W)
 MODALITIES: tuple[str, ...] = ("t1", "t1ce", "t2", "flair")
@@ -43,3 +43,13 @@ PAYLOAD_KINDS: tuple[str, ...] = ("model", "weights_update", "distilled_set", "r
 
 #: task -> the payload kind a site must answer it with
 REPLY_KINDS: dict[str, str] = {"train": "weights_update", "distill": "distilled_set", "describe": "site_info"}
+
+#: how distillation may start its synthetic volumes (``real_unsafe`` copies patients: teaching only, a site's operator
+#: must allow it)
+DISTILL_INITS: tuple[str, ...] = ("noise", "class_stats", "real_unsafe")
+
+
+if __name__ == "__main__":  # `python -m gliofed.vocab`: the vocabulary as JSON
+    import json
+
+    print(json.dumps({name: globals()[name] for name in __all__}, indent=1))

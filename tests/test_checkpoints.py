@@ -12,7 +12,7 @@ import torch
 from gliofed.cli import main
 from gliofed.config import TrainConfig
 from gliofed.errors import CheckpointError
-from gliofed.federated.strategies.local_only import LocalOnly
+from gliofed.federated.server.strategies.local_only import LocalOnly
 from gliofed.model import build_model
 from gliofed.runs import TrainingRun, load_checkpoint, save_checkpoint
 

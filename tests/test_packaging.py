@@ -21,7 +21,7 @@ PACKAGE = ROOT / "gliofed"
 JUPYTER_STACK = ("jupyterlab", "ipykernel", "papermill", "nbconvert", "nbformat", "IPython", "plotly", "anywidget",
                  "ipywidgets", "captum", "nilearn", "openpyxl")
 #: what a site loads to train, distil and answer over Flower
-SITE_MODULES = ("gliofed.federated.flower.client_app", "gliofed.federated.site", "gliofed.federated.site.condense",
+SITE_MODULES = ("gliofed.federated.site.client_app", "gliofed.federated.site", "gliofed.federated.site.condense",
                 "gliofed.federated.site.privacy", "gliofed.engine", "gliofed.data.cache", "gliofed.data.dataset",
                 "gliofed.data.transforms", "gliofed.runs")
 
@@ -76,7 +76,12 @@ def test_a_site_imports_nothing_of_the_jupyter_stack_and_nothing_outside_its_req
     assert loaded.isdisjoint(JUPYTER_STACK)
     site = {_name(line) for line in (ROOT / "requirements" / "site.txt").read_text().splitlines()
             if line.strip() and not line.startswith("#")} | {"torch"}
-    files = [PACKAGE / (m.removeprefix("gliofed.").replace(".", "/") + ".py") for m in SITE_MODULES]
+    from tests.import_graph import closure, graph, read_sources
+
+    sources = read_sources(PACKAGE)
+    import_graph = graph(sources)
+    reached = set().union(*(closure(m, sources, import_graph) for m in SITE_MODULES))  # every import form
+    files = [PACKAGE.parent / (m.replace(".", "/") + ".py") for m in reached]
     files = [f if f.is_file() else f.with_suffix("") / "__init__.py" for f in files]
     distributions = packages_distributions()
     for module in _third_party_imports(files):

@@ -11,10 +11,10 @@ import torch
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.engine import predict
+from gliofed.federated.server.strategies import LocalOnly, Strategy, make_strategy
 from gliofed.federated.simulate import History, simulate
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
-from gliofed.federated.strategies import LocalOnly, Strategy, make_strategy
 from gliofed.inference import preprocessing_of_cache
 from gliofed.runs import TrainingRun
 
@@ -36,8 +36,8 @@ def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, ro
                    mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
                    min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
                    progress: bool = True, policy: SitePolicy | None = None) -> tuple[torch.nn.Module, History]:
-    """Train ``strategy`` (a name of :data:`~gliofed.federated.strategies.STRATEGIES`) for ``rounds`` rounds over the
-    sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
+    """Train ``strategy`` (a name of :data:`~gliofed.federated.server.strategies.STRATEGIES`) for ``rounds`` rounds over
+    the sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
     ``policy``: every site's :class:`SitePolicy` (default: the default policy)."""
     chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
     sites = build_sites(cache_dir, chosen, config, external_site, policy)

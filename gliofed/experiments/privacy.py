@@ -10,8 +10,8 @@ import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.rounds import round_seed, site_request
+from gliofed.federated.protocol import round_seed, site_request
+from gliofed.federated.protocol.payload import Payload, state_to_arrays
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 

@@ -1,27 +1,27 @@
-"""In-process federated simulation: the round loop that drives any strategy over in-memory sites.
+"""In-process federated simulation: the one round loop (:func:`~gliofed.federated.server.rounds.run_rounds`) over
+sites in this process.
 
 The simulator plays three roles that a real deployment separates: it carries payloads between sites and
-server (measuring their bytes), it runs the strategy (server side), and, as the experimenter, it scores
-the resulting models on the common test split after every round.
+server (:func:`in_process_exchange`, the transport), it runs the strategy (server side), and, as the experimenter,
+it scores the resulting models on the common test split after every round.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.engine import predict, resolve_device, seed_everything
-from gliofed.errors import CacheError, ConfigError, GliofedError
+from gliofed.errors import CacheError, ConfigError, FederationError, GliofedError
+from gliofed.federated.protocol import MAX_PAYLOAD_BYTES
+from gliofed.federated.server.rounds import History, run_rounds
+from gliofed.federated.server.strategies import Strategy
 from gliofed.federated.site import Site
-from gliofed.federated.strategies import FederationError, Strategy
 from gliofed.metrics import quick_metrics
 from gliofed.model import build_model
 from gliofed.runs import TrainingRun
@@ -64,39 +64,6 @@ def check_resume(state: dict, strategy: Strategy, config: TrainConfig, where: st
                           "same settings or train into a new folder.")
 
 
-@dataclass
-class History:
-    """Per-round record of a simulation.
-
-    Each round: ``round``, ``wall_s``, ``metrics`` (test metrics of the global model, or the mean over
-    site models for local-only), ``site_metrics`` (per site: metrics on that site's test cases; for
-    local-only, each site model on the whole test split), ``bytes_up`` / ``bytes_down`` per site,
-    ``excluded`` (site -> reason) and ``info`` (strategy-specific, e.g. losses).
-    """
-
-    strategy: str
-    rounds: list[dict] = field(default_factory=list)
-
-    def to_frame(self) -> pd.DataFrame:
-        """One row per round: round, wall time, total bytes up/down, and every global metric."""
-        rows = []
-        for r in self.rounds:
-            rows.append({"strategy": self.strategy, "round": r["round"], "wall_s": r["wall_s"],
-                         "bytes_up": sum(r["bytes_up"].values()), "bytes_down": sum(r["bytes_down"].values()),
-                         "sites_answered": len(r["bytes_up"]) - len(r["excluded"]), **r["metrics"]})
-        return pd.DataFrame(rows)
-
-    def site_frame(self) -> pd.DataFrame:
-        """One row per (round, site): bytes and that site's metrics."""
-        rows = []
-        for r in self.rounds:
-            for site in sorted(set(r["bytes_up"]) | set(r["site_metrics"])):
-                rows.append({"strategy": self.strategy, "round": r["round"], "site": site,
-                             "bytes_up": r["bytes_up"].get(site, 0), "bytes_down": r["bytes_down"].get(site, 0),
-                             "excluded": r["excluded"].get(site, ""), **r["site_metrics"].get(site, {})})
-        return pd.DataFrame(rows)
-
-
 def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
               hd95: bool = True) -> tuple[dict, dict, pd.DataFrame]:
     models = strategy.models_to_evaluate(model)
@@ -137,12 +104,12 @@ def in_process_exchange(sites: list[Site]):
 
 
 def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfig, rounds: int, min_sites: int = 1,
-             max_payload_bytes: int | None = 256 * 2**20, checkpoint_dir: str | Path | None = None,
+             max_payload_bytes: int | None = MAX_PAYLOAD_BYTES, checkpoint_dir: str | Path | None = None,
              resume: bool = False, progress: bool = True) -> tuple[torch.nn.Module, History]:
     """Run ``rounds`` rounds of ``strategy`` over ``sites`` and score every round on ``test_set``.
 
     Args:
-        strategy: a :class:`Strategy` (see :func:`~gliofed.federated.strategies.make_strategy`).
+        strategy: a :class:`Strategy` (see :func:`~gliofed.federated.server.strategies.make_strategy`).
         sites: the participating :class:`Site` objects (see :meth:`Strategy.participants`).
         test_set: the common test split (a :class:`CaseDataset`).
         config: training settings (optimizer, batch size, seed, device ...) used by every site.
@@ -179,25 +146,23 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         strategy.load_state_dict(state["strategy"])
         history.rounds = state["history"]
         start_round = state["round"] + 1
-    names, exchange = [site.name for site in sites], in_process_exchange(sites)
-    bar = tqdm(range(start_round, rounds + 1), desc=strategy.name, unit="round", disable=not progress)
-    for rnd in bar:
-        started = time.perf_counter()
-        bytes_up, bytes_down, excluded, info = strategy.run_round(model, rnd, names, config, exchange,
-                                                                  min_sites=min_sites,
-                                                                  max_payload_bytes=max_payload_bytes)
+
+    def evaluate(rnd: int, model: torch.nn.Module) -> dict:
         metrics, site_metrics = {}, {}
         if strategy.evaluate_each_round or rnd == rounds:
             # per-round curves need no HD95 (quick_metrics); the last round's predictions are kept whole
             metrics, site_metrics, predictions = _evaluate(strategy, model, test_set, device, hd95=rnd == rounds)
             if rnd == rounds and run is not None:
                 run.save_predictions(predictions)
-        history.rounds.append({"round": rnd, "wall_s": time.perf_counter() - started, "metrics": metrics,
-                               "site_metrics": site_metrics, "bytes_up": bytes_up, "bytes_down": bytes_down,
-                               "excluded": excluded, "info": info})
-        bar.set_postfix(dice_WT=f"{metrics.get('dice_WT', float('nan')):.2f}",
-                        auc_idh=f"{metrics.get('auc_idh', float('nan')):.2f}")
+        return {"metrics": metrics, "site_metrics": site_metrics}
+
+    def save(rnd: int, rounds_so_far: list[dict]) -> None:
         if run is not None:
-            run.save_state(rnd, model, {**strategy.state_dict(), IDENTITY: strategy.identity()}, history.rounds,
+            run.save_state(rnd, model, {**strategy.state_dict(), IDENTITY: strategy.identity()}, rounds_so_far,
                            config)
+
+    exchange = in_process_exchange(sites)
+    run_rounds(strategy, model, [site.name for site in sites], config, lambda rnd: exchange, rounds,
+               start_round=start_round, history=history.rounds, min_sites=min_sites,
+               max_payload_bytes=max_payload_bytes, evaluate=evaluate, after_round=save, progress=progress)
     return model, history

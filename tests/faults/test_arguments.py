@@ -13,9 +13,9 @@ import pytest
 from gliofed.cli import main
 from gliofed.errors import ConfigError
 from gliofed.experiments import run_experiment
+from gliofed.federated.server.strategies import FedAvg, FederationError
 from gliofed.federated.simulate import simulate
 from gliofed.federated.site import Site
-from gliofed.federated.strategies import FedAvg, FederationError
 from gliofed.metrics import evaluate_predictions
 from tests.federated.helpers import small_config
 

@@ -15,10 +15,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, Rec
 
 from gliofed.errors import PolicyError  # noqa: E402
 from gliofed.federated.flower.launcher import LocalFederation  # noqa: E402
-from gliofed.federated.flower.records import payload_to_record  # noqa: E402
-from gliofed.federated.flower.server_app import decode_reply, distill_overrides  # noqa: E402
-from gliofed.federated.payload import Payload  # noqa: E402
-from gliofed.federated.rounds import SiteFailure, one_line  # noqa: E402
+from gliofed.federated.protocol.payload import Payload  # noqa: E402
+from gliofed.federated.protocol.records import payload_to_record  # noqa: E402
+from gliofed.federated.server.rounds import SiteFailure, one_line  # noqa: E402
+from gliofed.federated.server.server_app import decode_reply, distill_overrides  # noqa: E402
 
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
 APP_DIR = Path(__file__).resolve().parents[2]  # the repository: its pyproject.toml carries [tool.flwr.app]

@@ -5,10 +5,10 @@ import pytest
 
 from gliofed.data.dataset import CaseDataset
 from gliofed.experiments import run_experiment
+from gliofed.federated.server.strategies import DistillFederation, FederationError
 from gliofed.federated.simulate import simulate
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
-from gliofed.federated.strategies import DistillFederation, FederationError
 from tests.federated.helpers import small_config
 
 EXFILTRATION = {"init": "real_unsafe", "scale": 1, "steps": 0, "server_epochs": 1}
@@ -46,7 +46,7 @@ def test_the_server_run_config_cannot_choose_a_flower_sites_split(tiny_cache, mo
 
     import gliofed.federated.site as site_package
     from gliofed.errors import ConfigError
-    from gliofed.federated.flower import client_app
+    from gliofed.federated.site import client_app
 
     made = []
     monkeypatch.setattr(site_package, "Site", lambda name, cache, modalities, seed, policy: made.append(seed) or name)

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gliofed.federated.payload import Payload, PayloadError, state_to_arrays
-from gliofed.federated.rounds import check_reply, federated_round, one_line
-from gliofed.federated.strategies import DistillFederation, FedAvg, FederationError
+from gliofed.federated.protocol.payload import Payload, PayloadError, state_to_arrays
+from gliofed.federated.server.rounds import check_reply, federated_round, one_line
+from gliofed.federated.server.strategies import DistillFederation, FedAvg, FederationError
 from tests.federated.helpers import small_config, small_model
 
 HONEST = "honest"
@@ -71,8 +71,8 @@ def _round(replies, strategy=None, min_sites=1, model=None):
 
 @pytest.mark.parametrize("how", MUTATIONS)
 def test_a_malformed_reply_leaves_only_its_site_out_and_never_reaches_the_average(how):
-    model, outgoing, (_, _, excluded, _) = _round({HONEST: _honest_update,
-                                                    "evil": lambda o: _mutate(_honest_update(o), how)})
+    model, outgoing, result = _round({HONEST: _honest_update, "evil": lambda o: _mutate(_honest_update(o), how)})
+    excluded = result.excluded
     assert set(excluded) == {"evil"} and excluded["evil"].startswith("PayloadError: ")
     expected = _honest_update(outgoing).arrays
     for key, value in state_to_arrays(model).items():  # the global model is the honest site's update alone
@@ -86,8 +86,8 @@ def test_too_few_valid_replies_stop_the_round_with_every_reason():
 
 def test_a_nested_traceback_becomes_a_one_line_reason():
     nested = RuntimeError("disk on fire\nTraceback (most recent call last):\n" + "  File 'x.py', line 1\n" * 55)
-    _, _, (_, _, excluded, _) = _round({HONEST: _honest_update, "evil": nested})
-    assert excluded["evil"] == "RuntimeError: disk on fire"
+    _, _, result = _round({HONEST: _honest_update, "evil": nested})
+    assert result.excluded["evil"] == "RuntimeError: disk on fire"
     assert len(one_line(ValueError("x" * 5000))) <= 300
 
 
@@ -118,10 +118,10 @@ def _distilled_set(site: str, **changes) -> Payload:
 ])
 def test_a_malformed_distilled_set_is_left_out_before_the_server_trains_on_it(changes):
     strategy = DistillFederation({"server_epochs": 1, "steps": 0})
-    _, _, (_, _, excluded, info) = _round({HONEST: lambda o: _distilled_set(HONEST),
-                                           "evil": lambda o: _distilled_set("evil", **changes)}, strategy=strategy)
-    assert set(excluded) == {"evil"} and excluded["evil"].startswith("PayloadError: ")
-    assert np.isfinite(info["server_loss"])
+    _, _, result = _round({HONEST: lambda o: _distilled_set(HONEST),
+                           "evil": lambda o: _distilled_set("evil", **changes)}, strategy=strategy)
+    assert set(result.excluded) == {"evil"} and result.excluded["evil"].startswith("PayloadError: ")
+    assert np.isfinite(result.info["server_loss"])
 
 
 # property-based: whatever a site sends that differs from the model's layout, the server refuses it ------------------

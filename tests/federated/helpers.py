@@ -1,7 +1,7 @@
 """Small shared builders for the federation tests."""
 
 from gliofed.config import TrainConfig
-from gliofed.federated.rounds import site_request
+from gliofed.federated.protocol import site_request
 from gliofed.model import MultiTaskUNet
 
 SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
@@ -18,5 +18,5 @@ def small_model() -> MultiTaskUNet:
 
 
 def site_settings(model, seed=1, **extra) -> dict:
-    """The settings of a server's request (as :func:`gliofed.federated.rounds.site_request` builds them)."""
+    """The settings of a server's request (as :func:`gliofed.federated.protocol.site_request` builds them)."""
     return site_request(small_config(), model, seed, "train", None, extra)[2]

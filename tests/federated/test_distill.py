@@ -5,16 +5,16 @@ import torch
 import torch.nn.functional as F
 
 from gliofed.data.dataset import CaseDataset
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.site import Site
-from gliofed.federated.site.condense import condense, soft_labels
-from gliofed.federated.site.policy import SitePolicy
-from gliofed.federated.strategies.distill import (
+from gliofed.federated.protocol.payload import Payload, state_to_arrays
+from gliofed.federated.server.strategies.distill import (
     DistillFederation,
     DistillSettings,
     distillation_kl,
     symmetric_kl,
 )
+from gliofed.federated.site import Site
+from gliofed.federated.site.condense import condense, soft_labels
+from gliofed.federated.site.policy import SitePolicy
 from gliofed.model import MultiTaskUNet
 from tests.federated.helpers import site_settings, small_model
 
@@ -74,10 +74,10 @@ def test_soft_labels_are_class_averaged_tempered_softmax(tiny_cache):
 def test_a_soft_label_row_fewer_cases_than_the_minimum_back_is_sent_empty(tiny_cache):
     model = small_model().eval()
     dataset = CaseDataset(tiny_cache, split="train", sites=["brats21"])
-    tables, counts = soft_labels(model, dataset, 2.0, min_cases=1)
+    tables, counts = soft_labels(model, dataset, 2.0, min_group=1)
     seen = {m: counts[m].copy() for m in counts}
     assert any(((c > 0) & (c < 3)).any() for c in seen.values()), "fixture: no class with 1-2 cases"
-    tables, counts = soft_labels(model, dataset, 2.0, min_cases=3)
+    tables, counts = soft_labels(model, dataset, 2.0, min_group=3)
     for marker, before in seen.items():
         few = before < 3
         assert (counts[marker][few] == 0).all() and (tables[marker][few] == 0).all()
@@ -92,8 +92,9 @@ def test_condensation_reduces_the_matching_loss_it_optimises(tiny_cache):
     model = small_model().eval()
 
     def gap(steps):
-        p = condense(model, site_dataset, DistillSettings(steps=steps, init="noise", perturb=0.0, lr=0.1), 3, "brats21")
-        from gliofed.federated.strategies.distill import upsample_synthetic
+        p = condense(model, site_dataset, DistillSettings(steps=steps, init="noise", perturb=0.0, lr=0.1), 3, "brats21",
+                     min_group=3)
+        from gliofed.federated.protocol.synthetic import upsample_synthetic
         images, _ = upsample_synthetic(torch.from_numpy(p.arrays["syn_images"].astype(np.float32)),
                                        torch.from_numpy(p.arrays["syn_masks"].astype(np.int64)), p.meta["shape"])
         with torch.no_grad():
@@ -131,7 +132,7 @@ def test_distillation_upload_is_at_most_a_quarter_of_fedavg_at_default_settings(
     cache = write_fake_cache(tmp_path, cases=2, shape=(4, 155, 128, 128))
     model = MultiTaskUNet()
     dataset = CaseDataset(cache)
-    distilled = condense(model, dataset, DistillSettings(steps=0), seed=0, site="s0")
+    distilled = condense(model, dataset, DistillSettings(steps=0), seed=0, site="s0", min_group=3)
     fedavg = Payload("weights_update", state_to_arrays(model), {"site": "s0", "n_cases": 2, "loss": 0.0})
     assert 5.5e6 < fedavg.nbytes < 5.7e6
     assert distilled.nbytes <= 0.25 * fedavg.nbytes
@@ -219,7 +220,7 @@ def test_condensation_reduces_the_classifier_branch_matching_loss(tiny_cache):
     for p in model.parameters():
         p.requires_grad_(False)
     settings = dict(init="noise", perturb=0.0, lr=0.1, models=1)
-    targets = real_targets(model, dataset, range(len(dataset)))
+    targets = real_targets(model, dataset, range(len(dataset)), 1)
 
     def loss_after(steps):
         p = condense(model, dataset, DistillSettings(steps=steps, **settings), 3, "tcga_lgg", min_group=1)
@@ -257,22 +258,22 @@ class _TwoClassSite:
 
 
 def test_class_stats_initialisation_follows_each_volumes_labels():
-    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+    from gliofed.federated.site.condense import case_statistics, class_fractions, init_synthetic, synthetic_masks
 
     site = _TwoClassSite()
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])  # mutant grade II, wildtype grade IV
     rng = np.random.default_rng(0)
-    masks = torch.from_numpy(_synthetic_masks((8, 12, 12), _class_fractions(cases, labels), 2, rng))
+    masks = torch.from_numpy(synthetic_masks((8, 12, 12), class_fractions(cases, labels, 1), 2, rng))
     assert int((masks[0] == 3).sum()) == 0  # grade II cases have no enhancing rim: neither has its volume
     assert int((masks[1] == 3).sum()) > 0
     images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
-                            labels=labels, cases=cases)
+                            labels=labels, cases=cases, min_group=1)
     tumour = [float(images[i, 0][masks[i] > 0].mean()) for i in range(2)]
     assert tumour[0] > 1.0 and tumour[1] < -1.0  # each starts with the intensities of its own class's tumours
     # without labels every volume gets the site's average (the old behaviour): no class signal
     plain = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
-                           cases=cases)
+                           cases=cases, min_group=1)
     assert abs(float(plain[0, 0][masks[0] > 0].mean())) < 0.5
 
 
@@ -299,14 +300,14 @@ def test_the_site_template_is_the_mean_anatomy_of_all_its_cases():
     from gliofed.federated.site.condense import site_template
 
     site = _brain_site()
-    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_group=3)
     expected = torch.stack([F.interpolate(item["image"][None], size=(4, 6, 6), mode="area")[0]
                             for item in site.items]).mean(0)
     torch.testing.assert_close(template[:, brain], expected[:, brain])
     assert brain.dtype == torch.bool and brain.shape == (4, 6, 6)
     assert brain[:, 1:5, 1:5].all() and not brain[:, 0].any() and not brain[:, 5].any() and not brain[:, :, 0].any()
     assert float(template[:, ~brain].abs().max()) == 0.0
-    assert site_template(site, range(2), FULL, (4, 6, 6), min_cases=3) is None  # two cases are no population
+    assert site_template(site, range(2), FULL, (4, 6, 6), min_group=3) is None  # two cases are no population
 
 
 def test_the_template_leaves_out_where_fewer_than_min_group_patients_have_brain():
@@ -318,14 +319,14 @@ def test_the_template_leaves_out_where_fewer_than_min_group_patients_have_brain(
     site = _brain_site()
     for k, item in enumerate(site.items[:2]):  # two patients' heads reach one more slab of cells
         item["image"][:, 1:7, 10:12, 2:10] = 5.0 + k
-    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_group=3)
     assert not brain[:, 5].any() and float(template[:, :, 5].abs().max()) == 0.0  # h 10-11: only 2 patients there
     site.items[2]["image"][:, 1:7, 10:12, 2:10] = 7.0  # a third patient: now a population's
-    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)
+    template, brain = site_template(site, range(len(site)), FULL, (4, 6, 6), min_group=3)
     assert float(template[0, 1, 5, 2]) > 0.5  # sent: the mean of three heads over the eight cases
     assert not brain[:, 5].any()  # but 3 heads of 8 are no typical head: no lesion goes there
     site.items[3]["image"][:, 1:7, 10:12, 2:10] = 7.0  # half the patients
-    assert site_template(site, range(len(site)), FULL, (4, 6, 6), min_cases=3)[1][:, 5, 1:5].all()
+    assert site_template(site, range(len(site)), FULL, (4, 6, 6), min_group=3)[1][:, 5, 1:5].all()
 
 
 @pytest.mark.parametrize("low", [(8, 12, 12), (4, 6, 6), (4, 7, 6), (3, 5, 5), (2, 3, 3)])
@@ -338,10 +339,10 @@ def test_no_grid_a_server_asks_for_lets_it_see_a_voxel_fewer_than_min_group_pati
     site = _brain_site()
     for k, item in enumerate(site.items[:2]):  # two patients' heads reach rows 10-11
         item["image"][:, 1:7, 10:12, 2:10] = 5.0 + k
-    before = site_template(site, range(len(site)), FULL, low, min_cases=3)
+    before = site_template(site, range(len(site)), FULL, low, min_group=3)
     for item in site.items[:2]:
         item["image"][:, 1:7, 10:12, 2:10] *= 10.0  # only those voxels change
-    after = site_template(site, range(len(site)), FULL, low, min_cases=3)
+    after = site_template(site, range(len(site)), FULL, low, min_group=3)
     torch.testing.assert_close(before[0], after[0], rtol=0, atol=0)
     assert torch.equal(before[1], after[1])
 
@@ -354,9 +355,9 @@ def test_the_template_is_made_on_the_sites_full_grid_whatever_the_cases_depth():
     site = _brain_site()
     for item in site.items[::2]:  # half the cases have 6 slices, not 8
         item["image"] = F.interpolate(item["image"][None], size=(6, 12, 12), mode="nearest")[0]
-    full, brain_full = site_template(site, range(len(site)), FULL, FULL, min_cases=3)
+    full, brain_full = site_template(site, range(len(site)), FULL, FULL, min_group=3)
     for low in ((4, 6, 6), (3, 5, 5)):
-        template, brain = site_template(site, range(len(site)), FULL, low, min_cases=3)
+        template, brain = site_template(site, range(len(site)), FULL, low, min_group=3)
         expected = F.interpolate(full[None], size=low, mode="area")[0]
         torch.testing.assert_close(template, expected)
         torch.testing.assert_close(brain, F.interpolate(brain_full[None, None].float(), size=low,
@@ -365,33 +366,33 @@ def test_the_template_is_made_on_the_sites_full_grid_whatever_the_cases_depth():
 
 def test_class_stats_paints_the_lesion_into_the_sites_anatomy_inside_the_brain():
     from gliofed.federated.site.condense import (
-        _case_statistics,
-        _class_fractions,
-        _lesion_centres,
-        _synthetic_masks,
+        case_statistics,
+        class_fractions,
         init_synthetic,
+        lesion_centres,
         site_template,
+        synthetic_masks,
     )
 
     site = _brain_site()
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])
     low = (8, 12, 12)
     template, brain = site_template(site, range(len(site)), FULL, low, 1)
-    centres = _lesion_centres(cases, labels, 3)
+    centres = lesion_centres(cases, labels, 3)
     true_centre = (torch.nonzero(site.items[0]["seg"] > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1)
     assert (true_centre < -0.15).all()  # off the middle of the grid
     np.testing.assert_allclose(centres[0], true_centre.numpy(), atol=0.03)  # where the group's tumours sit
     rng = np.random.default_rng(0)
     inside = brain.numpy()
-    masks = torch.from_numpy(_synthetic_masks(low, _class_fractions(cases, labels, 3), 2, rng, centres=centres,
+    masks = torch.from_numpy(synthetic_masks(low, class_fractions(cases, labels, 3), 2, rng, centres=centres,
                                               brain=inside))
     assert int(masks.sum()) > 0 and not masks[:, ~torch.from_numpy(inside)].any()  # every lesion inside the brain
     for mask in masks:  # each lesion sits towards the group's tumours, not in the middle of the grid
         drawn = torch.nonzero(mask > 0).float().mean(0) / torch.tensor([7.0, 11.0, 11.0]) * 2 - 1
         assert (drawn < 0).all() and float((drawn - true_centre).abs().max()) < 0.3
     images = init_synthetic(site, "class_stats", masks, low, rng, torch.Generator().manual_seed(0), labels=labels,
-                            cases=cases, min_cases=3, template=template)
+                            cases=cases, min_group=3, template=template)
     background = (masks[0] == 0)
     # non-tumour voxels: the shared anatomy (the bright 'ventricle', zero outside the brain), a little noise
     assert float((images[0][:, background] - template[:, background]).abs().mean()) < 0.2
@@ -408,21 +409,21 @@ def test_condensation_starts_from_the_template_of_every_case_whatever_the_reques
 
     seen = []
     original = module.site_template
-    def spy(data, indices, reference, low, min_cases):
-        seen.append((frozenset(int(i) for i in indices), tuple(reference), min_cases))
-        return original(data, indices, reference, low, min_cases)
+    def spy(data, indices, reference, low, min_group):
+        seen.append((frozenset(int(i) for i in indices), tuple(reference), min_group))
+        return original(data, indices, reference, low, min_group)
 
     monkeypatch.setattr(module, "site_template", spy)
     dataset = CaseDataset(tiny_cache, split="train")
-    shape = module._reference_shape(dataset, 4)[0]
+    shape = module.reference_shape(dataset, 4)[0]
     for seed, real_batch, scale in ((0, 3, 4), (1, 6, 2), (2, len(dataset), 3)):
         module.condense(small_model().eval(), dataset, DistillSettings(steps=0, real_batch=real_batch, scale=scale),
-                        seed, "all")
+                        seed, "all", min_group=3)
     # every case, on the site's own full-resolution grid whatever the scale, pooled as the site's min_group says
     assert seen == [(frozenset(range(len(dataset))), shape, 3)] * 3
     module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all", min_group=5)
     assert seen[-1][2] == 5
-    module.condense(small_model().eval(), dataset, DistillSettings(steps=0, init="noise"), 0, "all")
+    module.condense(small_model().eval(), dataset, DistillSettings(steps=0, init="noise"), 0, "all", min_group=3)
     assert len(seen) == 4  # only class_stats uses it
 
 
@@ -431,10 +432,10 @@ def test_condensation_paints_its_lesions_inside_the_template_brain_onto_the_temp
     import gliofed.federated.site.condense as module
 
     dataset = CaseDataset(tiny_cache, split="train")
-    payload = module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all")
+    payload = module.condense(small_model().eval(), dataset, DistillSettings(steps=0), 0, "all", min_group=3)
     images = torch.from_numpy(payload.arrays["syn_images"].astype(np.float32))
     masks = torch.from_numpy(payload.arrays["syn_masks"])
-    shape = module._reference_shape(dataset, DistillSettings().scale)[0]
+    shape = module.reference_shape(dataset, DistillSettings().scale)[0]
     template, brain = module.site_template(dataset, range(len(dataset)), shape, tuple(masks.shape[1:]), 3)
     assert int(masks.sum()) > 0 and not masks[:, ~brain].any()
     background = (masks == 0)[:, None].expand_as(images)
@@ -444,10 +445,10 @@ def test_condensation_paints_its_lesions_inside_the_template_brain_onto_the_temp
 
 
 def test_summary_groups_are_disjoint_share_labels_and_fall_back_marker_by_marker():
-    from gliofed.federated.site.condense import _case_statistics, group_for, summary_groups
+    from gliofed.federated.site.condense import case_statistics, group_for, summary_groups
 
     site = _TwoClassSite()
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     groups = summary_groups(cases, 3)
     assert sorted(len(g) for g in groups) == [4, 4]
     assert all(len({tuple(c["labels"]) for c in g}) == 1 for g in groups)
@@ -473,30 +474,30 @@ def _one_rare_case_site():
 
 
 def test_no_volume_starts_from_one_rare_patients_summary():
-    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+    from gliofed.federated.site.condense import case_statistics, class_fractions, init_synthetic, synthetic_masks
 
     site = _one_rare_case_site()
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     rare = np.array([[1, -1, -1, 2]])
     masks_for = {}
-    for min_cases in (1, 3):
+    for min_group in (1, 3):
         rng = np.random.default_rng(0)
-        fractions = _class_fractions(cases, rare, min_cases)
-        masks = torch.from_numpy(_synthetic_masks((8, 12, 12), fractions, 1, rng))
+        fractions = class_fractions(cases, rare, min_group)
+        masks = torch.from_numpy(synthetic_masks((8, 12, 12), fractions, 1, rng))
         images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
-                                labels=rare, cases=cases, min_cases=min_cases)
-        masks_for[min_cases] = (fractions[0], float(images[0, 1][masks[0] > 0].mean()))
-    # alone (min_cases=1) the volume is that patient's: all core, no oedema, contrast 1 at ~9
+                                labels=rare, cases=cases, min_group=min_group)
+        masks_for[min_group] = (fractions[0], float(images[0, 1][masks[0] > 0].mean()))
+    # alone (min_group=1) the volume is that patient's: all core, no oedema, contrast 1 at ~9
     assert masks_for[1][0][2] == 0 and masks_for[1][1] > 8
     # pooled over >= 3 cases (the IDH-mutant ones, grade no longer matched): oedema present, intensity diluted
     assert masks_for[3][0][2] > 0 and masks_for[3][1] < 4
 
 
 def test_a_class_too_few_cases_of_the_group_show_is_not_summarised():
-    from gliofed.federated.site.condense import _case_statistics, _mean_stats
+    from gliofed.federated.site.condense.init import _mean_stats, case_statistics
 
     site = _TwoClassSite()  # enhancing rim (class 3) only in the 4 wildtype cases
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     mutant = [c for c in cases if int(c["labels"][0]) == 1]
     assert torch.isnan(_mean_stats(mutant, 4, 3)[3]).all()  # no mutant case shows class 3
     assert not torch.isnan(_mean_stats(cases, 4, 3)[3]).any()  # 4 cases do
@@ -508,11 +509,11 @@ def test_no_two_released_summaries_differ_by_one_patient():
     """The differencing attack on per-label averages: a site of 3 mutant grade II cases, 4 wildtype grade IV
     cases and one mutant grade IV patient X. Whatever label vectors a server's seed draws, X's statistics are
     never one released average minus another: each volume's statistics are its disjoint group's."""
-    from gliofed.federated.site.condense import _case_statistics, group_for, summary_groups
+    from gliofed.federated.site.condense import case_statistics, group_for, summary_groups
 
     site = _one_rare_case_site()
     site.items.pop(0)  # 3 mutant grade II cases left
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     groups = summary_groups(cases, 3)
     x = next(c for c in cases if tuple(int(v) for v in c["labels"]) == (1, -1, -1, 2))
     # X's own label vector picks the group X sits in, and that group is not X alone
@@ -529,14 +530,14 @@ def _recording_condense(monkeypatch, dataset, min_group):
     import gliofed.federated.site.condense as module
 
     seen = {"bn": [], "targets": [], "summaries": []}
-    for name, key in (("real_bn_statistics", "bn"), ("real_targets", "targets"), ("_case_statistics", "summaries")):
+    for name, key in (("real_bn_statistics", "bn"), ("real_targets", "targets"), ("case_statistics", "summaries")):
         original = getattr(module, name)
 
         def record(net, data, indices, *rest, _original=original, _key=key, **kw):
             seen[_key].append(frozenset(int(i) for i in indices))
             return _original(net, data, indices, *rest, **kw)
 
-        if name == "_case_statistics":
+        if name == "case_statistics":
             def record(data, indices, _original=original):  # noqa: F811 (a different signature)
                 seen["summaries"].append(frozenset(int(i) for i in indices))
                 return _original(data, indices)
@@ -640,33 +641,34 @@ def test_condensed_label_vectors_are_group_vectors(tiny_cache):
     allowed = {tuple(int(v) for v in row) for row in group_labels(dataset.labels, 3)}
     assert allowed != {tuple(int(v) for v in row) for row in np.asarray(dataset.labels)}  # fixture: it matters
     for seed in (0, 1):
-        payload = condense(small_model().eval(), dataset, DistillSettings(steps=0, n_synthetic=8), seed, "all")
+        payload = condense(small_model().eval(), dataset, DistillSettings(steps=0, n_synthetic=8), seed, "all",
+                           min_group=3)
         assert {tuple(int(v) for v in row) for row in payload.arrays["syn_labels"]} <= allowed
 
 
 def test_a_lesion_class_too_few_cases_of_the_group_show_is_left_out_of_the_mask():
-    from gliofed.federated.site.condense import _case_statistics, _class_fractions
+    from gliofed.federated.site.condense import case_statistics, class_fractions
 
     site = _TwoClassSite()
     site.items[0]["seg"][3, 4:8, 8] = 3  # one mutant case alone has an enhancing rim
-    cases = _case_statistics(site, range(len(site)))
+    cases = case_statistics(site, range(len(site)))
     mutant = np.array([[1, -1, -1, 0]])
-    assert _class_fractions(cases, mutant, 1)[0, 3] > 0
-    fractions = _class_fractions(cases, mutant, 3)[0]
+    assert class_fractions(cases, mutant, 1)[0, 3] > 0
+    fractions = class_fractions(cases, mutant, 3)[0]
     assert fractions[3] == 0 and fractions[1] > 0 and fractions[2] > 0 and abs(fractions.sum() - 1) < 1e-9
 
 
 def test_a_site_with_fewer_masked_cases_than_the_minimum_sends_unmasked_noise_volumes():
-    from gliofed.federated.site.condense import _case_statistics, _class_fractions, _synthetic_masks, init_synthetic
+    from gliofed.federated.site.condense import case_statistics, class_fractions, init_synthetic, synthetic_masks
 
     site = _TwoClassSite()
-    cases = _case_statistics(site, range(2))
+    cases = case_statistics(site, range(2))
     labels = np.array([[1, -1, -1, 0], [0, -1, -1, 2]])
     rng = np.random.default_rng(0)
-    masks = torch.from_numpy(_synthetic_masks((8, 12, 12), _class_fractions(cases, labels, 3), 2, rng))
+    masks = torch.from_numpy(synthetic_masks((8, 12, 12), class_fractions(cases, labels, 3), 2, rng))
     assert int(masks.sum()) == 0  # no lesion: the server treats them as unmasked
     images = init_synthetic(site, "class_stats", masks, (8, 12, 12), rng, torch.Generator().manual_seed(0),
-                            labels=labels, cases=cases, min_cases=3)
+                            labels=labels, cases=cases, min_group=3)
     assert abs(float(images.mean())) < 0.1 and 0.3 < float(images.std()) < 0.7  # 0.5 x standard normal
 
 

@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from gliofed.federated.payload import Payload, state_to_arrays
+from gliofed.federated.protocol.payload import Payload, state_to_arrays
+from gliofed.federated.server.strategies.base import weighted_average
+from gliofed.federated.server.strategies.fedavg import FedAvg, part_weights
 from gliofed.federated.site import Site
-from gliofed.federated.strategies.base import weighted_average
-from gliofed.federated.strategies.fedavg import FedAvg, part_weights
 from tests.federated.helpers import site_settings, small_model
 
 

@@ -12,9 +12,9 @@ pytest.importorskip("flwr")
 
 from gliofed.data import CaseDataset  # noqa: E402
 from gliofed.federated.flower.launcher import FlowerRunError, LocalFederation  # noqa: E402
+from gliofed.federated.server.strategies import make_strategy  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.federated.site import Site  # noqa: E402
-from gliofed.federated.strategies import make_strategy  # noqa: E402
 from gliofed.model import MultiTaskUNet  # noqa: E402
 from gliofed.presets import get_preset, train_preset  # noqa: E402
 from gliofed.runs import load_checkpoint  # noqa: E402

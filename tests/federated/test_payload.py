@@ -7,7 +7,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gliofed.federated.payload import (
+from gliofed.federated.protocol.payload import (
     MAX_N_CASES,
     Payload,
     PayloadError,
@@ -304,3 +304,11 @@ def test_replies_built_by_a_site_pass(tiny_cache):
     reply = Site("brats21", tiny_cache).handle("train", outgoing, site_settings(model, epochs=1))
     validate_reply(reply, "weights_update", reference)
     validate_reply(Payload.deserialize(reply.serialize()), "weights_update", reference)  # as over Flower
+
+
+def test_every_payload_kind_of_the_vocabulary_is_declared_once():
+    from gliofed.federated.protocol.payload import DECLARED, REQUIRED_META
+    from gliofed.vocab import PAYLOAD_KINDS, REPLY_KINDS, TASKS
+
+    assert tuple(DECLARED) == tuple(REQUIRED_META) == PAYLOAD_KINDS
+    assert set(REPLY_KINDS) == set(TASKS) and set(REPLY_KINDS.values()) <= set(PAYLOAD_KINDS)

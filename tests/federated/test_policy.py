@@ -5,11 +5,11 @@ import dataclasses
 import pytest
 
 from gliofed.errors import ConfigError, PolicyError
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.rounds import site_request
+from gliofed.federated.protocol import site_request
+from gliofed.federated.protocol.payload import Payload, state_to_arrays
+from gliofed.federated.server.strategies import DistillSettings, make_strategy
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
-from gliofed.federated.strategies import DistillSettings, make_strategy
 from gliofed.presets import PRESETS
 from tests.federated.helpers import small_config, small_model
 

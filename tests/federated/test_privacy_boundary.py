@@ -1,76 +1,76 @@
 """Server-side code has no path to a site's cases; sites answer only with declared payloads.
 
-The two sides are read off the folders: server side = everything under ``federated/strategies/``, plus
-``federated/payload.py``, ``federated/rounds.py``, ``runs.py`` and the Flower ServerApp and records; site data =
-everything under ``federated/site/`` and ``gliofed/data/`` (except ``data/manifest.py``, the label vocabulary the
-server needs: the data package's exports are lazy, so importing it loads nothing else) and the engine.
+Both sides are read off the folders: the server side is every module under ``federated/server/``; a site's cases are
+reached through anything under ``federated/site/``, ``gliofed/data/`` and the engine. The check follows every import
+form (:mod:`tests.import_graph`); each form, planted in a server module, must fail it (:data:`PLANTED`).
 """
-
-import ast
-from pathlib import Path
 
 import pytest
 
-import gliofed
-from gliofed.federated.payload import Payload, state_to_arrays, validate
+from gliofed.federated.protocol.payload import Payload, state_to_arrays, validate
 from gliofed.federated.site import Site
 from tests.federated.helpers import site_settings, small_model
+from tests.import_graph import closure, graph, read_sources, submodules
 
-PACKAGE = Path(gliofed.__file__).parent
-
-
-def _modules(folder: str) -> list[str]:
-    root = PACKAGE / folder
-    return sorted("gliofed." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__")
-                  for p in root.rglob("*.py"))
+SOURCES = read_sources()
+SERVER_MODULES = sorted(submodules("gliofed.federated.server", SOURCES))
+PROTOCOL_MODULES = sorted(submodules("gliofed.federated.protocol", SOURCES))
+PRIVATE = submodules("gliofed.federated.site", SOURCES) | submodules("gliofed.data", SOURCES) | {"gliofed.engine"}
 
 
-SERVER_MODULES = [*_modules("federated/strategies"), "gliofed.federated.payload", "gliofed.federated.rounds",
-                  "gliofed.runs", "gliofed.federated.flower.server_app", "gliofed.federated.flower.records"]
-PRIVATE = {*_modules("federated/site"), *_modules("data"), "gliofed.engine"} - {"gliofed.data.manifest",
-                                                                                  "gliofed.data"}
+def reached(module: str, sources=SOURCES) -> set[str]:
+    """The site-data modules ``module`` may load, by any import form."""
+    return closure(module, sources, graph(sources) if sources is not SOURCES else GRAPH) & PRIVATE
 
 
-def _imports(module: str) -> set[str]:
-    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
-    if not path.exists():
-        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            found.add(node.module)
-    return {m for m in found if m.startswith("gliofed")}
+GRAPH = graph(SOURCES)
 
-
-def _closure(module: str) -> set[str]:
-    seen, todo = set(), [module]
-    while todo:
-        current = todo.pop()
-        if current in seen:
-            continue
-        seen.add(current)
-        todo.extend(_imports(current))
-        parts = current.split(".")  # importing a.b.c also runs a.b's __init__
-        todo.extend(".".join(parts[:i]) for i in range(2, len(parts)))
-    return seen
+#: every import form, planted in the round loop (or, where named, in a module the server imports): each must reach
+#: site data
+PLANTED = {
+    "import": "import gliofed.engine",
+    "import as": "import gliofed.data.cache as cache",
+    "from import (module)": "from gliofed import engine",
+    "from import (name)": "from gliofed.engine import fit",
+    "lazy export of gliofed.data": "from gliofed.data import CaseDataset",
+    "package re-export": "from gliofed.federated.site import Site",
+    "subpackage as a name": "from gliofed.federated import site",
+    "relative": "from ..site import policy",
+    "relative, deeper": "from ...data import dataset",
+    "inside a function": "def late():\n    from gliofed.engine import fit\n    return fit",
+    "under TYPE_CHECKING": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import gliofed.data.dataset",
+    "importlib": "import importlib\nimportlib.import_module('gliofed.engine')",
+    "__import__": "__import__('gliofed.data.dataset')",
+    "through a shared module the server imports": ("gliofed.losses", "import gliofed.engine"),
+    "through a package that re-exports": "from gliofed.experiments import run_experiment",
+}
 
 
 def test_the_folders_name_both_sides():
-    assert "gliofed.federated.strategies.distill" in SERVER_MODULES and len(SERVER_MODULES) >= 11
-    assert {"gliofed.federated.site.condense", "gliofed.data.cache", "gliofed.data.dataset"} <= PRIVATE
+    assert "gliofed.federated.server.strategies.distill" in SERVER_MODULES and len(SERVER_MODULES) >= 10
+    assert "gliofed.federated.server.server_app" in SERVER_MODULES
+    assert {"gliofed.federated.site.condense", "gliofed.federated.site.client_app", "gliofed.data.cache",
+            "gliofed.data.dataset", "gliofed.data", "gliofed.engine"} <= PRIVATE
 
 
 @pytest.mark.parametrize("module", SERVER_MODULES)
 def test_server_side_modules_cannot_reach_site_data(module):
-    reachable = _closure(module)
-    assert not reachable & PRIVATE, f"{module} reaches {sorted(reachable & PRIVATE)}"
+    assert reached(module) == set(), f"{module} reaches {sorted(reached(module))}"
 
 
-def test_the_closure_check_would_catch_a_violation():
-    assert "gliofed.data.cache" in _closure("gliofed.data.dataset")
-    assert "gliofed.federated.site.condense" in _closure("gliofed.federated.site")
+@pytest.mark.parametrize("module", PROTOCOL_MODULES)
+def test_the_protocol_reaches_neither_room(module):
+    rooms = PRIVATE | set(SERVER_MODULES)
+    assert closure(module, SOURCES, GRAPH) & rooms == set()
+
+
+@pytest.mark.parametrize("form", sorted(PLANTED))
+def test_each_import_form_planted_in_the_server_fails_the_check(form):
+    target, line = PLANTED[form] if isinstance(PLANTED[form], tuple) else ("gliofed.federated.server.rounds",
+                                                                             PLANTED[form])
+    planted = {**SOURCES, target: SOURCES[target] + "\n" + line + "\n"}
+    assert reached("gliofed.federated.server.rounds", planted), f"planted {form!r} was not caught"
+    assert reached("gliofed.federated.server.rounds") == set()  # and the real one is clean
 
 
 def test_site_answers_only_with_declared_payloads(tiny_cache):

@@ -4,10 +4,10 @@ import pytest
 
 from gliofed.data.dataset import CaseDataset
 from gliofed.experiments import run_experiment
-from gliofed.federated.payload import Payload
+from gliofed.federated.protocol.payload import Payload
+from gliofed.federated.server.strategies import FedAvg, FederationError
 from gliofed.federated.simulate import simulate
 from gliofed.federated.site import Site
-from gliofed.federated.strategies import FedAvg, FederationError
 from tests.federated.helpers import small_config
 
 

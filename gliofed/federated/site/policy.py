@@ -24,14 +24,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gliofed.errors import ConfigError, PolicyError
+from gliofed.federated.protocol import DistillSettings
+from gliofed.vocab import TASKS
 
 __all__ = ["SitePolicy", "PolicyError", "NODE_CONFIG_PREFIX"]
 
 #: node config keys that set the policy start with this
 NODE_CONFIG_PREFIX = "policy-"
 
-#: every task a site knows (``describe``: case count and bytes; ``train``: local training; ``distill``: condensation)
-ALL_TASKS = ("describe", "train", "distill")
 
 #: initialisations of condensation that copy no patient
 SAFE_INITS = ("class_stats", "noise")
@@ -67,7 +67,7 @@ class SitePolicy:
         device: the device the site trains on, whatever the request says (default ``None``: the request's).
     """
 
-    tasks: tuple[str, ...] = ALL_TASKS
+    tasks: tuple[str, ...] = TASKS
     min_scale: int = 2
     max_synthetic: int = 32
     max_bytes: int = 64 * 2**20
@@ -85,9 +85,9 @@ class SitePolicy:
     def __post_init__(self) -> None:
         tasks = tuple(self.tasks.split(",")) if isinstance(self.tasks, str) else tuple(self.tasks)
         object.__setattr__(self, "tasks", tuple(t.strip() for t in tasks if t.strip()))
-        unknown = [t for t in self.tasks if t not in ALL_TASKS]
+        unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
-            raise ConfigError(f"site policy: unknown task(s) {', '.join(unknown)}; choose from {', '.join(ALL_TASKS)}.")
+            raise ConfigError(f"site policy: unknown task(s) {', '.join(unknown)}; choose from {', '.join(TASKS)}.")
         for name in ("min_scale", "max_synthetic", "max_bytes", "max_real_batch", "max_epochs", "max_batch_size",
                      "min_group"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
@@ -152,8 +152,6 @@ class SitePolicy:
         return found
 
     def _distill_violations(self, distill: Mapping) -> list[str]:
-        from gliofed.federated.strategies.distill import DistillSettings
-
         known = {f.name for f in dataclasses.fields(DistillSettings)}
         unknown = sorted(str(key) for key in distill if key not in known)
         # e.g. a server that sends "min_group": that bound is the operator's (``min_group`` above), not a setting

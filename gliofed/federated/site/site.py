@@ -13,17 +13,13 @@ from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, seed_everything
 from gliofed.errors import PolicyError
-from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
+from gliofed.federated.protocol import DistillSettings, Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
 from gliofed.federated.site.policy import SitePolicy
-from gliofed.federated.strategies.distill import DistillSettings
 from gliofed.model import MultiTaskUNet, build_model
-from gliofed.vocab import MARKERS, MODALITIES
+from gliofed.vocab import MARKERS, MODALITIES, TASKS
 
-__all__ = ["Site", "TASKS"]
-
-#: what a server may ask of a site
-TASKS = ("describe", "train", "distill")
+__all__ = ["Site"]
 
 
 def _declared_model_bytes(model_config: dict) -> int:

@@ -18,7 +18,7 @@ from pathlib import Path
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from gliofed.federated.flower.records import REFUSAL, payload_to_record, record_to_payload
+from gliofed.federated.protocol.records import REFUSAL, payload_to_record, record_to_payload
 
 __all__ = ["app", "site_from_context"]
 

@@ -1,24 +1,22 @@
-"""The strategy interface shared by the in-process simulator and the Flower apps (server side only)."""
+"""The strategy interface shared by the in-process simulator and the Flower ServerApp (server side only): a strategy
+configures each round and aggregates its validated replies; :func:`~gliofed.federated.server.rounds.federated_round`
+plays the round."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import nn
 
-from gliofed.errors import GliofedError
-from gliofed.federated.payload import Payload, arrays_to_state, state_to_arrays
+from gliofed.errors import FederationError
+from gliofed.federated.protocol import Payload, Request, arrays_to_state, round_seed, site_request, state_to_arrays
 
 if TYPE_CHECKING:
     from gliofed.config import TrainConfig
-    from gliofed.federated.rounds import Exchange, RoundResult
 
 __all__ = ["Strategy", "FederationError", "weighted_average"]
-
-
-class FederationError(GliofedError):
-    """A round could not proceed (too few sites answered)."""
 
 
 def weighted_average(updates: list[tuple[dict[str, np.ndarray], float]],
@@ -59,10 +57,12 @@ def _part_weight(name: str, default: float, parts: dict[str, float] | None) -> f
 
 
 class Strategy:
-    """What a strategy decides: which task sites run, with which settings, and how replies are combined.
+    """What a strategy decides: which task sites run, with which settings, who must answer, and how replies are
+    combined (compare Flower's ``Strategy``: ``configure_train`` and ``aggregate_train``).
 
-    Subclasses set :attr:`name` and :attr:`task` and implement :meth:`aggregate`. Strategies only ever see
-    :class:`Payload` objects and the global model.
+    Subclasses set :attr:`name` and :attr:`task` and implement :meth:`aggregate`; they may override
+    :meth:`configure_round`, :meth:`check_answers` and :meth:`traffic`. Strategies only ever see :class:`Payload`
+    objects and the global model.
 
     Args:
         local_epochs: epochs each site trains per round (``train`` task).
@@ -78,15 +78,6 @@ class Strategy:
     def __init__(self, local_epochs: int = 1) -> None:
         self.local_epochs = local_epochs
 
-    def run_round(self, model: nn.Module, rnd: int, sites: list[str], config: TrainConfig, exchange: Exchange,
-                  min_sites: int = 1, max_payload_bytes: int | None = None) -> RoundResult:
-        """Play round ``rnd``: by default the federated round of :func:`gliofed.federated.rounds.federated_round`
-        (broadcast, every site answers through ``exchange``, validation, :meth:`aggregate`)."""
-        from gliofed.federated.rounds import federated_round
-
-        return federated_round(self, model, rnd, sites, config, exchange, min_sites=min_sites,
-                               max_payload_bytes=max_payload_bytes)
-
     def participants(self, sites: list[str]) -> dict[str, list[str]]:
         """Who answers this strategy: participant name -> the sites whose training cases it holds (default: every
         site itself; the centralized baseline adds a data centre that holds them all)."""
@@ -100,6 +91,34 @@ class Strategy:
         """The model payload sent to ``site`` this round (default: the global model)."""
         return Payload("model", state_to_arrays(model), {"round": rnd, "strategy": self.name})
 
+    def configure_round(self, model: nn.Module, rnd: int, sites: list[str], config: TrainConfig) -> dict[str, Request]:
+        """One request per participant this round (default: every site gets :attr:`task` with :meth:`broadcast`'s
+        payload, :meth:`site_settings` and its own :func:`round_seed`, sites numbered in the order given)."""
+        return {site: site_request(config, model, round_seed(config.seed, rnd, index), self.task,
+                                   self.broadcast(site, model, rnd), self.site_settings(rnd))
+                for index, site in enumerate(sites)}
+
+    def check_answers(self, rnd: int, requests: dict[str, Request], replies: dict[str, Payload],
+                      excluded: dict[str, str], min_sites: int) -> None:
+        """Decide whether the round goes on with the valid ``replies`` (``excluded``: participant -> reason).
+        Default: at least ``min_sites`` of them.
+
+        Raises:
+            FederationError: the round cannot proceed.
+        """
+        if len(replies) < min_sites:
+            reasons = "; ".join(f"{site}: {reason}" for site, reason in excluded.items())
+            raise FederationError(f"round {rnd}: only {len(replies)} of {len(requests)} sites answered "
+                                  f"(min_sites={min_sites}): {reasons}.")
+
+    def traffic(self, sites: list[str], requests: dict[str, Request],
+                replies: dict[str, Payload]) -> tuple[dict[str, int], dict[str, int]]:
+        """Bytes up and down per site this round (default: each valid reply's and each request's payload on the
+        wire, or 0 where :attr:`counts_bytes` is False; a site left out sent nothing)."""
+        up = {site: replies[site].nbytes if self.counts_bytes and site in replies else 0 for site in requests}
+        down = {site: request.payload.nbytes if self.counts_bytes else 0 for site, request in requests.items()}
+        return up, down
+
     def aggregate(self, model: nn.Module, replies: dict[str, Payload], rnd: int) -> dict:
         """Update ``model`` in place from the sites' replies; return information for the history."""
         raise NotImplementedError
@@ -111,8 +130,6 @@ class Strategy:
     def identity(self) -> dict:
         """What makes a run of this strategy the run it is: its name and the settings it sends sites (a resume must
         match it). Plain JSON types."""
-        import json
-
         return {"name": self.name, "settings": json.loads(json.dumps(self.site_settings(1), default=str))}
 
     def state_dict(self) -> dict:

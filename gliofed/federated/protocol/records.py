@@ -6,7 +6,7 @@ import json
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from gliofed.federated.payload import Payload
+from gliofed.federated.protocol.payload import Payload
 from gliofed.fileio import json_default
 
 __all__ = ["payload_to_record", "record_to_payload", "REFUSAL"]

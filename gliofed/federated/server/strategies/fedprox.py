@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gliofed.federated.strategies.fedavg import FedAvg
+from gliofed.federated.server.strategies.fedavg import FedAvg
 
 __all__ = ["FedProx"]
 

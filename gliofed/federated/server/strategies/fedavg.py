@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from gliofed.federated.payload import Payload
-from gliofed.federated.strategies.base import Strategy, weighted_average
+from gliofed.federated.protocol import Payload
+from gliofed.federated.server.strategies.base import Strategy, weighted_average
 from gliofed.vocab import MARKERS
 
 __all__ = ["FedAvg", "SEGMENTATION_PREFIXES", "part_weights"]

@@ -22,22 +22,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gliofed.errors import GliofedError
+from gliofed.errors import PayloadError
 from gliofed.fileio import json_default
-from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.vocab import DISTILL_INITS, MARKER_CLASSES, MARKERS, MODALITIES
 
 if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
     import torch
 
 __all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
-           "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "DISTILL_INITS"]
+           "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC"]
 
 
-class PayloadError(GliofedError):
-    """A payload holds undeclared fields, non-finite values or exceeds its size limit."""
-
-
-#: payload kind -> field name prefixes it may carry (arrays) and metadata keys
+#: payload kind (:data:`~gliofed.vocab.PAYLOAD_KINDS`) -> field name prefixes it may carry (arrays) and metadata keys
 DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
     # n_masked: cases with a segmentation mask; n_labelled: {marker: cases with a known label} (FedAvg weights
@@ -66,8 +62,6 @@ MAX_N_CASES = 10_000_000
 MAX_SYNTHETIC = 4096
 #: largest cache-grid side and down-sampling scale a distilled set may declare
 MAX_SIDE, MAX_SCALE = 4096, 256
-#: initialisations of distillation (the value is checked here; whether a site allows it is its own policy)
-DISTILL_INITS = ("noise", "class_stats", "real_unsafe")
 #: NumPy dtype kinds a payload array may have: bool, integers, floats, complex (never object, str, void, time)
 _NUMERIC_KINDS = frozenset("biufc")
 

@@ -9,16 +9,16 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
 ``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.safetensors`` and
 ``history.json`` go, on the SuperLink's machine), ``distill`` (overrides of the preset's
-:class:`~gliofed.federated.strategies.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
+:class:`~gliofed.federated.protocol.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
 policy decides whether it accepts them).
 
 The server never sees a scan: it holds the model, sends declared payloads and aggregates declared replies,
-exactly as in the in-process simulator (same :func:`federated_round`, same seeds, same payload bytes).
+exactly as in the in-process simulator (the same round loop, :func:`~gliofed.federated.server.rounds.run_rounds`, the
+same seeds, the same payload bytes).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -28,9 +28,10 @@ from flwr.serverapp import Grid, ServerApp
 from monai.utils import set_determinism
 
 from gliofed.errors import PolicyError
-from gliofed.federated.flower.records import REFUSAL, payload_to_record, record_to_payload
-from gliofed.federated.rounds import SiteFailure
-from gliofed.federated.strategies import FederationError, make_strategy
+from gliofed.federated.protocol import MAX_PAYLOAD_BYTES
+from gliofed.federated.protocol.records import REFUSAL, payload_to_record, record_to_payload
+from gliofed.federated.server.rounds import SiteFailure, run_rounds
+from gliofed.federated.server.strategies import FederationError, make_strategy
 from gliofed.model import build_model
 from gliofed.presets import get_preset
 from gliofed.runs import TrainingRun
@@ -67,11 +68,12 @@ def connect_sites(grid: Grid, min_nodes: int, timeout: float) -> dict[str, int]:
 
 
 def flower_exchange(grid: Grid, nodes: dict[str, int], rnd: int, timeout: float):
-    """The Flower transport for :func:`federated_round`: one TRAIN message per site, replies within ``timeout``.
+    """The Flower transport for :func:`~gliofed.federated.server.rounds.federated_round`: one TRAIN message per site,
+    replies within ``timeout``.
 
     A site whose node is gone, errs, refuses (its policy), does not answer in time or answers with a record that
-    does not decode gets an exception as its answer, so the round goes on with the others (and
-    :func:`federated_round` validates the decoded replies and enforces ``min-sites``)."""
+    does not decode gets an exception as its answer, so the round goes on with the others (and the round validates
+    the decoded replies and enforces ``min-sites``)."""
 
     def exchange(requests: dict) -> dict:
         connected = set(grid.get_node_ids())
@@ -128,8 +130,8 @@ def _remote_reason(reason: str | None) -> str:
 
 
 def decode_reply(reply: Message, site: str, node: int):
-    """One reply as a :class:`~gliofed.federated.payload.Payload`, or the exception that stands for it (an error,
-    a policy refusal, or a record that does not decode): never raises, so one site cannot stop the round."""
+    """One reply as a :class:`~gliofed.federated.protocol.payload.Payload`, or the exception that stands for it (an
+    error, a policy refusal, or a record that does not decode): never raises, so one site cannot stop the round."""
     try:
         if reply.has_error():
             return SiteFailure(f"{_remote_reason(reply.error.reason)} (node {node})")
@@ -163,20 +165,10 @@ def main(grid: Grid, context: Context) -> None:
     if not 1 <= min_sites <= len(nodes):  # before round 1, not after it
         raise FederationError(f"min-sites={min_sites} must be between 1 and the {len(nodes)} connected site(s).")
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
-    history = []
-    for rnd in range(1, rounds + 1):
-        started = time.perf_counter()
-        exchange = flower_exchange(grid, nodes, rnd, float(cfg.get("round-timeout", 600)))
-        bytes_up, bytes_down, excluded, info = strategy.run_round(model, rnd, list(nodes), config, exchange,
-                                                                  min_sites=min_sites,
-                                                                  max_payload_bytes=256 * 2**20)
-        for site, reason in excluded.items():
-            log.warning("round %d: site %s left out (%s); the round goes on with %d site(s)", rnd, site, reason,
-                        len(nodes) - len(excluded))
-        history.append({"round": rnd, "wall_s": time.perf_counter() - started, "bytes_up": bytes_up,
-                        "bytes_down": bytes_down, "excluded": excluded,
-                        "info": json.loads(json.dumps(info, default=float))})
-        run.save_rounds(name, history)
+    timeout = float(cfg.get("round-timeout", 600))
+    history = run_rounds(strategy, model, list(nodes), config, lambda rnd: flower_exchange(grid, nodes, rnd, timeout),
+                         rounds, min_sites=min_sites, max_payload_bytes=MAX_PAYLOAD_BYTES,
+                         after_round=lambda rnd, history: run.save_rounds(name, history))
     run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
                    preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
     log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))

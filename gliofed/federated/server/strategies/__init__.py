@@ -1,18 +1,17 @@
 """Server-side strategies: what each round asks of the sites and how their replies become the global model.
 
-Everything the server may import lives here (with :mod:`gliofed.federated.payload` and
-:mod:`gliofed.federated.rounds`); nothing here has an import path to a site's cases (tested from the folders).
+Nothing under ``federated/server/`` has an import path to a site's cases (tested from the folders).
 """
 
 from __future__ import annotations
 
 from gliofed.errors import GliofedError
-from gliofed.federated.strategies.base import FederationError, Strategy, weighted_average
-from gliofed.federated.strategies.centralized import Centralized
-from gliofed.federated.strategies.distill import DistillFederation, DistillSettings
-from gliofed.federated.strategies.fedavg import FedAvg
-from gliofed.federated.strategies.fedprox import FedProx
-from gliofed.federated.strategies.local_only import LocalOnly
+from gliofed.federated.server.strategies.base import FederationError, Strategy, weighted_average
+from gliofed.federated.server.strategies.centralized import Centralized
+from gliofed.federated.server.strategies.distill import DistillFederation, DistillSettings
+from gliofed.federated.server.strategies.fedavg import FedAvg
+from gliofed.federated.server.strategies.fedprox import FedProx
+from gliofed.federated.server.strategies.local_only import LocalOnly
 
 __all__ = ["STRATEGIES", "Strategy", "FederationError", "weighted_average", "make_strategy", "Centralized",
            "LocalOnly", "FedAvg", "FedProx", "DistillFederation", "DistillSettings"]

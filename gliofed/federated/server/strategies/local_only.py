@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.strategies.base import Strategy
+from gliofed.federated.protocol import Payload, state_to_arrays
+from gliofed.federated.server.strategies.base import Strategy
 
 __all__ = ["LocalOnly"]
 
