@@ -128,21 +128,28 @@ def check_arguments(args: argparse.Namespace) -> None:
     must exist, manifests that must have subjects, output folders that must be writable, ``--min-sites`` against
     the manifest's sites. Raises a :class:`~gliofed.errors.GliofedError` (one line)."""
     command = args.command
-    if command == "evaluate":
+    if command in ("evaluate", "predict"):
         checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_file():
+        if not (checkpoint.is_file() or (command == "predict" and checkpoint.is_dir())):
             raise ConfigError(f"{checkpoint}: checkpoint not found.")
     rows = _manifest_rows(args.manifest) if command in ("check", "preprocess", "train", "evaluate") else None
     if command == "preprocess":
         writable_folder(args.cache, "cache folder")
     if command in ("train", "evaluate") and args.cache:
         writable_folder(args.cache, "cache folder")
-    if command in ("synth", "train", "evaluate", "sweep") or (command == "notebooks" and hasattr(args, "out")):
+    if command in ("synth", "train", "evaluate", "predict", "sweep") or (command == "notebooks"
+                                                                         and hasattr(args, "out")):
         writable_folder(args.out)
+    if command == "predict" and args.manifest and not Path(args.manifest).is_file():
+        raise ManifestError(f"{args.manifest}: manifest file not found.")
     if command == "curate":
         _writable_file(args.out, "manifest to write")
     if command == "train":
-        sites = {row.get("site", "") for row in rows} - {args.external_site, "", None}
+        every_site = {row.get("site", "") for row in rows} - {"", None}
+        if args.external_site is not None and args.external_site not in every_site:
+            raise ConfigError(f"--external-site {args.external_site!r} is not a site of {args.manifest} (its sites: "
+                              f"{', '.join(sorted(every_site))}).")
+        sites = every_site - {args.external_site}
         if args.strategy != "centralized" and args.min_sites > len(sites):
             raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
                               f"{args.manifest}.")
@@ -231,17 +238,26 @@ def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
 
 def _native_size(manifest: str, largest: int = 128) -> int:
     """The default in-plane size: the smallest in-plane matrix (RAS x, y) of the manifest's cases, at most ``largest``
-    (the seed's 128), so that a default never upsamples a cohort."""
+    (the seed's 128), so that a default never upsamples a cohort. Reads headers only; a case whose t1 is missing or
+    unreadable is left to preprocessing, which skips it and names the reason; none readable is a one-line error."""
     import nibabel as nib
 
     from gliofed.data.manifest import read_manifest
+    from gliofed.errors import DataError
 
-    smallest = largest
+    smallest, readable = largest, 0
     for path in read_manifest(manifest)["t1"]:
-        image = nib.load(path)
-        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
-        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
-        smallest = min(smallest, *in_plane)
+        try:
+            image = nib.load(path)
+            axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
+            in_plane = [int(n) for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
+        except Exception:  # missing, unreadable or not 3D: preprocessing reports it
+            continue
+        if len(in_plane) == 2 and min(in_plane) >= 1:
+            smallest, readable = min(smallest, *in_plane), readable + 1
+    if not readable:
+        raise DataError(f"{manifest}: no case has a readable t1 scan to take the in-plane size from; run `gliofed "
+                        "check` to list every problem, or give --size.")
     return int(smallest)
 
 
@@ -263,6 +279,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gliofed.experiments import train_and_save
     from gliofed.federated.site.policy import SitePolicy
     from gliofed.presets import get_preset
+    from gliofed.runs import TrainingRun
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                          batch_size=args.batch_size).items() if v is not None}
@@ -282,7 +299,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
         from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
-        from gliofed.runs import TrainingRun
 
         strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
         run = TrainingRun(args.out)
@@ -290,28 +306,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
         check_resume(run.load_state(), strategy, config, args.out)
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
-    size = args.size
-    if size is None:
-        size = _native_size(args.manifest)
-        print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
-    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
-    print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
-    _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
-                                mu=args.mu, distill=distill, external_site=args.external_site,
-                                min_sites=args.min_sites, resume=args.resume, policy=policy)
+    with TrainingRun(args.out).lock():  # a second train into this folder is refused before any work
+        size = args.size
+        if size is None:
+            size = _native_size(args.manifest)
+            print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
+        cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+        print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
+        _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
+                                    mu=args.mu, distill=distill, external_site=args.external_site,
+                                    min_sites=args.min_sites, resume=args.resume, policy=policy)
     print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
     from functools import partial
     from pathlib import Path
 
     from gliofed.data.dataset import CaseDataset
     from gliofed.engine import predict, resolve_device
     from gliofed.errors import ConfigError
+    from gliofed.fileio import atomic_write_text, to_json, write_csv
     from gliofed.inference import check_preprocessing, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
     from gliofed.runs import load_checkpoint
@@ -333,12 +350,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cleaning = args.min_component > 0 or args.keep_largest
     postprocess = partial(postprocess_mask, min_voxels=args.min_component, keep_largest=args.keep_largest)
     predictions = predict(model, dataset, device=args.device or "auto", postprocess=postprocess if cleaning else None)
-    predictions.to_csv(out / "predictions.csv", index=False)
+    write_csv(out / "predictions.csv", predictions)
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
     table3 = results_table(tables["classification"])
-    tables["classification"].to_csv(out / "metrics_classification.csv", index=False)
-    tables["segmentation"].to_csv(out / "metrics_segmentation.csv", index=False)
-    table3.to_csv(out / "table3.csv")
+    write_csv(out / "metrics_classification.csv", tables["classification"])
+    write_csv(out / "metrics_segmentation.csv", tables["segmentation"])
+    write_csv(out / "table3.csv", table3, index=True)
     summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
                "modalities": list(config.modalities),
                "classification": tables["classification"].to_dict(orient="records"),
@@ -348,10 +365,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cleaned = predictions.drop(columns=raw)
         cleaned = cleaned.rename(columns=lambda c: c.removeprefix("pp_"))
         pp_table = segmentation_metrics(cleaned)
-        pp_table.to_csv(out / "metrics_segmentation_postprocessed.csv", index=False)
+        write_csv(out / "metrics_segmentation_postprocessed.csv", pp_table)
         summary["postprocessing"] = {"min_voxels": args.min_component, "keep_largest": args.keep_largest}
         summary["segmentation_postprocessed"] = pp_table.to_dict(orient="records")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "metrics.json", to_json(summary, indent=2))
     has_masks = bool(predictions["has_mask"].any())
     print(table3.to_string() if len(table3) else f"no marker labels among the {args.split} cases: no classification "
           "metrics")
@@ -368,7 +385,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair"]].to_dict()}
                  for s in dataset.index["subject_id"]]
         predict_cases(args.checkpoint, cases, out / "nifti", size=size, device=args.device or "auto",
-                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False)
+                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False,
+                      overwrite=True)  # evaluate's own folder: re-running it replaces its outputs
         print(f"wrote {len(cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
     return 0
@@ -390,7 +408,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cases = [{"subject_id": args.subject or subject_name(given.get("flair") or next(iter(given.values()))),
                   **given}]
     table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
-                          min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1)
+                          min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1,
+                          overwrite=args.overwrite, inputs=(args.manifest,) if args.manifest else ())
     for row in table.itertuples():
         print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
     print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
@@ -491,7 +510,7 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_postprocessing(p) -> None:
-    p.add_argument("--min-component", type=int, default=0, metavar="N",
+    p.add_argument("--min-component", type=non_negative_int, default=0, metavar="N",
                    help="post-processing: remove tumour components smaller than N voxels (default 0: off)")
     p.add_argument("--keep-largest", action="store_true",
                    help="post-processing: keep only the largest tumour component (default off)")
@@ -506,8 +525,11 @@ def _add_predict(commands) -> None:
     p.add_argument("--manifest", help="many cases: a CSV with subject_id and t1, t1ce, t2, flair path columns")
     p.add_argument("--out", required=True, help="folder for <subject>_seg.nii.gz, <subject>_markers.json and "
                    "predictions.csv")
-    p.add_argument("--size", type=int, help="in-plane size (default: the checkpoint's; another value is refused)")
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: the checkpoint's; another value is refused)")
+    p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace earlier predictions in --out (default: refused; inputs are never overwritten)")
     _add_postprocessing(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from gliofed.errors import ManifestError
+from gliofed.fileio import write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, SPLITS
 
 __all__ = [
@@ -233,5 +234,4 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         else:
             values = ["" if _blank(v) else str(v) for v in values]
         out[column] = values
-    out.to_csv(path, index=False)
-    return path
+    return write_csv(path, out)

@@ -19,7 +19,8 @@ from gliofed.data.sources.common import CuratedCase
 from gliofed.data.sources.others import curate_egd, curate_rembrandt, curate_ucsf
 from gliofed.data.sources.tcga import curate_tcga
 from gliofed.data.sources.upenn import curate_upenn
-from gliofed.errors import DataError
+from gliofed.errors import DataError, first_line
+from gliofed.fileio import write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["SOURCES", "EXTRA_COLUMNS", "CurationResult", "curate", "merge_manifests", "CuratedCase"]
@@ -94,9 +95,9 @@ class CurationResult:
         """Write the manifest to ``out`` and the report next to it (``<out stem>.report.csv``)."""
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        self.manifest(out.resolve().parent).to_csv(out, index=False)
+        write_csv(out, self.manifest(out.resolve().parent))
         report = out.with_name(f"{out.stem}.report.csv")
-        self.report.to_csv(report, index=False)
+        write_csv(report, self.report)
         return out, report
 
     def __str__(self) -> str:
@@ -144,7 +145,12 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: manifest file not found.")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the manifest is empty (no header, no rows).") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: not a readable CSV file ({first_line(error)}).") from None
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: not a manifest (lacks {', '.join(missing)}).")
@@ -156,6 +162,9 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
                 frame[column] = ""
         frames.append(frame.assign(source_file=path.name))
     merged = pd.concat(frames, ignore_index=True)
+    if merged.empty:
+        raise DataError(f"{', '.join(str(p) for p in paths)}: no subjects to merge (every manifest has only a "
+                        "header).")
     owner: dict[str, str] = {}  # any ID of a patient in a source dataset -> that row's subject ID
     for row in merged[merged["dataset"] != "brats2021"].itertuples(index=False):
         for identifier in {row.subject_id, *(a for a in row.aliases.split(";") if a)}:
@@ -182,7 +191,7 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
     for column in (*MODALITIES, "seg"):
         result[column] = [relative_path(p, root) for p in result[column]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    result[[*COLUMNS, *EXTRA_COLUMNS]].to_csv(out, index=False)
+    write_csv(out, result[[*COLUMNS, *EXTRA_COLUMNS]])
     table = pd.DataFrame(duplicates, columns=["subject_id", "dataset", "file", "duplicate_of", "reason"])
-    table.to_csv(out.with_name(f"{out.stem}.duplicates.csv"), index=False)
+    write_csv(out.with_name(f"{out.stem}.duplicates.csv"), table)
     return result, table
