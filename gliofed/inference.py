@@ -33,7 +33,8 @@ from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "preprocessing_of_cache", "check_preprocessing", "check_outputs", "output_paths", "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "check_outputs", "check_scans", "output_paths",
+           "BRATS_LABELS"]
 
 #: in-memory class -> BraTS label written to NIfTI
 BRATS_LABELS = np.array([0, 1, 2, 4], dtype=np.uint8)
@@ -143,6 +144,36 @@ def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool
     return labels
 
 
+def check_scans(subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
+    """Every contrast given for ``subject`` must exist, and its header must declare no more data than its file can
+    hold (:func:`~gliofed.data.check.nifti_size_problem`: the header only, read before torch is even imported, so a
+    forged size allocates nothing).
+
+    Args:
+        subject: the case's name (for messages).
+        paths: contrast -> NIfTI path (blank/None where absent; other keys are ignored).
+
+    Returns:
+        contrast -> path of every contrast given.
+
+    Raises:
+        DataError: one sentence naming the subject, contrast and file.
+    """
+    from gliofed.data.check import nifti_size_problem, read_error
+
+    given = {k: str(v) for k, v in paths.items() if k in MODALITIES and v}
+    for key, path in given.items():
+        if not Path(path).is_file():
+            raise DataError(f"subject {subject}: {key} file {path} not found.")
+        try:
+            problem = nifti_size_problem(path)
+        except Exception as error:  # any reader failure is one sentence
+            problem = read_error(path, error)
+        if problem is not None:
+            raise DataError(f"subject {subject}: {key} file {path}: {problem}.")
+    return given
+
+
 class Predictor:
     """A loaded checkpoint ready to predict cases from NIfTI files.
 
@@ -173,26 +204,14 @@ class Predictor:
         self.min_voxels, self.keep_largest = min_voxels, keep_largest
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
-        """The model's contrasts must all be given and exist, and each header must declare no more data than its
-        file can hold (:func:`~gliofed.data.check.nifti_size_problem`, read without allocating); returns key -> path
-        of every contrast given."""
-        from gliofed.data.check import nifti_size_problem, read_error
-
+        """The model's contrasts must all be given, exist and pass :func:`check_scans`; returns key -> path of every
+        contrast given."""
         given = {k: str(v) for k, v in paths.items() if k in MODALITIES and v}
         missing = [m for m in self.modalities if m not in given]
         if missing:
             raise ConfigError(f"subject {subject}: the model needs {', '.join(self.modalities)} but "
                               f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing.")
-        for key, path in given.items():
-            if not Path(path).is_file():
-                raise DataError(f"subject {subject}: {key} file {path} not found.")
-            try:
-                problem = nifti_size_problem(path)
-            except Exception as error:  # any reader failure is one sentence
-                problem = read_error(path, error)
-            if problem is not None:
-                raise DataError(f"subject {subject}: {key} file {path}: {problem}.")
-        return given
+        return check_scans(subject, given)
 
     def predict_case(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict:
         """Predict one case.
@@ -348,8 +367,8 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
                   inputs: tuple[str | Path, ...] = ()) -> pd.DataFrame:
     """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
 
-    Everything that can be checked is checked before any work (:func:`check_outputs`, then the model and every
-    case's inputs, :meth:`Predictor.check_inputs`).
+    Everything that can be checked is checked before any work: :func:`check_outputs`, every case's scans
+    (:func:`check_scans`), then the model and the contrasts it needs (:meth:`Predictor.check_inputs`).
 
     Args:
         checkpoint: the model (see :class:`Predictor`).
@@ -367,6 +386,8 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
     from tqdm.auto import tqdm
 
     check_outputs(out_dir, cases, overwrite, inputs)
+    for case in cases:  # scans' headers before the model (and torch) is loaded
+        check_scans(str(case["subject_id"]), case)
     predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest)
     for case in cases:  # every input checked before any work
         predictor.check_inputs(str(case["subject_id"]), case)

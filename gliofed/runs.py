@@ -13,7 +13,7 @@ Layout of ``OUT/``::
     history_sites.csv      one row per round and site
     history.json           per-round records of a Flower run
     predictions_test.csv   the last round's test predictions of every evaluated model (column ``model``)
-    .lock                  while ``gliofed train`` writes the folder: its PID and host (a second run is refused)
+    .train.lock            while ``gliofed train`` writes the folder: its PID and host (a second run is refused)
 
 A checkpoint is the pair ``<name>.safetensors`` + ``<name>.json``: loading it never runs code, so a model
 handed over by a partner hospital is safe to open. Old pickle checkpoints (``model.ckpt``, ``state.pt``) are
@@ -415,7 +415,7 @@ class TrainingRun:
     SITE_HISTORY = "history_sites.csv"
     ROUNDS = "history.json"
     PREDICTIONS = "predictions_test.csv"
-    LOCK = ".lock"
+    LOCK = ".train.lock"
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out_dir = Path(out_dir)

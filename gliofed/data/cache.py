@@ -325,8 +325,6 @@ def _worker_init() -> None:
 
 def _preprocess_one(task: tuple[dict, int, str]) -> dict:
     """Run the pipeline on one case and write it; return its status, reason, shape, files and geometry."""
-    from gliofed.data.transforms import preprocess_pipeline
-
     row, size, cache_dir = task
     subject = row["subject_id"]
     with_seg = _uses_mask(row)
@@ -340,6 +338,8 @@ def _preprocess_one(task: tuple[dict, int, str]) -> dict:
             too_large = None
         if too_large is not None:
             return {"status": "skipped", "reason": f"{Path(row[key]).name}: {too_large}"}
+    from gliofed.data.transforms import preprocess_pipeline  # MONAI and torch: only for a case that passed
+
     try:
         out = preprocess_pipeline(size, with_seg)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
                                                    **({"seg": row["seg"]} if with_seg else {})})

@@ -50,14 +50,16 @@ def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, ro
 def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int,
                    **kwargs) -> tuple[torch.nn.Module, History]:
     """:func:`run_experiment` into the run folder ``run_dir``, then save its final model, history tables and config
-    there (:class:`~gliofed.runs.TrainingRun`). ``kwargs`` go to :func:`run_experiment`."""
+    there (:class:`~gliofed.runs.TrainingRun`), holding the folder's lock throughout (another live writer is a
+    :class:`~gliofed.errors.RunLockedError`). ``kwargs`` go to :func:`run_experiment`."""
     run = TrainingRun(run_dir)
-    model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
-    run.save_model(model, config, epoch=rounds,
-                   extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)},
-                   preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
-    run.save_history(history)
-    run.save_config(config)
+    with run.lock():  # one writer per run folder (re-entrant: `gliofed train` already holds it)
+        model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
+        run.save_model(model, config, epoch=rounds,
+                       extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)},
+                       preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
+        run.save_history(history)
+        run.save_config(config)
     return model, history
 
 
