@@ -1228,8 +1228,10 @@ def _bomb_verdict(res: Result, named: bool) -> tuple[bool, str]:
     tried = "MemoryError" in res.out + res.err
     ok = named and not tried and not res.traceback and peak is not None and peak < 200
     clean = _clean(res)
-    text = described(clean) if res.rc != 0 else f"exit 0; {short(' '.join(_lines(res.out))[:200], 150)}"
-    return ok, f"peak RSS {peak:.0f} MB (cap 4 GB); " + text if peak is not None else text
+    said = next((line for line in _lines(clean.out + "\n" + clean.err) if "bomb" in line or "_t1" in line
+                 or "rror" in line), "")
+    text = f"exit {res.rc}" + (f"; {short(said, 170)}" if said else "") if not res.traceback else described(clean)
+    return ok, (f"peak RSS {peak:.0f} MB (cap 4 GB); " if peak is not None else "") + text
 
 
 @probe(7, "7a", "predict --out the case's own folder (its ground truth x_seg.nii.gz beside the scans)")
