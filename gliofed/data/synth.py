@@ -53,7 +53,7 @@ from gliofed.data.parallel import process_map
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
-from gliofed.fileio import atomic_write_text, to_json, write_csv
+from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
 from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
 from gliofed.vocab import MARKERS, MODALITIES
 
@@ -472,7 +472,7 @@ def _write_subject(task: tuple) -> dict:
         image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
         image.header.set_xyzt_units("mm")
         path = folder / f"{subject_id}_{key}.nii.gz"
-        nib.save(image, path)
+        atomic_write(path, lambda tmp, image=image: nib.save(image, tmp), keep_suffix=True)
         row[key] = str(path)
     rng = np.random.default_rng((*seed, 7))  # label availability, independent of the image draw
     for marker in MARKERS:
