@@ -157,6 +157,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             from gliofed.presets import cohort_preset
 
             cohort_preset(args.manifest)
+        if args.aggregation != "mean" and args.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"--aggregation {args.aggregation} applies to fedavg and fedprox, not {args.strategy}.")
         if args.distill_init == "real_unsafe" and not args.allow_real_init:
             raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
                               "refuses it unless you, as their operator, also pass --allow-real-init.")
@@ -297,14 +299,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
                                                           init=args.distill_init).items() if v is not None}}
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
+        from gliofed.data.manifest import manifest_fingerprint
         from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
 
-        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
+        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed, args.aggregation)
         run = TrainingRun(args.out)
         if not run.has_state:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
-        check_resume(run.load_state(), strategy, config, args.out)
+        data = {"manifest": manifest_fingerprint(args.manifest), "external_site": args.external_site}
+        if args.size is not None:
+            data["size"] = args.size
+        check_resume(run.load_state(), strategy, config, args.out, data)  # the cached cases: once refreshed
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
     with TrainingRun(args.out).lock():  # a second train into this folder is refused before any work
         size = args.size
@@ -315,7 +321,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
         _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
                                     mu=args.mu, distill=distill, external_site=args.external_site,
-                                    min_sites=args.min_sites, resume=args.resume, policy=policy)
+                                    min_sites=args.min_sites, resume=args.resume, policy=policy,
+                                    aggregation=args.aggregation, manifest=args.manifest)
     print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
@@ -464,6 +471,9 @@ def _add_train(commands) -> None:
     p.add_argument("--rounds", type=positive_int, help="federated rounds (default 5; centralized: one per epoch)")
     p.add_argument("--local-epochs", type=positive_int, default=1, help="epochs per site per round (default 1)")
     p.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx proximal weight (default 0.01)")
+    p.add_argument("--aggregation", default="mean", choices=["mean", "median", "trimmed-mean"],
+                   help="fedavg/fedprox: how the server combines site weights (default mean, weighted by cases; "
+                        "median and trimmed-mean resist a poisoned site)")
     p.add_argument("--synthetic", type=positive_int, help="distill: synthetic volumes per site (default 3)")
     p.add_argument("--distill-steps", type=non_negative_int, help="distill: condensation steps per round (default 30)")
     p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"])

@@ -458,16 +458,20 @@ class TrainingRun:
         return self.path(self.STATE).is_file() or self.path(self.LEGACY_STATE).is_file()
 
     def save_state(self, rnd: int, model: torch.nn.Module, strategy_state: dict, history: list[dict],
-                   config: TrainConfig) -> Path:
+                   config: TrainConfig, data: dict | None = None) -> Path:
         """Write what :meth:`load_state` needs to resume after round ``rnd`` (arrays of the strategy state, e.g.
-        local-only's per-site weights, go to the safetensors file; the rest to JSON)."""
+        local-only's per-site weights, go to the safetensors file; the rest to JSON). ``data``: what the run trains
+        on (manifest and cases fingerprints, cache settings; a resume must match it)."""
         model = getattr(model, "_orig_mod", model)
         state = {"round": rnd, "model": dict(model.state_dict()), "strategy": strategy_state, "history": history,
                  "config": config.to_dict()}
+        if data is not None:
+            state["data"] = data
         return _save_pair(self.path(self.STATE), state)
 
     def load_state(self) -> dict:
-        """The last saved round: ``round``, ``model`` (state dict), ``strategy``, ``history``, ``config``."""
+        """The last saved round: ``round``, ``model`` (state dict), ``strategy``, ``history``, ``config`` and, when
+        saved, ``data``."""
         if not self.path(self.STATE).is_file() and self.path(self.LEGACY_STATE).is_file():
             legacy = self.path(self.LEGACY_STATE)
             if _is_pickle(legacy):

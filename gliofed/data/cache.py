@@ -46,7 +46,7 @@ from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
            "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",
-           "verify_case"]
+           "verify_case", "cache_fingerprint"]
 
 #: bump when the pipeline changes so that every cache entry is invalidated
 #: (2: checksums, sizes and grid geometry in the index, settings.json)
@@ -484,6 +484,23 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
         raise CacheError(f"{path}: unreadable cache index ({type(error).__name__}); delete the cache folder and run "
                          "`gliofed preprocess` again.") from error
     return index
+
+
+def cache_fingerprint(cache_dir: str | Path) -> str:
+    """What a run trained and tested on, in 16 hex digits: SHA-256 over every cached case's subject, site, split,
+    labels and the checksums of its files (content, not paths or times), in subject order. Equal for the same
+    cases preprocessed the same way, different when any case, label, split or pixel differs.
+
+    Args:
+        cache_dir: the cache folder.
+
+    Raises:
+        CacheError: no cache index there.
+    """
+    index = read_index(cache_dir)
+    columns = ["subject_id", "site", "split", *MARKERS, "has_mask", "image_sha256", "seg_sha256"]
+    rows = index[columns].astype(str).sort_values("subject_id").to_numpy().tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def case_spacing(record: Mapping) -> tuple[float, float, float]:

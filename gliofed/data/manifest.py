@@ -45,6 +45,7 @@ __all__ = [
     "check_safe_names",
     "absolute_path",
     "relative_path",
+    "manifest_fingerprint",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -103,6 +104,13 @@ def check_safe_names(manifest: pd.DataFrame, source: str | Path) -> None:
             if reason is not None:
                 raise ManifestError(f"{source}: row {number}: {column} {str(value)!r} is not a safe file name "
                                     f"({reason}); run `gliofed check` to list every problem.")
+
+
+def manifest_fingerprint(path: str | Path) -> str:
+    """The manifest file's SHA-256 in 16 hex digits (its bytes: a copy elsewhere has the same fingerprint)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def absolute_path(value: str, base: str | Path) -> str:

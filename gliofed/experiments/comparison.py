@@ -18,7 +18,29 @@ from gliofed.federated.site.policy import SitePolicy
 from gliofed.inference import preprocessing_of_cache
 from gliofed.runs import TrainingRun
 
-__all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions"]
+__all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions", "data_record"]
+
+
+def data_record(cache_dir: str | Path, external_site: str | None = None, manifest: str | Path | None = None) -> dict:
+    """What a run trains and tests on, recorded with its state so that a resume on other data is refused
+    (:func:`~gliofed.federated.simulate.check_resume`): the cached cases' fingerprint
+    (:func:`~gliofed.data.cache.cache_fingerprint`), the cache's in-plane size and preprocessing version, the site
+    held out and, when given, the manifest's fingerprint.
+
+    Args:
+        cache_dir: the cache the run reads.
+        external_site: the site held out of training (None: none).
+        manifest: the manifest the cache was made from (None: not recorded).
+    """
+    from gliofed.data.cache import cache_fingerprint, read_settings
+    from gliofed.data.manifest import manifest_fingerprint
+
+    settings = read_settings(cache_dir) or {}
+    record = {"cases": cache_fingerprint(cache_dir), "size": settings.get("size"),
+              "preprocess_version": settings.get("preprocess_version"), "external_site": external_site}
+    if manifest is not None:
+        record["manifest"] = manifest_fingerprint(manifest)
+    return record
 
 
 def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
@@ -35,16 +57,19 @@ def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
 def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
                    mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
                    min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True, policy: SitePolicy | None = None) -> tuple[torch.nn.Module, History]:
+                   progress: bool = True, policy: SitePolicy | None = None, aggregation: str = "mean",
+                   manifest: str | Path | None = None) -> tuple[torch.nn.Module, History]:
     """Train ``strategy`` (a name of :data:`~gliofed.federated.server.strategies.STRATEGIES`) for ``rounds`` rounds over
     the sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
-    ``policy``: every site's :class:`SitePolicy` (default: the default policy)."""
-    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed)
+    ``policy``: every site's :class:`SitePolicy` (default: the default policy). ``aggregation``: FedAvg's and
+    FedProx's (``mean``, ``median``, ``trimmed-mean``). ``manifest``: the cache's manifest, whose fingerprint the
+    run's :func:`data_record` keeps (a resume on other data is refused)."""
+    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed, aggregation)
     sites = build_sites(cache_dir, chosen, config, external_site, policy)
     test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
                        external_site=external_site)
     return simulate(chosen, sites, test, config, rounds, min_sites=min_sites, checkpoint_dir=checkpoint_dir,
-                    resume=resume, progress=progress)
+                    resume=resume, progress=progress, data=data_record(cache_dir, external_site, manifest))
 
 
 def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int,

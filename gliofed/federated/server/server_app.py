@@ -4,6 +4,7 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 --run-config 'strategy="distill" num-server-rounds=5'``):
 
 ``strategy`` (fedavg | fedprox | distill), ``num-server-rounds``, ``local-epochs``, ``mu`` (FedProx),
+``aggregation`` (fedavg/fedprox: mean | median | trimmed-mean),
 ``preset`` (training recipe and distillation preset: tiny | workshop | paper), ``seed``, ``modalities``,
 ``size`` (in-plane size sites preprocess to), ``min-nodes`` (nodes to wait for before round 1),
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
@@ -154,7 +155,8 @@ def main(grid: Grid, context: Context) -> None:
     config = preset.train.replace(seed=seed, device="cpu",
                                   modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
     distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
-    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed)
+    strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed,
+                             str(cfg.get("aggregation", "mean")))
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
