@@ -261,7 +261,8 @@ def _pid_alive(pid: int) -> bool:
 @contextlib.contextmanager
 def folder_lock(folder: str | Path, who: str, what: str, error: type[GliofedError] = GliofedError,
                 name: str = ".lock", reentrant: bool = False) -> Iterator[Path]:
-    """Hold ``folder/.lock`` (PID and host) while a command writes ``folder``: the cache's and the run folder's lock.
+    """Hold ``folder/<name>`` (PID, host and who) while a command writes ``folder``: the cache's and the run folder's
+    lock.
 
     A lock of a live process is refused with ``error``; a lock left by a dead process on this host (a killed
     command) is taken over. (Two writers taking over the same stale lock at the same instant could both proceed;
@@ -270,7 +271,8 @@ def folder_lock(folder: str | Path, who: str, what: str, error: type[GliofedErro
 
     Args:
         folder: the folder (created).
-        who: the command that writes it, for the message (``"preprocess"``, ``"gliofed train"``).
+        who: the command that writes it (``"preprocess"``, ``"gliofed train"``), recorded in the lock so that
+            another writer's refusal names the holder.
         what: the folder's kind, for the message (``"cache"``, ``"run folder"``).
         error: the exception raised when another live process holds the lock.
         name: the lock file's name (default ``.lock``).
@@ -292,8 +294,8 @@ def folder_lock(folder: str | Path, who: str, what: str, error: type[GliofedErro
             _HELD[key] -= 1
         return
     host = socket.gethostname()
-    tmp = atomic_write_text(folder / f"{name}.{os.getpid()}{TMP_SUFFIX}", json.dumps({"pid": os.getpid(),
-                                                                                       "host": host}))
+    tmp = atomic_write_text(folder / f"{name}.{os.getpid()}{TMP_SUFFIX}",
+                            json.dumps({"pid": os.getpid(), "host": host, "who": who}))
     try:
         for _attempt in range(3):
             try:
@@ -303,14 +305,15 @@ def folder_lock(folder: str | Path, who: str, what: str, error: type[GliofedErro
                 try:
                     holder = json.loads(lock.read_text())
                     pid, holder_host = int(holder["pid"]), str(holder["host"])
+                    holder_who = str(holder.get("who") or who)
                 except FileNotFoundError:
                     continue  # released meanwhile: try again
-                except (ValueError, KeyError, TypeError):
-                    pid, holder_host = -1, host  # unreadable: not written by a live gliofed
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    pid, holder_host, holder_who = -1, host, who  # unreadable: not written by a live gliofed
                 if holder_host != host or (pid > 0 and _pid_alive(pid)):
                     where = f"PID {pid}" + ("" if holder_host == host else f" on {holder_host}")
-                    raise error(f"{folder}: another {who} ({where}) is writing this {what}; wait for it, or delete "
-                                f"{lock} if it is no longer running.") from None
+                    raise error(f"{folder}: another {holder_who} ({where}) is writing this {what}; wait for it, or "
+                                f"delete {lock} if it is no longer running.") from None
                 lock.unlink(missing_ok=True)  # stale: its writer is dead
         else:
             raise error(f"{folder}: could not take the {what} lock {lock}; try again.")

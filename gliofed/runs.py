@@ -427,15 +427,17 @@ class TrainingRun:
         """The path of one of the run's files (e.g. ``TrainingRun.MODEL``)."""
         return self.out_dir / name
 
-    def lock(self):
-        """A context manager holding the run folder's lock (``.lock``: PID and host, the cache's mechanism,
+    def lock(self, who: str = "gliofed train"):
+        """A context manager holding the run folder's lock (:attr:`LOCK`: PID and host, the cache's mechanism,
         :func:`~gliofed.fileio.folder_lock`) while a command writes the run; re-entrant within this process.
+
+        Args:
+            who: the writer, as another writer's refusal names it (default ``"gliofed train"``).
 
         Raises:
             RunLockedError: another live process is writing this run folder.
         """
-        return folder_lock(self.out_dir, "gliofed train", "run folder", RunLockedError, name=self.LOCK,
-                           reentrant=True)
+        return folder_lock(self.out_dir, who, "run folder", RunLockedError, name=self.LOCK, reentrant=True)
 
     # the final model ------------------------------------------------------------------------------------------
     @property

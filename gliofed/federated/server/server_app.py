@@ -168,9 +168,11 @@ def main(grid: Grid, context: Context) -> None:
         raise FederationError(f"min-sites={min_sites} must be between 1 and the {len(nodes)} connected site(s).")
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
     timeout = float(cfg.get("round-timeout", 600))
-    history = run_rounds(strategy, model, list(nodes), config, lambda rnd: flower_exchange(grid, nodes, rnd, timeout),
-                         rounds, min_sites=min_sites, max_payload_bytes=MAX_PAYLOAD_BYTES,
-                         after_round=lambda rnd, history: run.save_rounds(name, history))
-    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
-                   preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
+    with run.lock("Flower ServerApp"):  # one writer per run folder, as `gliofed train`
+        history = run_rounds(strategy, model, list(nodes), config,
+                             lambda rnd: flower_exchange(grid, nodes, rnd, timeout), rounds, min_sites=min_sites,
+                             max_payload_bytes=MAX_PAYLOAD_BYTES,
+                             after_round=lambda rnd, history: run.save_rounds(name, history))
+        run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
+                       preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
     log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))
