@@ -33,11 +33,67 @@ from scipy import optimize, special
 
 from gliofed.errors import ConfigError
 
-__all__ = ["gaussian_sigma", "gaussian_delta", "classic_gaussian_sigma", "clip_rows", "gaussian_sum", "Accountant",
-           "noise_multiplier_for", "DPSGD", "check_no_batchnorm", "ACCOUNTANTS"]
+__all__ = ["DPSettings", "MECHANISMS", "gaussian_sigma", "gaussian_delta", "classic_gaussian_sigma", "clip_rows",
+           "gaussian_sum", "Accountant", "noise_multiplier_for", "DPSGD", "check_no_batchnorm", "ACCOUNTANTS"]
 
 #: accountants :class:`Accountant` knows: Opacus's RDP (default) and PRV accountants
 ACCOUNTANTS = ("rdp", "prv")
+
+#: DP mechanisms a request may ask for: none; DP-SGD (train); the clipped and noised update (train, as Flower's
+#: local DP mod); the Gaussian mechanism on the distillation payload's summaries (distill)
+MECHANISMS = ("off", "dp_sgd", "clipped_update", "gaussian")
+
+
+@dataclass(frozen=True)
+class DPSettings:
+    """The differential-privacy dial of a request (default off: the shipped behaviour).
+
+    Attributes:
+        mechanism: ``"off"`` (default), ``"dp_sgd"`` (train: per-case clipped and noised gradients, :class:`DPSGD`;
+            needs a GroupNorm model), ``"clipped_update"`` (train: the whole update clipped to ``max_norm`` and
+            noised once before it leaves, as Flower's local DP mod does; its sensitivity under adding or removing a
+            patient is ``2 * max_norm``) or ``"gaussian"`` (distill: every released summary through the Gaussian
+            mechanism with per-case clipping).
+        noise_multiplier: z, noise standard deviation over the clipping norm (default 1.0).
+        max_norm: clipping norm C of a case's gradient, of the update, or of a case's contribution to the summaries
+            (default 1.0).
+        delta: the delta epsilon is reported at (default 1e-5).
+    """
+
+    mechanism: str = "off"
+    noise_multiplier: float = 1.0
+    max_norm: float = 1.0
+    delta: float = 1e-5
+
+    def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ConfigError(f"DP mechanism {self.mechanism!r} is not one of {', '.join(MECHANISMS)}.")
+        for name in ("noise_multiplier", "max_norm"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ConfigError(f"DP {name} must be a positive finite number, not {value!r}.")
+        if isinstance(self.delta, bool) or not isinstance(self.delta, (int, float)) or not 0 < self.delta < 1:
+            raise ConfigError(f"DP delta must be in (0, 1), not {self.delta!r}.")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any mechanism is on."""
+        return self.mechanism != "off"
+
+    @classmethod
+    def from_dict(cls, values: dict | None) -> DPSettings:
+        """From a request's ``dp`` settings (None or {}: off); an unknown key is a :class:`ConfigError`."""
+        values = dict(values or {})
+        known = {"mechanism", "noise_multiplier", "max_norm", "delta"}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown DP setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {"mechanism": self.mechanism, "noise_multiplier": float(self.noise_multiplier),
+                "max_norm": float(self.max_norm), "delta": float(self.delta)}
 
 
 def _check_budget(epsilon: float, delta: float) -> None:
