@@ -34,7 +34,8 @@ from scipy import optimize, special
 from gliofed.errors import ConfigError
 
 __all__ = ["DPSettings", "MECHANISMS", "gaussian_sigma", "gaussian_delta", "classic_gaussian_sigma", "clip_rows",
-           "gaussian_sum", "Accountant", "noise_multiplier_for", "DPSGD", "check_no_batchnorm", "ACCOUNTANTS"]
+           "gaussian_sum", "gaussian_release", "Accountant", "noise_multiplier_for", "DPSGD", "check_no_batchnorm",
+           "ACCOUNTANTS"]
 
 #: accountants :class:`Accountant` knows: Opacus's RDP (default) and PRV accountants
 ACCOUNTANTS = ("rdp", "prv")
@@ -196,6 +197,49 @@ def gaussian_sum(rows: np.ndarray, max_norm: float, noise_multiplier: float,
     return total + rng.normal(0.0, noise_multiplier * max_norm, size=total.shape)
 
 
+def gaussian_release(pieces: dict[str, np.ndarray], max_norm: float, noise_multiplier: float,
+                     rng: np.random.Generator, weights: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+    """Several sums over the same records released by one Gaussian mechanism: record i contributes
+    ``weights[name] * pieces[name][i]`` to every piece, all flattened into one vector that is clipped to
+    ``max_norm`` (:func:`clip_rows`) before summing, so that adding or removing one record moves the whole release
+    by at most ``max_norm``; the noised sums are divided by the weights again. Account it as one step of
+    ``noise_multiplier`` at sample rate 1.
+
+    A weight spends the clipping budget: a piece with weight w gets noise of standard deviation
+    ``noise_multiplier * max_norm / w`` in its own units; choose weights so that a typical record's contribution
+    is not clipped away (e.g. a count gets weight ~1, a feature vector of norm ~10 weight ~0.1).
+
+    Args:
+        pieces: name -> (N, ...) per-record contributions (the same N for all).
+        max_norm: clipping norm C of a record's whole weighted contribution.
+        noise_multiplier: z.
+        rng: NumPy generator of the noise.
+        weights: name -> weight (default 1.0 each).
+
+    Returns:
+        name -> noised sum, shape ``pieces[name].shape[1:]``.
+    """
+    names = sorted(pieces)
+    if not names:
+        return {}
+    counts = {len(np.asarray(pieces[name])) for name in names}
+    if len(counts) != 1:
+        raise ConfigError(f"every piece of a release needs one row per record; found {sorted(counts)} rows.")
+    weights = {name: float((weights or {}).get(name, 1.0)) for name in names}
+    if any(not w > 0 for w in weights.values()):
+        raise ConfigError(f"release weights must be positive, not {weights}.")
+    n = counts.pop()
+    flat = [np.asarray(pieces[name], np.float64).reshape(n, -1) * weights[name] for name in names]
+    total = gaussian_sum(np.concatenate(flat, axis=1), max_norm, noise_multiplier, rng)
+    out, start = {}, 0
+    for name, block in zip(names, flat):
+        width = block.shape[1]
+        shape = np.asarray(pieces[name]).shape[1:]
+        out[name] = (total[start:start + width] / weights[name]).reshape(shape)
+        start += width
+    return out
+
+
 @dataclass
 class Accountant:
     """Privacy spent by a sequence of (sub)sampled Gaussian mechanisms, by a standard accountant (Opacus's).
@@ -283,7 +327,12 @@ def check_no_batchnorm(model, what: str = "DP-SGD") -> None:
     the cases of a batch and keeps running statistics that would leave un-noised."""
     from opacus.validators import ModuleValidator
 
-    errors = ModuleValidator.validate(model, strict=False)
+    training = model.training
+    model.train()  # Opacus validates a model in training mode (BatchNorm in eval mode would pass, wrongly)
+    try:
+        errors = ModuleValidator.validate(model, strict=False)
+    finally:
+        model.train(training)
     if errors:
         raise ConfigError(f"{what} needs a model without BatchNorm (build it with norm='group'): "
                           f"{str(errors[0]).split('.')[0]}.")

@@ -134,3 +134,19 @@ def test_dpsgd_clips_each_case_and_accounts_every_step_even_an_empty_one():
     assert moved <= 0.01 + 1e-6  # 4 cases clipped to 0.01 each, averaged over the expected 4: at most 0.01
     private.step([])  # nobody sampled: the step is noise only, and it is accounted
     assert private.accountant.history == [(1e-9, 0.5, 2)] and private.steps_per_epoch == 2
+
+
+def test_gaussian_release_unweights_the_sums_and_one_record_moves_it_by_at_most_the_clip():
+    rng = np.random.default_rng(0)
+    pieces = {"count": np.ones((6, 2)), "feature": rng.normal(0, 5, (6, 3, 4))}
+    weights = {"count": 0.5, "feature": 0.05}
+    quiet = dp.gaussian_release(pieces, 1e3, 1e-12, np.random.default_rng(1), weights)
+    assert quiet["feature"].shape == (3, 4) and np.allclose(quiet["count"], [6, 6])
+    assert np.allclose(quiet["feature"], pieces["feature"].sum(0))
+    with_all = dp.gaussian_release(pieces, 1.0, 1e-12, np.random.default_rng(1), weights)
+    without_last = dp.gaussian_release({k: v[:-1] for k, v in pieces.items()}, 1.0, 1e-12,
+                                       np.random.default_rng(1), weights)
+    moved = np.sqrt(sum(((weights[k] * (with_all[k] - without_last[k])) ** 2).sum() for k in pieces))
+    assert moved <= 1.0 + 1e-9
+    with pytest.raises(ConfigError, match="one row per record"):
+        dp.gaussian_release({"a": np.ones((3, 2)), "b": np.ones((4, 2))}, 1.0, 1.0, rng)
