@@ -346,6 +346,30 @@ def leakage_table(summary: pd.DataFrame, device: str, date: str) -> pd.DataFrame
     return table
 
 
+def _cell(row, metric: str) -> str:
+    value, lo, hi = row[metric], row.get(f"{metric}_lo"), row.get(f"{metric}_hi")
+    if not np.isfinite(value):
+        return "n/a"
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if lo is not None and np.isfinite(lo) else f"{value:.3f}"
+
+
+def markdown(table: pd.DataFrame, mode_name: str, mode: dict, device: str, date: str) -> str:
+    """The RESULTS.md table: one row per attacked release (online LiRA), mean over seeds [95 % interval]."""
+    lines = [f"Mode `{mode_name}`: {len(mode['seeds'])} seeds ({', '.join(map(str, mode['seeds']))}), "
+             f"{mode.get('runs_used', mode['runs'])} runs per seed, online LiRA leave-one-run-out; {device}; {date}.",
+             "", "| strategy | what is attacked | noise multiplier | epsilon (delta 1e-5) | TPR at 1 % FPR | "
+             "TPR at 0.1 % FPR | AUC | non-member pairs per seed |", "|---|---|---|---|---|---|---|---|"]
+    for _, row in table.iterrows():
+        sigma = row.get("noise_multiplier", -1)
+        sigma = "off" if sigma is None or not np.isfinite(sigma) or sigma <= 0 else f"{sigma:g}"
+        eps = row.get("epsilon", np.inf)
+        eps = f"{eps:.1f}" if eps is not None and np.isfinite(eps) else "inf (no DP)"
+        lines.append(f"| {row['strategy']} | {row['target'].replace('_', ' ')} | {sigma} | {eps} | "
+                     f"{_cell(row, 'tpr@0.01')} | {_cell(row, 'tpr@0.001')} | {_cell(row, 'auc')} | "
+                     f"{int(row['n_nonmembers'])} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
@@ -381,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     device = f"CPU ({platform.processor() or platform.machine()}), {args.threads} thread(s), shared 2-core machine"
     table = leakage_table(summary, device, dt.date.today().isoformat())
     table.to_csv(args.out / f"leakage_{args.phase}.csv", index=False)
+    (args.out / f"table_{args.phase}.md").write_text(markdown(table, args.mode, mode, device, table["date"].iloc[0]))
     pd.set_option("display.width", 220)
     show = table[["strategy", "target"] + [c for c in ("noise_multiplier", "epsilon") if c in table.columns] +
                  ["tpr@0.01", "tpr@0.01_lo", "tpr@0.01_hi", "tpr@0.001", "auc", "seeds", "n_nonmembers"]]
