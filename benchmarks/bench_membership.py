@@ -172,8 +172,8 @@ def local_update(theta: torch.nn.Module, data, config, seed: int, mu: float = 0.
 
 def fedavg_model(theta: torch.nn.Module, updates: list[tuple[torch.nn.Module, int]]) -> torch.nn.Module:
     """The FedAvg average of the updates (weighted by case counts; integer buffers: the maximum)."""
-    from gliofed.federated.payload import arrays_to_state, state_to_arrays
-    from gliofed.federated.strategies.base import weighted_average
+    from gliofed.federated.protocol import arrays_to_state, state_to_arrays
+    from gliofed.federated.server.strategies import weighted_average
 
     arrays = [(state_to_arrays(model), float(n)) for model, n in updates]
     model = copy.deepcopy(theta)
@@ -182,7 +182,7 @@ def fedavg_model(theta: torch.nn.Module, updates: list[tuple[torch.nn.Module, in
 
 
 def distill_model(theta: torch.nn.Module, payloads: dict, distill: dict, seed: int) -> torch.nn.Module:
-    from gliofed.federated.strategies.distill import DistillFederation
+    from gliofed.federated.server.strategies import DistillFederation
 
     model = copy.deepcopy(theta)
     seed_everything(seed)
@@ -191,8 +191,8 @@ def distill_model(theta: torch.nn.Module, payloads: dict, distill: dict, seed: i
 
 
 def condense_site(theta, data, distill: dict, seed: int, site: str):
+    from gliofed.federated.protocol import DistillSettings
     from gliofed.federated.site.condense import condense
-    from gliofed.federated.strategies.distill import DistillSettings
 
     seed_everything(seed)
     return condense(copy.deepcopy(theta).eval(), data, DistillSettings(**distill), seed, site, min_group=3)
@@ -215,7 +215,7 @@ def seed_setup(seed: int, mode: dict, work: Path, norm: str = "batch"):
 
 def other_replies(seed: int, mode: dict, train, others, theta, config, folder: Path):
     """The other sites' FedAvg / FedProx updates and distilled sets (one round from theta; fixed per seed)."""
-    from gliofed.federated.payload import Payload
+    from gliofed.federated.protocol import Payload
 
     replies = {"fedavg": [], "fedprox": [], "distill": {}}
     for index, site in enumerate(others):
