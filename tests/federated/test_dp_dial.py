@@ -160,3 +160,14 @@ def test_a_reply_with_malformed_dp_metadata_is_refused(bad):
     reply = Payload("weights_update", {"w:x": np.zeros(2, np.float32)}, {"site": "a", "n_cases": 3, "dp": bad})
     with pytest.raises(PayloadError, match="'dp"):
         validate_reply(reply, "weights_update", {"w:x": np.zeros(2, np.float32)})
+
+
+def test_the_dp_requirement_comes_from_the_node_config():
+    from gliofed.errors import ConfigError
+
+    policy = SitePolicy.from_node_config({"policy-require-dp": "true", "policy-max-epsilon": "8"})
+    assert policy.require_dp and policy.max_epsilon == 8.0 and SitePolicy().max_epsilon == float("inf")
+    with pytest.raises(ConfigError, match="policy-max-epsilon must be a number"):
+        SitePolicy.from_node_config({"policy-max-epsilon": "lots"})
+    with pytest.raises(ConfigError, match="max_epsilon must be a positive number"):
+        SitePolicy(max_epsilon=0.0)
