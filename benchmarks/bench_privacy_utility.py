@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="bench_membership.py's leakage CSV (default: <out>/leakage_all.csv when present)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--strategies", nargs="+", choices=("fedavg", "distill"), default=("fedavg", "distill"),
+                        help="which curves (default both)")
     args = parser.parse_args(argv)
     mode = dict(MODES[args.mode])
     if args.seeds:
@@ -180,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for setting in settings(mode):  # every seed of one setting before the next: each point gets its seeds first
+    for setting in [s for s in settings(mode) if s["strategy"] in args.strategies]:  # a setting's seeds first
         for seed in mode["seeds"]:
             started = time.perf_counter()
             rows.append(run_setting(setting, seed, mode, cohort_mode, args.out))
