@@ -298,6 +298,47 @@ def attack_frames(folder: Path, membership: np.ndarray, pool, seed: int, runs: i
     return pd.concat(frames, ignore_index=True)
 
 
+def stored_pool(seed: int, work: Path) -> CaseDataset:
+    """The candidate pool of a seed whose cohort is already prepared (reads only the cache index)."""
+    mode = {"pool_sites": 2}
+    train = CaseDataset(work / f"cache_{seed}", split="train", seed=seed)
+    return Subset(train, np.flatnonzero(train.index["site"].isin(train.sites[: mode["pool_sites"]]).to_numpy()))
+
+
+def report_frames(mode: dict, work: Path) -> tuple[list[pd.DataFrame], list[str]]:
+    """The attacks over every seed whose runs are all stored (nothing is computed but the attacks); and one line
+    per seed or setting that is missing runs."""
+    frames, missing = [], []
+    runs = mode.get("runs_used", mode["runs"])
+    for seed in mode["seeds"]:
+        folder = work / f"seed_{seed}"
+        have = [r for r in range(runs) if (folder / f"run_{r}.npz").is_file()]
+        if len(have) < runs:
+            missing.append(f"seed {seed}: {len(have)} of {runs} leakage runs stored")
+            continue
+        pool = stored_pool(seed, work)
+        membership = membership_matrix(len(pool), mode["runs"], seed=seed)[:runs]
+        frames.append(attack_frames(folder, membership, pool, seed, runs))
+    for seed in mode["seeds"]:
+        folder = work / f"seed_{seed}"
+        for sigma in (0.0, *mode["dp_sigmas"]):
+            tag = f"dp_{sigma:g}"
+            have = [r for r in range(mode["dp_runs"]) if (folder / f"{tag}_{r}.npz").is_file()]
+            if len(have) < mode["dp_runs"]:
+                missing.append(f"seed {seed}: {len(have)} of {mode['dp_runs']} DP-SGD runs at noise {sigma:g}")
+                continue
+            pool = stored_pool(seed, work)
+            membership = membership_matrix(len(pool), mode["dp_runs"], seed=seed)
+            stored = [dict(np.load(folder / f"{tag}_{r}.npz")) for r in range(mode["dp_runs"])]
+            epsilon = float(np.max([s["epsilon"][0] for s in stored]))
+            for attack in ATTACK_KINDS:
+                scores, members = run_attack(np.stack([s["fedavg/update"] for s in stored]), membership, attack)
+                frames.append(score_frame(scores, members, seed, list(pool.index["subject_id"]),
+                                          strategy="fedavg_dp_sgd", target="update", kind="model", attack=attack,
+                                          noise_multiplier=sigma, epsilon=epsilon))
+    return frames, missing
+
+
 def run_dp(seed: int, mode: dict, work: Path) -> pd.DataFrame:
     """The FedAvg update trained by DP-SGD (GroupNorm theta) at each noise multiplier; plus the same update
     without DP (GroupNorm, the reference). Returns the score frame with ``epsilon`` per noise multiplier."""
@@ -377,19 +418,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=("leakage", "dp", "all"), default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    parser.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: the mode's)")
+    parser.add_argument("--report", action="store_true",
+                        help="compute nothing but the attacks over the stored runs (seeds with every run stored)")
     args = parser.parse_args(argv)
     mode = dict(MODES[args.mode])
     if args.seeds:
         mode["seeds"] = tuple(args.seeds)
+    if args.n_boot:
+        mode["n_boot"] = args.n_boot
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     frames = []
+    if args.report:
+        frames, missing = report_frames(mode, args.out)
+        for line in missing:
+            log(f"not in this report: {line}")
+        args.phase = "report"
     if args.phase in ("leakage", "all"):  # every seed's default-setting runs first: the headline
         for seed in mode["seeds"]:
             log(f"seed {seed}: leakage runs")
             frames.append(run_leakage(seed, mode, args.out))
-    if args.phase in ("dp", "all"):
+    if args.phase in ("dp", "all") and not args.report:
         for seed in mode["seeds"]:
             log(f"seed {seed}: DP-SGD runs")
             frames.append(run_dp(seed, mode, args.out))

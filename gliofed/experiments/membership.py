@@ -179,8 +179,10 @@ def attack_metrics(scores: np.ndarray, is_member: np.ndarray, fprs: Sequence[flo
     scores, is_member = _finite(scores, is_member)
     both = is_member.any() and not is_member.all()
     row = {"auc": float(roc_auc_score(is_member, scores)) if both else float("nan")}
+    if both:  # one ROC curve for every operating point
+        false_pos, true_pos, _ = roc_curve(is_member, scores)
     for fpr in fprs:
-        row[f"tpr@{fpr:g}"] = tpr_at_fpr(scores, is_member, fpr)
+        row[f"tpr@{fpr:g}"] = float(true_pos[false_pos <= fpr].max()) if both else float("nan")
     row.update(n_members=int(is_member.sum()), n_nonmembers=int((~is_member).sum()))
     return row
 
