@@ -379,7 +379,7 @@ def leakage_table(summary: pd.DataFrame, device: str, date: str) -> pd.DataFrame
     """The leakage column per strategy and target (online LiRA): the CSV benchmark tables join on ``strategy``."""
     lira = summary[summary["attack"] == "lira"].copy()
     columns = ["strategy", "target", "kind", "tpr@0.01", "tpr@0.01_lo", "tpr@0.01_hi", "tpr@0.001", "tpr@0.001_lo",
-               "tpr@0.001_hi", "auc", "auc_lo", "auc_hi", "seeds", "targets", "n_members", "n_nonmembers"]
+               "tpr@0.001_hi", "auc", "auc_lo", "auc_hi", "seeds", "runs", "n_members", "n_nonmembers"]
     extra = [c for c in ("noise_multiplier", "epsilon") if c in lira.columns]
     table = lira[columns[:3] + extra + columns[3:]].copy()
     table["chance_tpr@0.01"] = 0.01

@@ -206,8 +206,8 @@ def summarise(scores: pd.DataFrame, by: Sequence[str] = (), n_boot: int = 1000, 
     """Attack metrics per group, mean over seeds, with 95 % intervals from a hierarchical bootstrap.
 
     Args:
-        scores: one row per (seed, target run, candidate): columns ``seed``, ``target``, ``score``, ``member``
-            (bool) and the ``by`` columns.
+        scores: one row per (seed, target run, candidate): columns ``seed``, ``run`` (the target run),
+            ``score``, ``member`` (bool) and the ``by`` columns.
         by: grouping columns (e.g. ``["strategy", "part", "attack"]``).
         n_boot: bootstrap resamples: seeds with replacement, then target runs with replacement within each seed;
             the metric of each resample is that of its pooled pairs.
@@ -217,7 +217,7 @@ def summarise(scores: pd.DataFrame, by: Sequence[str] = (), n_boot: int = 1000, 
     Returns:
         one row per group: for each metric ``m`` (``auc``, ``tpr@0.01``, ``tpr@0.001``) its mean over seeds ``m``,
         the interval ``m_lo``, ``m_hi``, and the per-seed values ``m_seeds`` (``;``-joined); ``seeds``,
-        ``targets`` (target runs per seed), ``n_members``, ``n_nonmembers`` (pairs per seed).
+        ``runs`` (target runs per seed), ``n_members``, ``n_nonmembers`` (pairs per seed).
     """
     rng = np.random.default_rng(seed)
     metrics = ["auc"] + [f"tpr@{fpr:g}" for fpr in fprs]
@@ -235,7 +235,7 @@ def summarise(scores: pd.DataFrame, by: Sequence[str] = (), n_boot: int = 1000, 
         draws = {metric: [] for metric in metrics}
         seeds = list(per_seed)
         by_target = {s: [(t["score"].to_numpy(float), t["member"].to_numpy(bool))
-                         for _, t in f.groupby("target", sort=True)] for s, f in per_seed.items()}
+                         for _, t in f.groupby("run", sort=True)] for s, f in per_seed.items()}
         for _ in range(n_boot):
             values = {metric: [] for metric in metrics}
             for s in rng.choice(len(seeds), len(seeds)):
@@ -254,7 +254,7 @@ def summarise(scores: pd.DataFrame, by: Sequence[str] = (), n_boot: int = 1000, 
             row[f"{metric}_lo"] = float(np.quantile(finite, 0.025)) if finite.size else float("nan")
             row[f"{metric}_hi"] = float(np.quantile(finite, 0.975)) if finite.size else float("nan")
         first = next(iter(per_seed.values()))
-        row.update(seeds=len(per_seed), targets=int(first["target"].nunique()),
+        row.update(seeds=len(per_seed), runs=int(first["run"].nunique()),
                    n_members=int(first["member"].sum()), n_nonmembers=int((~first["member"].astype(bool)).sum()))
         rows.append(row)
     return pd.DataFrame(rows)
@@ -263,10 +263,14 @@ def summarise(scores: pd.DataFrame, by: Sequence[str] = (), n_boot: int = 1000, 
 def score_frame(scores: np.ndarray, is_member: np.ndarray, seed: int, candidates: Sequence[str] | None = None,
                 **labels) -> pd.DataFrame:
     """Long table of :func:`run_attack`'s output for :func:`summarise`: one row per (target run, candidate) with
-    ``seed``, ``target``, ``candidate``, ``score``, ``member`` and the constant ``labels`` columns."""
+    ``seed``, ``run`` (the target run), ``candidate``, ``score``, ``member`` and the constant ``labels`` columns
+    (which may not be named ``seed``, ``run``, ``candidate``, ``score`` or ``member``)."""
     n_models, n_candidates = np.shape(scores)
     names = list(candidates) if candidates is not None else [str(j) for j in range(n_candidates)]
-    frame = pd.DataFrame({"seed": seed, "target": np.repeat(np.arange(n_models), n_candidates),
+    clash = sorted(set(labels) & {"seed", "run", "candidate", "score", "member"})
+    if clash:
+        raise ConfigError(f"score_frame labels may not be named {', '.join(clash)}.")
+    frame = pd.DataFrame({"seed": seed, "run": np.repeat(np.arange(n_models), n_candidates),
                           "candidate": np.tile(names, n_models), "score": np.asarray(scores, float).ravel(),
                           "member": np.asarray(is_member, bool).ravel()})
     for name, value in labels.items():

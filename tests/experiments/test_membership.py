@@ -110,7 +110,16 @@ def test_summarise_gives_means_over_seeds_with_intervals_that_contain_them():
         frames.append(score_frame(scores, members, seed, part="bn"))
     table = summarise(pd.concat(frames), by=["part"], n_boot=100)
     row = table.iloc[0]
-    assert row["seeds"] == 3 and row["targets"] == 4 and row["n_members"] == 80 and row["n_nonmembers"] == 80
+    assert row["seeds"] == 3 and row["runs"] == 4 and row["n_members"] == 80 and row["n_nonmembers"] == 80
     for metric in ("auc", "tpr@0.01"):
         assert row[f"{metric}_lo"] <= row[metric] <= row[f"{metric}_hi"]
     assert 0.65 < row["auc"] < 0.85 and len(row["auc_seeds"].split(";")) == 3
+    assert row["auc_lo"] < row["auc_hi"]  # resampling seeds and runs moves the metric
+
+
+def test_one_seed_still_gets_an_interval_over_its_runs():
+    rng = np.random.default_rng(1)
+    members = membership_matrix(30, 6, seed=0)
+    frame = score_frame(members + rng.normal(0, 1.0, members.shape), members, 0, target="update")
+    row = summarise(frame, by=["target"], n_boot=100).iloc[0]
+    assert row["seeds"] == 1 and row["runs"] == 6 and row["auc_lo"] < row["auc"] < row["auc_hi"]
