@@ -20,16 +20,23 @@ STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
 
 
 def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
-                  seed: int = 0) -> Strategy:
-    """Build a strategy by name (one of :data:`STRATEGIES`)."""
+                  seed: int = 0, dp=None) -> Strategy:
+    """Build a strategy by name (one of :data:`STRATEGIES`). ``dp``: the differential-privacy dial
+    (:class:`~gliofed.dp.DPSettings` or its dict) of FedAvg, FedProx and distillation (default off); asking it of
+    another strategy is a :class:`GliofedError`."""
+    if dp is not None and name not in ("fedavg", "fedprox", "distill"):
+        from gliofed.dp import DPSettings
+
+        if DPSettings.from_dict(dp if isinstance(dp, dict) else dp.to_dict()).enabled:
+            raise GliofedError(f"strategy {name!r} has no differential-privacy dial (fedavg, fedprox and distill do).")
     if name == "centralized":
         return Centralized(local_epochs)
     if name == "local":
         return LocalOnly(local_epochs)
     if name == "fedavg":
-        return FedAvg(local_epochs)
+        return FedAvg(local_epochs, dp=dp)
     if name == "fedprox":
-        return FedProx(local_epochs, mu)
+        return FedProx(local_epochs, mu, dp=dp)
     if name == "distill":
-        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
+        return DistillFederation(DistillSettings(**(distill or {})), seed=seed, dp=dp)
     raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")

@@ -14,12 +14,13 @@ class FedProx(FedAvg):
         local_epochs: local epochs per round (default 1).
         mu: proximal weight (default 0.01).
         partial_weights: as in :class:`FedAvg` (default True).
+        dp: as in :class:`FedAvg` (default off).
     """
 
     name = "fedprox"
 
-    def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True) -> None:
-        super().__init__(local_epochs, partial_weights)
+    def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True, dp=None) -> None:
+        super().__init__(local_epochs, partial_weights, dp)
         self.mu = mu
 
     def site_settings(self, rnd: int) -> dict:
