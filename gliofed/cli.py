@@ -123,15 +123,29 @@ def _writable_file(path: str | Path, what: str) -> None:
     writable_folder(target.parent, f"folder of the {what}")
 
 
+#: the files a run folder's model may be (gliofed.runs.TrainingRun.MODEL, .LEGACY_MODEL), named here so that the
+#: argument check does not import torch
+_RUN_MODELS = ("model.safetensors", "model.ckpt")
+
+
+def _checkpoint_exists(path: str) -> None:
+    """A checkpoint is a weights file, a run folder holding one, or an old ``model.ckpt`` name whose
+    ``model.safetensors`` replaced it (what :func:`gliofed.runs.load_checkpoint` accepts)."""
+    checkpoint = Path(path)
+    if checkpoint.is_dir():
+        if not any((checkpoint / name).is_file() for name in _RUN_MODELS):
+            raise ConfigError(f"{checkpoint}: no {_RUN_MODELS[0]} in this folder.")
+    elif not checkpoint.is_file() and not checkpoint.with_suffix(".safetensors").is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found.")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything about the arguments that can be checked without reading images or importing torch: files that
     must exist, manifests that must have subjects, output folders that must be writable, ``--min-sites`` against
     the manifest's sites. Raises a :class:`~gliofed.errors.GliofedError` (one line)."""
     command = args.command
     if command in ("evaluate", "predict"):
-        checkpoint = Path(args.checkpoint)
-        if not (checkpoint.is_file() or (command == "predict" and checkpoint.is_dir())):
-            raise ConfigError(f"{checkpoint}: checkpoint not found.")
+        _checkpoint_exists(args.checkpoint)
     rows = _manifest_rows(args.manifest) if command in ("check", "preprocess", "train", "evaluate") else None
     if command == "preprocess":
         writable_folder(args.cache, "cache folder")
@@ -144,6 +158,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ManifestError(f"{args.manifest}: manifest file not found.")
     if command == "curate":
         _writable_file(args.out, "manifest to write")
+        if getattr(args, "partition", None) and not Path(args.partition).is_file():
+            raise ConfigError(f"{args.partition}: partition file not found.")
     if command == "train":
         every_site = {row.get("site", "") for row in rows} - {"", None}
         if args.external_site is not None and args.external_site not in every_site:
@@ -220,7 +236,8 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         return 0
     if not args.source or not args.root:
         raise ConfigError("gliofed curate needs --source and --root (or --merge a.csv b.csv ...).")
-    result = curate(args.source, args.root, args.labels, args.site)
+    result = curate(args.source, args.root, args.labels, args.site, partition=args.partition,
+                    label_convention=args.label_convention)
     manifest, report = result.write(args.out)
     print(result)
     print(f"wrote {manifest} and {report}")
@@ -333,21 +350,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import predict, resolve_device
+    from gliofed.data.manifest import read_manifest
+    from gliofed.engine import predict
     from gliofed.errors import ConfigError
+    from gliofed.evaluation import native_scores, summarise_native
     from gliofed.fileio import atomic_write_text, to_json, write_csv
-    from gliofed.inference import check_preprocessing, postprocess_mask, predict_cases
+    from gliofed.inference import Predictor, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
-    from gliofed.runs import load_checkpoint
 
     if args.min_component < 0:
         raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
-    resolve_device(args.device or "auto")
-    model, config, state = load_checkpoint(args.checkpoint)
-    size = check_preprocessing(args.checkpoint, state.get("preprocessing"), args.size)  # the model's input size
-    if size is None:
-        raise ConfigError(f"{args.checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
-                          "it was trained at).")
+    # the checkpoint's model, input size and contrasts, checked against --size before any work
+    predictor = Predictor(args.checkpoint, size=args.size, device=args.device or "auto")
+    config, size = predictor.config, predictor.size
     cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
     if not len(dataset):
@@ -356,45 +371,65 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cleaning = args.min_component > 0 or args.keep_largest
     postprocess = partial(postprocess_mask, min_voxels=args.min_component, keep_largest=args.keep_largest)
-    predictions = predict(model, dataset, device=args.device or "auto", postprocess=postprocess if cleaning else None)
+    # markers, and the quick segmentation metric on the cache grid
+    predictions = predict(predictor.model, dataset, device=predictor.device,
+                          postprocess=postprocess if cleaning else None)
     write_csv(out / "predictions.csv", predictions)
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
     table3 = results_table(tables["classification"])
     write_csv(out / "metrics_classification.csv", tables["classification"])
-    write_csv(out / "metrics_segmentation.csv", tables["segmentation"])
+    write_csv(out / "metrics_segmentation_quick.csv", tables["segmentation"])
     write_csv(out / "table3.csv", table3, index=True)
+    # BraTS-comparable: every case with a mask predicted back into its scan's grid (predict's own inverse) and
+    # scored there against its reference mask
+    manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
+    columns = ["t1", "t1ce", "t2", "flair", "seg", "site", "label_convention"]
+    masked = dataset.index[dataset.index["has_mask"].astype(str).str.lower().isin(("true", "1"))]
+    cases = [{"subject_id": s, **manifest.loc[s, columns].to_dict()} for s in masked["subject_id"]]
+    native = native_scores(predictor, cases, progress=False)
+    write_csv(out / "scores_brats.csv", native)
+    native_table = summarise_native(native)
+    write_csv(out / "metrics_segmentation.csv", native_table)
     summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
                "modalities": list(config.modalities),
                "classification": tables["classification"].to_dict(orient="records"),
-               "segmentation": tables["segmentation"].to_dict(orient="records")}
+               "segmentation_grid": "each scan's own grid, BraTS scores (brats-evaluation 0.0.10 definitions)",
+               "segmentation": native_table.to_dict(orient="records"),
+               "segmentation_quick": {"grid": f"cache grid ({size}x{size} in-plane, cropped): a quick metric, not "
+                                              "comparable with BraTS results",
+                                      "table": tables["segmentation"].to_dict(orient="records")}}
     if cleaning:  # reported beside, never instead of, the raw scores
-        raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
-        cleaned = predictions.drop(columns=raw)
-        cleaned = cleaned.rename(columns=lambda c: c.removeprefix("pp_"))
-        pp_table = segmentation_metrics(cleaned)
+        predictor.min_voxels, predictor.keep_largest = args.min_component, args.keep_largest
+        native_pp = native_scores(predictor, cases, progress=False)
+        write_csv(out / "scores_brats_postprocessed.csv", native_pp)
+        pp_table = summarise_native(native_pp)
         write_csv(out / "metrics_segmentation_postprocessed.csv", pp_table)
+        raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
+        quick_pp = segmentation_metrics(predictions.drop(columns=raw).rename(columns=lambda c: c.removeprefix("pp_")))
         summary["postprocessing"] = {"min_voxels": args.min_component, "keep_largest": args.keep_largest}
         summary["segmentation_postprocessed"] = pp_table.to_dict(orient="records")
+        summary["segmentation_quick"]["postprocessed"] = quick_pp.to_dict(orient="records")
     atomic_write_text(out / "metrics.json", to_json(summary, indent=2))
-    has_masks = bool(predictions["has_mask"].any())
     print(table3.to_string() if len(table3) else f"no marker labels among the {args.split} cases: no classification "
           "metrics")
-    print(tables["segmentation"].to_string(index=False) if has_masks else f"no masks among the {args.split} cases: "
-          "no segmentation metrics")
-    if cleaning and has_masks:
+    if len(cases):
+        print(f"segmentation in the scans' own grids, BraTS scores ({len(cases)} case(s) with a mask):")
+        print(native_table.to_string(index=False))
+        print(f"quick metric on the {size}x{size} cache grid (not comparable with BraTS results):")
+        print(tables["segmentation"].to_string(index=False))
+    else:
+        print(f"no masks among the {args.split} cases: no segmentation metrics")
+    if cleaning and len(cases):
         print(f"post-processed (components < {args.min_component} voxels removed"
-              f"{', largest kept' if args.keep_largest else ''}):")
+              f"{', largest kept' if args.keep_largest else ''}), scans' own grids:")
         print(pp_table.to_string(index=False))
     if args.nifti:
-        from gliofed.data.manifest import read_manifest
-
-        manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
-        cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair"]].to_dict()}
-                 for s in dataset.index["subject_id"]]
-        predict_cases(args.checkpoint, cases, out / "nifti", size=size, device=args.device or "auto",
+        nifti_cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair", "label_convention"]].to_dict()}
+                       for s in dataset.index["subject_id"]]
+        predict_cases(args.checkpoint, nifti_cases, out / "nifti", size=size, device=args.device or "auto",
                       min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False,
                       overwrite=True)  # evaluate's own folder: re-running it replaces its outputs
-        print(f"wrote {len(cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
+        print(f"wrote {len(nifti_cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
     return 0
 
@@ -416,7 +451,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                   **given}]
     table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
                           min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1,
-                          overwrite=args.overwrite, inputs=(args.manifest,) if args.manifest else ())
+                          label_convention=args.label_convention, overwrite=args.overwrite,
+                          inputs=(args.manifest,) if args.manifest else ())
     for row in table.itertuples():
         print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
     print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
@@ -444,11 +480,17 @@ def _add_check(commands) -> None:
 
 def _add_curate(commands) -> None:
     p = commands.add_parser("curate", help="build a manifest from a real dataset download, or merge manifests")
-    p.add_argument("--source", choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd"])
+    p.add_argument("--source",
+                   choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd", "msd"])
     p.add_argument("--root", help="the dataset's download folder")
     p.add_argument("--labels", nargs="+", default=[], metavar="FILE",
                    help="label files (CSV / XLSX / JSON tables named in data_manifests/<source>.md)")
-    p.add_argument("--site", help="site name for every case (default: the dataset name)")
+    p.add_argument("--site", help="site name for every case (default: the institution a BraTS 2017-2020 ID names, "
+                   "else the dataset name)")
+    p.add_argument("--partition", metavar="CSV",
+                   help="a FeTS partitioning CSV (Partition_ID, Subject_ID): one site per partition")
+    p.add_argument("--label-convention", choices=["brats", "brats2023", "brats2024", "msd"],
+                   help="how the masks are labelled (default: detected from the file names and the masks)")
     p.add_argument("--merge", nargs="+", metavar="CSV", help="merge curated manifests and remove duplicates")
     p.add_argument("--out", required=True, help="manifest to write (the report goes next to it)")
     p.set_defaults(func=_cmd_curate)
@@ -502,7 +544,7 @@ def _add_train(commands) -> None:
 
 def _add_evaluate(commands) -> None:
     p = commands.add_parser("evaluate", help="predict and score a checkpoint on a manifest's split")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="model.safetensors (with model.json beside it) or a run folder")
     p.add_argument("manifest")
     p.add_argument("--split", default="test", choices=["train", "test", "external"])
     p.add_argument("--cache")
@@ -540,6 +582,9 @@ def _add_predict(commands) -> None:
     p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--overwrite", action="store_true",
                    help="replace earlier predictions in --out (default: refused; inputs are never overwritten)")
+    p.add_argument("--label-convention", choices=["brats", "brats2023", "brats2024", "msd"],
+                   help="labels of the written masks (default: the manifest's label_convention, else from the file "
+                        "names: BraTS 2023+ names -> brats2023 (enhancing tumour 3), otherwise brats (4))")
     _add_postprocessing(p)
     p.set_defaults(func=_cmd_predict)
 

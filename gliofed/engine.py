@@ -32,6 +32,7 @@ __all__ = [
     "refuse_non_finite_loss",
     "prepare_model",
     "fit",
+    "fit_private",
     "predict",
     "seed_everything",
 ]
@@ -147,12 +148,19 @@ def prepare_model(model: torch.nn.Module, config: TrainConfig, device: torch.dev
 def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs: int | None = None,
         optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
         on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        desc: str = "epoch") -> list[dict]:
+        desc: str = "epoch", dp=None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` (default ``config.epochs``); return per-epoch loss dicts.
 
     The data order of epoch ``e`` is seeded by ``(config.seed, e)``, so resuming at ``start_epoch``
     reproduces an uninterrupted run.
+
+    ``dp``: a :class:`~gliofed.dp.DPSettings` with ``mechanism="dp_sgd"`` trains by DP-SGD instead
+    (:func:`fit_private`); each epoch's dict then also holds ``dp_steps``, ``dp_sample_rate`` and
+    ``dp_noise_multiplier`` (what an accountant needs) and ``epsilon`` at ``dp.delta`` for this call's steps.
     """
+    if dp is not None and getattr(dp, "mechanism", "off") == "dp_sgd":
+        return fit_private(model, train_set, config, dp, epochs, optimizer, extra_loss, start_epoch, on_epoch_end,
+                           progress, desc)
     device = resolve_device(config.device)
     trained = prepare_model(model, config, device)  # same parameters; channels-last / compiled where configured
     optimizer = optimizer or make_optimizer(model, config)
@@ -168,6 +176,64 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
         losses = train_epoch(trained, loader, loss_fn, optimizer, device, config.amp, channels_last, extra_loss,
                              desc=f"{desc} {epoch + 1}", progress=progress)
         losses["epoch"] = epoch + 1
+        history.append(losses)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, losses)
+    return history
+
+
+def fit_private(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, dp, epochs: int | None = None,
+                optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
+                on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
+                desc: str = "epoch") -> list[dict]:
+    """DP-SGD (:class:`gliofed.dp.DPSGD`): each step takes every case with probability batch_size / N (Poisson
+    sampling), computes each sampled case's loss and gradient alone (no padding or normalisation shared between
+    cases), clips it to ``dp.max_norm``, adds Gaussian noise of standard deviation ``dp.noise_multiplier *
+    dp.max_norm`` to the sum and steps the optimiser; an epoch is round(N / batch_size) steps. ``extra_loss``
+    (FedProx) depends on no case: its gradient is added after the noise. The model needs GroupNorm
+    (``norm="group"``); AMP, channels-last and compile are not used.
+
+    Returns:
+        per-epoch dicts: mean loss parts over the cases seen (``total`` ...), ``epoch``, ``dp_steps``,
+        ``dp_sample_rate``, ``dp_noise_multiplier``, ``epsilon`` (this call's steps so far, at ``dp.delta``).
+    """
+    from gliofed.dp import DPSGD
+
+    device = resolve_device(config.device)
+    model = model.to(device)
+    optimizer = optimizer or make_optimizer(model, config)
+    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma)
+    total_epochs = config.epochs if epochs is None else epochs
+    private = DPSGD(model, optimizer, len(train_set), config.batch_size, dp.noise_multiplier, dp.max_norm,
+                    seed=config.seed * 100_003 + start_epoch)
+    params = private.params
+
+    def case_loss(index: int, sums: dict) -> Callable[[], torch.Tensor]:
+        def compute() -> torch.Tensor:
+            batch = collate_cases([train_set[index]])
+            image, seg, has_mask, labels = _to_device(batch, device, channels_last=False)
+            total, parts = loss_fn(model(image), seg, has_mask, labels)
+            for key, value in {**parts, "total": float(total.detach())}.items():
+                sums[key] = sums.get(key, 0.0) + value
+            sums["cases"] = sums.get("cases", 0) + 1
+            return total
+        return compute
+
+    def proximal() -> list[torch.Tensor]:
+        return list(torch.autograd.grad(extra_loss(model), params, allow_unused=True))
+
+    history = []
+    for epoch in tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc,
+                      disable=not progress or total_epochs < 2):
+        model.train()
+        sums: dict = {}
+        for _ in range(private.steps_per_epoch):
+            chosen = private.sample()
+            private.step([case_loss(i, sums) for i in chosen], proximal if extra_loss is not None else None)
+        cases = max(sums.pop("cases", 0), 1)
+        losses = {key: value / cases for key, value in sums.items()}
+        losses.update(epoch=epoch + 1, dp_steps=private.steps_per_epoch, dp_sample_rate=private.sample_rate,
+                      dp_noise_multiplier=private.noise_multiplier, epsilon=private.accountant.epsilon(dp.delta))
         history.append(losses)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, losses)

@@ -9,7 +9,9 @@ affine and header, so 3D Slicer and ITK-SNAP overlay it on the original scans.
 
 Outputs in ``OUT/``:
 
-- ``<subject>_seg.nii.gz``: uint8, BraTS labels 0 background, 1 necrotic core, 2 oedema, 4 enhancing tumour;
+- ``<subject>_seg.nii.gz``: uint8, in the label convention of the case's dataset
+  (:mod:`gliofed.data.conventions`; BraTS 2017-2021 by default: 0 background, 1 necrotic core, 2 oedema,
+  4 enhancing tumour; BraTS 2023+: enhancing tumour 3);
 - ``<subject>_markers.json``: per marker the class probabilities (by class name) and the predicted class;
 - ``predictions.csv``: one row per case (probabilities, predicted classes, tumour volumes in ml, output paths).
 
@@ -28,16 +30,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gliofed.data.conventions import CONVENTIONS, FILE_SUFFIXES, convention, convention_of_files
 from gliofed.errors import ConfigError, DataError, first_line
 from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
-from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
            "preprocessing_of_cache", "check_preprocessing", "check_outputs", "check_scans", "output_paths",
            "BRATS_LABELS"]
 
-#: in-memory class -> BraTS label written to NIfTI
-BRATS_LABELS = np.array([0, 1, 2, 4], dtype=np.uint8)
+#: in-memory class -> BraTS 2017-2021 label (the default convention; others: :mod:`gliofed.data.conventions`)
+BRATS_LABELS = CONVENTIONS["brats"].encode(np.arange(4))
 
 
 def inference_pipeline(modalities, size: int):
@@ -182,10 +185,12 @@ class Predictor:
         size: in-plane size; default (and only allowed value) the checkpoint's recorded one.
         device: ``auto``, ``cpu``, ``cuda`` ...
         min_voxels, keep_largest: optional post-processing (:func:`postprocess_mask`), off by default.
+        label_convention: how to label every written mask (``brats``, ``brats2023``, ...); default: each case's
+            ``label_convention``, else what its file names imply (BraTS 2023+ names: ``brats2023``; else ``brats``).
     """
 
     def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto", min_voxels: int = 0,
-                 keep_largest: bool = False) -> None:
+                 keep_largest: bool = False, label_convention: str | None = None) -> None:
         from gliofed.engine import resolve_device
         from gliofed.runs import load_checkpoint
 
@@ -202,6 +207,7 @@ class Predictor:
         self.modalities = tuple(self.preprocessing.get("modalities") or self.config.modalities)
         self.model.eval().to(self.device)
         self.min_voxels, self.keep_largest = min_voxels, keep_largest
+        self.label_convention = convention(label_convention).name if label_convention else None
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
         """The model's contrasts must all be given, exist and pass :func:`check_scans`; returns key -> path of every
@@ -219,11 +225,13 @@ class Predictor:
         Args:
             subject: the case's name (used in messages and output names).
             paths: contrast -> NIfTI path; every contrast of the model is required. Contrasts beyond the model's
-                are used, as in training, only to find the brain (the crop to non-zero voxels).
+                are used, as in training, only to find the brain (the crop to non-zero voxels). An optional
+                ``label_convention`` names the case's dataset's convention.
 
         Returns:
-            ``{"seg": class map in the scan's own grid (uint8, BraTS labels), "affine": the FLAIR's (or first given
-            contrast's) affine, "header": its NIfTI header, "probabilities": {marker: {class: p}},
+            ``{"seg": mask in the scan's own grid (uint8, labels of the case's convention), "labels": the same as
+            in-memory classes 0..3, "label_convention": its name, "affine": the FLAIR's (or first given contrast's)
+            affine, "header": its NIfTI header, "probabilities": {marker: {class: p}},
             "classes": {marker: class name}}``.
         """
         import nibabel as nib
@@ -267,8 +275,11 @@ class Predictor:
             p = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
             probabilities[marker] = {name: float(p[k]) for k, name in enumerate(MARKER_CLASSES[marker])}
             predicted[marker] = MARKER_CLASSES[marker][int(np.argmax(p))]
-        return {"seg": BRATS_LABELS[mask], "affine": ref_img.affine, "header": ref_img.header,
-                "probabilities": probabilities, "classes": predicted, "reference": reference}
+        rules = convention(self.label_convention or paths.get("label_convention")
+                           or convention_of_files(given.values()))
+        return {"seg": rules.encode(mask), "labels": mask, "label_convention": rules.name, "affine": ref_img.affine,
+                "header": ref_img.header, "probabilities": probabilities, "classes": predicted,
+                "reference": reference}
 
     def write_case(self, subject: str, result: dict, out_dir: str | Path) -> dict:
         """Write ``<subject>_seg.nii.gz`` and ``<subject>_markers.json`` (atomically); return the CSV row."""
@@ -284,15 +295,15 @@ class Predictor:
         seg_path, markers_path = output_paths(out_dir, subject)
         atomic_write(seg_path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
         markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
+                   "label_convention": result.get("label_convention", "brats"),
                    "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
                    "probabilities": result["probabilities"], "predicted": result["classes"]}
         atomic_write_text(markers_path, to_json(markers, nan="error", indent=2))
         voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0
-        seg = result["seg"]
+        classes = result["labels"] if "labels" in result else convention("brats").decode(result["seg"])
         row = {"subject": subject, "seg": str(seg_path), "markers": str(markers_path),
-               "volume_WT_ml": float((seg > 0).sum() * voxel_ml),
-               "volume_TC_ml": float(np.isin(seg, (1, 4)).sum() * voxel_ml),
-               "volume_ET_ml": float((seg == 4).sum() * voxel_ml)}
+               "label_convention": result.get("label_convention", "brats"),
+               **{f"volume_{r}_ml": float(np.isin(classes, REGIONS[r]).sum() * voxel_ml) for r in REGIONS}}
         for marker in MARKERS:
             row[f"{marker}_predicted"] = result["classes"][marker]
             for name, p in result["probabilities"][marker].items():
@@ -363,7 +374,7 @@ def check_outputs(out_dir: str | Path, cases: list[dict], overwrite: bool = Fals
 
 def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
                   device: str = "auto", min_voxels: int = 0, keep_largest: bool = False,
-                  progress: bool = True, overwrite: bool = False,
+                  progress: bool = True, label_convention: str | None = None, overwrite: bool = False,
                   inputs: tuple[str | Path, ...] = ()) -> pd.DataFrame:
     """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
 
@@ -373,9 +384,10 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
     Args:
         checkpoint: the model (see :class:`Predictor`).
         cases: dicts with ``subject_id``, contrast paths ``t1`` .. ``flair`` and optionally ``seg`` (the ground
-            truth, never overwritten; blank/None where absent).
+            truth, never overwritten; blank/None where absent), and optionally ``label_convention`` (the dataset's;
+            the masks are written in it).
         out_dir: the output folder.
-        size, device, min_voxels, keep_largest: see :class:`Predictor`.
+        size, device, min_voxels, keep_largest, label_convention: see :class:`Predictor`.
         progress: show a progress bar.
         overwrite: replace earlier predictions in ``out_dir`` (default False: refused).
         inputs: further input files ``out_dir`` may not hold (the manifest).
@@ -388,9 +400,16 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
     check_outputs(out_dir, cases, overwrite, inputs)
     for case in cases:  # scans' headers before the model (and torch) is loaded
         check_scans(str(case["subject_id"]), case)
-    predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest)
+    predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest,
+                          label_convention=label_convention)
     for case in cases:  # every input checked before any work
-        predictor.check_inputs(str(case["subject_id"]), case)
+        subject = str(case["subject_id"])
+        predictor.check_inputs(subject, case)
+        if case.get("label_convention"):
+            try:
+                convention(case["label_convention"])
+            except DataError as error:
+                raise DataError(f"subject {subject}: {error}") from None
     rows = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         subject = str(case["subject_id"])
@@ -401,11 +420,13 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
 
 
 def subject_name(path: str | Path) -> str:
-    """A case name from a scan's file name: ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``."""
+    """A case name from a scan's file name: ``BraTS_001_flair.nii.gz`` -> ``BraTS_001``,
+    ``BraTS-GLI-00000-000-t2f.nii.gz`` -> ``BraTS-GLI-00000-000``."""
     name = Path(path).name
     for suffix in (".nii.gz", ".nii"):
         name = name.removesuffix(suffix)
-    for modality in sorted(MODALITIES, key=len, reverse=True):
+    suffixes = {s for naming in FILE_SUFFIXES.values() for key, s in naming.items() if key != "seg"}
+    for modality in sorted(suffixes, key=len, reverse=True):
         for sep in ("_", "-", "."):
             if name.lower().endswith(sep + modality):
                 return name[: -len(modality) - 1]
@@ -415,7 +436,8 @@ def subject_name(path: str | Path) -> str:
 def read_cases(path: str | Path) -> list[dict]:
     """The cases of a CSV with ``subject_id`` and any of the ``t1, t1ce, t2, flair`` columns, and ``seg`` when it has
     one (the ground truth, which predictions never overwrite); paths relative to the CSV; a gliofed manifest
-    qualifies. Raises :class:`~gliofed.errors.ManifestError` when it cannot be used."""
+    qualifies, with its ``label_convention`` column when it has one. Raises :class:`~gliofed.errors.ManifestError`
+    when it cannot be used."""
     from gliofed.errors import ManifestError
 
     path = Path(path)
@@ -436,5 +458,6 @@ def read_cases(path: str | Path) -> list[dict]:
         for m in (*MODALITIES, "seg"):
             value = str(row.get(m, "") or "").strip()
             case[m] = str((root / value).resolve()) if value else ""
+        case["label_convention"] = str(row.get("label_convention", "") or "").strip().lower()
         cases.append(case)
     return cases

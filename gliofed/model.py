@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -11,10 +12,32 @@ from torch import nn
 
 from gliofed.vocab import MARKER_CLASSES
 
-__all__ = ["MultiTaskUNet", "HEADS", "build_model"]
+__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec"]
 
 #: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
 HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
+
+#: normalisation names :class:`MultiTaskUNet` knows by name (MONAI's); a MONAI ``(name, args)`` tuple also works
+NORMS = ("batch", "group", "instance")
+
+#: most groups of the ``"group"`` normalisation (Wu & He, ECCV 2018, use 32 for 64+ channels; the seed's first
+#: stage has 16 channels, so 8 keeps two channels per group there)
+MAX_GROUPS = 8
+
+
+def norm_layer_spec(norm: str | tuple, features: Sequence[int]) -> str | tuple:
+    """The MONAI norm spec for ``norm``: ``"group"`` becomes ``("group", {"num_groups": G})`` with G the largest
+    divisor of every stage width up to :data:`MAX_GROUPS` (8 at the default widths), so that each GroupNorm splits
+    its channels evenly; any other name or tuple is passed to MONAI as it is.
+
+    >>> norm_layer_spec("group", (16, 32, 64, 128))
+    ('group', {'num_groups': 8})
+    >>> norm_layer_spec("batch", (16, 32, 64, 128))
+    'batch'
+    """
+    if norm == "group":
+        return ("group", {"num_groups": math.gcd(MAX_GROUPS, *[int(f) for f in features])})
+    return norm
 
 
 class _Down(nn.Module):
@@ -60,7 +83,10 @@ class MultiTaskUNet(nn.Module):
         seg_classes: segmentation classes (default 4: background, NCR, ED, ET).
         features: channels per stage, one more than the number of down-sampling steps (default (16, 32, 64, 128)).
         pool: pooling kernel/stride per down-sampling step (default (1, 2, 2)).
-        norm: MONAI norm name (default ``"batch"``; ``"instance"`` for tiny batches).
+        norm: ``"batch"`` (default: the seed's network), ``"group"`` (GroupNorm, :func:`norm_layer_spec`: no
+            running statistics and no mixing across cases in a batch, which DP-SGD needs (Opacus computes
+            per-case gradients and refuses BatchNorm), and nothing like BatchNorm statistics to upload),
+            ``"instance"`` (tiny batches), or any MONAI norm spec.
         act: MONAI activation (default ReLU).
         hidden: width of the classification MLP (default 256).
         dropout: dropout in the MLP (default 0.2).
@@ -85,6 +111,7 @@ class MultiTaskUNet(nn.Module):
         if len(features) != 4:
             raise ValueError("features needs four stage widths (three down-sampling steps), e.g. (16, 32, 64, 128).")
         f0, f1, f2, f3 = features
+        asked, norm = norm, norm_layer_spec(norm, features)
         self.conv_0 = TwoConv(3, in_channels, f0, act, norm, True, 0.0)
         self.down_1 = _Down(f0, f1, pool, act, norm, 0.0)
         self.down_2 = _Down(f1, f2, pool, act, norm, 0.0)
@@ -96,7 +123,7 @@ class MultiTaskUNet(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(f3, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in (heads or HEADS).items()})
         self.config = dict(in_channels=in_channels, seg_classes=seg_classes, features=tuple(features),
-                           pool=tuple(pool), norm=norm, act=act, hidden=hidden, dropout=dropout,
+                           pool=tuple(pool), norm=asked, act=act, hidden=hidden, dropout=dropout,
                            heads=dict(heads or HEADS))
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:

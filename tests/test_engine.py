@@ -98,3 +98,43 @@ def test_fit_applies_compile_from_the_config_and_trains_the_original_parameters(
     fit(model, CaseDataset(tiny_cache, split="train"), config, progress=False)
     assert compiled == [model]
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_dp_sgd_trains_a_group_norm_model_and_reports_its_epsilon(tiny_cache):
+    from gliofed.config import TrainConfig
+    from gliofed.data.dataset import CaseDataset
+    from gliofed.dp import DPSettings
+    from gliofed.engine import fit
+    from gliofed.model import build_model
+
+    config = TrainConfig(model={"features": (4, 8, 16, 32), "hidden": 8, "norm": "group"}, batch_size=2,
+                         optimizer="adamw", lr=1e-2, augment=False, device="cpu", seed=3)
+    train = CaseDataset(tiny_cache, split="train").for_site(CaseDataset(tiny_cache, split="train").sites[0])
+    net = build_model(config)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    dp = DPSettings("dp_sgd", noise_multiplier=1.0, max_norm=1.0)
+    seed_everything(3)  # dropout draws from the global generator, as in every fit
+    history = fit(net, train, config, epochs=2, progress=False, dp=dp)
+    assert len(history) == 2 and history[-1]["dp_steps"] == max(1, round(len(train) / 2))
+    assert history[0]["epsilon"] < history[1]["epsilon"] < float("inf")
+    assert any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
+    twin = build_model(config)
+    twin.load_state_dict(before)
+    seed_everything(3)
+    fit(twin, train, config, epochs=2, progress=False, dp=dp)  # same seed: same sampling and noise
+    for key, value in net.state_dict().items():
+        torch.testing.assert_close(twin.state_dict()[key], value)
+
+
+def test_dp_sgd_refuses_a_batchnorm_model(tiny_cache):
+    from gliofed.config import TrainConfig
+    from gliofed.data.dataset import CaseDataset
+    from gliofed.dp import DPSettings
+    from gliofed.engine import fit
+    from gliofed.errors import ConfigError
+    from gliofed.model import build_model
+
+    config = TrainConfig(model={"features": (4, 8, 16, 32), "hidden": 8}, device="cpu")
+    with pytest.raises(ConfigError, match="norm='group'"):
+        fit(build_model(config), CaseDataset(tiny_cache, split="train"), config, epochs=1, progress=False,
+            dp=DPSettings("dp_sgd"))

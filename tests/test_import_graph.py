@@ -17,13 +17,13 @@ GRAPH = graph(SOURCES)
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("gliofed", "gliofed._startup", "gliofed.vocab", "gliofed.errors", "gliofed.fileio"),
     ("gliofed.config", "gliofed.presets"),
-    ("gliofed.model", "gliofed.losses", "gliofed.metrics"),
+    ("gliofed.model", "gliofed.losses", "gliofed.metrics", "gliofed.brats_metrics"),
     ("gliofed.data",),
     ("gliofed.engine", "gliofed.runs"),
     ("gliofed.federated.protocol",),
     ("gliofed.federated.server", "gliofed.federated.site"),
     ("gliofed.federated",),
-    ("gliofed.inference", "gliofed.explain", "gliofed.workspace"),
+    ("gliofed.inference", "gliofed.evaluation", "gliofed.explain", "gliofed.workspace"),
     ("gliofed.experiments", "gliofed.viz", "gliofed.notebooks"),
     ("gliofed.cli",),
 )

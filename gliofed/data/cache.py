@@ -94,6 +94,8 @@ def _fingerprint(row: pd.Series, size: int) -> str:
     payload = {"version": PREPROCESS_VERSION, "size": size, "files": stats}
     if str(row.get("seg_regions", "") or ""):
         payload["seg_regions"] = str(row["seg_regions"])
+    if str(row.get("label_convention", "") or "brats") != "brats":  # the default keeps older caches valid
+        payload["label_convention"] = str(row["label_convention"])
     payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
@@ -341,7 +343,8 @@ def _preprocess_one(task: tuple[dict, int, str]) -> dict:
     from gliofed.data.transforms import preprocess_pipeline  # MONAI and torch: only for a case that passed
 
     try:
-        out = preprocess_pipeline(size, with_seg)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
+        labels = str(row.get("label_convention", "") or "brats")
+        out = preprocess_pipeline(size, with_seg, labels)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
                                                    **({"seg": row["seg"]} if with_seg else {})})
     except Exception as error:  # MONAI wraps transform errors: report the root cause
         cause = error

@@ -16,6 +16,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from gliofed.data.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from gliofed.data.manifest import _read_raw, absolute_path, label_problems, unsafe_name
 from gliofed.data.parallel import process_map
 from gliofed.vocab import MODALITIES
@@ -23,8 +24,9 @@ from gliofed.vocab import MODALITIES
 __all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES",
            "nifti_size_problem", "max_voxels", "MAX_VOXELS", "MAX_INTENSITY"]
 
-#: segmentation values allowed on disk (BraTS convention)
-SEG_VALUES = frozenset({0, 1, 2, 4})
+#: segmentation values allowed on disk by the default label convention (BraTS 2017-2021); other conventions:
+#: :mod:`gliofed.data.conventions`
+SEG_VALUES = CONVENTIONS[DEFAULT_CONVENTION].values
 #: most voxels one compressed volume may declare before any of it is read (512^3; a BraTS scan has 8.9 M);
 #: the environment variable ``GLIOFED_MAX_VOXELS`` changes it
 MAX_VOXELS = 512**3
@@ -167,11 +169,27 @@ def read_error(path: str | Path, error: Exception) -> str:
     return f"unreadable NIfTI file ({type(error).__name__}: {error})"
 
 
-def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, str]]:
+def _seg_value_problem(values: list[float], label_convention: str) -> str:
+    """The message for mask values outside the case's label convention (with a hint when they fit another)."""
+    rules = CONVENTIONS[label_convention]
+    shown = ", ".join(f"{v:g}" for v in values[:5])
+    message = f"segmentation values {shown} outside {rules.shown} (label convention {label_convention})"
+    if label_convention == "brats" and 3 in values:
+        message += "; BraTS 2023+ masks label enhancing tumour 3: set the manifest's label_convention to brats2023"
+    elif label_convention == "brats2023" and 4 in values:
+        message += ("; a mask with label 4 is BraTS 2024 post-treatment data (4 = resection cavity): "
+                    "label_convention brats2024")
+    return message
+
+
+def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]],
+                    label_convention: str = DEFAULT_CONVENTION) -> list[tuple[str, str]]:
     """Consistency rules for one case's loaded volumes.
 
     Args:
         volumes: key (``t1`` ... ``flair``, ``seg``) -> (data, affine); keys may be missing.
+        label_convention: how the mask is labelled (:mod:`gliofed.data.conventions`; default ``brats``): its values
+            must be labels of that convention.
 
     Returns:
         list of (key, message); empty when the case is consistent.
@@ -196,10 +214,9 @@ def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[t
         elif key != "seg" and (problem := _intensity_problem(data)) is not None:
             problems.append((key, problem))
         if key == "seg" and np.all(np.isfinite(data)):
-            bad = sorted(set(np.unique(data).tolist()) - SEG_VALUES)
+            bad = sorted(set(np.unique(data).tolist()) - CONVENTIONS[label_convention].values)
             if bad:
-                shown = ", ".join(f"{v:g}" for v in bad[:5])
-                problems.append((key, f"segmentation values {shown} outside {{0, 1, 2, 4}}"))
+                problems.append((key, _seg_value_problem(bad, label_convention)))
     return problems
 
 
@@ -218,8 +235,8 @@ def _intensity_problem(data: np.ndarray) -> str | None:
     return None
 
 
-def _check_files(task: tuple[str, dict[str, str]]) -> list[Problem]:
-    subject, paths = task
+def _check_files(task: tuple[str, dict[str, str], str]) -> list[Problem]:
+    subject, paths, label_convention = task
     problems: list[Problem] = []
     volumes = {}
     for key, path in paths.items():
@@ -235,7 +252,7 @@ def _check_files(task: tuple[str, dict[str, str]]) -> list[Problem]:
             volumes[key] = load_volume(path)
         except Exception as error:  # any reader failure is reported, never raised
             problems.append(Problem(subject, name, read_error(path, error)))
-    for key, message in volume_problems(volumes):
+    for key, message in volume_problems(volumes, label_convention):
         problems.append(Problem(subject, Path(paths[key]).name, message))
     return problems
 
@@ -256,9 +273,10 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
     Reports: missing or unreadable files, truncated gzip, headers declaring more data than the file can hold (or
     than :func:`max_voxels`; checked before reading), shape or affine mismatch between a subject's
     modalities, NaN/Inf voxels, intensities beyond :data:`MAX_INTENSITY` (z-scoring would overflow), empty
-    modalities, segmentation values outside {0, 1, 2, 4}, invalid
-    label codes, blank required fields, subject IDs or sites that are not safe file names, duplicate subject IDs
-    and a subject listed in two splits.
+    modalities, segmentation values outside the row's label convention
+    ({0, 1, 2, 4} unless ``label_convention`` says otherwise), invalid label codes, blank required fields, subject
+    IDs or sites that are not safe file names, duplicate subject IDs, a subject listed in two splits and a dataset
+    whose rows name more than one label convention.
 
     Args:
         path: manifest CSV.
@@ -274,6 +292,7 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
     root = path.resolve().parent
     problems: list[Problem] = []
     splits_seen: dict[str, set[str]] = {}
+    conventions_seen: dict[str, dict[str, str]] = {}  # dataset -> convention -> first subject naming it
     tasks = []
     for index, row in raw.iterrows():
         subject = row["subject_id"].strip() or f"row {index + 2}"
@@ -295,6 +314,11 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
                 both = ", ".join(sorted(splits_seen[subject] | {split}))
                 problems.append(Problem(subject, "split", f"subject is in two splits ({both})"))
         splits_seen.setdefault(subject, set()).add(split)
+        label_convention = str(row.get("label_convention", "") or "").strip().lower() or DEFAULT_CONVENTION
+        if label_convention not in CONVENTIONS:  # reported by label_problems; the values are checked as BraTS
+            label_convention = DEFAULT_CONVENTION
+        elif row["dataset"].strip():
+            conventions_seen.setdefault(row["dataset"].strip(), {}).setdefault(label_convention, subject)
         paths = {}
         for key in (*MODALITIES, "seg"):
             value = row[key].strip()
@@ -302,7 +326,13 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
                 paths[key] = absolute_path(value, root)
             elif key != "seg":
                 problems.append(Problem(subject, key, f"no {key} file given"))
-        tasks.append((subject, paths))
+        tasks.append((subject, paths, label_convention))
+    for dataset, seen in conventions_seen.items():
+        if len(seen) > 1:
+            first, *others = seen.items()
+            problems.append(Problem(others[0][1], "label_convention", f"dataset {dataset!r} mixes label conventions "
+                                    f"{', '.join(seen)} ({first[1]} is {first[0]}); a dataset labels every mask "
+                                    "one way"))
     for found in process_map(_check_files, tasks, workers, desc="check", unit="subject", progress=progress,
                              chunksize=4):
         problems.extend(found)

@@ -22,6 +22,7 @@ from monai.transforms import (
 )
 
 from gliofed.data.check import volume_problems
+from gliofed.data.conventions import DEFAULT_CONVENTION, convention
 from gliofed.errors import DataError
 from gliofed.vocab import MODALITIES
 
@@ -35,19 +36,22 @@ class ValidateCased(MapTransform):
     Args:
         keys: the loaded volume keys.
         subject_key: key holding the subject ID for the message (default ``"subject_id"``).
+        label_convention: how ``seg`` is labelled (default ``brats``; :mod:`gliofed.data.conventions`).
         allow_missing_keys: don't raise if a key is absent (default False).
     """
 
-    def __init__(self, keys, subject_key: str = "subject_id", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys, subject_key: str = "subject_id", label_convention: str = DEFAULT_CONVENTION,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.subject_key = subject_key
+        self.label_convention = convention(label_convention).name
 
     def __call__(self, data):
         volumes = {}
         for key in self.key_iterator(data):
             array = np.asarray(data[key])[0]  # channel-first after loading
             volumes[key] = (array, np.asarray(data[key].affine))
-        problems = volume_problems(volumes)
+        problems = volume_problems(volumes, self.label_convention)
         if problems:
             key, message = problems[0]
             raise DataError(f"subject {data.get(self.subject_key, '?')}: {key}: {message}.")
@@ -129,17 +133,19 @@ class ToDepthFirstd(MapTransform):
         return d
 
 
-def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
+def preprocess_pipeline(size: int = 128, with_seg: bool = True, label_convention: str = DEFAULT_CONVENTION) -> Compose:
     """The seed's preprocessing as MONAI dictionary transforms.
 
     load -> channel first -> validate -> orient to RAS -> stack the four contrasts -> crop to the
     brain (non-zero voxels) -> resample in-plane to ``size`` x ``size`` keeping the slice count
-    (area for images, nearest for the mask) -> BraTS label 4 -> 3 -> z-score each contrast over
-    brain voxels (NaN/Inf refused, :class:`FiniteImaged`) -> (C, D, H, W).
+    (area for images, nearest for the mask) -> mask labels to classes (BraTS 4 -> 3, or the dataset's own
+    convention) -> z-score each contrast over brain voxels (NaN/Inf refused, :class:`FiniteImaged`) -> (C, D, H, W).
 
     Args:
         size: in-plane size (default 128, the seed's).
         with_seg: whether the input dict has a ``seg`` path (default True).
+        label_convention: how the mask is labelled (default ``brats``: 0/1/2/4; ``brats2023``, ``brats2024``,
+            ``msd``: :mod:`gliofed.data.conventions`). A value outside it is a :class:`DataError`.
 
     Returns:
         a Compose taking ``{"subject_id", "t1", "t1ce", "t2", "flair"[, "seg"]}`` paths and returning
@@ -152,7 +158,7 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
     steps = [
         LoadImaged(volumes, reader="NibabelReader", image_only=True),
         EnsureChannelFirstd(volumes, channel_dim="no_channel"),
-        ValidateCased(volumes),
+        ValidateCased(volumes, label_convention=label_convention),
         Orientationd(volumes, axcodes="RAS", labels=None),
         ConcatItemsd(list(MODALITIES), name="image"),
         DeleteItemsd(list(MODALITIES)),
@@ -160,9 +166,10 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True) -> Compose:
         Resized(["image"], spatial_size=(size, size, -1), mode="area"),
     ]
     if with_seg:
+        labels = convention(label_convention).to_class
         steps += [
             Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
-            MapLabelValued("seg", orig_labels=[0, 1, 2, 4], target_labels=[0, 1, 2, 3]),
+            MapLabelValued("seg", orig_labels=list(labels), target_labels=list(labels.values())),
         ]
     steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), FiniteImaged("image"),
               CacheGeometryd("image"), ToDepthFirstd(spatial)]

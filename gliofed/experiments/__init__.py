@@ -11,7 +11,7 @@ from gliofed.experiments.comparison import (
     train_and_save,
     trained_model,
 )
-from gliofed.experiments.privacy import privacy_audit
+from gliofed.experiments.privacy import outgoing_audit, privacy_audit
 
 __all__ = ["run_experiment", "train_and_save", "build_sites", "trained_model", "strategy_predictions",
-           "modality_ablation", "ablation_table", "privacy_audit"]
+           "modality_ablation", "ablation_table", "privacy_audit", "outgoing_audit"]

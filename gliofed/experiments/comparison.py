@@ -57,14 +57,16 @@ def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
 def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
                    mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
                    min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True, policy: SitePolicy | None = None, aggregation: str = "mean",
+                   progress: bool = True, policy: SitePolicy | None = None, dp=None, aggregation: str = "mean",
                    manifest: str | Path | None = None) -> tuple[torch.nn.Module, History]:
     """Train ``strategy`` (a name of :data:`~gliofed.federated.server.strategies.STRATEGIES`) for ``rounds`` rounds over
     the sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
-    ``policy``: every site's :class:`SitePolicy` (default: the default policy). ``aggregation``: FedAvg's and
+    ``policy``: every site's :class:`SitePolicy` (default: the default policy). ``dp``: the strategy's
+    differential-privacy dial (:class:`~gliofed.dp.DPSettings` or its dict; default off); each round's history
+    ``info["dp"]`` records every site's epsilon, and so does the run folder's state. ``aggregation``: FedAvg's and
     FedProx's (``mean``, ``median``, ``trimmed-mean``). ``manifest``: the cache's manifest, whose fingerprint the
     run's :func:`data_record` keeps (a resume on other data is refused)."""
-    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed, aggregation)
+    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed, aggregation=aggregation, dp=dp)
     sites = build_sites(cache_dir, chosen, config, external_site, policy)
     test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
                        external_site=external_site)

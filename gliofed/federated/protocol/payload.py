@@ -38,10 +38,12 @@ DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
     # n_masked: cases with a segmentation mask; n_labelled: {marker: cases with a known label} (FedAvg weights
     # the decoder and each marker head by them)
-    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss")},
+    # dp: what a differentially private reply spent (mechanism, noise_multiplier, max_norm, delta, epsilon,
+    # epsilon_total); withheld: synthetic volumes the site's audit kept back
+    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss", "dp")},
     "distilled_set": {
         "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:", "bn:"),
-        "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
+        "meta": ("site", "n_cases", "shape", "scale", "init", "temperature", "dp", "withheld"),
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design
     "site_info": {"arrays": (), "meta": ("site", "n_cases", "raw_bytes")},  # what pooling a site's cases moves
@@ -211,6 +213,33 @@ def _check_meta(payload: Payload) -> None:
         _int_in(meta, "raw_bytes", 0, 2**62)
     if "strategy" in meta and not isinstance(meta["strategy"], str):
         raise PayloadError(f"payload metadata 'strategy' = {_short(meta['strategy'])} is not a string.")
+    if "withheld" in meta:
+        _int_in(meta, "withheld", 0, MAX_SYNTHETIC)
+    if "dp" in meta:
+        _check_dp(meta["dp"])
+
+
+#: the keys of a reply's ``dp`` metadata and their types
+_DP_META = {"mechanism": str, "noise_multiplier": float, "max_norm": float, "delta": float, "epsilon": float,
+            "epsilon_total": float}
+
+
+def _check_dp(dp) -> None:
+    """A reply's ``dp`` metadata: exactly the keys of :data:`_DP_META`, a known mechanism, positive finite numbers
+    (epsilon may be inf), delta in (0, 1)."""
+    from gliofed.dp import MECHANISMS
+
+    if not isinstance(dp, Mapping) or set(dp) != set(_DP_META):
+        raise PayloadError(f"payload metadata 'dp' = {_short(dp)} is not a mapping of {', '.join(_DP_META)}.")
+    if dp["mechanism"] not in MECHANISMS or dp["mechanism"] == "off":
+        raise PayloadError(f"payload metadata 'dp.mechanism' = {_short(dp['mechanism'])} is not a DP mechanism.")
+    for key in ("noise_multiplier", "max_norm", "epsilon", "epsilon_total"):
+        value = dp[key]
+        if not _is_real(value) or math.isnan(float(value)) or float(value) < 0 or (
+                key in ("noise_multiplier", "max_norm") and not math.isfinite(float(value))):
+            raise PayloadError(f"payload metadata 'dp.{key}' = {_short(value)} is not a non-negative number.")
+    if not _is_real(dp["delta"]) or not 0 < float(dp["delta"]) < 1:
+        raise PayloadError(f"payload metadata 'dp.delta' = {_short(dp['delta'])} is not in (0, 1).")
 
 
 def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:

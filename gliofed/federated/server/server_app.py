@@ -11,7 +11,9 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 ``connect-timeout`` (seconds to wait for ``min-nodes``), ``out-dir`` (where the final ``model.safetensors`` and
 ``history.json`` go, on the SuperLink's machine), ``distill`` (overrides of the preset's
 :class:`~gliofed.federated.protocol.DistillSettings`, e.g. ``distill="steps=10,n_synthetic=4"``; each site's
-policy decides whether it accepts them).
+policy decides whether it accepts them), ``dp`` (the differential-privacy dial, :class:`~gliofed.dp.DPSettings`,
+e.g. ``dp="mechanism=dp_sgd,noise_multiplier=1.0"``; blank: off) and ``norm`` (the network's normalisation,
+``batch`` or ``group``: DP-SGD needs ``group``).
 
 The server never sees a scan: it holds the model, sends declared payloads and aggregates declared replies,
 exactly as in the in-process simulator (the same round loop, :func:`~gliofed.federated.server.rounds.run_rounds`, the
@@ -154,9 +156,13 @@ def main(grid: Grid, context: Context) -> None:
     rounds, min_sites = int(cfg.get("num-server-rounds", 3)), int(cfg.get("min-sites", 1))
     config = preset.train.replace(seed=seed, device="cpu",
                                   modalities=tuple(str(cfg.get("modalities", "t1,t1ce,t2,flair")).split(",")))
+    norm = str(cfg.get("norm", "batch")) or "batch"
+    if norm != "batch":
+        config = config.replace(model={**config.model, "norm": norm})
     distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
+    dp = distill_overrides(str(cfg.get("dp", ""))) or None
     strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed,
-                             str(cfg.get("aggregation", "mean")))
+                             aggregation=str(cfg.get("aggregation", "mean")), dp=dp)
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's

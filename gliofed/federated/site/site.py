@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
+from gliofed.dp import Accountant, DPSettings, check_no_batchnorm, gaussian_sum
 from gliofed.engine import fit, seed_everything
-from gliofed.errors import PolicyError
+from gliofed.errors import ConfigError, PolicyError
 from gliofed.federated.protocol import DistillSettings, Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
 from gliofed.federated.site.policy import SitePolicy
@@ -20,6 +23,8 @@ from gliofed.model import MultiTaskUNet, build_model
 from gliofed.vocab import MARKERS, MODALITIES, TASKS
 
 __all__ = ["Site"]
+
+log = logging.getLogger("gliofed.federated")
 
 
 def _declared_model_bytes(model_config: dict) -> int:
@@ -58,12 +63,19 @@ class Site:
         self.__policy = policy if policy is not None else SitePolicy()
         self.__cases = CaseDataset(cache_dir, split="train", sites=list(members or [name]), modalities=modalities,
                                    seed=seed, external_site=external_site)
+        #: every differentially private release this site has sent, over all requests (its accountant)
+        self.__spent = Accountant()
         self.__cache_dir = Path(cache_dir)
 
     @property
     def policy(self) -> SitePolicy:
         """The operator's policy this site answers under (read-only)."""
         return self.__policy
+
+    @property
+    def privacy_spent(self) -> Accountant:
+        """A copy of the accountant of every DP release this site has sent (read-only)."""
+        return Accountant.from_dict(self.__spent.to_dict())
 
     @property
     def n_cases(self) -> int:
@@ -102,16 +114,52 @@ class Site:
         if task != "describe" and isinstance((settings or {}).get("model_config"), dict):
             model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
         self.__policy.check_request(self.name, task, settings or {}, model_bytes)
+        dp, planned = self._plan_privacy(task, settings or {})
         if task == "distill" and self.n_cases < self.__policy.min_group:
             raise PolicyError(f"site {self.name} refuses the 'distill' request: it has {self.n_cases} training case(s),"
                               f" fewer than the {self.__policy.min_group} any summary it sends must pool.")
-        reply = self._answer(task, model, settings)
+        reply = self._answer(task, model, settings, dp)
+        if planned is not None:  # what this reply spends alone, and what the site has spent with it
+            alone = Accountant()
+            alone.step(*self._mechanism(task, settings or {}, dp))
+            reply.meta["dp"] = {**dp.to_dict(), "epsilon": alone.epsilon(dp.delta),
+                                "epsilon_total": planned.epsilon(dp.delta)}
+        if reply.kind in ("distilled_set", "weights_update"):
+            reply = self._audit_outgoing(reply, dp)
         self.__policy.check_reply_size(self.name, reply.nbytes)
-        if reply.kind == "distilled_set" and self.__policy.refuse_flagged:
-            self._refuse_if_flagged(reply)
+        if planned is not None:
+            self.__spent = planned
         return reply
 
-    def _answer(self, task: str, model: Payload, settings: dict) -> Payload:
+    def _mechanism(self, task: str, settings: dict, dp: DPSettings) -> tuple[float, float, int]:
+        """(noise multiplier, sample rate, steps) of the DP mechanism a request runs, known before any case is
+        read: DP-SGD takes round(N / B) Poisson-sampled steps per epoch at rate B / N (:class:`gliofed.dp.DPSGD`);
+        a clipped update is one release whose sensitivity is twice the clipping norm (two clipped updates differ by
+        at most that), so its multiplier counts half; the Gaussian release of summaries is one step."""
+        if dp.mechanism == "dp_sgd" and task == "train":
+            batch = int((settings.get("train") or {}).get("batch_size", 1))
+            rate = min(1.0, batch / max(self.n_cases, 1))
+            return dp.noise_multiplier, rate, int(settings.get("epochs", 1)) * max(1, round(1.0 / rate))
+        if dp.mechanism == "clipped_update":
+            return dp.noise_multiplier / 2.0, 1.0, 1
+        return dp.noise_multiplier, 1.0, 1
+
+    def _plan_privacy(self, task: str, settings: dict) -> tuple[DPSettings, Accountant | None]:
+        """The request's DP settings and the accountant as it would stand after answering it (None without DP);
+        refused (:class:`PolicyError`) when the policy does not allow it (:meth:`SitePolicy.check_privacy`)."""
+        try:
+            dp = DPSettings.from_dict(settings.get("dp"))
+        except (ConfigError, TypeError) as error:
+            raise PolicyError(f"site {self.name} refuses the {task!r} request: {error}") from None
+        planned, epsilon_after = None, None
+        if dp.enabled and task in ("train", "distill"):
+            planned = self.privacy_spent
+            planned.step(*self._mechanism(task, settings, dp))
+            epsilon_after = planned.epsilon(dp.delta)
+        self.__policy.check_privacy(self.name, task, dp, epsilon_after)
+        return dp, planned
+
+    def _answer(self, task: str, model: Payload, settings: dict, dp: DPSettings | None = None) -> Payload:
         if task == "describe":
             return Payload("site_info", {}, {"site": self.name, "n_cases": self.n_cases, "raw_bytes": self.raw_bytes()})
         if self.__policy.device is not None:  # the operator, not the server, picks the site's hardware
@@ -121,14 +169,23 @@ class Site:
         network.load_state_dict(arrays_to_state(model.arrays))
         seed = int(settings["seed"])
         seed_everything(seed)
+        dp = dp or DPSettings()
         if task == "train":
-            return self._train(network, config, settings, seed)
+            return self._train(network, config, settings, seed, dp)
         if task == "distill":
             return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name,
-                            min_group=self.__policy.min_group)
+                            min_group=self.__policy.min_group, dp=dp if dp.mechanism == "gaussian" else None)
         raise ValueError(f"site {self.name}: unknown task {task!r}; expected one of {', '.join(TASKS)}.")
 
-    def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int) -> Payload:
+    def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int,
+               dp: DPSettings | None = None) -> Payload:
+        dp = dp or DPSettings()
+        if dp.mechanism == "dp_sgd":
+            try:
+                check_no_batchnorm(network)
+            except ConfigError as error:
+                raise PolicyError(f"site {self.name} refuses the 'train' request: {error}") from None
+        before = {k: v.detach().clone() for k, v in network.state_dict().items()}
         mu = float(settings.get("mu", 0.0))
         extra = None
         if mu > 0:  # FedProx: mu/2 * ||w - w_global||^2
@@ -140,11 +197,14 @@ class Site:
         self.__cases.transform = augment_pipeline(seed) if config.augment else None
         try:
             history = fit(network, self.__cases, config.replace(seed=seed), epochs=int(settings["epochs"]),
-                          extra_loss=extra, progress=False)
+                          extra_loss=extra, progress=False, dp=dp if dp.mechanism == "dp_sgd" else None)
         finally:
             self.__cases.transform = None
         network.cpu()
-        loss = float(np.mean([h["total"] for h in history])) if history else None  # no step: no loss (not NaN)
+        if dp.mechanism == "clipped_update":
+            self._clip_and_noise(network, before, dp, seed)
+        # no step: no loss (not NaN); under DP the training loss is not released (it is not noised)
+        loss = float(np.mean([h["total"] for h in history])) if history and not dp.enabled else None
         # counts FedAvg weights the decoder and each marker head by (disclosed, like n_cases)
         labels = self.__cases.labels
         labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
@@ -153,16 +213,63 @@ class Site:
                        {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
 
-    def _refuse_if_flagged(self, payload: Payload) -> None:
-        """The outgoing audit: a distilled set with any synthetic volume flagged as a near-copy stays here."""
-        report = self.privacy_audit(payload, self.__policy.audit_quantile)
-        flagged = report[report["flagged"]]
-        if len(flagged):
-            worst = flagged.loc[flagged["nn_corr"].idxmax()]
-            raise PolicyError(f"site {self.name} refuses to send its distilled set: the privacy audit flags "
-                              f"{len(flagged)} of {len(report)} synthetic volume(s) as near-copies of patients "
-                              f"(nearest-neighbour correlation up to {worst['nn_corr']:.3f} >= threshold "
-                              f"{worst['threshold']:.3f}).")
+    @staticmethod
+    def _clip_and_noise(network: torch.nn.Module, before: dict, dp: DPSettings, seed: int) -> None:
+        """Replace the update (every floating-point tensor of the state, BatchNorm statistics included) by the
+        update clipped to ``dp.max_norm`` plus Gaussian noise of standard deviation ``noise_multiplier *
+        max_norm`` (Flower's local DP mod does the same to a client's update). Noised BatchNorm variances are then
+        clamped at 0 (post-processing costs no privacy): the server refuses a negative variance."""
+        state = network.state_dict()
+        names = [k for k, v in state.items() if v.is_floating_point()]
+        update = torch.cat([(state[k] - before[k]).flatten().double() for k in names]).numpy()
+        noised = gaussian_sum(update[None], dp.max_norm, dp.noise_multiplier, np.random.default_rng([seed, 30]))
+        offset = 0
+        with torch.no_grad():
+            for k in names:
+                size = state[k].numel()
+                step = torch.from_numpy(noised[offset:offset + size]).reshape(state[k].shape).to(state[k].dtype)
+                state[k].copy_(before[k] + step)
+                if k.endswith(".running_var"):
+                    state[k].clamp_(min=0.0)
+                offset += size
+
+    def audit_payload(self, payload: Payload, dp: DPSettings | None = None) -> pd.DataFrame:
+        """The outgoing audit of every part of ``payload``, one row per part (per volume for synthetic volumes),
+        with its pass/fail rule (:func:`gliofed.federated.site.privacy.payload_audit`); runs inside the site."""
+        from gliofed.federated.site.privacy import payload_audit, volume_vectors
+
+        real = labels = None
+        if payload.kind == "distilled_set":
+            grid = payload.arrays["syn_images"].shape[2:]
+            real = np.concatenate([volume_vectors(self.__cases[i]["image"][None], grid)
+                                   for i in range(len(self.__cases))])
+            labels = self.__cases.labels
+        spent = payload.meta.get("dp") if dp is not None and dp.enabled else None
+        epsilon = (float(spent["epsilon_total"]), float(self.__policy.max_epsilon)) if spent else None
+        return payload_audit(payload.arrays, payload.kind, real, labels, self.name, self.__policy.min_group,
+                             self.__policy.audit_quantile, epsilon=epsilon,
+                             dp_released=bool(spent) and spent.get("mechanism") == "gaussian")
+
+    def _audit_outgoing(self, reply: Payload, dp: DPSettings) -> Payload:
+        """Audit every part before it leaves: a synthetic volume that fails its rule is withheld (the site says so
+        in one sentence, logged and in the reply's ``withheld``); any other part that fails, or every volume
+        failing, stops the whole reply (:class:`PolicyError`). A teaching policy (``refuse_flagged=False``) sends
+        flagged volumes anyway."""
+        from gliofed.federated.site.privacy import outgoing_decision
+
+        if not self.__policy.refuse_flagged:  # a teaching policy: everything leaves, so the audit can be shown
+            return reply
+        keep, sentence, refusal = outgoing_decision(self.name, reply.kind, self.audit_payload(reply, dp))
+        if refusal:
+            raise PolicyError(refusal)
+        if sentence is None:
+            return reply
+        log.warning(sentence)
+        arrays = dict(reply.arrays)
+        for name in ("syn_images", "syn_masks", "syn_labels"):
+            arrays[name] = np.ascontiguousarray(arrays[name][keep])
+        withheld = len(reply.arrays["syn_images"]) - len(keep)
+        return Payload(reply.kind, arrays, {**reply.meta, "withheld": int(withheld)})
 
     def privacy_audit(self, payload: Payload, quantile: float = 0.95):
         """Audit an outgoing ``distilled_set`` against this site's real volumes (runs inside the site;

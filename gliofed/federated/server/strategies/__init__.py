@@ -21,19 +21,26 @@ STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
 
 
 def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
-                  seed: int = 0, aggregation: str = "mean") -> Strategy:
-    """Build a strategy by name (one of :data:`STRATEGIES`); ``aggregation`` (one of :data:`AGGREGATIONS`, default
-    ``"mean"``) applies to ``fedavg`` and ``fedprox`` only, and another value for any other strategy is refused."""
+                  seed: int = 0, dp=None, aggregation: str = "mean") -> Strategy:
+    """Build a strategy by name (one of :data:`STRATEGIES`). ``dp``: the differential-privacy dial
+    (:class:`~gliofed.dp.DPSettings` or its dict) of FedAvg, FedProx and distillation (default off); asking it of
+    another strategy is a :class:`GliofedError`. ``aggregation`` (one of :data:`AGGREGATIONS`, default ``"mean"``)
+    applies to ``fedavg`` and ``fedprox`` only, and another value for any other strategy is refused."""
     if aggregation != "mean" and name not in ("fedavg", "fedprox"):
         raise ConfigError(f"aggregation {aggregation!r} applies to fedavg and fedprox, not {name}.")
+    if dp is not None and name not in ("fedavg", "fedprox", "distill"):
+        from gliofed.dp import DPSettings
+
+        if DPSettings.from_dict(dp if isinstance(dp, dict) else dp.to_dict()).enabled:
+            raise GliofedError(f"strategy {name!r} has no differential-privacy dial (fedavg, fedprox and distill do).")
     if name == "centralized":
         return Centralized(local_epochs)
     if name == "local":
         return LocalOnly(local_epochs)
     if name == "fedavg":
-        return FedAvg(local_epochs, aggregation=aggregation)
+        return FedAvg(local_epochs, dp=dp, aggregation=aggregation)
     if name == "fedprox":
-        return FedProx(local_epochs, mu, aggregation=aggregation)
+        return FedProx(local_epochs, mu, dp=dp, aggregation=aggregation)
     if name == "distill":
-        return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
+        return DistillFederation(DistillSettings(**(distill or {})), seed=seed, dp=dp)
     raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
