@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gliofed.errors import ConfigError
-from gliofed.fileio import atomic_write_text
+from gliofed.fileio import atomic_write_text, to_json
 from gliofed.vocab import MODALITIES
 
 __all__ = ["TrainConfig"]
@@ -82,7 +82,7 @@ class TrainConfig:
         return cls(**values)
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+        atomic_write_text(path, to_json(self.to_dict(), indent=2))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import collate_cases
-from gliofed.errors import ConfigError
+from gliofed.errors import ConfigError, TrainingError
 from gliofed.losses import MultiTaskLoss
 from gliofed.metrics import region_scores
 from gliofed.vocab import MARKER_CLASSES, MARKERS, REGIONS
@@ -29,6 +29,7 @@ __all__ = [
     "make_optimizer",
     "make_loader",
     "train_epoch",
+    "refuse_non_finite_loss",
     "prepare_model",
     "fit",
     "fit_private",
@@ -85,6 +86,24 @@ def _autocast(device: torch.device, amp: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda")
 
 
+def refuse_non_finite_loss(total: torch.Tensor, batch: dict, desc: str = "train") -> None:
+    """Stop training with one sentence naming the batch's subjects when its loss is NaN or Inf (before the step
+    that would spread it into every weight).
+
+    Args:
+        total: the batch's loss.
+        batch: the batch (its ``subject`` list names the cases).
+        desc: where, for the message (e.g. ``"epoch 3"``).
+
+    Raises:
+        TrainingError: the loss is not finite.
+    """
+    if not bool(torch.isfinite(total.detach()).all()):
+        subjects = ", ".join(str(s) for s in batch.get("subject", [])) or "unnamed cases"
+        raise TrainingError(f"{desc}: the training loss is {float(total.detach()):g} on the batch of {subjects}; "
+                            "check these cases with `gliofed check`, or lower the learning rate.")
+
+
 def train_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: MultiTaskLoss, optimizer: torch.optim.Optimizer,
                 device: torch.device, amp: bool = True, channels_last: bool = False,
                 extra_loss: Callable[[torch.nn.Module], torch.Tensor] | None = None, desc: str = "train",
@@ -105,6 +124,7 @@ def train_epoch(model: torch.nn.Module, loader: DataLoader, loss_fn: MultiTaskLo
             prox = extra_loss(model)
             total = total + prox
             parts["extra"] = float(prox.detach())
+        refuse_non_finite_loss(total, batch, desc)
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -30,7 +30,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,16 +37,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliofed.data.check import read_error
+from gliofed.data.check import max_voxels, nifti_size_problem, read_error
 from gliofed.data.manifest import check_safe_names, read_manifest, unsafe_name
 from gliofed.data.parallel import process_map
 from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, GliofedError, ManifestError
-from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, folder_lock, to_json, write_csv
 from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
            "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",
-           "verify_case"]
+           "verify_case", "cache_fingerprint"]
 
 #: bump when the pipeline changes so that every cache entry is invalidated
 #: (2: checksums, sizes and grid geometry in the index, settings.json)
@@ -247,13 +246,13 @@ def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | None
     frame = pd.DataFrame(full, columns=INDEX_COLUMNS)
     if size is not None:
         _write_settings(cache_dir, size)
-    return atomic_write_text(cache_dir / "index.csv", frame.to_csv(index=False))
+    return write_csv(cache_dir / "index.csv", frame)
 
 
 # ------------------------------------------------------------------------------------- settings, lock
 def _write_settings(cache_dir: Path, size: int) -> None:
-    atomic_write_text(cache_dir / _SETTINGS, json.dumps({"size": int(size),
-                                                         "preprocess_version": PREPROCESS_VERSION}) + "\n")
+    atomic_write_text(cache_dir / _SETTINGS, to_json({"size": int(size), "preprocess_version": PREPROCESS_VERSION})
+                      + "\n")
 
 
 def read_settings(cache_dir: str | Path) -> dict | None:
@@ -293,60 +292,18 @@ def _refuse_mixed_settings(cache_dir: Path, size: int) -> None:
                          "use another cache folder or delete this one.")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
-    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache.
+    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache (:func:`gliofed.fileio.folder_lock`).
 
-    A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
-    this host (a killed ``preprocess``) is taken over. (Two writers taking over the same stale lock at the same
-    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is
-    created complete, by a hard link of a written temporary file, so a reader never sees a half-written lock.
+    A lock of a live process, this one included, is refused with :class:`CacheLockedError`; a lock left by a dead
+    process on this host (a killed ``preprocess``) is taken over.
 
     Yields:
         the lock file's path.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    lock = cache_dir / _LOCK
-    host = socket.gethostname()
-    tmp = atomic_write_text(cache_dir / f".lock.{os.getpid()}{TMP_SUFFIX}",
-                            json.dumps({"pid": os.getpid(), "host": host}))
-    try:
-        for _attempt in range(3):
-            try:
-                os.link(tmp, lock)
-                break
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text())
-                    pid, holder_host = int(holder["pid"]), str(holder["host"])
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                except (ValueError, KeyError, TypeError):
-                    pid, holder_host = -1, host  # unreadable: not written by a live gliofed
-                if holder_host != host or (pid > 0 and _pid_alive(pid)):
-                    where = f"PID {pid}" + ("" if holder_host == host else f" on {holder_host}")
-                    raise CacheLockedError(f"{cache_dir}: another preprocess ({where}) is writing this cache; "
-                                           f"wait for it, or delete {lock} if it is no longer running.") from None
-                lock.unlink(missing_ok=True)  # stale: its writer is dead
-        else:
-            raise CacheLockedError(f"{cache_dir}: could not take the cache lock {lock}; try again.")
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
+    with folder_lock(cache_dir, "preprocess", "cache", CacheLockedError, name=_LOCK) as lock:
         yield lock
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _remove_leftovers(cache_dir: Path) -> int:
@@ -370,14 +327,21 @@ def _worker_init() -> None:
 
 def _preprocess_one(task: tuple[dict, int, str]) -> dict:
     """Run the pipeline on one case and write it; return its status, reason, shape, files and geometry."""
-    from gliofed.data.transforms import preprocess_pipeline
-
     row, size, cache_dir = task
     subject = row["subject_id"]
     with_seg = _uses_mask(row)
     for key in (*MODALITIES, "seg"):
         if row[key] and not Path(row[key]).is_file():
             return {"status": "skipped", "reason": f"{key} file {Path(row[key]).name} not found"}
+    for key in (*MODALITIES, *(["seg"] if with_seg else [])):  # declared sizes, before any array is made
+        try:
+            too_large = nifti_size_problem(row[key])
+        except Exception:  # unreadable: the pipeline below names the reason
+            too_large = None
+        if too_large is not None:
+            return {"status": "skipped", "reason": f"{Path(row[key]).name}: {too_large}"}
+    from gliofed.data.transforms import preprocess_pipeline  # MONAI and torch: only for a case that passed
+
     try:
         labels = str(row.get("label_convention", "") or "brats")
         out = preprocess_pipeline(size, with_seg, labels)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
@@ -399,6 +363,10 @@ def _preprocess_one(task: tuple[dict, int, str]) -> dict:
         return {"status": "skipped",
                 "reason": f"could not be processed ({type(cause).__name__}: {str(cause)[:200]})"}
     image = np.asarray(out["image"], dtype=np.float16)
+    if not np.isfinite(image).all():  # z-scores beyond float16's +/-65504: never cache Inf
+        channel = int(np.flatnonzero(~np.isfinite(image).reshape(len(image), -1).all(1))[0])
+        return {"status": "skipped", "reason": f"{MODALITIES[channel]}: z-scored values beyond float16's range "
+                                               "(an extreme outlier voxel)"}
     files = write_case_files(cache_dir, subject, image, np.asarray(out["seg"][0]) if with_seg else None)
     spacing = [float(v) for v in out["image_spacing"]]
     note = "" if with_seg or not row["seg"] else WT_ONLY_NOTE
@@ -438,6 +406,7 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
         CacheLockedError: another live ``preprocess`` is writing this cache.
     """
     cache_dir = Path(cache_dir)
+    max_voxels()  # a bad GLIOFED_MAX_VOXELS is an error now, not one per case
     manifest = read_manifest(manifest_path)
     check_safe_names(manifest, manifest_path)
     duplicated = manifest["subject_id"][manifest["subject_id"].duplicated()].unique()
@@ -494,7 +463,7 @@ def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, size: int, worke
     write_index(cache_dir, index_rows)
     report = PreprocessReport(cache_dir, pd.DataFrame(report_rows, columns=["subject_id", "site", "status",
                                                                             "reason"]))
-    atomic_write_text(cache_dir / "report.csv", report.cases.to_csv(index=False))
+    write_csv(cache_dir / "report.csv", report.cases)
     return report
 
 
@@ -518,6 +487,23 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
         raise CacheError(f"{path}: unreadable cache index ({type(error).__name__}); delete the cache folder and run "
                          "`gliofed preprocess` again.") from error
     return index
+
+
+def cache_fingerprint(cache_dir: str | Path) -> str:
+    """What a run trained and tested on, in 16 hex digits: SHA-256 over every cached case's subject, site, split,
+    labels and the checksums of its files (content, not paths or times), in subject order. Equal for the same
+    cases preprocessed the same way, different when any case, label, split or pixel differs.
+
+    Args:
+        cache_dir: the cache folder.
+
+    Raises:
+        CacheError: no cache index there.
+    """
+    index = read_index(cache_dir)
+    columns = ["subject_id", "site", "split", *MARKERS, "has_mask", "image_sha256", "seg_sha256"]
+    rows = index[columns].astype(str).sort_values("subject_id").to_numpy().tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def case_spacing(record: Mapping) -> tuple[float, float, float]:

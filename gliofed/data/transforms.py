@@ -26,8 +26,8 @@ from gliofed.data.conventions import DEFAULT_CONVENTION, convention
 from gliofed.errors import DataError
 from gliofed.vocab import MODALITIES
 
-__all__ = ["ValidateCased", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline", "augment_pipeline",
-           "depth_first_affine"]
+__all__ = ["ValidateCased", "FiniteImaged", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline",
+           "augment_pipeline", "depth_first_affine"]
 
 
 class ValidateCased(MapTransform):
@@ -55,6 +55,34 @@ class ValidateCased(MapTransform):
         if problems:
             key, message = problems[0]
             raise DataError(f"subject {data.get(self.subject_key, '?')}: {key}: {message}.")
+        return data
+
+
+class FiniteImaged(MapTransform):
+    """Raise :class:`DataError` naming the subject and contrast when a stacked image holds NaN or Inf (after
+    z-scoring: finite input whose statistics overflow float32 would otherwise pass on silently).
+
+    Args:
+        keys: the stacked image keys (channel ``i`` is ``channels[i]``).
+        channels: the contrast of each channel, for the message (default the four, in order).
+        subject_key: key holding the subject ID (default ``"subject_id"``).
+        allow_missing_keys: don't raise if a key is absent (default False).
+    """
+
+    def __init__(self, keys, channels=MODALITIES, subject_key: str = "subject_id",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.channels, self.subject_key = tuple(channels), subject_key
+
+    def __call__(self, data):
+        for key in self.key_iterator(data):
+            image = torch.as_tensor(data[key])
+            finite = torch.isfinite(image).flatten(1).all(1)
+            if not bool(finite.all()):
+                channel = int((~finite).nonzero()[0, 0])
+                name = self.channels[channel] if channel < len(self.channels) else f"channel {channel}"
+                raise DataError(f"subject {data.get(self.subject_key, '?')}: {name}: NaN/Inf values after z-scoring "
+                                "(intensities whose statistics overflow float32).")
         return data
 
 
@@ -111,7 +139,7 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True, label_convention
     load -> channel first -> validate -> orient to RAS -> stack the four contrasts -> crop to the
     brain (non-zero voxels) -> resample in-plane to ``size`` x ``size`` keeping the slice count
     (area for images, nearest for the mask) -> mask labels to classes (BraTS 4 -> 3, or the dataset's own
-    convention) -> z-score each contrast over brain voxels -> (C, D, H, W).
+    convention) -> z-score each contrast over brain voxels (NaN/Inf refused, :class:`FiniteImaged`) -> (C, D, H, W).
 
     Args:
         size: in-plane size (default 128, the seed's).
@@ -143,8 +171,8 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True, label_convention
             Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
             MapLabelValued("seg", orig_labels=list(labels), target_labels=list(labels.values())),
         ]
-    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), CacheGeometryd("image"),
-              ToDepthFirstd(spatial)]
+    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), FiniteImaged("image"),
+              CacheGeometryd("image"), ToDepthFirstd(spatial)]
     return Compose(steps)
 
 

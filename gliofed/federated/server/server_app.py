@@ -4,6 +4,7 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 --run-config 'strategy="distill" num-server-rounds=5'``):
 
 ``strategy`` (fedavg | fedprox | distill), ``num-server-rounds``, ``local-epochs``, ``mu`` (FedProx),
+``aggregation`` (fedavg/fedprox: mean | median | trimmed-mean),
 ``preset`` (training recipe and distillation preset: tiny | workshop | paper), ``seed``, ``modalities``,
 ``size`` (in-plane size sites preprocess to), ``min-nodes`` (nodes to wait for before round 1),
 ``min-sites`` (valid replies a round needs), ``round-timeout`` (seconds to wait for replies),
@@ -161,7 +162,7 @@ def main(grid: Grid, context: Context) -> None:
     distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
     dp = distill_overrides(str(cfg.get("dp", ""))) or None
     strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed,
-                             dp=dp)
+                             aggregation=str(cfg.get("aggregation", "mean")), dp=dp)
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
@@ -173,9 +174,11 @@ def main(grid: Grid, context: Context) -> None:
         raise FederationError(f"min-sites={min_sites} must be between 1 and the {len(nodes)} connected site(s).")
     log.warning("gliofed %s over Flower: %d rounds, sites %s", name, rounds, nodes)
     timeout = float(cfg.get("round-timeout", 600))
-    history = run_rounds(strategy, model, list(nodes), config, lambda rnd: flower_exchange(grid, nodes, rnd, timeout),
-                         rounds, min_sites=min_sites, max_payload_bytes=MAX_PAYLOAD_BYTES,
-                         after_round=lambda rnd, history: run.save_rounds(name, history))
-    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
-                   preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
+    with run.lock("Flower ServerApp"):  # one writer per run folder, as `gliofed train`
+        history = run_rounds(strategy, model, list(nodes), config,
+                             lambda rnd: flower_exchange(grid, nodes, rnd, timeout), rounds, min_sites=min_sites,
+                             max_payload_bytes=MAX_PAYLOAD_BYTES,
+                             after_round=lambda rnd, history: run.save_rounds(name, history))
+        run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower"},
+                       preprocessing={"size": int(cfg.get("size", 128)), "modalities": list(config.modalities)})
     log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))

@@ -217,7 +217,8 @@ class Site:
     def _clip_and_noise(network: torch.nn.Module, before: dict, dp: DPSettings, seed: int) -> None:
         """Replace the update (every floating-point tensor of the state, BatchNorm statistics included) by the
         update clipped to ``dp.max_norm`` plus Gaussian noise of standard deviation ``noise_multiplier *
-        max_norm`` (Flower's local DP mod does the same to a client's update)."""
+        max_norm`` (Flower's local DP mod does the same to a client's update). Noised BatchNorm variances are then
+        clamped at 0 (post-processing costs no privacy): the server refuses a negative variance."""
         state = network.state_dict()
         names = [k for k, v in state.items() if v.is_floating_point()]
         update = torch.cat([(state[k] - before[k]).flatten().double() for k in names]).numpy()
@@ -228,6 +229,8 @@ class Site:
                 size = state[k].numel()
                 step = torch.from_numpy(noised[offset:offset + size]).reshape(state[k].shape).to(state[k].dtype)
                 state[k].copy_(before[k] + step)
+                if k.endswith(".running_var"):
+                    state[k].clamp_(min=0.0)
                 offset += size
 
     def audit_payload(self, payload: Payload, dp: DPSettings | None = None) -> pd.DataFrame:
