@@ -38,8 +38,10 @@ class TrainConfig:
             when the cases take at most half the free device memory; never on the CPU).
         pad_depth: the depth of every batch: ``"batch"`` (its deepest case), an int (pad or centre-crop every case
             to it) or ``"auto"`` (default: on CUDA the cache's deepest case rounded up to ``depth_multiple``, one
-            shape for the whole run; on the CPU ``"batch"``).
-        depth_multiple: rounding of the automatic fixed depth (default 16).
+            shape for the whole run, so that the compiled model and cuDNN's autotuner see one shape; on the CPU
+            ``"batch"``).
+        depth_multiple: rounding of the automatic fixed depth (default 1: the deepest case itself, no voxel of
+            padding more than needed; e.g. 16 lets caches whose deepest cases differ a little share compiled code).
         modalities: input contrasts (default all four; see :data:`gliofed.data.MODALITY_SETS`).
         task_weights, class_weights, focal_gamma: passed to :class:`gliofed.losses.MultiTaskLoss`.
         model: keyword arguments of :class:`gliofed.model.MultiTaskUNet` (default: the seed's network).
@@ -62,7 +64,7 @@ class TrainConfig:
     augment_on: str = "auto"
     device_cache: str = "auto"
     pad_depth: int | str = "auto"
-    depth_multiple: int = 16
+    depth_multiple: int = 1
     modalities: tuple[str, ...] = MODALITIES
     task_weights: dict[str, float] = field(default_factory=dict)
     class_weights: dict[str, list[float]] = field(default_factory=dict)

@@ -107,20 +107,21 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, seed: int = 0,
 
 # ------------------------------------------------------------------------------------------------- data path
 class _EpochSampler(Sampler[int]):
-    """The shuffled order of epoch ``e`` (set with :meth:`set_epoch`) from ``epoch_seed(seed, e)``: the order of
+    """The shuffled order of an epoch (set with :meth:`set_epoch`) from ``epoch_seed(seed, epoch)``: the order of
     earlier gliofed versions (:func:`_epoch_order`), with the loader (and its workers) kept across epochs."""
 
-    def __init__(self, n: int, seed: int, workers: int = 0) -> None:
-        self.n, self.seed, self.workers, self.epoch = n, seed, workers, 0
+    def __init__(self, n: int, workers: int = 0) -> None:
+        self.n, self.workers, self.seed = n, workers, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, seed: int) -> None:
+        """Use the order of the epoch seeded ``seed`` (:func:`epoch_seed`) from now on."""
+        self.seed = seed
 
     def __len__(self) -> int:
         return self.n
 
     def __iter__(self) -> Iterator[int]:
-        return iter(_epoch_order(self.n, epoch_seed(self.seed, self.epoch), self.workers).tolist())
+        return iter(_epoch_order(self.n, self.seed, self.workers).tolist())
 
 
 def _epoch_order(n: int, seed: int, workers: int = 0) -> torch.Tensor:
@@ -314,7 +315,7 @@ class TrainBatches:
     def _persistent_loader(self) -> DataLoader:
         if self.workers > 0:
             self._verify()  # once, here: the workers inherit the checksums instead of hashing every case again
-        self._sampler = _EpochSampler(len(self.source), self.config.seed, self.workers)
+        self._sampler = _EpochSampler(len(self.source), self.workers)
         return DataLoader(self.source, batch_size=self.config.batch_size, sampler=self._sampler,
                           collate_fn=partial(collate_cases, depth=self.depth), num_workers=self.workers,
                           persistent_workers=self.workers > 0, pin_memory=self.pin,
@@ -322,20 +323,31 @@ class TrainBatches:
                           generator=torch.Generator().manual_seed(self.config.seed))
 
     # -- use
+    #: the settings that shape the batches; the seed is not one of them (each call of :meth:`epoch` may bring its own)
+    SHAPING = ("batch_size", "augment", "augment_on", "num_workers", "device_cache", "pad_depth", "depth_multiple",
+               "channels_last", "modalities")
+
+    def serves(self, config: TrainConfig, device: torch.device | str) -> bool:
+        """Whether these batches are the ones ``config`` on ``device`` asks for (any seed): a site keeps them
+        across rounds while the server's settings stay the same."""
+        return torch.device(device) == self.device and all(
+            getattr(config, name) == getattr(self.config, name) for name in self.SHAPING)
+
     def __len__(self) -> int:
         """Batches per epoch."""
         return math.ceil(len(self.dataset) / self.config.batch_size)
 
-    def epoch(self, epoch: int) -> Iterator[dict]:
-        """The batches of epoch ``epoch`` (0-based), in the order and with the augmentation its seed gives."""
-        seed = epoch_seed(self.config.seed, epoch)
-        augment = _augment_generator(self.config.seed, epoch) if self.augment_on == "device" else None
-        for batch in self._host_batches(epoch, seed):
+    def epoch(self, epoch: int, seed: int | None = None) -> Iterator[dict]:
+        """The batches of epoch ``epoch`` (0-based) of a run seeded ``seed`` (default ``config.seed``), in the order
+        and with the augmentation ``epoch_seed(seed, epoch)`` gives."""
+        seed = self.config.seed if seed is None else int(seed)
+        augment = _augment_generator(seed, epoch) if self.augment_on == "device" else None
+        for batch in self._host_batches(epoch_seed(seed, epoch)):
             yield self._on_device(batch, augment)
 
-    def _host_batches(self, epoch: int, seed: int) -> Iterator[dict]:
+    def _host_batches(self, seed: int) -> Iterator[dict]:
         if self._cases is not None:
-            order = _epoch_order(len(self._cases["image"]), seed)
+            order = _epoch_order(len(self._cases["image"]), seed, self.workers)
             for start in range(0, len(order), self.config.batch_size):
                 chosen = order[start:start + self.config.batch_size]
                 picked = [{"image": self._cases["image"][j], "seg": self._cases["seg"][j]} for j in chosen.tolist()]
@@ -345,7 +357,7 @@ class TrainBatches:
                 yield batch
             return
         if self._loader is not None:
-            self._sampler.set_epoch(epoch)
+            self._sampler.set_epoch(seed)
             yield from self._loader
             return
         # loader augmentation: MONAI's per-case pipeline, re-seeded per epoch by a fresh loader (the earlier path)
@@ -472,7 +484,8 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     ``start_epoch`` sees the data of an uninterrupted run. ``config.augment`` augments (see :class:`TrainBatches`;
     a :class:`~gliofed.data.dataset.CaseDataset` view's own :func:`augment_pipeline` is replaced, never applied
     twice). ``batches``: a :class:`TrainBatches` of ``train_set`` kept by the caller across calls (e.g. a site's
-    across rounds); by default one is made for this call and closed at its end.
+    across rounds; it must :meth:`~TrainBatches.serves` ``config``); by default one is made for this call and closed
+    at its end.
     """
     device = resolve_device(config.device)
     trained = prepare_model(model, config, device)  # same parameters; channels-last / compiled where configured
@@ -484,11 +497,13 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
         return history
     own = batches is None
     batches = TrainBatches(train_set, config, device) if own else batches
+    if not batches.serves(config, device):
+        raise ConfigError("fit was given training batches made for other settings than its config's.")
     try:
         epochs_bar = tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc,
                           disable=not progress or total_epochs < 2)
         for epoch in epochs_bar:
-            losses = train_epoch(trained, batches.epoch(epoch), loss_fn, optimizer, device, config.amp,
+            losses = train_epoch(trained, batches.epoch(epoch, config.seed), loss_fn, optimizer, device, config.amp,
                                  batches.channels_last, extra_loss, desc=f"{desc} {epoch + 1}", progress=progress)
             losses["epoch"] = epoch + 1
             history.append(losses)

@@ -156,6 +156,7 @@ def test_batches_have_one_fixed_depth_and_stored_types_are_cast(tiny_cache):
 
 
 def test_automatic_depth_is_the_deepest_cached_case_rounded_up_on_cuda_only(tiny_cache):
+    assert TrainConfig().depth_multiple == 1
     dataset = CaseDataset(tiny_cache, split="train", sites=["rembrandt"])  # its own cases are shallow
     config = TrainConfig(**{**SMALL, "depth_multiple": 5})
     assert TrainBatches(dataset, config, torch.device("cpu")).depth is None  # CPU: per batch, as before
