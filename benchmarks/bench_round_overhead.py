@@ -119,7 +119,8 @@ def run(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = prepare_cache(args.preset, Path(args.work), args.seed, args.cases_per_site, args.size)
-    config = train_preset(args.preset, device=args.device, seed=args.seed, num_workers=args.workers)
+    config = train_preset(args.preset, device=args.device, seed=args.seed, num_workers=args.workers,
+                          eval_batch=args.eval_batch if args.eval_batch == "auto" else int(args.eval_batch))
     clock = Clock()
     real_make = make_strategy
 
@@ -177,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-epochs", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers per site")
+    parser.add_argument("--eval-batch", default="auto",
+                        help="cases of one shape per forward pass when scoring (default auto: CPU 1, CUDA 8)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cases-per-site", type=int, default=None, help="default: the preset's")
@@ -190,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     result = run(args)
-    print(f"{result['strategy']} on the {result['preset']} preset, {result['device']}, {args.rounds} rounds "
-          f"(seconds per round; setup_share = 1 - training / wall)")
+    print(f"{result['strategy']} on the {result['preset']} preset, {result['device']}, {args.rounds} rounds, "
+          f"eval batch {args.eval_batch} (seconds per round; setup_share = 1 - training / wall)")
     print(summary_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

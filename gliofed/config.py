@@ -40,6 +40,9 @@ class TrainConfig:
             to it) or ``"auto"`` (default: on CUDA the cache's deepest case rounded up to ``depth_multiple``, one
             shape for the whole run, so that the compiled model and cuDNN's autotuner see one shape; on the CPU
             ``"batch"``).
+        eval_batch: cases of one shape per forward pass when a run scores its model (per-round curves, final
+            predictions): an int, or ``"auto"`` (default: 8 on CUDA; 1 on the CPU, where batched passes are faster
+            but not bit-identical to single ones, so the CPU keeps the numbers of earlier versions).
         depth_multiple: rounding of the automatic fixed depth (default 1: the deepest case itself, no voxel of
             padding more than needed; e.g. 16 lets caches whose deepest cases differ a little share compiled code).
         modalities: input contrasts (default all four; see :data:`gliofed.data.MODALITY_SETS`).
@@ -65,6 +68,7 @@ class TrainConfig:
     device_cache: str = "auto"
     pad_depth: int | str = "auto"
     depth_multiple: int = 1
+    eval_batch: int | str = "auto"
     modalities: tuple[str, ...] = MODALITIES
     task_weights: dict[str, float] = field(default_factory=dict)
     class_weights: dict[str, list[float]] = field(default_factory=dict)
@@ -87,6 +91,10 @@ class TrainConfig:
                                                             and self.pad_depth >= 1)
         if not depth_ok:
             raise ConfigError(f"pad_depth {self.pad_depth!r} is not 'auto', 'batch' or a depth of at least 1.")
+        batch_ok = self.eval_batch == "auto" or (isinstance(self.eval_batch, int)
+                                                 and not isinstance(self.eval_batch, bool) and self.eval_batch >= 1)
+        if not batch_ok:
+            raise ConfigError(f"eval_batch {self.eval_batch!r} is not 'auto' or a whole number of at least 1.")
         if isinstance(self.depth_multiple, bool) or not isinstance(self.depth_multiple, int) or self.depth_multiple < 1:
             raise ConfigError(f"depth_multiple {self.depth_multiple!r} is not a whole number of at least 1.")
         self.modalities = tuple(self.modalities)

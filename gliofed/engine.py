@@ -44,6 +44,7 @@ __all__ = [
     "predict",
     "seed_everything",
     "epoch_seed",
+    "eval_batch_size",
 ]
 
 #: share of the device's free memory a device-resident training cache may take when ``device_cache="auto"``
@@ -515,52 +516,90 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     return history
 
 
+def eval_batch_size(config: TrainConfig, device: torch.device | str) -> int:
+    """Cases per forward pass when scoring: ``config.eval_batch``, ``"auto"`` -> 8 on CUDA, 1 on the CPU (batched
+    forward passes are not bit-identical to single ones, and the CPU keeps the numbers of earlier versions)."""
+    if config.eval_batch != "auto":
+        return int(config.eval_batch)
+    return 8 if torch.device(device).type == "cuda" else 1
+
+
+def _shape_batches(dataset: Dataset, batch_size: int) -> list[list[int]]:
+    """Case indices in batches of at most ``batch_size`` cases of one shape (never padded), in dataset order within
+    a shape; one case per batch where the dataset does not say its shapes."""
+    rows = _case_rows(dataset)
+    if batch_size <= 1 or rows is None:
+        return [[i] for i in range(len(dataset))]
+    shapes = list(zip(rows["depth"], rows["height"], rows["width"]))
+    groups: dict = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(shape, []).append(i)
+    return [members[k:k + batch_size] for members in groups.values() for k in range(0, len(members), batch_size)]
+
+
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto", amp: bool = True,
             save_masks: str | Path | None = None, progress: bool = True, hd95: bool = True,
-            postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> pd.DataFrame:
-    """Run ``model`` on every case (batch size 1, no padding) and score it.
+            postprocess: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 1) -> pd.DataFrame:
+    """Run ``model`` on every case (no padding) and score it.
 
-    Returns one row per case: ``subject``, ``site``, the true labels (-1 unknown), ``p_<marker>_<k>``
-    class probabilities, ``has_mask`` and per-region ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (NaN when the case
-    has no mask) with ``hd95_unit``: ``mm`` when the sample carries its voxel ``spacing`` (the cache records it),
-    else ``voxels``. With ``save_masks`` the predicted class maps are written there as ``<subject>.pred.npy``
-    (uint8, (D, H, W)). ``hd95=False`` skips the (slower) Hausdorff distances: NaN. ``postprocess`` (a function of
-    the (D, H, W) class map, e.g. :func:`gliofed.inference.postprocess_mask`) adds the same scores of the
-    post-processed map as ``pp_dice_*`` / ``pp_hd95_*``; the raw scores stay as they are.
+    Returns one row per case, in dataset order: ``subject``, ``site``, the true labels (-1 unknown),
+    ``p_<marker>_<k>`` class probabilities, ``has_mask`` and per-region ``dice_WT/TC/ET`` and ``hd95_WT/TC/ET`` (NaN
+    when the case has no mask) with ``hd95_unit``: ``mm`` when the sample carries its voxel ``spacing`` (the cache
+    records it), else ``voxels``. With ``save_masks`` the predicted class maps are written there as
+    ``<subject>.pred.npy`` (uint8, (D, H, W)). ``hd95=False`` skips the (slower) Hausdorff distances: NaN.
+    ``postprocess`` (a function of the (D, H, W) class map, e.g. :func:`gliofed.inference.postprocess_mask`) adds the
+    same scores of the post-processed map as ``pp_dice_*`` / ``pp_hd95_*``; the raw scores stay as they are.
+    ``batch_size`` (default 1): up to this many cases of one shape per forward pass (a cache's index gives the
+    shapes; faster, especially on a GPU, but not bit-identical to single cases: see :func:`eval_batch_size`).
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval().to(device)
-    rows = []
     if save_masks is not None:
         Path(save_masks).mkdir(parents=True, exist_ok=True)
-    loader = make_loader(dataset, batch_size=1, shuffle=False)
-    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    batches = _shape_batches(dataset, batch_size)
+    if all(len(chosen) == 1 for chosen in batches):
+        loader = make_loader(dataset, batch_size=1, shuffle=False)  # one case at a time: the earlier path
+    else:
+        loader = (collate_cases([dataset[i] for i in chosen]) for chosen in batches)
+    order = [i for chosen in batches for i in chosen]
+    rows = []
+    for batch in tqdm(loader, desc="predict", leave=False, disable=not progress, total=len(batches)):
         image, seg, has_mask, labels = _to_device(batch, device, channels_last=False)
         with _autocast(device, amp):
             outputs = model(image)
-        row = {"subject": batch["subject"][0], "site": batch["site"][0], "has_mask": bool(has_mask[0])}
-        for i, marker in enumerate(MARKERS):
-            row[marker] = int(labels[0, i])
-            probs = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
-            for k in range(len(MARKER_CLASSES[marker])):
-                row[f"p_{marker}_{k}"] = float(probs[k])
-        predicted = outputs["seg"].float().argmax(1, keepdim=True)
-        spacing = batch.get("spacing")
-        spacing = None if spacing is None else [float(v) for v in torch.as_tensor(spacing).reshape(-1)[:3]]
-        row["hd95_unit"] = "mm" if spacing is not None else "voxels"
-        cleaned = None
-        if postprocess is not None:
-            cleaned = torch.as_tensor(postprocess(predicted[0, 0].cpu().numpy()), device=predicted.device)[None, None]
-        for prefix, mask in (("", predicted), ("pp_", cleaned)):
-            if mask is None:
-                continue
-            if row["has_mask"]:
-                scores = region_scores(mask, seg, hd95=hd95, spacing=spacing)
-            else:
-                scores = {f"{m}_{r}": float("nan") for r in REGIONS for m in ("dice", "hd95")}
-            row.update({prefix + k: v for k, v in scores.items()})
-        if save_masks is not None:
-            np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
-        rows.append(row)
-    return pd.DataFrame(rows)
+        spacings = batch.get("spacing")
+        for j in range(image.shape[0]):
+            spacing = None if spacings is None else [float(v) for v in torch.as_tensor(spacings)[j].reshape(-1)[:3]]
+            rows.append(_score_case({name: value[j:j + 1] for name, value in outputs.items()}, seg[j:j + 1],
+                                    bool(has_mask[j]), labels[j], batch["subject"][j], batch["site"][j], spacing,
+                                    hd95, postprocess, save_masks))
+    ranked = sorted(range(len(rows)), key=order.__getitem__)
+    return pd.DataFrame([rows[k] for k in ranked])
+
+
+def _score_case(outputs: dict, seg: torch.Tensor, has_mask: bool, labels: torch.Tensor, subject: str, site: str,
+                spacing: list[float] | None, hd95: bool, postprocess, save_masks) -> dict:
+    """One case's row of :func:`predict` from its outputs (batch of one)."""
+    row = {"subject": subject, "site": site, "has_mask": has_mask}
+    for i, marker in enumerate(MARKERS):
+        row[marker] = int(labels[i])
+        probs = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
+        for k in range(len(MARKER_CLASSES[marker])):
+            row[f"p_{marker}_{k}"] = float(probs[k])
+    predicted = outputs["seg"].float().argmax(1, keepdim=True)
+    row["hd95_unit"] = "mm" if spacing is not None else "voxels"
+    cleaned = None
+    if postprocess is not None:
+        cleaned = torch.as_tensor(postprocess(predicted[0, 0].cpu().numpy()), device=predicted.device)[None, None]
+    for prefix, mask in (("", predicted), ("pp_", cleaned)):
+        if mask is None:
+            continue
+        if row["has_mask"]:
+            scores = region_scores(mask, seg, hd95=hd95, spacing=spacing)
+        else:
+            scores = {f"{m}_{r}": float("nan") for r in REGIONS for m in ("dice", "hd95")}
+        row.update({prefix + k: v for k, v in scores.items()})
+    if save_masks is not None:
+        np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
+    return row

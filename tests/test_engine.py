@@ -1,13 +1,14 @@
 import os
 import pickle
 
+import numpy as np
 import pytest
 import torch
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
-from gliofed.engine import TrainBatches, fit, predict, seed_everything
+from gliofed.engine import TrainBatches, eval_batch_size, fit, predict, seed_everything
 from gliofed.errors import ConfigError
 from gliofed.losses import MultiTaskLoss
 from gliofed.model import build_model
@@ -232,3 +233,14 @@ def test_new_settings_are_checked_and_survive_json(tmp_path):
     config.save(tmp_path / "c.json")
     assert TrainConfig.load(tmp_path / "c.json") == config
     assert TrainConfig().compile == "auto" and TrainConfig().augment_on == "auto"
+
+
+def test_scoring_in_batches_of_one_shape_keeps_every_case_in_order(tiny_cache):
+    model, _, _ = _train(tiny_cache)
+    test = CaseDataset(tiny_cache, split="test")
+    single = predict(model, test, device="cpu", progress=False, hd95=False)
+    batched = predict(model, test, device="cpu", progress=False, hd95=False, batch_size=4)
+    assert list(batched["subject"]) == list(single["subject"]) == list(test.index["subject_id"])
+    numbers = [c for c in single.columns if c.startswith(("p_", "dice_"))]
+    assert np.allclose(batched[numbers].to_numpy(float), single[numbers].to_numpy(float), atol=1e-4, equal_nan=True)
+    assert eval_batch_size(TrainConfig(), "cpu") == 1 and eval_batch_size(TrainConfig(), "cuda") == 8
