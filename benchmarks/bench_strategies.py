@@ -27,7 +27,7 @@ Usage:
   python benchmarks/bench_strategies.py --smoke         # tiny cohort, small model, 1 round (the test's setting)
   python benchmarks/bench_strategies.py --gpu           # larger setting for a lent GPU
   python benchmarks/bench_strategies.py --tiny-round    # one round of each strategy on tiny (timing row)
-  python benchmarks/bench_strategies.py --paper-subset  # the paper preset on 100 subjects at 128 x 128, 2 rounds, GPU
+  python benchmarks/bench_strategies.py --paper-subset  # the paper preset on 60 subjects at 128 x 128, 2 rounds, GPU
                                                         # (benchmarks/gpu_check.sh runs it)
 """
 
@@ -88,9 +88,9 @@ MODES: dict[str, dict] = {
     # issue 12 point 5: one round of every strategy on the tiny cohort at its own cache size (32), 2 threads
     "tiny_round": dict(preset="tiny", cases_per_site=None, size=32, seeds=(0,), rounds=1,
                        strategies=STRATEGIES, small_model=False, device="cpu", n_boot=100, threads=2),
-    # issue 26: the paper preset end to end on a subset (20 subjects per site, the seed's 128 x 128), for a GPU check;
+    # issue 26: the paper preset end to end on a subset (12 subjects per site, the seed's 128 x 128), for a GPU check;
     # the cohort is drawn and preprocessed by every CPU core
-    "paper_subset": dict(preset="paper", cases_per_site=20, size=128, seeds=(0,), rounds=2, strategies=STRATEGIES,
+    "paper_subset": dict(preset="paper", cases_per_site=12, size=128, seeds=(0,), rounds=2, strategies=STRATEGIES,
                          small_model=False, device="cuda", n_boot=200, workers=os.cpu_count() or 1),
 }
 #: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)

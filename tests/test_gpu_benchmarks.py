@@ -41,7 +41,7 @@ def test_gpu_check_without_its_wheels_says_how_to_fetch_them(tmp_path):
 
 
 def test_gpu_check_fits_its_budget_and_refuses_arguments_a_step_does_not_take(tmp_path):
-    steps = gpu_check.plan(tmp_path, "cuda", 20)
+    steps = gpu_check.plan(tmp_path, "cuda", 12)
     assert sum(step.budget_s for step in steps) < 8 * 60
     assert gpu_check.check_arguments(steps) == []
     steps[1].args.append("--no-such-flag")
