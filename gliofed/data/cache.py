@@ -46,7 +46,7 @@ from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
            "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",
-           "verify_case", "cache_fingerprint"]
+           "verify_case", "verify_cases", "remember_checksums", "cache_fingerprint"]
 
 #: bump when the pipeline changes so that every cache entry is invalidated
 #: (2: checksums, sizes and grid geometry in the index, settings.json)
@@ -131,8 +131,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: (path, size, mtime_ns) -> SHA-256 of files already verified by this process: a case is hashed once per
-#: process (e.g. once per DataLoader worker), not once per epoch; a rewritten file has a new mtime.
+#: (path, size, mtime_ns) -> SHA-256 of files already hashed by this process: a case is hashed once per process and
+#: file version, not once per epoch; a rewritten file has a new mtime (and usually size). DataLoader workers receive
+#: their parent's entries (:func:`remember_checksums`), so a run hashes each case once, not once per worker.
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
@@ -150,6 +151,48 @@ def _file_problem(path: Path, expected_bytes: int, expected_sha: str) -> str | N
     if _VERIFIED[key] != expected_sha:
         return f"checksum mismatch in {path}"
     return None
+
+
+def _checksum_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def remember_checksums(entries: Mapping[tuple[str, int, int], str]) -> None:
+    """Adopt checksums another process of this run computed (``{(path, size, mtime_ns): sha256}``, as
+    :func:`verify_cases` returns them): a file whose size or modification time changed since is hashed again."""
+    _VERIFIED.update(entries)
+
+
+def verify_cases(cache_dir: str | Path, records: Sequence[Mapping], workers: int = 4) -> dict:
+    """:func:`verify_case` for every record, hashing in ``workers`` threads (hashlib releases the GIL).
+
+    Returns:
+        the checksums of the files checked, ``{(path, size, mtime_ns): sha256}``, for :func:`remember_checksums`.
+
+    Raises:
+        CacheDamagedError: the first damaged case, named as :func:`load_case` names it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache_dir = Path(cache_dir)
+    records = list(records)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        problems = list(pool.map(lambda record: verify_case(cache_dir, record), records))
+    for record, problem in zip(records, problems):
+        if problem is not None:
+            raise CacheDamagedError(f"cache case {record['subject_id']} is damaged ({problem}); "
+                                    "run `gliofed preprocess` again.")
+    entries = {}
+    for record in records:
+        for path in _case_paths(cache_dir, str(record["subject_id"])):
+            key = _checksum_key(path)
+            if key is not None and key in _VERIFIED:
+                entries[key] = _VERIFIED[key]
+    return entries
 
 
 def _record_int(record: Mapping, key: str) -> int | None:

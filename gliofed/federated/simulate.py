@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from gliofed.config import TrainConfig
-from gliofed.engine import predict, resolve_device, seed_everything
+from gliofed.engine import eval_batch_size, predict, resolve_device, seed_everything
 from gliofed.errors import CacheError, ConfigError, FederationError, GliofedError
 from gliofed.federated.protocol import MAX_PAYLOAD_BYTES
 from gliofed.federated.server.rounds import History, run_rounds
@@ -31,7 +31,7 @@ __all__ = ["FederationError", "History", "simulate", "in_process_exchange", "che
 log = logging.getLogger("gliofed.federated")
 
 #: training settings a resumed run may change (where it runs, not what it computes)
-RESUMABLE_CHANGES = frozenset({"device", "num_workers"})
+RESUMABLE_CHANGES = frozenset({"device", "num_workers", "device_cache"})
 #: key of the strategy's identity inside the saved strategy state
 IDENTITY = "identity"
 
@@ -77,22 +77,25 @@ def check_resume(state: dict, strategy: Strategy, config: TrainConfig, where: st
         if data is not None and key in saved_data and key in data and _plain(saved_data[key]) != _plain(data[key]):
             differences.append(f"{label} {saved_data[key]!r} (now {data[key]!r})")
     saved_config, current = _plain(state.get("config") or {}), _plain(config.to_dict())
+    defaults = _plain(TrainConfig().to_dict())
     for key in sorted(set(saved_config) | set(current)):
-        if key not in RESUMABLE_CHANGES and saved_config.get(key) != current.get(key):
-            differences.append(f"{key} {saved_config.get(key)!r} (now {current.get(key)!r})")
+        # a setting newer than the saved run counts as its default there (what that run's gliofed did)
+        saved = saved_config.get(key, defaults.get(key))
+        if key not in RESUMABLE_CHANGES and saved != current.get(key):
+            differences.append(f"{key} {saved!r} (now {current.get(key)!r})")
     if differences:
         raise ConfigError(f"cannot resume {where}: it was started with {', '.join(differences)}; resume with the "
                           "same settings or train into a new folder.")
 
 
 def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
-              hd95: bool = True) -> tuple[dict, dict, pd.DataFrame]:
+              hd95: bool = True, batch_size: int = 1) -> tuple[dict, dict, pd.DataFrame]:
     models = strategy.models_to_evaluate(model)
     scored = {}
     for name, arrays in models.items():
         net = build_model(model.config)
         strategy.load(net, arrays)
-        scored[name] = predict(net, test_set, device=device, progress=False, hd95=hd95)
+        scored[name] = predict(net, test_set, device=device, progress=False, hd95=hd95, batch_size=batch_size)
     table = pd.concat([p.assign(model=name) for name, p in scored.items()], ignore_index=True)
     if list(models) == ["global"]:
         predictions = scored["global"]
@@ -174,7 +177,8 @@ def simulate(strategy: Strategy, sites: list[Site], test_set, config: TrainConfi
         metrics, site_metrics = {}, {}
         if strategy.evaluate_each_round or rnd == rounds:
             # per-round curves need no HD95 (quick_metrics); the last round's predictions are kept whole
-            metrics, site_metrics, predictions = _evaluate(strategy, model, test_set, device, hd95=rnd == rounds)
+            metrics, site_metrics, predictions = _evaluate(strategy, model, test_set, device, hd95=rnd == rounds,
+                                                           batch_size=eval_batch_size(config, device))
             if rnd == rounds and run is not None:
                 run.save_predictions(predictions)
         return {"metrics": metrics, "site_metrics": site_metrics}
