@@ -320,7 +320,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
 
-        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed, aggregation=args.aggregation)
+        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed,
+                                 aggregation=args.aggregation)
         run = TrainingRun(args.out)
         if not run.has_state:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
