@@ -11,7 +11,10 @@ from gliofed.errors import ConfigError
 from gliofed.fileio import atomic_write_text
 from gliofed.vocab import MODALITIES
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "read_config_file"]
+
+#: a training config file is a few hundred bytes; anything far larger is not one
+_CONFIG_FILE_LIMIT = 256 * 1024
 
 
 @dataclass
@@ -57,8 +60,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not 'sgd' or 'adamw'.")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0.")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1, lr > 0 and num_workers >= 0.")
         self.modalities = tuple(self.modalities)
         # a config read back from JSON has lists where it was written with tuples: keep equality across the trip
         self.model = {k: tuple(v) if isinstance(v, list) else v for k, v in self.model.items()}
@@ -86,4 +89,87 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A whole config from a JSON or TOML file (:func:`read_config_file`); unset fields keep the defaults."""
+        return cls(**read_config_file(path))
+
+
+def _toml_loads(text: str):
+    """TOML with the standard library (Python 3.11+) or ``tomli`` (its backport, a dependency on 3.10)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError("reading a TOML file needs Python 3.11 or the tomli package (pip install tomli); "
+                              "or write the settings as JSON.") from None
+    return tomllib.loads(text)
+
+
+def _type_problem(name: str, value, default) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` whose default is ``default`` (None when it can)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    else:  # dicts
+        ok = isinstance(value, dict)
+    return None if ok else f"{name} must be {type(default).__name__.replace('tuple', 'a list')}, not {value!r}"
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The training settings of a JSON (``.json``) or TOML (``.toml``) file: any subset of :class:`TrainConfig`'s
+    fields (TOML keys may be written kebab-case, ``batch-size``), checked for names and types.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``{field: value}`` (lists of contrasts as tuples), ready for ``TrainConfig.replace(**values)``.
+
+    Raises:
+        ConfigError: a missing or unreadable file, another suffix, an unknown setting or a value of the wrong type,
+            in one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found.")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise ConfigError(f"{path}: a config file must be .json or .toml, not {suffix or 'without a suffix'}.")
+    if path.stat().st_size > _CONFIG_FILE_LIMIT:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a config file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if suffix == ".json" else _toml_loads(text)
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{path}: not a readable {suffix[1:].upper()} file "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:160]}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the settings must be a {suffix[1:].upper()} table of names and values.")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    defaults = TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown training setting(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(known))}.")
+    for name, value in values.items():
+        problem = _type_problem(name, value, getattr(defaults, name))
+        if problem:
+            raise ConfigError(f"{path}: {problem}.")
+    if "modalities" in values:
+        values["modalities"] = tuple(values["modalities"])
+    try:
+        defaults.replace(**values)  # the config's own checks (optimizer, ranges, contrasts)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return values

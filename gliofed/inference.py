@@ -162,9 +162,28 @@ class Predictor:
             raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
                               "it was trained at).")
         self.modalities = tuple(self.preprocessing.get("modalities") or self.config.modalities)
+        #: the decision thresholds chosen on the training split and stored with the model (0.5 where none)
+        self.thresholds = state.get("thresholds") or {}
         self.device = resolve_device(device)
         self.model.eval().to(self.device)
         self.min_voxels, self.keep_largest = min_voxels, keep_largest
+
+    def decision_rule(self) -> dict:
+        """How ``predicted`` was decided, per marker, for the markers JSON: each binary marker's threshold on the
+        probability of its second class and where it came from; grade by the most likely class."""
+        from gliofed.metrics import THRESHOLD_METHODS, threshold_values
+
+        stored = (self.thresholds or {}).get("markers", {})
+        method = THRESHOLD_METHODS.get(self.thresholds.get("method"), self.thresholds.get("method"))
+        rule = {}
+        for marker, value in threshold_values(self.thresholds).items():
+            rule[marker] = {"threshold": value, "class": MARKER_CLASSES[marker][1]}
+            if marker in stored:
+                rule[marker].update(chosen_by=method, chosen_on=f"{self.thresholds.get('split')} split")
+            else:
+                rule[marker]["chosen_by"] = "fixed default (the model stores no threshold for this marker)"
+        rule["grade"] = {"rule": "most likely class"}
+        return rule
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
         """The model's contrasts must all be given and exist; returns key -> path of every contrast given."""
@@ -225,11 +244,15 @@ class Predictor:
         if mask.shape != ref_img.shape[:3]:
             raise DataError(f"subject {subject}: the inverted mask has shape {mask.shape}, the {reference} scan "
                             f"{ref_img.shape[:3]} (a preprocessing step could not be inverted).")
-        probabilities, predicted = {}, {}
+        from gliofed.metrics import threshold_values
+
+        probabilities, predicted, cutoffs = {}, {}, threshold_values(self.thresholds)
         for marker in MARKERS:
             p = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
             probabilities[marker] = {name: float(p[k]) for k, name in enumerate(MARKER_CLASSES[marker])}
-            predicted[marker] = MARKER_CLASSES[marker][int(np.argmax(p))]
+            # binary markers: class 1 at or above the model's threshold; grade: the most likely class
+            chosen = int(p[1] >= cutoffs[marker]) if marker in cutoffs else int(np.argmax(p))
+            predicted[marker] = MARKER_CLASSES[marker][chosen]
         return {"seg": BRATS_LABELS[mask], "affine": ref_img.affine, "header": ref_img.header,
                 "probabilities": probabilities, "classes": predicted, "reference": reference}
 
@@ -248,7 +271,8 @@ class Predictor:
         atomic_write(seg_path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
         markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
                    "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
-                   "probabilities": result["probabilities"], "predicted": result["classes"]}
+                   "probabilities": result["probabilities"], "predicted": result["classes"],
+                   "thresholds": self.decision_rule()}
         markers_path = out_dir / f"{subject}_markers.json"
         atomic_write_text(markers_path, json.dumps(markers, indent=2))
         voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0

@@ -5,7 +5,8 @@ Layout of ``OUT/``::
 
     model.safetensors      final model weights (safetensors: tensors only, nothing executable)
     model.json             beside it: model config, training config, preprocessing (cache size, modalities,
-                           version), epoch, extras (history, strategy)
+                           version), epoch, decision thresholds, provenance (versions, commit, training-data
+                           fingerprint), extras (history, strategy)
     state.safetensors      after every round, for --resume: model weights and the strategy's arrays (local-only:
     state.json             every site's weights) + round, strategy state, history and config as JSON
     config.json            the training config, readable
@@ -159,9 +160,10 @@ def _load_pair(path: Path, device: str = "cpu") -> dict:
 # the model checkpoint -----------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None,
-                    preprocessing: dict | None = None) -> Path:
+                    preprocessing: dict | None = None, thresholds: dict | None = None,
+                    provenance: dict | None = None) -> Path:
     """Save a model as ``<path stem>.safetensors`` (weights, optimiser tensors) + ``<path stem>.json`` (model and
-    training config, preprocessing, epoch, ``extra`` such as the history).
+    training config, preprocessing, epoch, decision thresholds, provenance, ``extra`` such as the history).
 
     Args:
         path: the weights file (a suffix other than ``.safetensors`` is replaced by it).
@@ -170,10 +172,16 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         epoch: epochs or rounds trained.
         extra: JSON-able extras (arrays are stored as tensors).
         preprocessing: see :func:`gliofed.inference.preprocessing_of_cache`.
+        thresholds: each binary marker's decision threshold and how it was chosen (see
+            :func:`gliofed.metrics.choose_thresholds`); ``evaluate`` and ``predict`` use them. Default none (0.5).
+        provenance: what the model was trained on (e.g. ``{"training_data": cases_fingerprint(...)}``); the software
+            versions and the git commit (:func:`gliofed.provenance.software_provenance`) are always added.
 
     Returns:
         the path of the weights file.
     """
+    from gliofed.provenance import software_provenance
+
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     path = Path(path)
     weights = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
@@ -184,6 +192,8 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         "preprocessing": preprocessing or {"modalities": list(config.modalities)},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
+        "thresholds": thresholds or {},
+        "provenance": {**software_provenance(), **(provenance or {})},
         "extra": extra or {},
     }
     return _save_pair(weights, state)
@@ -212,7 +222,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
 
     Returns:
         (model with weights, training config, the whole checkpoint: ``model``, ``model_config``, ``train_config``,
-        ``preprocessing``, ``optimizer``, ``epoch``, ``extra``).
+        ``preprocessing``, ``optimizer``, ``epoch``, ``thresholds``, ``provenance``, ``extra``).
 
     Raises:
         CheckpointError: missing, damaged, a refused pickle, or weights that do not fit the model config.
@@ -229,6 +239,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
         raise CheckpointError(f"{path}: the weights do not fit the model it describes "
                               f"({str(error).splitlines()[0][:160]}).") from error
     state.setdefault("preprocessing", {"modalities": list(config.modalities)})
+    state.setdefault("thresholds", {})  # a checkpoint from before thresholds were stored: 0.5
     return model, config, state
 
 
@@ -247,7 +258,7 @@ def convert_checkpoint(state: dict, path: str | Path) -> Path:
     model = build_model(state.get("model_config") or config)
     model.load_state_dict(state["model"])
     return save_checkpoint(path, model, config, epoch=int(state.get("epoch", 0)), extra=state.get("extra") or {},
-                           preprocessing=state.get("preprocessing"))
+                           preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"))
 
 
 class TrainingRun:
@@ -285,10 +296,13 @@ class TrainingRun:
         return self.path(self.MODEL).is_file() or self.path(self.LEGACY_MODEL).is_file()
 
     def save_model(self, model: torch.nn.Module, config: TrainConfig, epoch: int = 0, extra: dict | None = None,
-                   optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None) -> Path:
+                   optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None,
+                   thresholds: dict | None = None, provenance: dict | None = None) -> Path:
         """Write the final model (``model.safetensors`` + ``model.json``) with its configs, ``preprocessing`` (see
-        :func:`gliofed.inference.preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
-        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing)
+        :func:`gliofed.inference.preprocessing_of_cache`), ``epoch``, decision ``thresholds``, ``provenance`` and
+        ``extra`` (e.g. history); see :func:`save_checkpoint`."""
+        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing,
+                               thresholds, provenance)
 
     def load_model(self, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:
         """(model with weights, training config, the whole checkpoint)."""

@@ -8,10 +8,14 @@ from gliofed.experiments.comparison import (
     build_sites,
     run_experiment,
     strategy_predictions,
+    strategy_thresholds,
     train_and_save,
     trained_model,
+    training_provenance,
+    training_thresholds,
 )
 from gliofed.experiments.privacy import privacy_audit
 
 __all__ = ["run_experiment", "train_and_save", "build_sites", "trained_model", "strategy_predictions",
-           "modality_ablation", "ablation_table", "privacy_audit"]
+           "strategy_thresholds", "training_thresholds", "training_provenance", "modality_ablation", "ablation_table",
+           "privacy_audit"]
