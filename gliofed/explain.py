@@ -208,7 +208,9 @@ def explain_dataset(model: nn.Module, dataset, targets: Sequence[str] = ("seg", 
         one row per case and target: ``subject``, ``site``, ``target``, ``explained_class``, ``top_share``,
         ``chance``, ``pointing_hit``.
     """
-    device = torch.device(device)
+    from gliofed.engine import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)  # "auto" too
     model = model.to(device)
     rows = []
     for i in tqdm(range(len(dataset)), desc="Grad-CAM", leave=False, disable=not progress):

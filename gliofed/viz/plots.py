@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from gliofed.data.cache import load_case, read_index
 from gliofed.metrics import per_site_metrics
+from gliofed.viz.colours import CAM_COLORSCALE
 from gliofed.viz.slices import (
     brain_mask,
     estimated_spacing,
@@ -27,7 +28,7 @@ from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 __all__ = ["plot_cases", "plot_learning_curves", "plot_bytes", "plot_roc", "plot_dice_violin", "plot_per_site",
            "plot_ablation", "plot_gradcam", "save_html"]
 
-_SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)", "rgba(255,220,0,0.7)"]
+_SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)", "rgba(255,220,0,0.7)"]  # as the viewer
 
 
 def plot_cases(cache_dir: str | Path, subjects: Sequence[str], modalities: Sequence[str] = MODALITIES,
@@ -229,7 +230,8 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
                  threshold: float = 0.3) -> go.Figure:
     """Axial Grad-CAM overlays of one case: one panel per head, the whole-tumour outline on top.
 
-    Each map is drawn in a perceptually uniform scale (plasma) and is transparent below ``threshold``, so the anatomy
+    Each map is drawn in the viewer's sequential scale (:data:`~gliofed.viz.colours.CAM_COLORSCALE`, no label colour
+    in it) and is transparent below ``threshold``, so the anatomy
     stays visible; one colour bar serves all panels. Voxels are drawn at their size, patient's right on the left.
 
     Args:
@@ -260,7 +262,7 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
                                  hoverinfo="skip", **position), 1, c)
         plane = np.asarray(cam, np.float32)[slice_index]
         fig.add_trace(go.Heatmap(z=np.where(plane >= threshold, plane, np.nan), zmin=threshold, zmax=1,
-                                 colorscale="Plasma", opacity=0.7, showscale=c == 1, hoverinfo="skip",
+                                 colorscale=CAM_COLORSCALE, opacity=0.7, showscale=c == 1, hoverinfo="skip",
                                  colorbar=dict(title=dict(text=f"Grad-CAM \u2265 {threshold:g}", side="right"),
                                                thickness=12, len=0.8), **position), 1, c)
         if mask is not None:
