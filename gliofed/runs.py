@@ -107,7 +107,11 @@ def _save_pair(weights_path: Path, tree: dict) -> Path:
 
 def _is_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header; a length whose low byte is 0x80
+    # must not read as a pickle's protocol byte
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return False
     return any(head.startswith(magic) for magic in _PICKLE_MAGIC)
 
 
