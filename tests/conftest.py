@@ -35,6 +35,19 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache, tmp_path_factory) -> Path:
+    """A FedAvg run folder on the tiny cache: 1 round of a small network, saved by ``train_and_save`` with F1-optimal
+    thresholds (model.json, history, test predictions); treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    out = tmp_path_factory.mktemp("tiny_run") / "fedavg"
+    config = train_preset("tiny", seed=0, device="cpu", model={"features": (4, 8, 16, 32), "hidden": 8})
+    train_and_save(out, tiny_cache, "fedavg", config, 1, progress=False, threshold_method="f1")
+    return out
+
+
 def write_case(folder: Path, subject: str, shape=ODD_SHAPE, seed: int = 0, seg: bool = True,
                affine: np.ndarray | None = None) -> dict[str, str]:
     """Write one small valid case (four contrasts + seg with labels 0/1/2/4); return manifest path fields."""

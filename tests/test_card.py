@@ -11,7 +11,6 @@ import pytest
 
 from gliofed.provenance import cases_fingerprint, git_commit
 
-SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,15 +43,9 @@ def test_no_commit_outside_a_checkout_and_no_failure(tmp_path):
     assert git_commit(copy) is None
 
 
-@pytest.fixture(scope="module")
-def trained(tiny_cache, tmp_path_factory):
-    from gliofed.experiments import train_and_save
-    from gliofed.presets import train_preset
-
-    out = tmp_path_factory.mktemp("card") / "centralized"
-    train_and_save(out, tiny_cache, "centralized", train_preset("tiny", seed=0, device="cpu", model=SMALL_MODEL), 1,
-                   progress=False)
-    return out
+@pytest.fixture
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_model_json_records_versions_commit_and_the_training_data(trained, tiny_cache):
@@ -71,10 +64,11 @@ def test_model_json_records_versions_commit_and_the_training_data(trained, tiny_
     assert provenance["training_data"] == cases_fingerprint(train.index.to_dict(orient="records"))
 
 
-def test_the_card_shows_provenance_data_metrics_thresholds_use_and_limits(trained, capsys):
+def test_the_card_shows_provenance_data_metrics_thresholds_use_and_limits(trained, capsys, tmp_path):
     from gliofed.cli import main
 
-    assert main(["card", str(trained), "--bootstrap", "20", "--out", str(trained / "card.md")]) == 0
+    out = tmp_path / "card.md"
+    assert main(["card", str(trained), "--bootstrap", "20", "--out", str(out)]) == 0
     card = capsys.readouterr().out
     data = json.loads((trained / "model.json").read_text())["provenance"]["training_data"]
     for heading in ("## Model", "## Data", "## Metrics", "## Decision thresholds", "## Intended use", "## Limits"):
@@ -82,6 +76,5 @@ def test_the_card_shows_provenance_data_metrics_thresholds_use_and_limits(traine
     assert "Not for clinical use" in card and data["sha256"] in card
     assert all(f"| {site} | {n} |" in card for site, n in data["sites"].items())
     assert re.search(r"\| IDH \| \d+ \| [0-9.]+ \([0-9.]+-[0-9.]+\)", card)  # a metric with its interval
-    assert "Youden's J on the train split" in card or "fixed 0.5" in card
-    written = card.strip().removesuffix(f"wrote {trained / 'card.md'}").strip()
-    assert (trained / "card.md").read_text().strip() == written
+    assert "the F1-optimal point on the train split" in card or "fixed 0.5" in card
+    assert out.read_text().strip() == card.strip().removesuffix(f"wrote {out}").strip()

@@ -122,3 +122,21 @@ def test_check_arguments_accepts_a_good_config_file(tmp_path):
     (tmp_path / "c.json").write_text('{"epochs": 2}')
     check_arguments(build_parser().parse_args(["train", str(manifest), "--config", str(tmp_path / "c.json"),
                                                "--preset", "tiny", "--out", str(tmp_path / "o")]))
+
+
+def test_notebooks_run_shows_papermills_progress(tmp_path, monkeypatch):
+    import papermill
+
+    calls = []
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *args, **kwargs: calls.append(kwargs))
+    assert main(["notebooks", "run", "--out", str(tmp_path), "-p", "preset", "tiny"]) == 0
+    assert calls and all(call["progress_bar"] is True for call in calls)
+    assert all(call["parameters"] == {"preset": "tiny"} for call in calls)
+
+
+def test_sweep_fills_placeholders_with_each_runs_grid_values():
+    from gliofed.notebooks import fill_placeholders
+
+    fixed = {"data_dir": "data/tiny-{seed}", "preset": "tiny", "note": "{other}", "rounds": 2}
+    assert fill_placeholders(fixed, {"seed": 3}) == {"data_dir": "data/tiny-3", "preset": "tiny", "note": "{other}",
+                                                     "rounds": 2}

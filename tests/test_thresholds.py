@@ -93,15 +93,9 @@ def test_predict_decides_with_the_stored_threshold_and_names_it(tiny_cohort, tmp
     assert markers["thresholds"]["grade"] == {"rule": "most likely class"}
 
 
-@pytest.fixture(scope="module")
-def fedavg_run(tiny_cache, tmp_path_factory):
-    from gliofed.experiments import train_and_save
-    from gliofed.presets import train_preset
-
-    out = tmp_path_factory.mktemp("thresholds") / "fedavg"
-    config = train_preset("tiny", seed=0, device="cpu", model=SMALL_MODEL)
-    train_and_save(out, tiny_cache, "fedavg", config, 1, progress=False, threshold_method="f1")
-    return out
+@pytest.fixture
+def fedavg_run(tiny_run):
+    return tiny_run
 
 
 def test_training_stores_thresholds_chosen_on_the_training_split(fedavg_run, tiny_cache):

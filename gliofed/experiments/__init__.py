@@ -1,5 +1,8 @@
 """Experiments: what the notebooks and benchmarks run on top of the library — the strategy comparison, the modality
-ablation and the privacy audit. The library itself (engine, federation, data) never imports this package."""
+ablation and the privacy audit; :mod:`~gliofed.experiments.benchmark` (the seeded benchmark's CSVs as text and fair
+budgets), :mod:`~gliofed.experiments.teaching` (toy FedAvg, client drift, distilled sets) and
+:mod:`~gliofed.experiments.flower_demo` (notebook 05's Flower app). The library itself (engine, federation, data)
+never imports this package."""
 
 from __future__ import annotations
 

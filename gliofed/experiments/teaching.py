@@ -160,11 +160,13 @@ def _real_to_real(cache_dir: Path, config: TrainConfig, site: str, grid: tuple[i
 
 
 def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
-                   inits: tuple[str, ...] = ("class_stats",), seed: int = 0) -> DistilledSets:
-    """Ask every site to condense its training cases under ``model`` with each initialisation in ``inits`` and to
-    audit the result (inside the site). The experimenter is every site's operator here and opts in locally
-    (:meth:`SitePolicy.teaching`): ``real_unsafe`` is allowed and flagged sets are returned rather than refused, so
-    that they can be shown.
+                   inits: tuple[str, ...] = ("class_stats",), seed: int = 0,
+                   sites: list[str] | None = None) -> DistilledSets:
+    """Ask every site (or those in ``sites``) to condense its training cases under ``model`` with each initialisation
+    in ``inits`` and to audit the result (inside the site). The experimenter is every site's operator here and opts
+    in locally (:meth:`SitePolicy.teaching`): ``real_unsafe`` is allowed and flagged sets are returned rather than
+    refused, so that they can be shown. Each site gets the request seed it gets in
+    :func:`~gliofed.experiments.privacy_audit` (its index among all sites).
 
     Returns:
         :class:`DistilledSets`.
@@ -174,6 +176,8 @@ def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
     outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
     payloads, reports, real = {}, [], []
     for index, name in enumerate(train.sites):
+        if sites is not None and name not in sites:
+            continue
         site = Site(name, cache_dir, config.modalities, config.seed, policy=SitePolicy.teaching())
         for init in inits:
             task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
