@@ -15,7 +15,7 @@ GRAPH = graph(SOURCES)
 #: floors, lowest first: a module may import its own floor and the floors below, never one above. A module is on the
 #: floor of the longest prefix listed.
 FLOORS: tuple[tuple[str, ...], ...] = (
-    ("gliofed", "gliofed._startup", "gliofed.vocab", "gliofed.errors", "gliofed.fileio"),
+    ("gliofed", "gliofed._startup", "gliofed.vocab", "gliofed.errors", "gliofed.fileio", "gliofed.provenance"),
     ("gliofed.config", "gliofed.presets"),
     ("gliofed.model", "gliofed.losses", "gliofed.metrics"),
     ("gliofed.data",),
@@ -23,7 +23,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("gliofed.federated.protocol",),
     ("gliofed.federated.server", "gliofed.federated.site"),
     ("gliofed.federated",),
-    ("gliofed.inference", "gliofed.explain", "gliofed.workspace"),
+    ("gliofed.inference", "gliofed.explain", "gliofed.workspace", "gliofed.card"),
     ("gliofed.experiments", "gliofed.viz", "gliofed.notebooks"),
     ("gliofed.cli",),
 )

@@ -18,8 +18,8 @@ from gliofed.fileio import atomic_write_text
 __all__ = ["FLOWER_COMPONENTS", "FLOWER_RUN_CONFIG", "flower_app", "bytes_per_round"]
 
 #: the apps a SuperLink runs (as in the repository's ``[tool.flwr.app.components]``)
-FLOWER_COMPONENTS = {"serverapp": "gliofed.federated.flower.server_app:app",
-                     "clientapp": "gliofed.federated.flower.client_app:app"}
+FLOWER_COMPONENTS = {"serverapp": "gliofed.federated.server.server_app:app",
+                     "clientapp": "gliofed.federated.site.client_app:app"}
 #: the run config defaults (as in the repository's ``[tool.flwr.app.config]``); ``--run-config`` overrides them
 FLOWER_RUN_CONFIG = {"strategy": "fedavg", "num-server-rounds": 3, "local-epochs": 1, "mu": 0.01, "preset": "workshop",
                      "seed": 0, "modalities": "t1,t1ce,t2,flair", "size": 128, "min-nodes": 2, "min-sites": 1,

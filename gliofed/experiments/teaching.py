@@ -26,13 +26,13 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.errors import PolicyError
 from gliofed.experiments.comparison import build_sites
-from gliofed.federated.payload import Payload, state_to_arrays
-from gliofed.federated.rounds import federated_round, round_seed, site_request
+from gliofed.federated.protocol import Payload, round_seed, site_request, state_to_arrays
+from gliofed.federated.server.rounds import federated_round
+from gliofed.federated.server.strategies import make_strategy, weighted_average
 from gliofed.federated.simulate import in_process_exchange
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 from gliofed.federated.site.privacy import volume_vectors
-from gliofed.federated.strategies import make_strategy, weighted_average
 
 __all__ = ["toy_sites", "library_average", "Drift", "client_drift", "DistilledSets", "distilled_sets",
            "flagged_upload", "weight_vector"]
@@ -56,8 +56,8 @@ def toy_sites(seed: int = 0, sizes: tuple[int, ...] = (12, 30, 6)) -> dict[str, 
 
 
 def library_average(sites: dict[str, tuple[dict[str, np.ndarray], int]]) -> dict[str, np.ndarray]:
-    """The library's FedAvg average (:func:`~gliofed.federated.strategies.base.weighted_average`, the function the
-    FedAvg strategy aggregates with) of :func:`toy_sites`: each site weighted by its number of cases."""
+    """The library's FedAvg average (:func:`~gliofed.federated.server.strategies.base.weighted_average`, the
+    function the FedAvg strategy aggregates with) of :func:`toy_sites`: each site weighted by its number of cases."""
     return weighted_average([(arrays, n) for arrays, n in sites.values()])
 
 
@@ -86,8 +86,8 @@ def client_drift(cache_dir: str | Path, model: torch.nn.Module, config: TrainCon
                  strategies: tuple[str, ...] = ("fedavg", "fedprox"), local_epochs: int = 1, mu: float = 0.1,
                  rnd: int = 1) -> Drift:
     """Run one real federated round of each strategy from ``model`` (the round loop of
-    :func:`~gliofed.federated.rounds.federated_round`, sites answering in this process) and keep each site's reply:
-    the local models after their local training, before and after the server averages them.
+    :func:`~gliofed.federated.server.rounds.federated_round`, sites answering in this process) and keep each site's
+    reply: the local models after their local training, before and after the server averages them.
 
     Args:
         cache_dir: the cache whose sites take part.

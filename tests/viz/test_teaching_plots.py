@@ -82,7 +82,7 @@ def test_audit_histogram_marks_each_sites_threshold_and_synthetic_volumes():
 
 def test_synthetic_volumes_are_shown_beside_a_real_case(tiny_cache):
     from gliofed.data.cache import read_index
-    from gliofed.federated.payload import Payload
+    from gliofed.federated.protocol import Payload
 
     subject = read_index(tiny_cache).query("has_mask")["subject_id"].iloc[0]
     rng = np.random.default_rng(0)
