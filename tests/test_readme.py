@@ -62,3 +62,13 @@ def test_every_contents_link_finds_its_heading(anchor):
     headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
                 for h in re.findall(r"^#{2,3} (.+)$", README, re.M)}
     assert anchor in headings
+
+
+def test_the_readmes_benchmark_table_is_the_csvs():
+    """The README's comparison states the seeded benchmark's means and intervals: the same as its CSVs say."""
+    from gliofed.experiments.benchmark import benchmark_table
+
+    table = benchmark_table(columns={"auc_mean": "auc", "dice_WT": "wt", "dice_TC": "tc"})
+    section = README[README.index("### How the five compare"):README.index("### Running across hospitals")]
+    for strategy, row in table.iterrows():
+        assert f"| {strategy} | {row['auc']} | {row['wt']} | {row['tc']} |" in section, strategy
