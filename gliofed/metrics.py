@@ -308,8 +308,12 @@ def results_table(classification: pd.DataFrame) -> pd.DataFrame:
         row = {"task": names.get(task, task.replace("grade", "Grade")), "n": int(part["n"].iloc[0])}
         for metric in ("AUC", "accuracy", "recall", "specificity", "F1"):
             hit = part[part["metric"] == metric]
-            row[metric] = ("" if hit.empty or not np.isfinite(hit["value"].iloc[0]) else
-                           f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})")
+            if hit.empty or not np.isfinite(hit["value"].iloc[0]):
+                row[metric] = ""
+            elif not np.isfinite(hit["ci_low"].iloc[0]):  # no bootstrap (n_boot=0): the value alone
+                row[metric] = f"{hit['value'].iloc[0]:.2f}"
+            else:
+                row[metric] = f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})"
         cutoff = part[part["metric"] == "threshold"]
         row["threshold"] = f"{cutoff['value'].iloc[0]:.2f}" if len(cutoff) else ""
         rows.append(row)

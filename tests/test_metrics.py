@@ -187,6 +187,7 @@ def test_table3_names_the_threshold_it_used():
     record = choose_thresholds(_miscalibrated(seed=0), method="f1")
     table = results_table(classification_metrics(_miscalibrated(seed=1), n_boot=0, thresholds=record))
     assert table.loc["IDH", "threshold"] == f"{record['markers']['idh']:.2f}"
+    assert "(" not in table.loc["IDH", "recall"]  # no bootstrap: the value alone, not "(nan-nan)"
     note = threshold_note(record)
     assert note.startswith("Recall, specificity, F1 and accuracy are at each marker's threshold chosen on the "
                            "train split by the F1-optimal point (idh 0.")
