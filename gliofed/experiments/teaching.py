@@ -160,7 +160,7 @@ def _real_to_real(cache_dir: Path, config: TrainConfig, site: str, grid: tuple[i
 
 
 def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
-                   inits: tuple[str, ...] = ("class_stats",), seed: int = 0,
+                   inits: tuple[str, ...] | dict[str, list[str] | None] = ("class_stats",), seed: int = 0,
                    sites: list[str] | None = None) -> DistilledSets:
     """Ask every site (or those in ``sites``) to condense its training cases under ``model`` with each initialisation
     in ``inits`` and to audit the result (inside the site). The experimenter is every site's operator here and opts
@@ -168,23 +168,33 @@ def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
     refused, so that they can be shown. Each site gets the request seed it gets in
     :func:`~gliofed.experiments.privacy_audit` (its index among all sites).
 
+    Args:
+        cache_dir, model, config: the sites' cache, the model they condense under, the training settings.
+        distill: distillation settings (the preset's).
+        inits: initialisations to ask every site for, or ``{init: sites or None for every site}`` (e.g. the unsafe
+            teaching option at one site only: ``{"class_stats": None, "real_unsafe": ["upenn"]}``).
+        seed: the request seed.
+        sites: only these sites (default all).
+
     Returns:
         :class:`DistilledSets`.
     """
+    wanted = dict.fromkeys(inits) if not isinstance(inits, dict) else dict(inits)
     cache_dir = Path(cache_dir)
     train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
     outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
     payloads, reports, real = {}, [], []
     for index, name in enumerate(train.sites):
-        if sites is not None and name not in sites:
+        asked = [init for init, where in wanted.items() if where is None or name in where]
+        if (sites is not None and name not in sites) or not asked:
             continue
         site = Site(name, cache_dir, config.modalities, config.seed, policy=SitePolicy.teaching())
-        for init in inits:
+        for init in asked:
             task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
                                                    {"distill": {**(distill or {}), "init": init}})
             payloads[(name, init)] = site.handle(task, payload, settings)
             reports.append(site.privacy_audit(payloads[(name, init)]))
-        grid = tuple(payloads[(name, inits[0])].arrays["syn_images"].shape[2:])
+        grid = tuple(payloads[(name, asked[0])].arrays["syn_images"].shape[2:])
         real.append(_real_to_real(cache_dir, config, name, grid))
     return DistilledSets(payloads, pd.concat(reports, ignore_index=True), pd.concat(real, ignore_index=True))
 

@@ -36,7 +36,7 @@ def model(config):
 
 def test_client_drift_keeps_every_sites_model_and_fedprox_pulls_them_in(tiny_cache, model, config):
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    drift = client_drift(tiny_cache, model, config, strategies=("fedavg", "fedprox"), local_epochs=3, mu=50.0)
+    drift = client_drift(tiny_cache, model, config, strategies=("fedavg", "fedprox"), local_epochs=2, mu=50.0)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the caller's model is untouched
     assert set(drift.table["strategy"]) == {"fedavg", "fedprox"} and len(drift.table) == 10
     assert (drift.table["to_start"] > 0).all()
@@ -48,14 +48,15 @@ def test_client_drift_keeps_every_sites_model_and_fedprox_pulls_them_in(tiny_cac
 
 @pytest.fixture(scope="module")
 def sets(tiny_cache, model, config):
-    return distilled_sets(tiny_cache, model, config, get_preset("tiny").distill, inits=("class_stats", "real_unsafe"),
-                          sites=["brats21", "upenn"])
+    return distilled_sets(tiny_cache, model, config, get_preset("tiny").distill,
+                          inits={"class_stats": None, "real_unsafe": ["upenn"]}, sites=["brats21", "upenn"])
 
 
 def test_distilled_sets_hold_each_sites_upload_and_its_audit(sets):
     sites = sorted({site for site, _ in sets.payloads})
     assert sites == ["brats21", "upenn"] and all(payload.kind == "distilled_set" for payload in sets.payloads.values())
-    assert set(sets.audit["init"]) == {"class_stats", "real_unsafe"}
+    assert set(sets.payloads) == {("brats21", "class_stats"), ("upenn", "class_stats"), ("upenn", "real_unsafe")}
+    assert set(sets.audit.loc[sets.audit["init"] == "real_unsafe", "site"]) == {"upenn"}
     assert set(sets.real_to_real["site"]) == set(sites) and sets.real_to_real["nn_corr"].between(-1, 1).all()
     assert sets.audit.loc[sets.audit["init"] == "real_unsafe", "flagged"].any()  # copies of patients are caught
     assert not sets.audit.loc[sets.audit["init"] == "class_stats", "flagged"].any()
