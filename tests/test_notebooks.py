@@ -131,7 +131,7 @@ def test_flower_notebook_runs_a_loopback_federation_on_tiny(trained_tiny):
     pytest.importorskip("flwr")
     data = trained_tiny / "data"
     executed = run_notebook(NOTEBOOK_DIR / "05_flower_federation.ipynb", trained_tiny / "out",
-                            {"preset": "tiny", "data_dir": str(data), "sites": 2, "rounds": 1, "seed": 0,
+                            {"preset": "tiny", "data_dir": str(data), "sites": 2, "flower_rounds": 1, "seed": 0,
                              "timeout": 480})
     records = load_results(data / "runs" / "05_flower_federation.results.json")
     assert list(records["strategy"]) == ["fedavg", "distill"] and (records["bytes_up"] > 0).all()
