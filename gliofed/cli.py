@@ -191,7 +191,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from gliofed.data.cache import preprocess
 
-    report = preprocess(args.manifest, args.cache, size=args.size, workers=args.workers)
+    report = preprocess(args.manifest, args.cache, size=args.size, workers=args.workers)  # None: the plan's rule
     print(report)
     return 0
 
@@ -235,31 +235,27 @@ def _cmd_curate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
-    """The cache of ``manifest`` (default ``<manifest dir>/cache_<size>``), brought up to date first."""
+def _cache_for(manifest: str, cache: str | None, plan, workers: int):
+    """The cache of ``manifest`` made with the preprocessing record ``plan`` (default folder
+    ``<manifest dir>/cache_<size>``), brought up to date first; a cache made with another record is refused."""
     from gliofed.data.cache import preprocess
 
-    cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{size}"
-    report = preprocess(manifest, cache_dir, size=size, workers=workers, progress=False)
+    cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{plan.size}"
+    report = preprocess(manifest, cache_dir, size=plan.for_cache(), workers=workers, progress=False)
     if len(report.skipped):
         print(report)
     return cache_dir
 
 
-def _native_size(manifest: str, largest: int = 128) -> int:
-    """The default in-plane size: the smallest in-plane matrix (RAS x, y) of the manifest's cases, at most ``largest``
-    (the seed's 128), so that a default never upsamples a cohort."""
-    import nibabel as nib
+def _training_plan(manifest: str, cache: str | None, size: int | None):
+    """The preprocessing record a training run uses: the record of ``--cache`` when it already holds one (and no
+    ``--size`` is given), else the one :func:`gliofed.data.plan.plan_for_manifest` makes."""
+    from gliofed.data.cache import read_plan, read_settings
+    from gliofed.data.plan import plan_for_manifest
 
-    from gliofed.data.manifest import read_manifest
-
-    smallest = largest
-    for path in read_manifest(manifest)["t1"]:
-        image = nib.load(path)
-        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
-        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
-        smallest = min(smallest, *in_plane)
-    return int(smallest)
+    if size is None and cache and read_settings(cache) is not None:
+        return read_plan(cache)
+    return plan_for_manifest(manifest, size)
 
 
 def _train_preset_name(args: argparse.Namespace) -> str:
@@ -307,11 +303,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
         check_resume(run.load_state(), strategy, config, args.out)
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
-    size = args.size
-    if size is None:
-        size = _native_size(args.manifest)
-        print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
-    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+    plan = _training_plan(args.manifest, args.cache, args.size)
+    if args.size is None:
+        print(f"in-plane size {plan.size} (a synthetic cohort's preset size, else the cohort's native size, at most "
+              "128; --size changes it)")
+    cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
     print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
     _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
                                 mu=args.mu, distill=distill, external_site=args.external_site,
@@ -326,6 +322,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from functools import partial
     from pathlib import Path
 
+    from gliofed.data.cache import check_plan
     from gliofed.data.dataset import CaseDataset
     from gliofed.data.manifest import read_manifest
     from gliofed.engine import predict
@@ -336,10 +333,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.min_component < 0:
         raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
-    # the checkpoint's model, input size and contrasts, checked against --size before any work
+    # the checkpoint's model, preprocessing record and contrasts, checked against --size before any work
     predictor = Predictor(args.checkpoint, size=args.size, device=args.device or "auto")
-    config, size = predictor.config, predictor.size
-    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+    config, size, plan = predictor.config, predictor.size, predictor.plan
+    cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
+    check_plan(cache_dir, plan, f"the model {args.checkpoint}")
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
     if not len(dataset):
         raise ConfigError(f"{args.manifest}: no {args.split} cases to evaluate.")
@@ -474,7 +472,9 @@ def _add_preprocess(commands) -> None:
     p = commands.add_parser("preprocess", help="preprocess a manifest into the case cache")
     p.add_argument("manifest")
     p.add_argument("--cache", required=True, help="cache folder")
-    p.add_argument("--size", type=positive_int, default=128, help="in-plane size (default 128, the seed's)")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: the cache's own record if it has one, else a synthetic cohort's "
+                        "preset size, else the cohort's native size, at most 128)")
     p.add_argument("--workers", type=positive_int, default=1)
     p.set_defaults(func=_cmd_preprocess)
 
@@ -507,7 +507,9 @@ def _add_train(commands) -> None:
     p.add_argument("--seed", type=non_negative_int)
     p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
-    p.add_argument("--size", type=positive_int, help="in-plane size (default: the cohort's native size, at most 128)")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: as `gliofed preprocess`: the cache's record, a synthetic cohort's "
+                        "preset size, else the cohort's native size, at most 128)")
     p.add_argument("--workers", type=positive_int, default=1)
     p.add_argument("--out", default="runs/train")
     p.set_defaults(func=_cmd_train)

@@ -28,86 +28,85 @@ import pandas as pd
 from gliofed.data.conventions import CONVENTIONS, FILE_SUFFIXES, convention, convention_of_files
 from gliofed.errors import ConfigError, DataError
 from gliofed.fileio import atomic_write, atomic_write_text
+from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "preprocessing_of_cache", "check_preprocessing", "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "model_plan", "BRATS_LABELS"]
 
 #: in-memory class -> BraTS 2017-2021 label (the default convention; others: :mod:`gliofed.data.conventions`)
 BRATS_LABELS = CONVENTIONS["brats"].encode(np.arange(4))
 
 
-def inference_pipeline(modalities, size: int):
+def inference_pipeline(modalities, size: int | Preprocessing):
     """The training preprocessing for the given contrasts, without a mask, with every spatial step recorded so
-    that :class:`~monai.transforms.Invertd` can undo it. Identical step for step to
-    :func:`gliofed.data.transforms.preprocess_pipeline` (tested: same image as the cache)."""
-    from monai.transforms import (
-        Compose,
-        ConcatItemsd,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        LoadImaged,
-        NormalizeIntensityd,
-        Orientationd,
-        Resized,
-    )
+    that :class:`~monai.transforms.Invertd` can undo it: :func:`gliofed.data.transforms.plan_pipeline`, the very
+    pipeline the cache runs, without the cache layout.
 
-    from gliofed.data.transforms import ValidateCased
+    Args:
+        modalities: the contrasts given (all of them find the brain for the crop), in channel order.
+        size: the checkpoint's :class:`~gliofed.preprocessing.Preprocessing` record, or an in-plane size.
+    """
+    from gliofed.data.transforms import plan_pipeline
 
-    keys = list(modalities)
-    return Compose([
-        LoadImaged(keys, reader="NibabelReader", image_only=True),
-        EnsureChannelFirstd(keys, channel_dim="no_channel"),
-        ValidateCased(keys),
-        # stack first, then orient the stack: equal to orienting each contrast (they share one grid, validated), and
-        # Invertd can only undo transforms recorded on the key it inverts
-        ConcatItemsd(keys, name="image"),
-        Orientationd("image", axcodes="RAS", labels=None),
-        CropForegroundd("image", source_key="image", allow_smaller=True),
-        Resized("image", spatial_size=(size, size, -1), mode="area"),
-        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
-    ])
+    plan = size if isinstance(size, Preprocessing) else Preprocessing(size=int(size))
+    return plan_pipeline(plan, list(modalities), with_seg=False, cache_layout=False)
 
 
-def preprocessing_of_cache(cache_dir: str | Path, modalities) -> dict:
-    """What a model trained on ``cache_dir`` expects of its input: in-plane ``size``, ``modalities`` (in channel
-    order), the preprocessing ``version`` and the steps, recorded in every checkpoint so that ``evaluate`` and
-    ``predict`` re-create exactly that input."""
-    from gliofed.data.cache import PREPROCESS_VERSION, read_index
+def preprocessing_of_cache(cache_dir: str | Path, modalities) -> Preprocessing:
+    """What a model trained on ``cache_dir`` expects of its input: the cache's record
+    (:func:`gliofed.data.cache.read_plan`) with the model's ``modalities`` as channels; recorded in every checkpoint
+    so that ``evaluate`` and ``predict`` re-create exactly that input."""
+    from gliofed.data.cache import read_plan
 
-    index = read_index(cache_dir, missing_ok=True)
-    sizes = sorted({int(v) for v in index["height"]} | {int(v) for v in index["width"]}) if len(index) else []
-    return {"size": sizes[0] if len(sizes) == 1 else None, "modalities": list(modalities),
-            "version": PREPROCESS_VERSION,
-            "steps": "RAS orientation, crop to non-zero voxels, in-plane resize (area), z-score per contrast over "
-                     "brain voxels, (C, D, H, W)"}
+    return read_plan(cache_dir).for_model(tuple(modalities))
+
+
+def model_plan(checkpoint: str | Path, recorded: dict | Preprocessing | None, size: int | None = None,
+               modalities=None) -> Preprocessing:
+    """The preprocessing record a checkpoint's model expects, checked against what the user asked for.
+
+    Args:
+        checkpoint: the checkpoint's path (for messages).
+        recorded: the checkpoint's ``preprocessing`` (a record, its dictionary, or an old checkpoint's partial one).
+        size: the in-plane size the user asked for (``--size``), or None.
+        modalities: the model's contrasts, for a checkpoint that recorded none (default: all four).
+
+    Returns:
+        the record (for a checkpoint without one: the default record at ``size``).
+
+    Raises:
+        ConfigError: ``size`` differs from the recorded one, the record is of another preprocessing version, or
+            neither gives a size (one sentence each).
+    """
+    where = str(checkpoint)
+    plan = plan_of(recorded, where)
+    if plan is None:
+        if size is None:
+            raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
+                              "it was trained at).")
+        chosen = (recorded or {}).get("modalities") if isinstance(recorded, dict) else None
+        return Preprocessing(size=int(size), modalities=tuple(chosen or modalities or MODALITIES))
+    if size is not None and int(size) != plan.size:
+        raise ConfigError(f"{checkpoint}: the model was trained on {plan.size}x{plan.size} in-plane inputs but --size "
+                          f"{size} was given; leave --size out to use {plan.size}.")
+    if plan.version != PREPROCESS_VERSION:
+        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {plan.version}, this "
+                          f"gliofed preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was "
+                          "trained with.")
+    return plan
 
 
 def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int | None) -> int | None:
-    """The in-plane size to use with a checkpoint: ``size`` if given and equal to the recorded one, else the
-    recorded one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained on).
-
-    Args:
-        checkpoint: the checkpoint's path (for the message).
-        recorded: the checkpoint's ``preprocessing`` (empty for checkpoints that recorded none).
-        size: the size the user asked for, or None.
-
-    Returns:
-        the size, or None when neither the user nor the checkpoint gives one.
-    """
-    from gliofed.data.cache import PREPROCESS_VERSION
-
-    recorded = recorded or {}
-    saved = recorded.get("size")
-    if size is not None and saved is not None and int(size) != int(saved):
-        raise ConfigError(f"{checkpoint}: the model was trained on {saved}x{saved} in-plane inputs but --size {size} "
-                          f"was given; leave --size out to use {saved}.")
-    version = recorded.get("version")
-    if version is not None and int(version) != PREPROCESS_VERSION:
-        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {version}, this gliofed "
-                          f"preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was trained "
-                          "with.")
-    return int(size) if size is not None else (int(saved) if saved is not None else None)
+    """The in-plane size to use with a checkpoint (:func:`model_plan`'s), or None when neither the user nor the
+    checkpoint gives one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained
+    on)."""
+    try:
+        return model_plan(checkpoint, recorded, size).size
+    except ConfigError as error:
+        if "records no input size" in str(error):
+            return None
+        raise
 
 
 def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
@@ -161,12 +160,10 @@ class Predictor:
             raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
         self.checkpoint = Path(checkpoint)
         self.model, self.config, state = load_checkpoint(checkpoint)
-        self.preprocessing = state.get("preprocessing") or {}
-        self.size = check_preprocessing(checkpoint, self.preprocessing, size)
-        if self.size is None:
-            raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
-                              "it was trained at).")
-        self.modalities = tuple(self.preprocessing.get("modalities") or self.config.modalities)
+        self.plan = model_plan(checkpoint, state.get("preprocessing"), size, self.config.modalities)
+        self.preprocessing = self.plan.to_dict()
+        self.size = self.plan.size
+        self.modalities = self.plan.modalities
         self.device = resolve_device(device)
         self.model.eval().to(self.device)
         self.min_voxels, self.keep_largest = min_voxels, keep_largest
@@ -206,7 +203,7 @@ class Predictor:
 
         given = self.check_inputs(subject, paths)
         keys = [m for m in MODALITIES if m in given]  # training stacks the contrasts in this order
-        pipeline = inference_pipeline(keys, self.size)
+        pipeline = inference_pipeline(keys, self.plan)
         try:
             data = pipeline({"subject_id": subject, **given})
         except Exception as error:  # MONAI wraps transform errors: report the root cause in one line

@@ -37,6 +37,7 @@ from gliofed.config import TrainConfig
 from gliofed.errors import CheckpointError, ConfigError
 from gliofed.fileio import atomic_write, to_json
 from gliofed.model import MultiTaskUNet, build_model
+from gliofed.preprocessing import Preprocessing
 
 __all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "CHECKPOINT_FORMAT"]
 
@@ -159,7 +160,7 @@ def _load_pair(path: Path, device: str = "cpu") -> dict:
 # the model checkpoint -----------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None,
-                    preprocessing: dict | None = None) -> Path:
+                    preprocessing: Preprocessing | dict | None = None) -> Path:
     """Save a model as ``<path stem>.safetensors`` (weights, optimiser tensors) + ``<path stem>.json`` (model and
     training config, preprocessing, epoch, ``extra`` such as the history).
 
@@ -169,7 +170,9 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         optimizer: optional optimiser whose state is kept too.
         epoch: epochs or rounds trained.
         extra: JSON-able extras (arrays are stored as tensors).
-        preprocessing: see :func:`gliofed.inference.preprocessing_of_cache`.
+        preprocessing: the :class:`~gliofed.preprocessing.Preprocessing` record the model was trained with (its
+            cache's, with the model's contrasts: :func:`gliofed.inference.preprocessing_of_cache`), stored as its
+            dictionary; ``evaluate``, ``predict`` and Flower read it back.
 
     Returns:
         the path of the weights file.
@@ -181,12 +184,25 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": getattr(model, "config", {}),
         "train_config": config.to_dict(),
-        "preprocessing": preprocessing or {"modalities": list(config.modalities)},
+        "preprocessing": _preprocessing_record(preprocessing, config),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
         "extra": extra or {},
     }
     return _save_pair(weights, state)
+
+
+def _preprocessing_record(preprocessing: Preprocessing | dict | None, config: TrainConfig) -> dict:
+    """The checkpoint's ``preprocessing`` entry: the record's dictionary; a record whose channels are not the model's
+    contrasts is refused (the checkpoint would contradict itself)."""
+    if preprocessing is None:
+        return {"modalities": list(config.modalities)}
+    record = preprocessing.to_dict() if isinstance(preprocessing, Preprocessing) else dict(preprocessing)
+    channels = record.get("modalities")
+    if channels is not None and tuple(channels) != tuple(config.modalities):
+        raise ConfigError(f"the preprocessing record's contrasts {', '.join(channels)} are not the model's "
+                          f"{', '.join(config.modalities)}.")
+    return record
 
 
 def _checkpoint_path(path: Path) -> Path:
@@ -285,7 +301,8 @@ class TrainingRun:
         return self.path(self.MODEL).is_file() or self.path(self.LEGACY_MODEL).is_file()
 
     def save_model(self, model: torch.nn.Module, config: TrainConfig, epoch: int = 0, extra: dict | None = None,
-                   optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None) -> Path:
+                   optimizer: torch.optim.Optimizer | None = None,
+                   preprocessing: Preprocessing | dict | None = None) -> Path:
         """Write the final model (``model.safetensors`` + ``model.json``) with its configs, ``preprocessing`` (see
         :func:`gliofed.inference.preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
         return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing)

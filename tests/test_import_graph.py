@@ -16,7 +16,7 @@ GRAPH = graph(SOURCES)
 #: floor of the longest prefix listed.
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("gliofed", "gliofed._startup", "gliofed.vocab", "gliofed.errors", "gliofed.fileio"),
-    ("gliofed.config", "gliofed.presets"),
+    ("gliofed.config", "gliofed.presets", "gliofed.preprocessing"),
     ("gliofed.model", "gliofed.losses", "gliofed.metrics", "gliofed.brats_metrics"),
     ("gliofed.data",),
     ("gliofed.engine", "gliofed.runs"),
