@@ -331,11 +331,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gliofed.inference import Predictor, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
 
-    if args.min_component < 0:
+    if args.min_component is not None and args.min_component < 0:
         raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
-    # the checkpoint's model, preprocessing record and contrasts, checked against --size before any work
-    predictor = Predictor(args.checkpoint, size=args.size, device=args.device or "auto")
+    inference = _inference(args)
+    # the checkpoint's model, preprocessing record and contrasts, checked against --size before any work; the raw
+    # scores without post-processing, the post-processed ones (the checkpoint's choice unless told) beside them
+    predictor = Predictor(args.checkpoint, size=args.size, device=args.device or "auto", min_voxels=0,
+                          keep_largest=False, inference=inference)
     config, size, plan = predictor.config, predictor.size, predictor.plan
+    recorded_min, recorded_largest = predictor.recorded_postprocessing
+    args.min_component = recorded_min if args.min_component is None else args.min_component
+    args.keep_largest = recorded_largest if args.keep_largest is None else args.keep_largest
     cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
     check_plan(cache_dir, plan, f"the model {args.checkpoint}")
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
@@ -347,7 +353,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     postprocess = partial(postprocess_mask, min_voxels=args.min_component, keep_largest=args.keep_largest)
     # markers, and the quick segmentation metric on the cache grid
     predictions = predict(predictor.model, dataset, device=predictor.device,
-                          postprocess=postprocess if cleaning else None)
+                          postprocess=postprocess if cleaning else None, inference=inference)
     predictions.to_csv(out / "predictions.csv", index=False)
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
     table3 = results_table(tables["classification"])
@@ -365,7 +371,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     native_table = summarise_native(native)
     native_table.to_csv(out / "metrics_segmentation.csv", index=False)
     summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
-               "modalities": list(config.modalities),
+               "modalities": list(config.modalities), "inference": inference.to_dict(),
                "classification": tables["classification"].to_dict(orient="records"),
                "segmentation_grid": "each scan's own grid, BraTS scores (brats-evaluation 0.0.10 definitions)",
                "segmentation": native_table.to_dict(orient="records"),
@@ -401,7 +407,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         nifti_cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair", "label_convention"]].to_dict()}
                        for s in dataset.index["subject_id"]]
         predict_cases(args.checkpoint, nifti_cases, out / "nifti", size=size, device=args.device or "auto",
-                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False)
+                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False,
+                      inference=inference)
         print(f"wrote {len(nifti_cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
     return 0
@@ -424,7 +431,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                   **given}]
     table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
                           min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1,
-                          label_convention=args.label_convention)
+                          label_convention=args.label_convention, inference=_inference(args))
     for row in table.itertuples():
         print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
     print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
@@ -535,10 +542,33 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_postprocessing(p) -> None:
-    p.add_argument("--min-component", type=int, default=0, metavar="N",
-                   help="post-processing: remove tumour components smaller than N voxels (default 0: off)")
-    p.add_argument("--keep-largest", action="store_true",
-                   help="post-processing: keep only the largest tumour component (default off)")
+    p.add_argument("--min-component", type=int, default=None, metavar="N",
+                   help="post-processing: remove tumour components smaller than N voxels of the preprocessed grid "
+                        "(default: the checkpoint's, chosen on its training cases; 0: off)")
+    p.add_argument("--keep-largest", action="store_true", default=None,
+                   help="post-processing: keep only the largest tumour component (default: the checkpoint's)")
+    p.add_argument("--window", metavar="D,H,W",
+                   help="sliding-window inference with Gaussian weighting over windows of D x H x W voxels of the "
+                        "preprocessed grid, -1 = the whole axis (default: one pass over the whole volume)")
+    p.add_argument("--flips", metavar="AXES",
+                   help="test-time flips: axes of (D, H, W) = 0,1,2 whose flipped volumes are averaged in, e.g. 2 "
+                        "(left-right; default none)")
+
+
+def _inference(args: argparse.Namespace):
+    """The :class:`~gliofed.segmentation.SegmentationInference` of ``--window`` and ``--flips``."""
+    from gliofed.segmentation import SegmentationInference
+
+    def integers(text: str | None, flag: str) -> tuple[int, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r} is not comma-separated integers.") from None
+
+    return SegmentationInference(window=integers(args.window, "--window"),
+                                 flips=integers(args.flips, "--flips") or ())
 
 
 def _add_predict(commands) -> None:

@@ -11,7 +11,10 @@ from gliofed.errors import ConfigError
 from gliofed.fileio import atomic_write_text
 from gliofed.vocab import MODALITIES
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "LR_SCHEDULES"]
+
+#: learning-rate schedules (see :attr:`TrainConfig.lr_schedule`)
+LR_SCHEDULES = ("constant", "poly", "cosine")
 
 
 @dataclass
@@ -23,6 +26,9 @@ class TrainConfig:
         batch_size: cases per step (default 2).
         optimizer: ``"sgd"`` (default, momentum 0.9) or ``"adamw"``.
         lr: learning rate (default 1e-3). momentum, weight_decay: optimiser settings.
+        lr_schedule: how the learning rate falls over the run: ``"constant"`` (default, the seed's), ``"poly"``
+            (nnU-Net's ``lr * (1 - epoch / epochs) ** 0.9``) or ``"cosine"`` (``lr * (1 + cos(pi * epoch / epochs))
+            / 2``), set at the start of every epoch; a federated run counts the epochs of all its rounds.
         amp: bf16 autocast on CUDA (default True; ignored on CPU).
         channels_last: channels_last_3d memory format on CUDA (default True).
         compile: ``torch.compile`` the model (default False).
@@ -41,6 +47,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
@@ -57,6 +64,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not 'sgd' or 'adamw'.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}.")
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0.")
         self.modalities = tuple(self.modalities)

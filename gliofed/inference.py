@@ -29,10 +29,11 @@ from gliofed.data.conventions import CONVENTIONS, FILE_SUFFIXES, convention, con
 from gliofed.errors import ConfigError, DataError
 from gliofed.fileio import atomic_write, atomic_write_text
 from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
+from gliofed.segmentation import SegmentationInference, postprocess_mask
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "preprocessing_of_cache", "check_preprocessing", "model_plan", "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "model_plan", "recorded_postprocessing", "BRATS_LABELS"]
 
 #: in-memory class -> BraTS 2017-2021 label (the default convention; others: :mod:`gliofed.data.conventions`)
 BRATS_LABELS = CONVENTIONS["brats"].encode(np.arange(4))
@@ -109,34 +110,16 @@ def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int
         raise
 
 
-def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
-    """BraTS-style clean-up of a predicted class map: connected components of the whole tumour (any non-zero class,
-    26-connectivity) smaller than ``min_voxels`` are set to background; with ``keep_largest`` only the largest
-    component stays. Off (returns a copy) when ``min_voxels <= 0`` and not ``keep_largest``.
-
-    Args:
-        labels: integer class map (any shape, usually (D, H, W)).
-        min_voxels: smallest component kept.
-        keep_largest: keep only the largest component.
-
-    Returns:
-        the cleaned class map (same dtype).
-    """
-    from scipy import ndimage
-
-    labels = np.array(labels, copy=True)
-    if min_voxels <= 0 and not keep_largest:
-        return labels
-    components, count = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim))
-    if count == 0:
-        return labels
-    sizes = np.bincount(components.ravel())[1:]
-    keep = sizes >= max(min_voxels, 1)
-    if keep_largest:
-        keep = np.zeros_like(keep)
-        keep[int(np.argmax(sizes))] = True
-    labels[~np.concatenate([[True], keep])[components]] = 0
-    return labels
+def recorded_postprocessing(state: Mapping, min_voxels: int | None = None,
+                            keep_largest: bool | None = None) -> tuple[int, bool]:
+    """The post-processing to apply with a checkpoint: what the caller asks, else what the checkpoint records
+    (``extra.postprocessing``, chosen on its training cases), else off."""
+    recorded = ((state.get("extra") or {}).get("postprocessing") or {}) if isinstance(state, Mapping) else {}
+    chosen_min = recorded.get("min_voxels", 0) if min_voxels is None else min_voxels
+    chosen_largest = recorded.get("keep_largest", False) if keep_largest is None else keep_largest
+    if isinstance(chosen_min, bool) or not isinstance(chosen_min, int) or chosen_min < 0:
+        raise ConfigError(f"the checkpoint's post-processing min_voxels {chosen_min!r} is not an integer >= 0.")
+    return chosen_min, bool(chosen_largest)
 
 
 class Predictor:
@@ -146,17 +129,21 @@ class Predictor:
         checkpoint: ``model.safetensors`` (+ ``model.json``) or a run folder.
         size: in-plane size; default (and only allowed value) the checkpoint's recorded one.
         device: ``auto``, ``cpu``, ``cuda`` ...
-        min_voxels, keep_largest: optional post-processing (:func:`postprocess_mask`), off by default.
+        min_voxels, keep_largest: post-processing (:func:`~gliofed.segmentation.postprocess_mask`); ``None``
+            (default): what the checkpoint records (chosen on its training cases), else off.
         label_convention: how to label every written mask (``brats``, ``brats2023``, ...); default: each case's
             ``label_convention``, else what its file names imply (BraTS 2023+ names: ``brats2023``; else ``brats``).
+        inference: how the volume is segmented (:class:`~gliofed.segmentation.SegmentationInference`; default one
+            whole-volume pass).
     """
 
-    def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto", min_voxels: int = 0,
-                 keep_largest: bool = False, label_convention: str | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto",
+                 min_voxels: int | None = None, keep_largest: bool | None = None,
+                 label_convention: str | None = None, inference: SegmentationInference | None = None) -> None:
         from gliofed.engine import resolve_device
         from gliofed.runs import load_checkpoint
 
-        if min_voxels < 0:
+        if min_voxels is not None and min_voxels < 0:
             raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
         self.checkpoint = Path(checkpoint)
         self.model, self.config, state = load_checkpoint(checkpoint)
@@ -166,8 +153,11 @@ class Predictor:
         self.modalities = self.plan.modalities
         self.device = resolve_device(device)
         self.model.eval().to(self.device)
-        self.min_voxels, self.keep_largest = min_voxels, keep_largest
+        #: the post-processing the checkpoint records (chosen on its training cases; (0, False) when none)
+        self.recorded_postprocessing = recorded_postprocessing(state)
+        self.min_voxels, self.keep_largest = recorded_postprocessing(state, min_voxels, keep_largest)
         self.label_convention = convention(label_convention).name if label_convention else None
+        self.inference = inference or SegmentationInference()
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
         """The model's contrasts must all be given and exist; returns key -> path of every contrast given."""
@@ -201,6 +191,8 @@ class Predictor:
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
+        from gliofed.segmentation import predict_volume, seg_output_of, to_classes
+
         given = self.check_inputs(subject, paths)
         keys = [m for m in MODALITIES if m in given]  # training stacks the contrasts in this order
         pipeline = inference_pipeline(keys, self.plan)
@@ -218,8 +210,8 @@ class Predictor:
         channels = [keys.index(m) for m in self.modalities]
         x = image.as_tensor()[channels].permute(0, 3, 2, 1)[None].float().to(self.device)  # (1, C, D, H, W)
         with torch.no_grad():
-            outputs = self.model(x)
-        classes = outputs["seg"].float().argmax(1)[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
+            probabilities, outputs = predict_volume(self.model, x, self.inference)
+        classes = to_classes(probabilities, seg_output_of(self.model))[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
         classes = postprocess_mask(classes, self.min_voxels, self.keep_largest)
         pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(classes.transpose(2, 1, 0)))[None].float(),
                           meta=image.meta, applied_operations=image.applied_operations)
@@ -273,8 +265,9 @@ class Predictor:
 
 
 def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
-                  device: str = "auto", min_voxels: int = 0, keep_largest: bool = False,
-                  progress: bool = True, label_convention: str | None = None) -> pd.DataFrame:
+                  device: str = "auto", min_voxels: int | None = None, keep_largest: bool | None = None,
+                  progress: bool = True, label_convention: str | None = None,
+                  inference: SegmentationInference | None = None) -> pd.DataFrame:
     """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
 
     Args:
@@ -282,7 +275,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
         cases: dicts with ``subject_id`` and contrast paths ``t1`` .. ``flair`` (blank/None where absent), and
             optionally ``label_convention`` (the dataset's; the masks are written in it).
         out_dir: the output folder.
-        size, device, min_voxels, keep_largest, label_convention: see :class:`Predictor`.
+        size, device, min_voxels, keep_largest, label_convention, inference: see :class:`Predictor`.
         progress: show a progress bar.
 
     Returns:
@@ -291,7 +284,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
     from tqdm.auto import tqdm
 
     predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest,
-                          label_convention=label_convention)
+                          label_convention=label_convention, inference=inference)
     seen = set()
     for case in cases:  # every input checked before any work
         subject = str(case["subject_id"])

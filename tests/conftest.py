@@ -35,6 +35,20 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache, tmp_path_factory) -> Path:
+    """A small model (features 4-8-16-32, t1 + t2) trained for one centralized round on the tiny cache, saved as a run
+    folder by :func:`gliofed.experiments.train_and_save`; treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    config = train_preset("tiny", modalities=("t1", "t2"), model={"features": (4, 8, 16, 32), "hidden": 8},
+                          device="cpu")
+    train_and_save(run, tiny_cache, "centralized", config, 1, progress=False)
+    return run
+
+
 def write_case(folder: Path, subject: str, shape=ODD_SHAPE, seed: int = 0, seg: bool = True,
                affine: np.ndarray | None = None) -> dict[str, str]:
     """Write one small valid case (four contrasts + seg with labels 0/1/2/4); return manifest path fields."""

@@ -17,7 +17,7 @@ GRAPH = graph(SOURCES)
 FLOORS: tuple[tuple[str, ...], ...] = (
     ("gliofed", "gliofed._startup", "gliofed.vocab", "gliofed.errors", "gliofed.fileio"),
     ("gliofed.config", "gliofed.presets", "gliofed.preprocessing"),
-    ("gliofed.model", "gliofed.losses", "gliofed.metrics", "gliofed.brats_metrics"),
+    ("gliofed.model", "gliofed.losses", "gliofed.metrics", "gliofed.brats_metrics", "gliofed.segmentation"),
     ("gliofed.data",),
     ("gliofed.engine", "gliofed.runs"),
     ("gliofed.federated.protocol",),

@@ -55,19 +55,9 @@ def test_the_cache_keeps_its_record_and_is_refreshed_with_it(small_manifest, tmp
     assert set(report.cases["status"]) == {"cached"} and read_plan(cache).size == 12
 
 
-SMALL = {"features": (4, 8, 16, 32), "hidden": 8}
-
-
-@pytest.fixture(scope="module")
-def trained(tiny_cache, tmp_path_factory):
-    """A small model trained for one round (t1 + t2) on the tiny cache (32 x 32): its run folder."""
-    from gliofed.experiments import train_and_save
-    from gliofed.presets import train_preset
-
-    run = tmp_path_factory.mktemp("trained") / "run"
-    config = train_preset("tiny", modalities=("t1", "t2"), model=SMALL, device="cpu")
-    train_and_save(run, tiny_cache, "centralized", config, 1, progress=False)
-    return run
+@pytest.fixture
+def trained(tiny_run):
+    return tiny_run
 
 
 def test_training_copies_the_caches_record_into_the_checkpoint(trained, tiny_cache):

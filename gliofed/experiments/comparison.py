@@ -18,7 +18,8 @@ from gliofed.federated.site.policy import SitePolicy
 from gliofed.inference import preprocessing_of_cache
 from gliofed.runs import TrainingRun
 
-__all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions"]
+__all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions",
+           "training_postprocessing"]
 
 
 def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
@@ -56,12 +57,29 @@ def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, co
     there (:class:`~gliofed.runs.TrainingRun`). ``kwargs`` go to :func:`run_experiment`."""
     run = TrainingRun(run_dir)
     model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
-    run.save_model(model, config, epoch=rounds,
-                   extra={"history": history.rounds, "strategy": strategy, "cache": str(cache_dir)},
+    extra = {"history": history.rounds, "strategy": strategy, "cache": str(cache_dir),
+             "postprocessing": training_postprocessing(model, cache_dir, config, kwargs.get("external_site"))}
+    run.save_model(model, config, epoch=rounds, extra=extra,
                    preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
     run.save_history(history)
     run.save_config(config)
     return model, history
+
+
+def training_postprocessing(model: torch.nn.Module, cache_dir: str | Path, config: TrainConfig,
+                            external_site: str | None = None) -> dict:
+    """The post-processing of a trained model, chosen on the training split of ``cache_dir``
+    (:func:`~gliofed.engine.postprocessing_for`: the smallest tumour component to keep, by mean region Dice), as the
+    checkpoint records it; ``evaluate`` and ``predict`` apply it unless told otherwise. (In the simulator the
+    experimenter holds every site's cases; a Flower run has no pooled training cases and records none.)"""
+    from gliofed.engine import postprocessing_for
+
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
+                        external_site=external_site)
+    chosen = postprocessing_for(model, train, device=config.device)
+    model.cpu()
+    return {"min_voxels": chosen["min_voxels"], "keep_largest": chosen["keep_largest"], "cases": chosen["cases"],
+            "chosen_on": "training split", "scores": chosen["scores"]}
 
 
 def _largest_site(cache_dir: Path, seed: int, candidates) -> str:

@@ -94,7 +94,7 @@ def check_reply(site: str, reply: Payload, task: str, outgoing: Payload, max_byt
 
 def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Sequence[str], config: TrainConfig,
                     exchange: Exchange, min_sites: int = 1,
-                    max_payload_bytes: int | None = MAX_PAYLOAD_BYTES) -> RoundResult:
+                    max_payload_bytes: int | None = MAX_PAYLOAD_BYTES, rounds: int | None = None) -> RoundResult:
     """One round: the strategy's requests (:meth:`Strategy.configure_round`) go out through ``exchange``, every
     reply is validated (:func:`check_reply`), the strategy checks who answered (:meth:`Strategy.check_answers`) and
     aggregates the valid replies into ``model`` (:meth:`Strategy.aggregate`).
@@ -102,9 +102,17 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
     A participant whose reply fails (error, refusal, no answer, or a reply that :func:`check_reply` refuses) is left
     out of the round with a one-line reason (:func:`one_line`); whether the round goes on without it is the
     strategy's rule (default: at least ``min_sites`` valid replies, else :class:`FederationError`).
+
+    With ``rounds`` (the run's last round), every ``train`` request also carries ``schedule``: ``{"round": rnd,
+    "rounds": rounds}``, where the round stands in the run, so that a site's learning rate follows the run's
+    schedule (``TrainConfig.lr_schedule``) across rounds.
     """
     model.cpu()
     requests = strategy.configure_round(model, rnd, list(sites), config)
+    if rounds is not None:
+        for request in requests.values():
+            if request.task == "train":
+                request.settings["schedule"] = {"round": int(rnd), "rounds": int(rounds)}
     answers = exchange(requests)
     excluded, replies = {}, {}
     for site, request in requests.items():
@@ -156,7 +164,7 @@ def run_rounds(strategy: Strategy, model: nn.Module, sites: Sequence[str], confi
     for rnd in bar:
         started = time.perf_counter()
         result = federated_round(strategy, model, rnd, sites, config, transport(rnd), min_sites=min_sites,
-                                 max_payload_bytes=max_payload_bytes)
+                                 max_payload_bytes=max_payload_bytes, rounds=rounds)
         entries = evaluate(rnd, model) if evaluate is not None else {}
         history.append({"round": rnd, "wall_s": time.perf_counter() - started, **entries, **result.record()})
         metrics = entries.get("metrics") or {}

@@ -38,6 +38,16 @@ def _declared_model_bytes(model_config: dict) -> int:
     return sum(t.numel() * t.element_size() for t in network.state_dict().values())
 
 
+def _schedule(settings: dict) -> tuple[int, int] | None:
+    """(epochs of the run trained before this round, epochs of the whole run) from a ``train`` request's ``schedule``
+    (``{"round", "rounds"}``, checked by the site's policy), or None when the request carries none."""
+    schedule = settings.get("schedule")
+    if not schedule:
+        return None
+    epochs = int(settings["epochs"])
+    return (int(schedule["round"]) - 1) * epochs, int(schedule["rounds"]) * epochs
+
+
 class Site:
     """A federated site over its training cases in a preprocessed cache.
 
@@ -197,7 +207,8 @@ class Site:
         self.__cases.transform = augment_pipeline(seed) if config.augment else None
         try:
             history = fit(network, self.__cases, config.replace(seed=seed), epochs=int(settings["epochs"]),
-                          extra_loss=extra, progress=False, dp=dp if dp.mechanism == "dp_sgd" else None)
+                          extra_loss=extra, progress=False, dp=dp if dp.mechanism == "dp_sgd" else None,
+                          schedule=_schedule(settings))
         finally:
             self.__cases.transform = None
         network.cpu()
