@@ -2,8 +2,9 @@
 sliding-window inference, test-time flips and post-processing chosen on training cases, over several seeds.
 
 For every seed a synthetic cohort of the chosen preset is drawn anew (``make_cohort(seed=...)``: new subjects, new
-split) and preprocessed at the preset's size. Each *training variant* trains the centralized model the way
-``gliofed train`` does (:func:`gliofed.experiments.train_and_save`: one round per epoch, the preset's recipe):
+split) and preprocessed at ``--size`` (default 32², as ``bench_strategies.py``: a CPU budget). Each *training
+variant* trains the centralized model the way ``gliofed train`` does (:func:`gliofed.experiments.train_and_save`: one
+round per epoch, the preset's recipe):
 
 * ``baseline``: the preset's recipe as it was (softmax over the four classes, constant learning rate);
 * ``regions``: a sigmoid per nested region WT, TC, ET (Dice + BCE), the seed's network otherwise;
@@ -26,7 +27,7 @@ Resumable: every (seed, training variant) keeps its run folder and a results fil
 what is done. Deterministic (fixed seeds, CPU), so valid under load; it records no timings.
 
 Usage:
-  python benchmarks/bench_segmentation.py                    # 3 seeds, workshop preset, 10 epochs (~1 h CPU)
+  python benchmarks/bench_segmentation.py                    # 3 seeds, workshop cohort at 32², 10 epochs (~30 min CPU)
   python benchmarks/bench_segmentation.py --smoke            # tiny preset, 1 seed, 1 epoch (minutes; checks the script)
   python benchmarks/bench_segmentation.py --report-only      # tables from the results already there
 """
@@ -85,15 +86,15 @@ def t_interval(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def cohort(work: Path, preset: str, seed: int, cases_per_site: int | None) -> Path:
-    """The seed's cohort and its cache at the preset's size (made once)."""
+def cohort(work: Path, preset: str, seed: int, cases_per_site: int | None, size: int) -> Path:
+    """The seed's cohort and its cache at ``size`` (made once)."""
     folder = work / f"seed{seed}"
     manifest = folder / "cohort" / "manifest.csv"
     if not manifest.is_file():
         make_cohort(folder / "cohort", preset=preset, seed=seed, cases_per_site=cases_per_site, progress=False,
                     verbose=False)
-    cache = folder / "cache"
-    preprocess(manifest, cache, size=get_preset(preset).cache_size, progress=False)
+    cache = folder / f"cache_{size}"
+    preprocess(manifest, cache, size=size, progress=False)
     return cache
 
 
@@ -204,6 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", default="workshop", choices=["tiny", "workshop", "paper"])
     parser.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--size", type=int, default=32, help="in-plane cache size (default 32, as bench_strategies)")
     parser.add_argument("--cases-per-site", type=int, default=None)
     parser.add_argument("--variants", nargs="+", default=list(TRAINING), choices=list(TRAINING))
     parser.add_argument("--smoke", action="store_true", help="tiny preset, one seed, one epoch")
@@ -211,7 +213,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.preset, args.seeds, args.epochs = "tiny", args.seeds[:1], 1
+        args.preset, args.seeds, args.epochs, args.size = "tiny", args.seeds[:1], 1, get_preset("tiny").cache_size
     torch.set_num_threads(args.threads)
     work = Path(args.work) / args.preset
     work.mkdir(parents=True, exist_ok=True)
@@ -224,7 +226,7 @@ def main(argv=None) -> int:
                 if done.is_file():
                     records.append(json.loads(done.read_text()))
                 continue
-            cache = cache or cohort(work, args.preset, seed, args.cases_per_site)
+            cache = cache or cohort(work, args.preset, seed, args.cases_per_site, args.size)
             print(f"{dt.datetime.now():%H:%M:%S} seed {seed} {variant}", flush=True)
             records.append(run_variant(work, cache, args.preset, seed, variant, args.epochs))
     if not records:
@@ -237,7 +239,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     per_seed.to_csv(out / f"{name}_per_seed.csv", index=False)
     summary.to_csv(out / f"{name}_summary.csv", index=False)
-    header = (f"Preset `{args.preset}` (cohort redrawn per seed, cache {get_preset(args.preset).cache_size}², "
+    header = (f"Preset `{args.preset}` (cohort redrawn per seed, cache {args.size}², "
               f"centralized, {args.epochs} epochs, the preset's recipe otherwise), seeds "
               f"{', '.join(map(str, sorted(per_seed['seed'].unique())))}. Device: CPU ({platform.machine()}), "
               f"{args.threads} torch thread(s). Date: {dt.date.today():%Y-%m-%d}. Mean over seeds [95 % t-interval]; "
