@@ -348,9 +348,10 @@ class TrainingRun:
         for name, table in ((self.HISTORY, history.to_frame()), (self.SITE_HISTORY, history.site_frame())):
             _replace_atomically(self.path(name), lambda tmp, table=table: table.to_csv(tmp, index=False))
 
-    def save_rounds(self, strategy: str, rounds: list[dict]) -> Path:
-        """Per-round records as ``history.json`` (the Flower ServerApp writes it after every round)."""
-        text = to_json({"strategy": strategy, "rounds": rounds}, indent=2)
+    def save_rounds(self, strategy: str, rounds: list[dict], **about) -> Path:
+        """Per-round records as ``history.json`` (the Flower ServerApp writes it after every round), with ``about``
+        the run as a whole (e.g. ``sites``: each site's cases and device; ``preprocessing``: the sites' record)."""
+        text = to_json({"strategy": strategy, **about, "rounds": rounds}, indent=2)
         return _replace_atomically(self.path(self.ROUNDS), lambda tmp: tmp.write_text(text))
 
     def load_rounds(self) -> dict:

@@ -85,6 +85,15 @@ def test_region_training_learns_a_fixed_batch_and_predicts_class_maps(tiny_cache
     assert table[["dice_WT", "dice_TC", "dice_ET"]].notna().all().all()
 
 
+def test_grad_cam_explains_the_whole_tumour_of_a_regions_head():
+    from gliofed.explain import grad_cam
+
+    torch.manual_seed(0)
+    model = MultiTaskUNet(**SMALL, seg_output="regions")
+    cam = grad_cam(model, torch.randn(1, 4, 3, 16, 16), target="seg")
+    assert cam.shape == (1, 1, 3, 16, 16) and bool(torch.isfinite(cam).all())
+
+
 # --- learning-rate schedule ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("schedule", "expected"), [
     ("poly", [0.01 * (1 - e / 3) ** 0.9 for e in range(3)]),

@@ -56,8 +56,9 @@ def check_resume(state: dict, strategy: Strategy, config: TrainConfig, where: st
         elif _plain(saved_identity.get("settings")) != identity["settings"]:
             differences.append(f"strategy settings {saved_identity.get('settings')} (now {identity['settings']})")
     saved_config, current = _plain(state.get("config") or {}), _plain(config.to_dict())
+    defaults = _plain(TrainConfig().to_dict())  # a setting added since the run was saved had its default then
     for key in sorted(set(saved_config) | set(current)):
-        if key not in RESUMABLE_CHANGES and saved_config.get(key) != current.get(key):
+        if key not in RESUMABLE_CHANGES and saved_config.get(key, defaults.get(key)) != current.get(key):
             differences.append(f"{key} {saved_config.get(key)!r} (now {current.get(key)!r})")
     if differences:
         raise ConfigError(f"cannot resume {where}: it was started with {', '.join(differences)}; resume with the "

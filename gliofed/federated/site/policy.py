@@ -201,7 +201,12 @@ class SitePolicy:
     def privacy_violations(self, task: str, dp, epsilon_after: float | None) -> list[str]:
         """Every way a request's differential privacy (``dp``, a :class:`~gliofed.dp.DPSettings`) oversteps this
         policy, given the epsilon this site would have spent after answering it (``epsilon_after``; None when the
-        request asks for no DP); empty when allowed. Only ``train`` and ``distill`` release anything learnt."""
+        request asks for no DP); empty when allowed. Only ``train`` and ``distill`` release anything learnt from the
+        training cases; ``evaluate`` releases metrics of the held-out cases without noise, which a site that requires
+        DP does not send."""
+        if task == "evaluate" and self.require_dp:
+            return ["this site requires differential privacy and federated evaluation releases its held-out cases' "
+                    "metrics without it"]
         if task not in ("train", "distill"):
             return []
         if not dp.enabled:

@@ -38,6 +38,17 @@ def _declared_model_bytes(model_config: dict) -> int:
     return sum(t.numel() * t.element_size() for t in network.state_dict().values())
 
 
+def _held_out(cache_dir, members: list[str], modalities, seed: int, external_site: str | None) -> CaseDataset | None:
+    """The site's held-out cases (its ``test`` split), or None when it has none."""
+    from gliofed.errors import ConfigError
+
+    try:
+        return CaseDataset(cache_dir, split="test", sites=members, modalities=modalities, seed=seed,
+                           external_site=external_site)
+    except ConfigError:  # no test case at this site
+        return None
+
+
 def _schedule(settings: dict) -> tuple[int, int] | None:
     """(epochs of the run trained before this round, epochs of the whole run) from a ``train`` request's ``schedule``
     (``{"round", "rounds"}``, checked by the site's policy), or None when the request carries none."""
@@ -76,6 +87,7 @@ class Site:
         #: every differentially private release this site has sent, over all requests (its accountant)
         self.__spent = Accountant()
         self.__cache_dir = Path(cache_dir)
+        self.__held_out = _held_out(cache_dir, list(members or [name]), modalities, seed, external_site)
 
     @property
     def policy(self) -> SitePolicy:
@@ -106,15 +118,17 @@ class Site:
 
         Args:
             task: ``"train"`` (local training from the global model: FedAvg, FedProx, local-only, the centralized
-                data centre), ``"distill"`` (soft labels + condensed synthetic set) or ``"describe"`` (the number
-                and bytes of its training cases: what pooling them would transfer).
+                data centre), ``"distill"`` (soft labels + condensed synthetic set), ``"describe"`` (the number
+                and bytes of its training cases: what pooling them would transfer) or ``"evaluate"`` (the model's
+                quick metrics on the site's held-out cases: its ``test`` split; federated evaluation).
             model: the global model (``model`` payload).
             settings: ``train`` (TrainConfig as dict), ``epochs``, ``seed``, ``mu`` (FedProx),
                 ``distill`` (DistillSettings as dict).
 
         Returns:
             ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
-            ``distilled_set`` or ``site_info`` payload.
+            ``distilled_set``, ``site_info`` or ``site_metrics`` (meta ``n_cases``: held-out cases, ``metrics``:
+            Dice per region and AUC per marker, null where not computable) payload.
 
         Raises:
             PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
@@ -125,6 +139,9 @@ class Site:
             model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
         self.__policy.check_request(self.name, task, settings or {}, model_bytes)
         dp, planned = self._plan_privacy(task, settings or {})
+        if task == "evaluate" and self.n_held_out < self.__policy.min_group:
+            raise PolicyError(f"site {self.name} refuses the 'evaluate' request: it has {self.n_held_out} held-out "
+                              f"case(s), fewer than the {self.__policy.min_group} any summary it sends must pool.")
         if task == "distill" and self.n_cases < self.__policy.min_group:
             raise PolicyError(f"site {self.name} refuses the 'distill' request: it has {self.n_cases} training case(s),"
                               f" fewer than the {self.__policy.min_group} any summary it sends must pool.")
@@ -182,6 +199,8 @@ class Site:
         dp = dp or DPSettings()
         if task == "train":
             return self._train(network, config, settings, seed, dp)
+        if task == "evaluate":
+            return self._evaluate(network, config)
         if task == "distill":
             return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name,
                             min_group=self.__policy.min_group, dp=dp if dp.mechanism == "gaussian" else None)
@@ -223,6 +242,25 @@ class Site:
         return Payload("weights_update", state_to_arrays(network),
                        {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
+
+    @property
+    def n_held_out(self) -> int:
+        """Number of held-out cases (the site's ``test`` split) that federated evaluation scores."""
+        return 0 if self.__held_out is None else len(self.__held_out)
+
+    def _evaluate(self, network: MultiTaskUNet, config: TrainConfig) -> Payload:
+        """The global model's quick metrics (:func:`gliofed.metrics.quick_metrics`: median Dice per region, AUC per
+        marker) on the held-out cases; nothing per case leaves."""
+        import math
+
+        from gliofed.engine import predict
+        from gliofed.metrics import quick_metrics
+
+        predictions = predict(network, self.__held_out, device=config.device, progress=False, hd95=False)
+        network.cpu()
+        metrics = {k: (None if not math.isfinite(v) else min(max(float(v), 0.0), 1.0))
+                   for k, v in quick_metrics(predictions).items()}
+        return Payload("site_metrics", {}, {"site": self.name, "n_cases": self.n_held_out, "metrics": metrics})
 
     @staticmethod
     def _clip_and_noise(network: torch.nn.Module, before: dict, dp: DPSettings, seed: int) -> None:
