@@ -144,21 +144,28 @@ def check_arguments(args: argparse.Namespace) -> None:
     must exist, manifests that must have subjects, output folders that must be writable, ``--min-sites`` against
     the manifest's sites. Raises a :class:`~gliofed.errors.GliofedError` (one line)."""
     command = args.command
-    if command == "evaluate":
+    if command in ("evaluate", "predict"):
         _checkpoint_exists(args.checkpoint)
     rows = _manifest_rows(args.manifest) if command in ("check", "preprocess", "train", "evaluate") else None
     if command == "preprocess":
         writable_folder(args.cache, "cache folder")
     if command in ("train", "evaluate") and args.cache:
         writable_folder(args.cache, "cache folder")
-    if command in ("synth", "train", "evaluate", "sweep") or (command == "notebooks" and hasattr(args, "out")):
+    if command in ("synth", "train", "evaluate", "predict", "sweep") or (command == "notebooks"
+                                                                         and hasattr(args, "out")):
         writable_folder(args.out)
+    if command == "predict" and args.manifest and not Path(args.manifest).is_file():
+        raise ManifestError(f"{args.manifest}: manifest file not found.")
     if command == "curate":
         _writable_file(args.out, "manifest to write")
         if getattr(args, "partition", None) and not Path(args.partition).is_file():
             raise ConfigError(f"{args.partition}: partition file not found.")
     if command == "train":
-        sites = {row.get("site", "") for row in rows} - {args.external_site, "", None}
+        every_site = {row.get("site", "") for row in rows} - {"", None}
+        if args.external_site is not None and args.external_site not in every_site:
+            raise ConfigError(f"--external-site {args.external_site!r} is not a site of {args.manifest} (its sites: "
+                              f"{', '.join(sorted(every_site))}).")
+        sites = every_site - {args.external_site}
         if args.strategy != "centralized" and args.min_sites > len(sites):
             raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
                               f"{args.manifest}.")
@@ -166,6 +173,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             from gliofed.presets import cohort_preset
 
             cohort_preset(args.manifest)
+        if args.aggregation != "mean" and args.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"--aggregation {args.aggregation} applies to fedavg and fedprox, not {args.strategy}.")
         if args.distill_init == "real_unsafe" and not args.allow_real_init:
             raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
                               "refuses it unless you, as their operator, also pass --allow-real-init.")
@@ -276,6 +285,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gliofed.experiments import train_and_save
     from gliofed.federated.site.policy import SitePolicy
     from gliofed.presets import get_preset
+    from gliofed.runs import TrainingRun
 
     overrides = {k: v for k, v in dict(epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                          batch_size=args.batch_size).items() if v is not None}
@@ -293,32 +303,37 @@ def _cmd_train(args: argparse.Namespace) -> int:
     distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
                                                           init=args.distill_init).items() if v is not None}}
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
+        from gliofed.data.manifest import manifest_fingerprint
         from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
-        from gliofed.runs import TrainingRun
 
-        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
+        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed,
+                                 aggregation=args.aggregation)
         run = TrainingRun(args.out)
         if not run.has_state:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
-        check_resume(run.load_state(), strategy, config, args.out)
+        data = {"manifest": manifest_fingerprint(args.manifest), "external_site": args.external_site}
+        if args.size is not None:
+            data["size"] = args.size
+        check_resume(run.load_state(), strategy, config, args.out, data)  # the cached cases: once refreshed
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
-    plan = _training_plan(args.manifest, args.cache, args.size)
-    if args.size is None:
-        print(f"in-plane size {plan.size} (a synthetic cohort's preset size, else the cohort's native size, at most "
-              "128; --size changes it)")
-    cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
-    print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
-    _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
-                                mu=args.mu, distill=distill, external_site=args.external_site,
-                                min_sites=args.min_sites, resume=args.resume, policy=policy)
+    with TrainingRun(args.out).lock():  # a second train into this folder is refused before any work
+        plan = _training_plan(args.manifest, args.cache, args.size)
+        if args.size is None:
+            print(f"in-plane size {plan.size} (a synthetic cohort's preset size, else the cohort's native size, at "
+                  "most 128; --size changes it)")
+        cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
+        print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
+        _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
+                                    mu=args.mu, distill=distill, external_site=args.external_site,
+                                    min_sites=args.min_sites, resume=args.resume, policy=policy,
+                                    aggregation=args.aggregation, manifest=args.manifest)
     print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
     from functools import partial
     from pathlib import Path
 
@@ -328,6 +343,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from gliofed.engine import predict
     from gliofed.errors import ConfigError
     from gliofed.evaluation import native_scores, summarise_native
+    from gliofed.fileio import atomic_write_text, to_json, write_csv
     from gliofed.inference import Predictor, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics
 
@@ -354,12 +370,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     # markers, and the quick segmentation metric on the cache grid
     predictions = predict(predictor.model, dataset, device=predictor.device,
                           postprocess=postprocess if cleaning else None, inference=inference)
-    predictions.to_csv(out / "predictions.csv", index=False)
+    write_csv(out / "predictions.csv", predictions)
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed)
     table3 = results_table(tables["classification"])
-    tables["classification"].to_csv(out / "metrics_classification.csv", index=False)
-    tables["segmentation"].to_csv(out / "metrics_segmentation_quick.csv", index=False)
-    table3.to_csv(out / "table3.csv")
+    write_csv(out / "metrics_classification.csv", tables["classification"])
+    write_csv(out / "metrics_segmentation_quick.csv", tables["segmentation"])
+    write_csv(out / "table3.csv", table3, index=True)
     # BraTS-comparable: every case with a mask predicted back into its scan's grid (predict's own inverse) and
     # scored there against its reference mask
     manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
@@ -367,9 +383,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     masked = dataset.index[dataset.index["has_mask"].astype(str).str.lower().isin(("true", "1"))]
     cases = [{"subject_id": s, **manifest.loc[s, columns].to_dict()} for s in masked["subject_id"]]
     native = native_scores(predictor, cases, progress=False)
-    native.to_csv(out / "scores_brats.csv", index=False)
+    write_csv(out / "scores_brats.csv", native)
     native_table = summarise_native(native)
-    native_table.to_csv(out / "metrics_segmentation.csv", index=False)
+    write_csv(out / "metrics_segmentation.csv", native_table)
     summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
                "modalities": list(config.modalities), "inference": inference.to_dict(),
                "classification": tables["classification"].to_dict(orient="records"),
@@ -381,15 +397,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if cleaning:  # reported beside, never instead of, the raw scores
         predictor.min_voxels, predictor.keep_largest = args.min_component, args.keep_largest
         native_pp = native_scores(predictor, cases, progress=False)
-        native_pp.to_csv(out / "scores_brats_postprocessed.csv", index=False)
+        write_csv(out / "scores_brats_postprocessed.csv", native_pp)
         pp_table = summarise_native(native_pp)
-        pp_table.to_csv(out / "metrics_segmentation_postprocessed.csv", index=False)
+        write_csv(out / "metrics_segmentation_postprocessed.csv", pp_table)
         raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
         quick_pp = segmentation_metrics(predictions.drop(columns=raw).rename(columns=lambda c: c.removeprefix("pp_")))
         summary["postprocessing"] = {"min_voxels": args.min_component, "keep_largest": args.keep_largest}
         summary["segmentation_postprocessed"] = pp_table.to_dict(orient="records")
         summary["segmentation_quick"]["postprocessed"] = quick_pp.to_dict(orient="records")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
+    atomic_write_text(out / "metrics.json", to_json(summary, indent=2))
     print(table3.to_string() if len(table3) else f"no marker labels among the {args.split} cases: no classification "
           "metrics")
     if len(cases):
@@ -408,7 +424,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                        for s in dataset.index["subject_id"]]
         predict_cases(args.checkpoint, nifti_cases, out / "nifti", size=size, device=args.device or "auto",
                       min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False,
-                      inference=inference)
+                      inference=inference, overwrite=True)  # evaluate's own folder: re-running it replaces its outputs
         print(f"wrote {len(nifti_cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
     return 0
@@ -431,7 +447,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                   **given}]
     table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
                           min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1,
-                          label_convention=args.label_convention, inference=_inference(args))
+                          label_convention=args.label_convention, inference=_inference(args),
+                          overwrite=args.overwrite, inputs=(args.manifest,) if args.manifest else ())
     for row in table.itertuples():
         print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
     print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
@@ -494,6 +511,9 @@ def _add_train(commands) -> None:
     p.add_argument("--rounds", type=positive_int, help="federated rounds (default 5; centralized: one per epoch)")
     p.add_argument("--local-epochs", type=positive_int, default=1, help="epochs per site per round (default 1)")
     p.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx proximal weight (default 0.01)")
+    p.add_argument("--aggregation", default="mean", choices=["mean", "median", "trimmed-mean"],
+                   help="fedavg/fedprox: how the server combines site weights (default mean, weighted by cases; "
+                        "median and trimmed-mean resist a poisoned site)")
     p.add_argument("--synthetic", type=positive_int, help="distill: synthetic volumes per site (default 3)")
     p.add_argument("--distill-steps", type=non_negative_int, help="distill: condensation steps per round (default 30)")
     p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"])
@@ -542,7 +562,7 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_postprocessing(p) -> None:
-    p.add_argument("--min-component", type=int, default=None, metavar="N",
+    p.add_argument("--min-component", type=non_negative_int, default=None, metavar="N",
                    help="post-processing: remove tumour components smaller than N voxels of the preprocessed grid "
                         "(default: the checkpoint's, chosen on its training cases; 0: off)")
     p.add_argument("--keep-largest", action="store_true", default=None,
@@ -580,8 +600,11 @@ def _add_predict(commands) -> None:
     p.add_argument("--manifest", help="many cases: a CSV with subject_id and t1, t1ce, t2, flair path columns")
     p.add_argument("--out", required=True, help="folder for <subject>_seg.nii.gz, <subject>_markers.json and "
                    "predictions.csv")
-    p.add_argument("--size", type=int, help="in-plane size (default: the checkpoint's; another value is refused)")
-    p.add_argument("--device", help="auto (default), cpu, cuda ...")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: the checkpoint's; another value is refused)")
+    p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace earlier predictions in --out (default: refused; inputs are never overwritten)")
     p.add_argument("--label-convention", choices=["brats", "brats2023", "brats2024", "msd"],
                    help="labels of the written masks (default: the manifest's label_convention, else from the file "
                         "names: BraTS 2023+ names -> brats2023 (enhancing tumour 3), otherwise brats (4))")

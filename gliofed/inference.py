@@ -14,11 +14,16 @@ Outputs in ``OUT/``:
   4 enhancing tumour; BraTS 2023+: enhancing tumour 3);
 - ``<subject>_markers.json``: per marker the class probabilities (by class name) and the predicted class;
 - ``predictions.csv``: one row per case (probabilities, predicted classes, tumour volumes in ml, output paths).
+
+Nothing is lost: before any work, ``OUT`` may not be a folder that holds an input scan, its ground truth (a
+manifest's ``seg``) or the manifest, an existing prediction is replaced only with ``overwrite``, subject names
+follow the manifest's safe-name rule, and every scan's header is checked against its file size (no allocation from
+a declared size). Finite in, finite out: an image that is not finite after z-scoring, or a model whose outputs are
+not, is refused naming the subject.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,14 +31,15 @@ import numpy as np
 import pandas as pd
 
 from gliofed.data.conventions import CONVENTIONS, FILE_SUFFIXES, convention, convention_of_files
-from gliofed.errors import ConfigError, DataError
-from gliofed.fileio import atomic_write, atomic_write_text
+from gliofed.errors import ConfigError, DataError, first_line
+from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
 from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
 from gliofed.segmentation import SegmentationInference, postprocess_mask
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "preprocessing_of_cache", "check_preprocessing", "model_plan", "recorded_postprocessing", "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "model_plan", "recorded_postprocessing", "check_outputs",
+           "check_scans", "output_paths", "BRATS_LABELS"]
 
 #: in-memory class -> BraTS 2017-2021 label (the default convention; others: :mod:`gliofed.data.conventions`)
 BRATS_LABELS = CONVENTIONS["brats"].encode(np.arange(4))
@@ -122,6 +128,36 @@ def recorded_postprocessing(state: Mapping, min_voxels: int | None = None,
     return chosen_min, bool(chosen_largest)
 
 
+def check_scans(subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
+    """Every contrast given for ``subject`` must exist, and its header must declare no more data than its file can
+    hold (:func:`~gliofed.data.check.nifti_size_problem`: the header only, read before torch is even imported, so a
+    forged size allocates nothing).
+
+    Args:
+        subject: the case's name (for messages).
+        paths: contrast -> NIfTI path (blank/None where absent; other keys are ignored).
+
+    Returns:
+        contrast -> path of every contrast given.
+
+    Raises:
+        DataError: one sentence naming the subject, contrast and file.
+    """
+    from gliofed.data.check import nifti_size_problem, read_error
+
+    given = {k: str(v) for k, v in paths.items() if k in MODALITIES and v}
+    for key, path in given.items():
+        if not Path(path).is_file():
+            raise DataError(f"subject {subject}: {key} file {path} not found.")
+        try:
+            problem = nifti_size_problem(path)
+        except Exception as error:  # any reader failure is one sentence
+            problem = read_error(path, error)
+        if problem is not None:
+            raise DataError(f"subject {subject}: {key} file {path}: {problem}.")
+    return given
+
+
 class Predictor:
     """A loaded checkpoint ready to predict cases from NIfTI files.
 
@@ -145,6 +181,7 @@ class Predictor:
 
         if min_voxels is not None and min_voxels < 0:
             raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
+        self.device = resolve_device(device)  # a device this machine lacks: refused before the model is read
         self.checkpoint = Path(checkpoint)
         self.model, self.config, state = load_checkpoint(checkpoint)
         self.plan = model_plan(checkpoint, state.get("preprocessing"), size, self.config.modalities)
@@ -160,16 +197,14 @@ class Predictor:
         self.inference = inference or SegmentationInference()
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
-        """The model's contrasts must all be given and exist; returns key -> path of every contrast given."""
+        """The model's contrasts must all be given, exist and pass :func:`check_scans`; returns key -> path of every
+        contrast given."""
         given = {k: str(v) for k, v in paths.items() if k in MODALITIES and v}
         missing = [m for m in self.modalities if m not in given]
         if missing:
             raise ConfigError(f"subject {subject}: the model needs {', '.join(self.modalities)} but "
                               f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing.")
-        for key, path in given.items():
-            if not Path(path).is_file():
-                raise DataError(f"subject {subject}: {key} file {path} not found.")
-        return given
+        return check_scans(subject, given)
 
     def predict_case(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict:
         """Predict one case.
@@ -204,13 +239,15 @@ class Predictor:
                 cause = cause.__cause__
             if isinstance(cause, DataError):
                 raise cause from None
-            raise DataError(f"subject {subject}: could not be preprocessed ({type(cause).__name__}: "
-                            f"{str(cause).splitlines()[0][:200]}).") from error
+            raise DataError(f"subject {subject}: could not be preprocessed ({first_line(cause)}).") from error
         image = data["image"]  # (C, x, y, z) RAS, cropped, resized, normalised
         channels = [keys.index(m) for m in self.modalities]
         x = image.as_tensor()[channels].permute(0, 3, 2, 1)[None].float().to(self.device)  # (1, C, D, H, W)
         with torch.no_grad():
             probabilities, outputs = predict_volume(self.model, x, self.inference)
+        if not all(bool(torch.isfinite(outputs[k]).all()) for k in ("seg", *MARKERS)):
+            raise DataError(f"subject {subject}: the model's outputs are NaN or Inf for this case; nothing was "
+                            "written for it.")
         classes = to_classes(probabilities, seg_output_of(self.model))[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
         classes = postprocess_mask(classes, self.min_voxels, self.keep_largest)
         pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(classes.transpose(2, 1, 0)))[None].float(),
@@ -244,14 +281,13 @@ class Predictor:
         image = nib.Nifti1Image(result["seg"], result["affine"], header)
         image.set_qform(result["affine"], code=int(result["header"]["qform_code"]) or 1)
         image.set_sform(result["affine"], code=int(result["header"]["sform_code"]) or 1)
-        seg_path = out_dir / f"{subject}_seg.nii.gz"
+        seg_path, markers_path = output_paths(out_dir, subject)
         atomic_write(seg_path, lambda tmp: nib.save(image, tmp), keep_suffix=True)
         markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
                    "label_convention": result.get("label_convention", "brats"),
                    "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
                    "probabilities": result["probabilities"], "predicted": result["classes"]}
-        markers_path = out_dir / f"{subject}_markers.json"
-        atomic_write_text(markers_path, json.dumps(markers, indent=2))
+        atomic_write_text(markers_path, to_json(markers, nan="error", indent=2))
         voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0
         classes = result["labels"] if "labels" in result else convention("brats").decode(result["seg"])
         row = {"subject": subject, "seg": str(seg_path), "markers": str(markers_path),
@@ -264,33 +300,100 @@ class Predictor:
         return row
 
 
+def output_paths(out_dir: str | Path, subject: str) -> tuple[Path, Path]:
+    """The files :meth:`Predictor.write_case` writes for ``subject``: (``<subject>_seg.nii.gz``,
+    ``<subject>_markers.json``) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    return out_dir / f"{subject}_seg.nii.gz", out_dir / f"{subject}_markers.json"
+
+
+def check_outputs(out_dir: str | Path, cases: list[dict], overwrite: bool = False,
+                  inputs: tuple[str | Path, ...] = ()) -> None:
+    """Refuse, before any work, outputs that would lose data or escape their folder.
+
+    - every subject name must be a safe file name (the manifest's rule, :func:`gliofed.data.manifest.unsafe_name`:
+      letters, digits, ``.``, ``_``, ``-``, at most 128 characters) and unique;
+    - ``out_dir`` may not be a file, nor a folder that holds any case's scans, its ground truth (``seg``) or one of
+      ``inputs`` (the manifest);
+    - an existing prediction (a case's mask or markers, or ``predictions.csv``) is replaced only with ``overwrite``.
+
+    Args:
+        out_dir: the output folder.
+        cases: dicts with ``subject_id``, contrast paths and optionally ``seg`` (blank/None where absent).
+        overwrite: allow replacing earlier predictions (default False).
+        inputs: further input files (the manifest).
+
+    Raises:
+        ConfigError: one sentence naming the subject or file.
+    """
+    from gliofed.data.manifest import unsafe_name
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: the output folder is a file, not a folder.")
+    seen: set[str] = set()
+    for case in cases:
+        subject = str(case["subject_id"])
+        reason = unsafe_name(subject)
+        if reason is not None:
+            raise ConfigError(f"subject name {subject!r} cannot name an output file: not a safe file name ({reason}); "
+                              "use letters, digits, '.', '_' and '-' (--subject NAME for one case).")
+        if subject in seen:
+            raise ConfigError(f"subject name {subject!r} appears twice; each case needs its own output files.")
+        seen.add(subject)
+    target = out_dir.resolve()
+    for case in cases:
+        for key in (*MODALITIES, "seg"):
+            if case.get(key) and Path(case[key]).resolve().parent == target:
+                what = "ground truth" if key == "seg" else f"{key} scan"
+                raise ConfigError(f"{out_dir}: the output folder holds subject {case['subject_id']}'s {what} "
+                                  f"{Path(case[key]).name}; write predictions to another folder.")
+    for path in inputs:
+        if path and Path(path).resolve().parent == target:
+            raise ConfigError(f"{out_dir}: the output folder holds the input {Path(path).name}; write predictions to "
+                              "another folder.")
+    if overwrite:
+        return
+    existing = [out_dir / "predictions.csv", *(p for c in cases for p in output_paths(out_dir, str(c["subject_id"])))]
+    found = next((p for p in existing if p.exists()), None)
+    if found is not None:
+        raise ConfigError(f"{found}: an earlier prediction is there; pass --overwrite to replace it, or choose another "
+                          "--out.")
+
+
 def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
                   device: str = "auto", min_voxels: int | None = None, keep_largest: bool | None = None,
                   progress: bool = True, label_convention: str | None = None,
-                  inference: SegmentationInference | None = None) -> pd.DataFrame:
+                  inference: SegmentationInference | None = None, overwrite: bool = False,
+                  inputs: tuple[str | Path, ...] = ()) -> pd.DataFrame:
     """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
+
+    Everything that can be checked is checked before any work: :func:`check_outputs`, every case's scans
+    (:func:`check_scans`), then the model and the contrasts it needs (:meth:`Predictor.check_inputs`).
 
     Args:
         checkpoint: the model (see :class:`Predictor`).
-        cases: dicts with ``subject_id`` and contrast paths ``t1`` .. ``flair`` (blank/None where absent), and
-            optionally ``label_convention`` (the dataset's; the masks are written in it).
+        cases: dicts with ``subject_id``, contrast paths ``t1`` .. ``flair`` and optionally ``seg`` (the ground
+            truth, never overwritten; blank/None where absent), and optionally ``label_convention`` (the dataset's;
+            the masks are written in it).
         out_dir: the output folder.
         size, device, min_voxels, keep_largest, label_convention, inference: see :class:`Predictor`.
         progress: show a progress bar.
+        overwrite: replace earlier predictions in ``out_dir`` (default False: refused).
+        inputs: further input files ``out_dir`` may not hold (the manifest).
 
     Returns:
         the table written to ``out_dir/predictions.csv``.
     """
     from tqdm.auto import tqdm
 
+    check_outputs(out_dir, cases, overwrite, inputs)
+    for case in cases:  # scans' headers before the model (and torch) is loaded
+        check_scans(str(case["subject_id"]), case)
     predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest,
                           label_convention=label_convention, inference=inference)
-    seen = set()
     for case in cases:  # every input checked before any work
         subject = str(case["subject_id"])
-        if not subject or subject in (".", "..") or any(c in subject for c in "/\\") or subject in seen:
-            raise ConfigError(f"subject name {subject!r} cannot name an output file (empty, repeated or a path).")
-        seen.add(subject)
         predictor.check_inputs(subject, case)
         if case.get("label_convention"):
             try:
@@ -302,7 +405,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
         subject = str(case["subject_id"])
         rows.append(predictor.write_case(subject, predictor.predict_case(subject, case), out_dir))
     table = pd.DataFrame(rows)
-    atomic_write(Path(out_dir) / "predictions.csv", lambda tmp: table.to_csv(tmp, index=False))
+    write_csv(Path(out_dir) / "predictions.csv", table)
     return table
 
 
@@ -321,9 +424,10 @@ def subject_name(path: str | Path) -> str:
 
 
 def read_cases(path: str | Path) -> list[dict]:
-    """The cases of a CSV with ``subject_id`` and any of the ``t1, t1ce, t2, flair`` columns (paths relative to the
-    CSV; a gliofed manifest qualifies), with its ``label_convention`` column when it has one. Raises
-    :class:`~gliofed.errors.ManifestError` when it cannot be used."""
+    """The cases of a CSV with ``subject_id`` and any of the ``t1, t1ce, t2, flair`` columns, and ``seg`` when it has
+    one (the ground truth, which predictions never overwrite); paths relative to the CSV; a gliofed manifest
+    qualifies, with its ``label_convention`` column when it has one. Raises :class:`~gliofed.errors.ManifestError`
+    when it cannot be used."""
     from gliofed.errors import ManifestError
 
     path = Path(path)
@@ -332,7 +436,7 @@ def read_cases(path: str | Path) -> list[dict]:
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as error:
-        raise ManifestError(f"{path}: not a readable CSV file ({str(error).splitlines()[0]}).") from error
+        raise ManifestError(f"{path}: not a readable CSV file ({first_line(error)}).") from error
     if "subject_id" not in table or not any(m in table for m in MODALITIES):
         raise ManifestError(f"{path}: needs a subject_id column and at least one of {', '.join(MODALITIES)}.")
     if table.empty:
@@ -341,7 +445,7 @@ def read_cases(path: str | Path) -> list[dict]:
     cases = []
     for _, row in table.iterrows():
         case = {"subject_id": row["subject_id"].strip()}
-        for m in MODALITIES:
+        for m in (*MODALITIES, "seg"):
             value = str(row.get(m, "") or "").strip()
             case[m] = str((root / value).resolve()) if value else ""
         case["label_convention"] = str(row.get("label_convention", "") or "").strip().lower()

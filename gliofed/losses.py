@@ -62,11 +62,17 @@ class MultiTaskLoss(nn.Module):
         return self.dice_ce(logits, seg)
 
     def marker_loss(self, marker: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Loss of one marker over the rows whose label is known (>= 0); zero if there are none."""
-        known = target >= 0
+        """Loss of one marker over the rows whose label is known (>= 0); zero if there are none.
+
+        ``target`` may live on the host while ``logits`` are on a GPU: the rows are then chosen on the host, without
+        waiting for the device."""
+        host = target.cpu()
+        known = host >= 0
         if not bool(known.any()):
             return logits.sum() * 0.0
-        logits, target = logits[known].float(), target[known]
+        rows = None if bool(known.all()) else _rows(known, logits.device)
+        logits = (logits if rows is None else logits.index_select(0, rows)).float()
+        target = _on(target if rows is None else host[known], logits.device)
         weight = self.class_weights.get(marker)
         weight = weight.to(logits.device) if weight is not None else None
         if self.focal_gamma > 0:
@@ -74,15 +80,43 @@ class MultiTaskLoss(nn.Module):
             return focal(logits, target[:, None])
         return F.cross_entropy(logits, target, weight=weight)
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], seg: torch.Tensor, has_mask: torch.Tensor,
-                labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Args: model outputs; seg (B, 1, D, H, W) class indices; has_mask (B,) bool; labels (B, 4), -1 unknown."""
+    def terms(self, outputs: Mapping[str, torch.Tensor], seg: torch.Tensor, has_mask: torch.Tensor,
+              labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The total loss and each task's term, as tensors (nothing waits for the device).
+
+        Args: model outputs; seg (B, 1, D, H, W) class indices; has_mask (B,) bool; labels (B, 4), -1 unknown.
+        ``has_mask`` and ``labels`` may stay on the host (the training loop keeps them there).
+        """
         parts: dict[str, torch.Tensor] = {}
-        if bool(has_mask.any()):
-            parts["seg"] = self.seg_loss(outputs["seg"][has_mask].float(), seg[has_mask])
+        masked = has_mask.cpu().bool()
+        if bool(masked.all()):
+            parts["seg"] = self.seg_loss(outputs["seg"].float(), seg)
+        elif bool(masked.any()):
+            rows = _rows(masked, seg.device)
+            parts["seg"] = self.seg_loss(outputs["seg"].index_select(0, rows).float(), seg.index_select(0, rows))
         else:
             parts["seg"] = outputs["seg"].sum() * 0.0
         for i, marker in enumerate(MARKERS):
             parts[marker] = self.marker_loss(marker, outputs[marker], labels[:, i])
         total = sum(self.task_weights[name] * value for name, value in parts.items())
+        return total, parts
+
+    def forward(self, outputs: Mapping[str, torch.Tensor], seg: torch.Tensor, has_mask: torch.Tensor,
+                labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Args: model outputs; seg (B, 1, D, H, W) class indices; has_mask (B,) bool; labels (B, 4), -1 unknown."""
+        total, parts = self.terms(outputs, seg, has_mask, labels)
         return total, {name: float(value.detach()) for name, value in parts.items()}
+
+
+def _on(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; from the host through pinned memory, so the copy does not wait for the device."""
+    if tensor.device == device:
+        return tensor
+    if device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned():
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
+def _rows(chosen: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Indices of the True entries of the host mask ``chosen``, on ``device``."""
+    return _on(chosen.nonzero().reshape(-1), device)

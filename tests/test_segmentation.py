@@ -52,6 +52,25 @@ def test_a_regions_head_has_three_sigmoid_channels_and_the_seeds_body():
         MultiTaskUNet(seg_classes=4, seg_output="regions")
 
 
+def test_a_regions_model_round_trips_through_a_checkpoint_and_a_wrong_head_is_refused(tmp_path):
+    from gliofed.errors import CheckpointError
+    from gliofed.runs import TrainingRun, load_checkpoint
+
+    config = TrainConfig(model={**SMALL, "seg_output": "regions"}, device="cpu")
+    model = build_model(config)
+    run = TrainingRun(tmp_path / "run")
+    run.save_model(model, config, epoch=1, preprocessing={"size": 32, "modalities": list(config.modalities)})
+    loaded, _, _ = load_checkpoint(tmp_path / "run")
+    assert loaded.config["seg_output"] == "regions" and loaded.config["seg_classes"] == 3
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    settings = tmp_path / "run" / "model.json"
+    text = settings.read_text()
+    settings.write_text(text.replace('"seg_output": "regions"', '"seg_output": "classes"', 1))
+    with pytest.raises(CheckpointError, match="3 outputs, not the 4"):
+        load_checkpoint(tmp_path / "run")
+
+
 def test_the_region_loss_is_dice_plus_bce_of_each_region():
     seg = class_map(1)
     target = region_targets(seg)

@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,17 +39,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliofed.data.check import read_error
+from gliofed.data.check import max_voxels, nifti_size_problem, read_error
 from gliofed.data.manifest import check_safe_names, read_manifest, unsafe_name
 from gliofed.data.parallel import process_map
 from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, ConfigError, GliofedError, ManifestError
-from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, folder_lock, to_json, write_csv
 from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
 from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
            "read_plan", "check_plan", "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files",
-           "write_index", "verify_case"]
+           "write_index", "verify_case", "verify_cases", "remember_checksums", "cache_fingerprint"]
 
 #: the columns of ``index.csv``
 INDEX_COLUMNS = ["subject_id", "dataset", "site", "split", *MARKERS, "age", "sex", "has_mask",
@@ -132,8 +131,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: (path, size, mtime_ns) -> SHA-256 of files already verified by this process: a case is hashed once per
-#: process (e.g. once per DataLoader worker), not once per epoch; a rewritten file has a new mtime.
+#: (path, size, mtime_ns) -> SHA-256 of files already hashed by this process: a case is hashed once per process and
+#: file version, not once per epoch; a rewritten file has a new mtime (and usually size). DataLoader workers receive
+#: their parent's entries (:func:`remember_checksums`), so a run hashes each case once, not once per worker.
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
@@ -151,6 +151,48 @@ def _file_problem(path: Path, expected_bytes: int, expected_sha: str) -> str | N
     if _VERIFIED[key] != expected_sha:
         return f"checksum mismatch in {path}"
     return None
+
+
+def _checksum_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def remember_checksums(entries: Mapping[tuple[str, int, int], str]) -> None:
+    """Adopt checksums another process of this run computed (``{(path, size, mtime_ns): sha256}``, as
+    :func:`verify_cases` returns them): a file whose size or modification time changed since is hashed again."""
+    _VERIFIED.update(entries)
+
+
+def verify_cases(cache_dir: str | Path, records: Sequence[Mapping], workers: int = 4) -> dict:
+    """:func:`verify_case` for every record, hashing in ``workers`` threads (hashlib releases the GIL).
+
+    Returns:
+        the checksums of the files checked, ``{(path, size, mtime_ns): sha256}``, for :func:`remember_checksums`.
+
+    Raises:
+        CacheDamagedError: the first damaged case, named as :func:`load_case` names it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache_dir = Path(cache_dir)
+    records = list(records)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        problems = list(pool.map(lambda record: verify_case(cache_dir, record), records))
+    for record, problem in zip(records, problems):
+        if problem is not None:
+            raise CacheDamagedError(f"cache case {record['subject_id']} is damaged ({problem}); "
+                                    "run `gliofed preprocess` again.")
+    entries = {}
+    for record in records:
+        for path in _case_paths(cache_dir, str(record["subject_id"])):
+            key = _checksum_key(path)
+            if key is not None and key in _VERIFIED:
+                entries[key] = _VERIFIED[key]
+    return entries
 
 
 def _record_int(record: Mapping, key: str) -> int | None:
@@ -248,7 +290,7 @@ def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | Prep
     frame = pd.DataFrame(full, columns=INDEX_COLUMNS)
     if size is not None:
         _write_settings(cache_dir, size)
-    return atomic_write_text(cache_dir / "index.csv", frame.to_csv(index=False))
+    return write_csv(cache_dir / "index.csv", frame)
 
 
 # ------------------------------------------------------------------------------------- settings, lock
@@ -258,8 +300,8 @@ def _as_plan(size: int | Preprocessing) -> Preprocessing:
 
 def _write_settings(cache_dir: Path, size: int | Preprocessing) -> None:
     plan = _as_plan(size)
-    atomic_write_text(cache_dir / _SETTINGS, json.dumps({"size": plan.size, "preprocess_version": plan.version,
-                                                         "preprocessing": plan.to_dict()}) + "\n")
+    atomic_write_text(cache_dir / _SETTINGS, to_json({"size": plan.size, "preprocess_version": plan.version,
+                                                      "preprocessing": plan.to_dict()}) + "\n")
 
 
 def read_settings(cache_dir: str | Path) -> dict | None:
@@ -339,60 +381,18 @@ def _refuse_mixed_settings(cache_dir: Path, plan: Preprocessing) -> None:
                          "use another cache folder or delete this one.")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 @contextlib.contextmanager
 def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
-    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache.
+    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache (:func:`gliofed.fileio.folder_lock`).
 
-    A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
-    this host (a killed ``preprocess``) is taken over. (Two writers taking over the same stale lock at the same
-    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is
-    created complete, by a hard link of a written temporary file, so a reader never sees a half-written lock.
+    A lock of a live process, this one included, is refused with :class:`CacheLockedError`; a lock left by a dead
+    process on this host (a killed ``preprocess``) is taken over.
 
     Yields:
         the lock file's path.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    lock = cache_dir / _LOCK
-    host = socket.gethostname()
-    tmp = atomic_write_text(cache_dir / f".lock.{os.getpid()}{TMP_SUFFIX}",
-                            json.dumps({"pid": os.getpid(), "host": host}))
-    try:
-        for _attempt in range(3):
-            try:
-                os.link(tmp, lock)
-                break
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text())
-                    pid, holder_host = int(holder["pid"]), str(holder["host"])
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                except (ValueError, KeyError, TypeError):
-                    pid, holder_host = -1, host  # unreadable: not written by a live gliofed
-                if holder_host != host or (pid > 0 and _pid_alive(pid)):
-                    where = f"PID {pid}" + ("" if holder_host == host else f" on {holder_host}")
-                    raise CacheLockedError(f"{cache_dir}: another preprocess ({where}) is writing this cache; "
-                                           f"wait for it, or delete {lock} if it is no longer running.") from None
-                lock.unlink(missing_ok=True)  # stale: its writer is dead
-        else:
-            raise CacheLockedError(f"{cache_dir}: could not take the cache lock {lock}; try again.")
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
+    with folder_lock(cache_dir, "preprocess", "cache", CacheLockedError, name=_LOCK) as lock:
         yield lock
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _remove_leftovers(cache_dir: Path) -> int:
@@ -416,14 +416,21 @@ def _worker_init() -> None:
 
 def _preprocess_one(task: tuple[dict, Preprocessing, str]) -> dict:
     """Run the pipeline on one case and write it; return its status, reason, shape, files and geometry."""
-    from gliofed.data.transforms import preprocess_pipeline
-
     row, plan, cache_dir = task
     subject = row["subject_id"]
     with_seg = _uses_mask(row)
     for key in (*MODALITIES, "seg"):
         if row[key] and not Path(row[key]).is_file():
             return {"status": "skipped", "reason": f"{key} file {Path(row[key]).name} not found"}
+    for key in (*MODALITIES, *(["seg"] if with_seg else [])):  # declared sizes, before any array is made
+        try:
+            too_large = nifti_size_problem(row[key])
+        except Exception:  # unreadable: the pipeline below names the reason
+            too_large = None
+        if too_large is not None:
+            return {"status": "skipped", "reason": f"{Path(row[key]).name}: {too_large}"}
+    from gliofed.data.transforms import preprocess_pipeline  # MONAI and torch: only for a case that passed
+
     try:
         labels = str(row.get("label_convention", "") or plan.label_convention or "brats")
         out = preprocess_pipeline(plan, with_seg, labels)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
@@ -445,6 +452,10 @@ def _preprocess_one(task: tuple[dict, Preprocessing, str]) -> dict:
         return {"status": "skipped",
                 "reason": f"could not be processed ({type(cause).__name__}: {str(cause)[:200]})"}
     image = np.asarray(out["image"], dtype=np.float16)
+    if not np.isfinite(image).all():  # z-scores beyond float16's +/-65504: never cache Inf
+        channel = int(np.flatnonzero(~np.isfinite(image).reshape(len(image), -1).all(1))[0])
+        return {"status": "skipped", "reason": f"{MODALITIES[channel]}: z-scored values beyond float16's range "
+                                               "(an extreme outlier voxel)"}
     files = write_case_files(cache_dir, subject, image, np.asarray(out["seg"][0]) if with_seg else None)
     spacing = [float(v) for v in out["image_spacing"]]
     note = "" if with_seg or not row["seg"] else WT_ONLY_NOTE
@@ -486,6 +497,7 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int | Pre
         CacheLockedError: another live ``preprocess`` is writing this cache.
     """
     cache_dir = Path(cache_dir)
+    max_voxels()  # a bad GLIOFED_MAX_VOXELS is an error now, not one per case
     manifest = read_manifest(manifest_path)
     check_safe_names(manifest, manifest_path)
     duplicated = manifest["subject_id"][manifest["subject_id"].duplicated()].unique()
@@ -551,7 +563,7 @@ def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, plan: Preprocess
     write_index(cache_dir, index_rows)
     report = PreprocessReport(cache_dir, pd.DataFrame(report_rows, columns=["subject_id", "site", "status",
                                                                             "reason"]))
-    atomic_write_text(cache_dir / "report.csv", report.cases.to_csv(index=False))
+    write_csv(cache_dir / "report.csv", report.cases)
     return report
 
 
@@ -575,6 +587,23 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
         raise CacheError(f"{path}: unreadable cache index ({type(error).__name__}); delete the cache folder and run "
                          "`gliofed preprocess` again.") from error
     return index
+
+
+def cache_fingerprint(cache_dir: str | Path) -> str:
+    """What a run trained and tested on, in 16 hex digits: SHA-256 over every cached case's subject, site, split,
+    labels and the checksums of its files (content, not paths or times), in subject order. Equal for the same
+    cases preprocessed the same way, different when any case, label, split or pixel differs.
+
+    Args:
+        cache_dir: the cache folder.
+
+    Raises:
+        CacheError: no cache index there.
+    """
+    index = read_index(cache_dir)
+    columns = ["subject_id", "site", "split", *MARKERS, "has_mask", "image_sha256", "seg_sha256"]
+    rows = index[columns].astype(str).sort_values("subject_id").to_numpy().tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def case_spacing(record: Mapping) -> tuple[float, float, float]:

@@ -7,6 +7,7 @@ passes is a case ``preprocess`` can read.
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,85 @@ from gliofed.data.manifest import _read_raw, absolute_path, label_problems, unsa
 from gliofed.data.parallel import process_map
 from gliofed.vocab import MODALITIES
 
-__all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES"]
+__all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES",
+           "nifti_size_problem", "max_voxels", "MAX_VOXELS", "MAX_INTENSITY"]
 
 #: segmentation values allowed on disk by the default label convention (BraTS 2017-2021); other conventions:
 #: :mod:`gliofed.data.conventions`
 SEG_VALUES = CONVENTIONS[DEFAULT_CONVENTION].values
+#: most voxels one compressed volume may declare before any of it is read (512^3; a BraTS scan has 8.9 M);
+#: the environment variable ``GLIOFED_MAX_VOXELS`` changes it
+MAX_VOXELS = 512**3
+#: deflate expands data by at most about 1032:1, so a ``.gz`` declaring more than this many bytes per byte is lying
+_DEFLATE_MAX_RATIO = 1032
+#: largest absolute image intensity accepted: beyond it z-scoring in float32 (sums of squares over millions of
+#: voxels) overflows to Inf / NaN; MRI intensities are at most a few 10^5 (and are rescaled when stored as floats)
+MAX_INTENSITY = 1e7
+
+
+def max_voxels() -> int:
+    """The voxel cap of a compressed volume: ``GLIOFED_MAX_VOXELS`` when set (a positive integer), else
+    :data:`MAX_VOXELS`."""
+    text = os.environ.get("GLIOFED_MAX_VOXELS", "").strip()
+    if not text:
+        return MAX_VOXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from gliofed.errors import ConfigError
+
+        raise ConfigError(f"GLIOFED_MAX_VOXELS={text!r} is not a positive number of voxels.")
+    return value
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n_bytes < 1000 or unit == "TB":
+            return f"{n_bytes:,.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
+
+
+def nifti_size_problem(path: str | Path, limit: int | None = None) -> str | None:
+    """Why a NIfTI file's header declares more data than may be read, or None; reads the header only, so nothing
+    of the declared size is allocated.
+
+    An uncompressed file must hold the bytes its header declares; a compressed one cannot expand more than deflate
+    allows (about 1032:1) and may declare at most ``limit`` voxels.
+
+    Args:
+        path: the NIfTI file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``).
+        limit: the voxel cap of a compressed file (default :func:`max_voxels`).
+
+    Returns:
+        a phrase naming the declared size and the problem, or None when the size is plausible.
+
+    Raises:
+        whatever nibabel raises for a file that is not a readable NIfTI header (callers report it as unreadable).
+    """
+    image = nib.load(str(path))
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    declared = voxels * image.header.get_data_dtype().itemsize
+    data_file = Path(image.file_map["image"].filename or path)
+    on_disk = data_file.stat().st_size
+    dims = " x ".join(str(n) for n in shape)
+    if str(data_file).endswith((".gz", ".bz2", ".zst")):
+        cap = max_voxels() if limit is None else limit
+        if declared > _DEFLATE_MAX_RATIO * on_disk:
+            return (f"header declares {dims} voxels ({_size(declared)}) but the compressed file has "
+                    f"{_size(on_disk)}, which cannot hold them (a damaged or forged file)")
+        if voxels > cap:
+            return (f"header declares {dims} = {voxels:,} voxels, more than the limit of {cap:,} "
+                    "(set GLIOFED_MAX_VOXELS to read larger volumes)")
+        return None
+    offset = int(image.header.get_data_offset()) if data_file == Path(path) else 0
+    if offset + declared > on_disk:
+        return (f"header declares {dims} voxels ({_size(declared)}) but the file holds only {_size(on_disk)} "
+                "(a truncated or forged file)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -136,11 +211,28 @@ def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]],
             problems.append((key, f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels"))
         elif key != "seg" and float(data.max()) == float(data.min()):
             problems.append((key, f"empty modality (every voxel is {float(data.min()):g})"))
+        elif key != "seg" and (problem := _intensity_problem(data)) is not None:
+            problems.append((key, problem))
         if key == "seg" and np.all(np.isfinite(data)):
             bad = sorted(set(np.unique(data).tolist()) - CONVENTIONS[label_convention].values)
             if bad:
                 problems.append((key, _seg_value_problem(bad, label_convention)))
     return problems
+
+
+def _intensity_problem(data: np.ndarray) -> str | None:
+    """Why an image's intensities cannot be z-scored to finite values (as preprocessing does, in float32 over the
+    non-zero voxels), or None."""
+    largest = float(np.max(np.abs(data)))
+    if largest > MAX_INTENSITY:
+        return (f"intensities up to {largest:.3g}, beyond the sane range of +/-{MAX_INTENSITY:.0e} (z-scoring would "
+                "overflow; rescale the image)")
+    brain = np.asarray(data[data != 0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = brain.mean(), brain.std()
+    if brain.size and not (np.isfinite(mean) and np.isfinite(std)):
+        return "z-scoring the non-zero voxels gives NaN/Inf values"
+    return None
 
 
 def _check_files(task: tuple[str, dict[str, str], str]) -> list[Problem]:
@@ -153,6 +245,10 @@ def _check_files(task: tuple[str, dict[str, str], str]) -> list[Problem]:
             problems.append(Problem(subject, name or key, "file not found"))
             continue
         try:
+            too_large = nifti_size_problem(path)  # before any array is made
+            if too_large is not None:
+                problems.append(Problem(subject, name, too_large))
+                continue
             volumes[key] = load_volume(path)
         except Exception as error:  # any reader failure is reported, never raised
             problems.append(Problem(subject, name, read_error(path, error)))
@@ -174,8 +270,10 @@ def _summary(raw: pd.DataFrame) -> pd.DataFrame:
 def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) -> CheckReport:
     """Check a manifest and every file it names.
 
-    Reports: missing or unreadable files, truncated gzip, shape or affine mismatch between a subject's
-    modalities, NaN/Inf voxels, empty modalities, segmentation values outside the row's label convention
+    Reports: missing or unreadable files, truncated gzip, headers declaring more data than the file can hold (or
+    than :func:`max_voxels`; checked before reading), shape or affine mismatch between a subject's
+    modalities, NaN/Inf voxels, intensities beyond :data:`MAX_INTENSITY` (z-scoring would overflow), empty
+    modalities, segmentation values outside the row's label convention
     ({0, 1, 2, 4} unless ``label_convention`` says otherwise), invalid label codes, blank required fields, subject
     IDs or sites that are not safe file names, duplicate subject IDs, a subject listed in two splits and a dataset
     whose rows name more than one label convention.
@@ -189,6 +287,7 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
         :class:`CheckReport`; ``report.ok`` is True when nothing was found.
     """
     path = Path(path)
+    max_voxels()  # a bad GLIOFED_MAX_VOXELS is an error now, not one per file
     raw = _read_raw(path)
     root = path.resolve().parent
     problems: list[Problem] = []

@@ -38,6 +38,7 @@ import pandas as pd
 
 from gliofed.data.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from gliofed.errors import ManifestError
+from gliofed.fileio import write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, SPLITS
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "check_safe_names",
     "absolute_path",
     "relative_path",
+    "manifest_fingerprint",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -107,6 +109,13 @@ def check_safe_names(manifest: pd.DataFrame, source: str | Path) -> None:
             if reason is not None:
                 raise ManifestError(f"{source}: row {number}: {column} {str(value)!r} is not a safe file name "
                                     f"({reason}); run `gliofed check` to list every problem.")
+
+
+def manifest_fingerprint(path: str | Path) -> str:
+    """The manifest file's SHA-256 in 16 hex digits (its bytes: a copy elsewhere has the same fingerprint)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def absolute_path(value: str, base: str | Path) -> str:
@@ -247,5 +256,4 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         else:
             values = ["" if _blank(v) else str(v) for v in values]
         out[column] = values
-    out.to_csv(path, index=False)
-    return path
+    return write_csv(path, out)

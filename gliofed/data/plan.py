@@ -23,21 +23,31 @@ LARGEST_DEFAULT_SIZE = 128
 
 
 def native_size(manifest: str | Path, largest: int = LARGEST_DEFAULT_SIZE) -> int:
-    """The smallest in-plane matrix (RAS x, y) of the manifest's scans (their T1 headers; nothing is loaded), at most
-    ``largest``."""
+    """The smallest in-plane matrix (RAS x, y) of the manifest's scans, at most ``largest``, so that a default never
+    upsamples a cohort. Reads T1 headers only; a case whose t1 is missing or unreadable is left to preprocessing,
+    which skips it and names the reason.
+
+    Raises:
+        DataError: no case has a readable 3D t1 (one sentence; before any work).
+    """
     import nibabel as nib
 
     from gliofed.data.manifest import read_manifest
+    from gliofed.errors import DataError
 
-    smallest = largest
+    smallest, readable = largest, 0
     for path in read_manifest(manifest)["t1"]:
         try:
             image = nib.load(path)
-        except Exception:  # noqa: BLE001 - a missing or unreadable scan: preprocess skips that case with its reason
+            axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
+            in_plane = [int(n) for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
+        except Exception:  # noqa: BLE001 - missing, unreadable or not 3D: preprocessing skips it with its reason
             continue
-        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
-        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
-        smallest = min(smallest, *in_plane)
+        if len(in_plane) == 2 and min(in_plane) >= 1:
+            smallest, readable = min(smallest, *in_plane), readable + 1
+    if not readable:
+        raise DataError(f"{manifest}: no case has a readable t1 scan to take the in-plane size from; run `gliofed "
+                        "check` to list every problem, or give --size.")
     return int(smallest)
 
 

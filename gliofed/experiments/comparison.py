@@ -19,7 +19,29 @@ from gliofed.inference import preprocessing_of_cache
 from gliofed.runs import TrainingRun
 
 __all__ = ["build_sites", "run_experiment", "train_and_save", "trained_model", "strategy_predictions",
-           "training_postprocessing"]
+           "training_postprocessing", "data_record"]
+
+
+def data_record(cache_dir: str | Path, external_site: str | None = None, manifest: str | Path | None = None) -> dict:
+    """What a run trains and tests on, recorded with its state so that a resume on other data is refused
+    (:func:`~gliofed.federated.simulate.check_resume`): the cached cases' fingerprint
+    (:func:`~gliofed.data.cache.cache_fingerprint`), the cache's in-plane size and preprocessing version, the site
+    held out and, when given, the manifest's fingerprint.
+
+    Args:
+        cache_dir: the cache the run reads.
+        external_site: the site held out of training (None: none).
+        manifest: the manifest the cache was made from (None: not recorded).
+    """
+    from gliofed.data.cache import cache_fingerprint, read_settings
+    from gliofed.data.manifest import manifest_fingerprint
+
+    settings = read_settings(cache_dir) or {}
+    record = {"cases": cache_fingerprint(cache_dir), "size": settings.get("size"),
+              "preprocess_version": settings.get("preprocess_version"), "external_site": external_site}
+    if manifest is not None:
+        record["manifest"] = manifest_fingerprint(manifest)
+    return record
 
 
 def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
@@ -36,33 +58,37 @@ def build_sites(cache_dir: str | Path, strategy: Strategy, config: TrainConfig,
 def run_experiment(cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int, local_epochs: int = 1,
                    mu: float = 0.01, distill: dict | None = None, external_site: str | None = None,
                    min_sites: int = 1, checkpoint_dir: str | Path | None = None, resume: bool = False,
-                   progress: bool = True, policy: SitePolicy | None = None,
-                   dp=None) -> tuple[torch.nn.Module, History]:
+                   progress: bool = True, policy: SitePolicy | None = None, dp=None, aggregation: str = "mean",
+                   manifest: str | Path | None = None) -> tuple[torch.nn.Module, History]:
     """Train ``strategy`` (a name of :data:`~gliofed.federated.server.strategies.STRATEGIES`) for ``rounds`` rounds over
     the sites of ``cache_dir`` and score it on the common test split (:func:`~gliofed.federated.simulate.simulate`).
     ``policy``: every site's :class:`SitePolicy` (default: the default policy). ``dp``: the strategy's
     differential-privacy dial (:class:`~gliofed.dp.DPSettings` or its dict; default off); each round's history
-    ``info["dp"]`` records every site's epsilon, and so does the run folder's state."""
-    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed, dp=dp)
+    ``info["dp"]`` records every site's epsilon, and so does the run folder's state. ``aggregation``: FedAvg's and
+    FedProx's (``mean``, ``median``, ``trimmed-mean``). ``manifest``: the cache's manifest, whose fingerprint the
+    run's :func:`data_record` keeps (a resume on other data is refused)."""
+    chosen = make_strategy(strategy, local_epochs, mu, distill, config.seed, aggregation=aggregation, dp=dp)
     sites = build_sites(cache_dir, chosen, config, external_site, policy)
     test = CaseDataset(cache_dir, split="test", modalities=config.modalities, seed=config.seed,
                        external_site=external_site)
     return simulate(chosen, sites, test, config, rounds, min_sites=min_sites, checkpoint_dir=checkpoint_dir,
-                    resume=resume, progress=progress)
+                    resume=resume, progress=progress, data=data_record(cache_dir, external_site, manifest))
 
 
 def train_and_save(run_dir: str | Path, cache_dir: str | Path, strategy: str, config: TrainConfig, rounds: int,
                    **kwargs) -> tuple[torch.nn.Module, History]:
     """:func:`run_experiment` into the run folder ``run_dir``, then save its final model, history tables and config
-    there (:class:`~gliofed.runs.TrainingRun`). ``kwargs`` go to :func:`run_experiment`."""
+    there (:class:`~gliofed.runs.TrainingRun`), holding the folder's lock throughout (another live writer is a
+    :class:`~gliofed.errors.RunLockedError`). ``kwargs`` go to :func:`run_experiment`."""
     run = TrainingRun(run_dir)
-    model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
-    extra = {"history": history.rounds, "strategy": strategy, "cache": str(cache_dir),
-             "postprocessing": training_postprocessing(model, cache_dir, config, kwargs.get("external_site"))}
-    run.save_model(model, config, epoch=rounds, extra=extra,
-                   preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
-    run.save_history(history)
-    run.save_config(config)
+    with run.lock():  # one writer per run folder (re-entrant: `gliofed train` already holds it)
+        model, history = run_experiment(cache_dir, strategy, config, rounds, checkpoint_dir=run_dir, **kwargs)
+        extra = {"history": history.rounds, "strategy": strategy, "cache": str(cache_dir),
+                 "postprocessing": training_postprocessing(model, cache_dir, config, kwargs.get("external_site"))}
+        run.save_model(model, config, epoch=rounds, extra=extra,
+                       preprocessing=preprocessing_of_cache(cache_dir, config.modalities))
+        run.save_history(history)
+        run.save_config(config)
     return model, history
 
 

@@ -23,8 +23,8 @@ from gliofed.data.sources.others import curate_egd, curate_rembrandt, curate_ucs
 from gliofed.data.sources.partition import apply_partition, read_partition
 from gliofed.data.sources.tcga import curate_tcga
 from gliofed.data.sources.upenn import curate_upenn
-from gliofed.errors import DataError
-from gliofed.fileio import atomic_write
+from gliofed.errors import DataError, first_line
+from gliofed.fileio import atomic_write, write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["SOURCES", "EXTRA_COLUMNS", "CurationResult", "curate", "merge_manifests", "CuratedCase"]
@@ -136,9 +136,9 @@ class CurationResult:
         for case in self.included:
             if case.split_from:
                 case.paths.update(_split_channels(case, out.parent / f"{out.stem}_volumes" / case.subject_id))
-        self.manifest(out.resolve().parent).to_csv(out, index=False)
+        write_csv(out, self.manifest(out.resolve().parent))
         report = out.with_name(f"{out.stem}.report.csv")
-        self.report.to_csv(report, index=False)
+        write_csv(report, self.report)
         return out, report
 
     def __str__(self) -> str:
@@ -240,7 +240,12 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
         path = Path(path)
         if not path.is_file():
             raise DataError(f"{path}: manifest file not found.")
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        try:
+            frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        except pd.errors.EmptyDataError:
+            raise DataError(f"{path}: the manifest is empty (no header, no rows).") from None
+        except (pd.errors.ParserError, UnicodeDecodeError) as error:
+            raise DataError(f"{path}: not a readable CSV file ({first_line(error)}).") from None
         missing = [c for c in COLUMNS if c not in frame.columns]
         if missing:
             raise DataError(f"{path}: not a manifest (lacks {', '.join(missing)}).")
@@ -252,6 +257,9 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
                 frame[column] = ""
         frames.append(frame.assign(source_file=path.name))
     merged = pd.concat(frames, ignore_index=True)
+    if merged.empty:
+        raise DataError(f"{', '.join(str(p) for p in paths)}: no subjects to merge (every manifest has only a "
+                        "header).")
     owner: dict[str, str] = {}  # any ID of a patient in a source dataset -> that row's subject ID
     for row in merged[merged["dataset"] != "brats2021"].itertuples(index=False):
         for identifier in {row.subject_id, *(a for a in row.aliases.split(";") if a)}:
@@ -278,7 +286,7 @@ def merge_manifests(paths: Sequence[str | Path], out: str | Path) -> tuple[pd.Da
     for column in (*MODALITIES, "seg"):
         result[column] = [relative_path(p, root) for p in result[column]]
     out.parent.mkdir(parents=True, exist_ok=True)
-    result[[*COLUMNS, *EXTRA_COLUMNS]].to_csv(out, index=False)
+    write_csv(out, result[[*COLUMNS, *EXTRA_COLUMNS]])
     table = pd.DataFrame(duplicates, columns=["subject_id", "dataset", "file", "duplicate_of", "reason"])
-    table.to_csv(out.with_name(f"{out.stem}.duplicates.csv"), index=False)
+    write_csv(out.with_name(f"{out.stem}.duplicates.csv"), table)
     return result, table

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app
     import torch
 
 __all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "SITE_METRICS", "validate", "validate_reply",
-           "state_to_arrays", "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC"]
+           "state_to_arrays", "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "MAX_WEIGHT_GROWTH"]
 
 
 #: payload kind (:data:`~gliofed.vocab.PAYLOAD_KINDS`) -> field name prefixes it may carry (arrays) and metadata keys
@@ -66,6 +66,10 @@ REQUIRED_META: dict[str, tuple[str, ...]] = {
 SITE_METRICS: tuple[str, ...] = (*(f"dice_{region}" for region in REGIONS), *(f"auc_{marker}" for marker in MARKERS))
 #: largest ``n_cases`` a site may claim (a weight of 1e30 would replace the global model)
 MAX_N_CASES = 10_000_000
+#: how far a weight of a site's update may reach: this many times the largest magnitude of the same tensor in the
+#: model the server sent (at least 1). Local training moves weights by a small fraction of that; a weight of 1e30,
+#: or an update scaled by 10^5, does not pass
+MAX_WEIGHT_GROWTH = 1e4
 #: most synthetic volumes in one distilled set
 MAX_SYNTHETIC = 4096
 #: largest cache-grid side and down-sampling scale a distilled set may declare
@@ -276,6 +280,26 @@ def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> Non
             raise PayloadError(f"payload field {name!r} has dtype {array.dtype}, the broadcast model {ref.dtype}.")
 
 
+def _check_values(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:
+    """The value checks a distilled set's statistics get, for a weights update: BatchNorm variances >= 0 and step
+    counters >= 0, and every float weight within :data:`MAX_WEIGHT_GROWTH` times the largest magnitude of that
+    tensor in the broadcast model (a poisoned site cannot make the average non-finite or drag it arbitrarily far)."""
+    for name, array in payload.arrays.items():
+        if not name.startswith("w:") or not array.size:
+            continue
+        if name.endswith(".running_var") and float(array.min()) < 0:
+            raise PayloadError(f"payload field {name!r} holds a negative variance ({float(array.min()):.3g}).")
+        if name.endswith(".num_batches_tracked") and int(array.min()) < 0:
+            raise PayloadError(f"payload field {name!r} holds a negative count ({int(array.min())}).")
+        if array.dtype.kind == "f":
+            sent = np.asarray(reference[name])
+            limit = MAX_WEIGHT_GROWTH * max(1.0, float(np.max(np.abs(sent))) if sent.size else 1.0)
+            largest = float(np.max(np.abs(array.astype(np.float64))))
+            if largest > limit:
+                raise PayloadError(f"payload field {name!r} reaches {largest:.3g}, beyond {limit:.3g} "
+                                   f"({MAX_WEIGHT_GROWTH:.0e} times the broadcast model's largest value there).")
+
+
 def _check_bn(name: str, array: np.ndarray, reference: Mapping[str, np.ndarray] | None) -> None:
     """``bn:<layer>.running_mean|running_var``: a site's real BatchNorm statistics, float32 per channel, matching the
     broadcast model's buffer when the model is known."""
@@ -365,7 +389,9 @@ def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, n
     typed and in range (``site`` a non-empty str, ``n_cases`` an int in [1, :data:`MAX_N_CASES`] — never a
     bool —, optional ``n_masked`` an int in [0, ``n_cases``], ``loss`` a finite number or None, ...); for
     ``weights_update`` and ``model`` with a ``reference``: exactly the reference's ``w:`` fields with equal
-    shapes and dtypes; for ``distilled_set``: every field present, dtypes, shapes consistent with ``shape``
+    shapes and dtypes, and for ``weights_update`` their values (:func:`_check_values`: BatchNorm variances and
+    counters >= 0, magnitudes within :data:`MAX_WEIGHT_GROWTH` times the broadcast model's); for
+    ``distilled_set``: every field present, dtypes, shapes consistent with ``shape``
     and ``scale``, mask classes 0..3, label codes in range per marker, soft tables in [0, 1] with rows
     summing to 1 (classes seen) or 0 (unseen, per ``counts``), counts non-negative and at most ``n_cases``.
 
@@ -387,6 +413,8 @@ def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, n
     _check_meta(reply)
     if reply.kind in ("weights_update", "model") and reference is not None:
         _check_against(reply, reference)
+        if reply.kind == "weights_update":
+            _check_values(reply, reference)
     elif reply.kind == "distilled_set":
         _check_distilled(reply, reference)
 

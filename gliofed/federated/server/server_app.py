@@ -4,6 +4,7 @@ Run config (``[tool.flwr.app.config]`` in ``pyproject.toml``; override with ``fl
 --run-config 'strategy="distill" num-server-rounds=5'``):
 
 ``strategy`` (fedavg | fedprox | distill), ``num-server-rounds``, ``local-epochs``, ``mu`` (FedProx),
+``aggregation`` (fedavg/fedprox: mean | median | trimmed-mean),
 ``preset`` (training recipe and distillation preset: tiny | workshop | paper), ``seed``, ``modalities``,
 ``size`` (the in-plane size the federation runs at: a SuperNode whose cache was preprocessed at another size refuses
 to take part, and one with a manifest but no cache preprocesses at it; 0, the default: whatever the sites' caches
@@ -250,7 +251,7 @@ def main(grid: Grid, context: Context) -> None:
     distill = {**preset.distill, **distill_overrides(str(cfg.get("distill", "")))}
     dp = distill_overrides(str(cfg.get("dp", ""))) or None
     strategy = make_strategy(name, int(cfg.get("local-epochs", 1)), float(cfg.get("mu", 0.01)), distill, seed,
-                             dp=dp)
+                             aggregation=str(cfg.get("aggregation", "mean")), dp=dp)
     run = TrainingRun(str(cfg.get("out-dir", "runs/flower")))
 
     set_determinism(seed=config.seed)  # the same initial model as the simulator's
@@ -270,11 +271,13 @@ def main(grid: Grid, context: Context) -> None:
         exchange = flower_exchange(grid, nodes, rnd, timeout, MessageType.EVALUATE)
         return federated_evaluation(strategy, model, rnd, list(nodes), config, exchange, MAX_PAYLOAD_BYTES)
 
-    history = run_rounds(strategy, model, list(nodes), config, lambda rnd: flower_exchange(grid, nodes, rnd, timeout),
-                         rounds, min_sites=min_sites, max_payload_bytes=MAX_PAYLOAD_BYTES,
-                         evaluate=evaluate if bool(cfg.get("federated-evaluation", True)) else None,
-                         after_round=lambda rnd, history: run.save_rounds(name, history, **record))
-    run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower",
-                                                       "sites": sites},
-                   preprocessing=plan.for_model(config.modalities) if plan is not None else None)
+    with run.lock("Flower ServerApp"):  # one writer per run folder, as `gliofed train`
+        history = run_rounds(strategy, model, list(nodes), config,
+                             lambda rnd: flower_exchange(grid, nodes, rnd, timeout), rounds, min_sites=min_sites,
+                             max_payload_bytes=MAX_PAYLOAD_BYTES,
+                             evaluate=evaluate if bool(cfg.get("federated-evaluation", True)) else None,
+                             after_round=lambda rnd, history: run.save_rounds(name, history, **record))
+        run.save_model(model, config, epoch=rounds, extra={"history": history, "strategy": name, "engine": "flower",
+                                                           "sites": sites},
+                       preprocessing=plan.for_model(config.modalities) if plan is not None else None)
     log.warning("saved %s and %s", run.path(TrainingRun.MODEL), run.path(TrainingRun.ROUNDS))

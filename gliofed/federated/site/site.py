@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +15,7 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
 from gliofed.dp import Accountant, DPSettings, check_no_batchnorm, gaussian_sum
-from gliofed.engine import fit, seed_everything
+from gliofed.engine import TrainBatches, fit, resolve_device, seed_everything
 from gliofed.errors import ConfigError, PolicyError
 from gliofed.federated.protocol import DistillSettings, Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
@@ -65,6 +66,11 @@ class Site:
     The cases live in a private attribute and are never returned; :meth:`handle` is the only entry
     point, taking and returning :class:`Payload` objects.
 
+    A site keeps what a round would otherwise set up again: its training batches (:class:`~gliofed.engine.TrainBatches`:
+    loader workers, verified cases, a device-resident cache) while the server's batch settings stay the same, and its
+    training network (on its device, compiled once) while the architecture stays the same; every round loads the
+    broadcast weights into it (all parameters and buffers).
+
     Args:
         name: site name (the manifest's ``site``).
         cache_dir: preprocessed cache holding this site's cases.
@@ -88,6 +94,8 @@ class Site:
         self.__spent = Accountant()
         self.__cache_dir = Path(cache_dir)
         self.__held_out = _held_out(cache_dir, list(members or [name]), modalities, seed, external_site)
+        self.__batches: TrainBatches | None = None
+        self.__network: tuple[str, MultiTaskUNet] | None = None
 
     @property
     def policy(self) -> SitePolicy:
@@ -192,7 +200,7 @@ class Site:
         if self.__policy.device is not None:  # the operator, not the server, picks the site's hardware
             settings = {**settings, "train": {**settings["train"], "device": self.__policy.device}}
         config = TrainConfig.from_dict(settings["train"])
-        network = build_model(settings["model_config"])
+        network = self._network(settings["model_config"], keep=task == "train")
         network.load_state_dict(arrays_to_state(model.arrays))
         seed = int(settings["seed"])
         seed_everything(seed)
@@ -206,6 +214,28 @@ class Site:
                             min_group=self.__policy.min_group, dp=dp if dp.mechanism == "gaussian" else None)
         raise ValueError(f"site {self.name}: unknown task {task!r}; expected one of {', '.join(TASKS)}.")
 
+    def _network(self, model_config: dict, keep: bool) -> MultiTaskUNet:
+        """The network of ``model_config``: for training, the one this site keeps across rounds (built again only
+        when the architecture changes)."""
+        if not keep:
+            return build_model(model_config)
+        key = json.dumps(model_config, sort_keys=True, default=str)
+        if self.__network is None or self.__network[0] != key:
+            self.__network = (key, build_model(model_config))
+        network = self.__network[1]
+        network.requires_grad_(True)
+        network.zero_grad(set_to_none=True)
+        return network
+
+    def _batches(self, config: TrainConfig) -> TrainBatches:
+        """This site's training batches for ``config``, kept across rounds while they serve it."""
+        device = resolve_device(config.device)
+        if self.__batches is None or not self.__batches.serves(config, device):
+            if self.__batches is not None:
+                self.__batches.close()
+            self.__batches = TrainBatches(self.__cases, config, device)
+        return self.__batches
+
     def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int,
                dp: DPSettings | None = None) -> Payload:
         dp = dp or DPSettings()
@@ -214,7 +244,9 @@ class Site:
                 check_no_batchnorm(network)
             except ConfigError as error:
                 raise PolicyError(f"site {self.name} refuses the 'train' request: {error}") from None
-        before = {k: v.detach().clone() for k, v in network.state_dict().items()}
+        before = None
+        if dp.mechanism == "clipped_update":
+            before = {k: v.detach().cpu().clone() for k, v in network.state_dict().items()}
         mu = float(settings.get("mu", 0.0))
         extra = None
         if mu > 0:  # FedProx: mu/2 * ||w - w_global||^2
@@ -223,15 +255,21 @@ class Site:
             def extra(model: torch.nn.Module) -> torch.Tensor:
                 return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
-        self.__cases.transform = augment_pipeline(seed) if config.augment else None
-        try:
-            history = fit(network, self.__cases, config.replace(seed=seed), epochs=int(settings["epochs"]),
-                          extra_loss=extra, progress=False, dp=dp if dp.mechanism == "dp_sgd" else None,
-                          schedule=_schedule(settings))
-        finally:
-            self.__cases.transform = None
-        network.cpu()
-        if dp.mechanism == "clipped_update":
+        config = config.replace(seed=seed)
+        epochs, schedule = int(settings["epochs"]), _schedule(settings)
+        if dp.mechanism == "dp_sgd":  # per-case clipped steps read the cases one by one, augmented per case
+            self.__cases.transform = augment_pipeline(seed) if config.augment else None
+            try:
+                history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False, dp=dp,
+                              schedule=schedule)
+            finally:
+                self.__cases.transform = None
+        else:
+            history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False,
+                          batches=self._batches(config), schedule=schedule)
+        network.zero_grad(set_to_none=True)  # the weights leave; the gradients need not wait for the next round
+        if before is not None:
+            network.cpu()
             self._clip_and_noise(network, before, dp, seed)
         # no step: no loss (not NaN); under DP the training loss is not released (it is not noised)
         loss = float(np.mean([h["total"] for h in history])) if history and not dp.enabled else None
@@ -266,7 +304,8 @@ class Site:
     def _clip_and_noise(network: torch.nn.Module, before: dict, dp: DPSettings, seed: int) -> None:
         """Replace the update (every floating-point tensor of the state, BatchNorm statistics included) by the
         update clipped to ``dp.max_norm`` plus Gaussian noise of standard deviation ``noise_multiplier *
-        max_norm`` (Flower's local DP mod does the same to a client's update)."""
+        max_norm`` (Flower's local DP mod does the same to a client's update). Noised BatchNorm variances are then
+        clamped at 0 (post-processing costs no privacy): the server refuses a negative variance."""
         state = network.state_dict()
         names = [k for k, v in state.items() if v.is_floating_point()]
         update = torch.cat([(state[k] - before[k]).flatten().double() for k in names]).numpy()
@@ -277,6 +316,8 @@ class Site:
                 size = state[k].numel()
                 step = torch.from_numpy(noised[offset:offset + size]).reshape(state[k].shape).to(state[k].dtype)
                 state[k].copy_(before[k] + step)
+                if k.endswith(".running_var"):
+                    state[k].clamp_(min=0.0)
                 offset += size
 
     def audit_payload(self, payload: Payload, dp: DPSettings | None = None) -> pd.DataFrame:
