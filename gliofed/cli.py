@@ -138,24 +138,43 @@ def _writable_file(path: str | Path, what: str) -> None:
     writable_folder(target.parent, f"folder of the {what}")
 
 
+#: the files a run folder's model may be (gliofed.runs.TrainingRun.MODEL, .LEGACY_MODEL), named here so that the
+#: argument check does not import torch
+_RUN_MODELS = ("model.safetensors", "model.ckpt")
+
+
+def _checkpoint_exists(path: str) -> None:
+    """A checkpoint is a weights file, a run folder holding one, or an old ``model.ckpt`` name whose
+    ``model.safetensors`` replaced it (what :func:`gliofed.runs.load_checkpoint` accepts)."""
+    checkpoint = Path(path)
+    if checkpoint.is_dir():
+        if not any((checkpoint / name).is_file() for name in _RUN_MODELS):
+            raise ConfigError(f"{checkpoint}: no {_RUN_MODELS[0]} in this folder.")
+    elif not checkpoint.is_file() and not checkpoint.with_suffix(".safetensors").is_file():
+        raise ConfigError(f"{checkpoint}: checkpoint not found.")
+
+
 def check_arguments(args: argparse.Namespace) -> None:
     """Everything about the arguments that can be checked without reading images or importing torch: files that
     must exist, manifests that must have subjects, output folders that must be writable, ``--min-sites`` against
     the manifest's sites. Raises a :class:`~gliofed.errors.GliofedError` (one line)."""
     command = args.command
-    if command == "evaluate":
-        checkpoint = Path(args.checkpoint)
-        if not checkpoint.is_file():
-            raise ConfigError(f"{checkpoint}: checkpoint not found.")
+    if command in ("evaluate", "predict"):
+        _checkpoint_exists(args.checkpoint)
     rows = _manifest_rows(args.manifest) if command in ("check", "preprocess", "train", "evaluate") else None
     if command == "preprocess":
         writable_folder(args.cache, "cache folder")
     if command in ("train", "evaluate") and args.cache:
         writable_folder(args.cache, "cache folder")
-    if command in ("synth", "train", "evaluate", "sweep") or (command == "notebooks" and hasattr(args, "out")):
+    if command in ("synth", "train", "evaluate", "predict", "sweep") or (command == "notebooks"
+                                                                         and hasattr(args, "out")):
         writable_folder(args.out)
+    if command == "predict" and args.manifest and not Path(args.manifest).is_file():
+        raise ManifestError(f"{args.manifest}: manifest file not found.")
     if command == "curate":
         _writable_file(args.out, "manifest to write")
+        if getattr(args, "partition", None) and not Path(args.partition).is_file():
+            raise ConfigError(f"{args.partition}: partition file not found.")
     if command == "card":
         run = Path(args.run)
         if not (run / "model.safetensors").is_file() and not (run.is_file() and run.suffix == ".safetensors"):
@@ -167,7 +186,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 
         read_config_file(args.config)  # a bad file is reported now, not after preprocessing
     if command == "train":
-        sites = {row.get("site", "") for row in rows} - {args.external_site, "", None}
+        every_site = {row.get("site", "") for row in rows} - {"", None}
+        if args.external_site is not None and args.external_site not in every_site:
+            raise ConfigError(f"--external-site {args.external_site!r} is not a site of {args.manifest} (its sites: "
+                              f"{', '.join(sorted(every_site))}).")
+        sites = every_site - {args.external_site}
         if args.strategy != "centralized" and args.min_sites > len(sites):
             raise ConfigError(f"--min-sites {args.min_sites} is more than the {len(sites)} training site(s) in "
                               f"{args.manifest}.")
@@ -175,6 +198,8 @@ def check_arguments(args: argparse.Namespace) -> None:
             from gliofed.presets import cohort_preset
 
             cohort_preset(args.manifest)
+        if args.aggregation != "mean" and args.strategy not in ("fedavg", "fedprox"):
+            raise ConfigError(f"--aggregation {args.aggregation} applies to fedavg and fedprox, not {args.strategy}.")
         if args.distill_init == "real_unsafe" and not args.allow_real_init:
             raise ConfigError("--distill-init real_unsafe copies patients into the uploads; every simulated site "
                               "refuses it unless you, as their operator, also pass --allow-real-init.")
@@ -200,7 +225,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 def _cmd_preprocess(args: argparse.Namespace) -> int:
     from gliofed.data.cache import preprocess
 
-    report = preprocess(args.manifest, args.cache, size=args.size, workers=args.workers)
+    report = preprocess(args.manifest, args.cache, size=args.size, workers=args.workers)  # None: the plan's rule
     print(report)
     return 0
 
@@ -249,38 +274,35 @@ def _cmd_curate(args: argparse.Namespace) -> int:
         return 0
     if not args.source or not args.root:
         raise ConfigError("gliofed curate needs --source and --root (or --merge a.csv b.csv ...).")
-    result = curate(args.source, args.root, args.labels, args.site)
+    result = curate(args.source, args.root, args.labels, args.site, partition=args.partition,
+                    label_convention=args.label_convention)
     manifest, report = result.write(args.out)
     print(result)
     print(f"wrote {manifest} and {report}")
     return 0
 
 
-def _cache_for(manifest: str, cache: str | None, size: int, workers: int):
-    """The cache of ``manifest`` (default ``<manifest dir>/cache_<size>``), brought up to date first."""
+def _cache_for(manifest: str, cache: str | None, plan, workers: int):
+    """The cache of ``manifest`` made with the preprocessing record ``plan`` (default folder
+    ``<manifest dir>/cache_<size>``), brought up to date first; a cache made with another record is refused."""
     from gliofed.data.cache import preprocess
 
-    cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{size}"
-    report = preprocess(manifest, cache_dir, size=size, workers=workers, progress=False)
+    cache_dir = Path(cache) if cache else Path(manifest).resolve().parent / f"cache_{plan.size}"
+    report = preprocess(manifest, cache_dir, size=plan.for_cache(), workers=workers, progress=False)
     if len(report.skipped):
         print(report)
     return cache_dir
 
 
-def _native_size(manifest: str, largest: int = 128) -> int:
-    """The default in-plane size: the smallest in-plane matrix (RAS x, y) of the manifest's cases, at most ``largest``
-    (the seed's 128), so that a default never upsamples a cohort."""
-    import nibabel as nib
+def _training_plan(manifest: str, cache: str | None, size: int | None):
+    """The preprocessing record a training run uses: the record of ``--cache`` when it already holds one (and no
+    ``--size`` is given), else the one :func:`gliofed.data.plan.plan_for_manifest` makes."""
+    from gliofed.data.cache import read_plan, read_settings
+    from gliofed.data.plan import plan_for_manifest
 
-    from gliofed.data.manifest import read_manifest
-
-    smallest = largest
-    for path in read_manifest(manifest)["t1"]:
-        image = nib.load(path)
-        axes = nib.orientations.io_orientation(image.affine)[:, 0].astype(int)  # voxel axis -> world axis
-        in_plane = [n for n, world in zip(image.shape[:3], axes) if world in (0, 1)]
-        smallest = min(smallest, *in_plane)
-    return int(smallest)
+    if size is None and cache and read_settings(cache) is not None:
+        return read_plan(cache)
+    return plan_for_manifest(manifest, size)
 
 
 def _train_preset_name(args: argparse.Namespace) -> str:
@@ -322,6 +344,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from gliofed.experiments import train_and_save
     from gliofed.federated.site.policy import SitePolicy
     from gliofed.presets import get_preset
+    from gliofed.runs import TrainingRun
 
     preset = get_preset(_train_preset_name(args))
     config = train_config(preset.train, args)
@@ -335,52 +358,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
     distill = {**preset.distill, **{k: v for k, v in dict(n_synthetic=args.synthetic, steps=args.distill_steps,
                                                           init=args.distill_init).items() if v is not None}}
     if args.resume:  # a resume must continue the same run: checked before the cache is touched
+        from gliofed.data.manifest import manifest_fingerprint
         from gliofed.federated.server.strategies import make_strategy
         from gliofed.federated.simulate import check_resume
-        from gliofed.runs import TrainingRun
 
-        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed)
+        strategy = make_strategy(args.strategy, local_epochs, args.mu, distill, config.seed,
+                                 aggregation=args.aggregation)
         run = TrainingRun(args.out)
         if not run.has_state:
             raise ConfigError(f"cannot resume: {args.out} holds no saved round state.")
-        check_resume(run.load_state(), strategy, config, args.out)
+        data = {"manifest": manifest_fingerprint(args.manifest), "external_site": args.external_site}
+        if args.size is not None:
+            data["size"] = args.size
+        check_resume(run.load_state(), strategy, config, args.out, data)  # the cached cases: once refreshed
     policy = SitePolicy(allow_real_init=True) if args.allow_real_init else None
-    size = args.size
-    if size is None:
-        size = _native_size(args.manifest)
-        print(f"in-plane size {size} (the cohort's native size, at most 128; --size changes it)")
-    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
-    print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
-    _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
-                                mu=args.mu, distill=distill, external_site=args.external_site,
-                                min_sites=args.min_sites, resume=args.resume, policy=policy,
-                                threshold_method=args.threshold, manifest=args.manifest)
+    with TrainingRun(args.out).lock():  # a second train into this folder is refused before any work
+        plan = _training_plan(args.manifest, args.cache, args.size)
+        if args.size is None:
+            print(f"in-plane size {plan.size} (a synthetic cohort's preset size, else the cohort's native size, at "
+                  "most 128; --size changes it)")
+        cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
+        print(f"{args.strategy}: {rounds} rounds x {local_epochs} local epoch(s), {config.optimizer} lr {config.lr}")
+        _, history = train_and_save(args.out, cache_dir, args.strategy, config, rounds, local_epochs=local_epochs,
+                                    mu=args.mu, distill=distill, external_site=args.external_site,
+                                    min_sites=args.min_sites, resume=args.resume, policy=policy,
+                                    aggregation=args.aggregation, manifest=args.manifest,
+                                    threshold_method=args.threshold)
     print(history.to_frame().tail(1).to_string(index=False))
     print(f"saved {Path(args.out) / 'model.safetensors'}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
     from functools import partial
     from pathlib import Path
 
+    from gliofed.data.cache import check_plan
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import predict, resolve_device
+    from gliofed.data.manifest import read_manifest
+    from gliofed.engine import predict
     from gliofed.errors import ConfigError
-    from gliofed.inference import check_preprocessing, postprocess_mask, predict_cases
+    from gliofed.evaluation import native_scores, summarise_native
+    from gliofed.fileio import atomic_write_text, to_json, write_csv
+    from gliofed.inference import Predictor, postprocess_mask, predict_cases
     from gliofed.metrics import evaluate_predictions, results_table, segmentation_metrics, threshold_note
-    from gliofed.runs import load_checkpoint
 
-    if args.min_component < 0:
+    if args.min_component is not None and args.min_component < 0:
         raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {args.min_component}.")
-    resolve_device(args.device or "auto")
-    model, config, state = load_checkpoint(args.checkpoint)
-    size = check_preprocessing(args.checkpoint, state.get("preprocessing"), args.size)  # the model's input size
-    if size is None:
-        raise ConfigError(f"{args.checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
-                          "it was trained at).")
-    cache_dir = _cache_for(args.manifest, args.cache, size, args.workers)
+    inference = _inference(args)
+    # the checkpoint's model, preprocessing record and contrasts, checked against --size before any work; the raw
+    # scores without post-processing, the post-processed ones (the checkpoint's choice unless told) beside them
+    predictor = Predictor(args.checkpoint, size=args.size, device=args.device or "auto", min_voxels=0,
+                          keep_largest=False, inference=inference)
+    config, size, plan = predictor.config, predictor.size, predictor.plan
+    recorded_min, recorded_largest = predictor.recorded_postprocessing
+    args.min_component = recorded_min if args.min_component is None else args.min_component
+    args.keep_largest = recorded_largest if args.keep_largest is None else args.keep_largest
+    cache_dir = _cache_for(args.manifest, args.cache, plan, args.workers)
+    check_plan(cache_dir, plan, f"the model {args.checkpoint}")
     dataset = CaseDataset(cache_dir, split=args.split, modalities=config.modalities, seed=config.seed)
     if not len(dataset):
         raise ConfigError(f"{args.manifest}: no {args.split} cases to evaluate.")
@@ -388,48 +423,69 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     cleaning = args.min_component > 0 or args.keep_largest
     postprocess = partial(postprocess_mask, min_voxels=args.min_component, keep_largest=args.keep_largest)
-    predictions = predict(model, dataset, device=args.device or "auto", postprocess=postprocess if cleaning else None)
-    predictions.to_csv(out / "predictions.csv", index=False)
-    thresholds = state.get("thresholds") or {}  # chosen on the training split and stored with the model
+    # markers, and the quick segmentation metric on the cache grid
+    predictions = predict(predictor.model, dataset, device=predictor.device,
+                          postprocess=postprocess if cleaning else None, inference=inference)
+    write_csv(out / "predictions.csv", predictions)
+    thresholds = predictor.thresholds  # chosen on the training split and stored with the model
     tables = evaluate_predictions(predictions, n_boot=args.bootstrap, seed=config.seed, thresholds=thresholds)
     table3 = results_table(tables["classification"])
-    tables["classification"].to_csv(out / "metrics_classification.csv", index=False)
-    tables["segmentation"].to_csv(out / "metrics_segmentation.csv", index=False)
-    table3.to_csv(out / "table3.csv")
+    write_csv(out / "metrics_classification.csv", tables["classification"])
+    write_csv(out / "metrics_segmentation_quick.csv", tables["segmentation"])
+    write_csv(out / "table3.csv", table3, index=True)
+    # BraTS-comparable: every case with a mask predicted back into its scan's grid (predict's own inverse) and
+    # scored there against its reference mask
+    manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
+    columns = ["t1", "t1ce", "t2", "flair", "seg", "site", "label_convention"]
+    masked = dataset.index[dataset.index["has_mask"].astype(str).str.lower().isin(("true", "1"))]
+    cases = [{"subject_id": s, **manifest.loc[s, columns].to_dict()} for s in masked["subject_id"]]
+    native = native_scores(predictor, cases, progress=False)
+    write_csv(out / "scores_brats.csv", native)
+    native_table = summarise_native(native)
+    write_csv(out / "metrics_segmentation.csv", native_table)
     summary = {"checkpoint": str(args.checkpoint), "split": args.split, "cases": len(predictions), "size": size,
-               "modalities": list(config.modalities), "thresholds": thresholds,
+               "modalities": list(config.modalities), "inference": inference.to_dict(), "thresholds": thresholds,
                "threshold_note": threshold_note(thresholds),
                "classification": tables["classification"].to_dict(orient="records"),
-               "segmentation": tables["segmentation"].to_dict(orient="records")}
+               "segmentation_grid": "each scan's own grid, BraTS scores (brats-evaluation 0.0.10 definitions)",
+               "segmentation": native_table.to_dict(orient="records"),
+               "segmentation_quick": {"grid": f"cache grid ({size}x{size} in-plane, cropped): a quick metric, not "
+                                              "comparable with BraTS results",
+                                      "table": tables["segmentation"].to_dict(orient="records")}}
     if cleaning:  # reported beside, never instead of, the raw scores
+        predictor.min_voxels, predictor.keep_largest = args.min_component, args.keep_largest
+        native_pp = native_scores(predictor, cases, progress=False)
+        write_csv(out / "scores_brats_postprocessed.csv", native_pp)
+        pp_table = summarise_native(native_pp)
+        write_csv(out / "metrics_segmentation_postprocessed.csv", pp_table)
         raw = [f"{m}_{r}" for m in ("dice", "hd95") for r in ("WT", "TC", "ET")]
-        cleaned = predictions.drop(columns=raw)
-        cleaned = cleaned.rename(columns=lambda c: c.removeprefix("pp_"))
-        pp_table = segmentation_metrics(cleaned)
-        pp_table.to_csv(out / "metrics_segmentation_postprocessed.csv", index=False)
+        quick_pp = segmentation_metrics(predictions.drop(columns=raw).rename(columns=lambda c: c.removeprefix("pp_")))
         summary["postprocessing"] = {"min_voxels": args.min_component, "keep_largest": args.keep_largest}
         summary["segmentation_postprocessed"] = pp_table.to_dict(orient="records")
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    has_masks = bool(predictions["has_mask"].any())
+        summary["segmentation_quick"]["postprocessed"] = quick_pp.to_dict(orient="records")
+    atomic_write_text(out / "metrics.json", to_json(summary, indent=2))
     print(table3.to_string() if len(table3) else f"no marker labels among the {args.split} cases: no classification "
           "metrics")
     if len(table3):
         print(threshold_note(thresholds))
-    print(tables["segmentation"].to_string(index=False) if has_masks else f"no masks among the {args.split} cases: "
-          "no segmentation metrics")
-    if cleaning and has_masks:
+    if len(cases):
+        print(f"segmentation in the scans' own grids, BraTS scores ({len(cases)} case(s) with a mask):")
+        print(native_table.to_string(index=False))
+        print(f"quick metric on the {size}x{size} cache grid (not comparable with BraTS results):")
+        print(tables["segmentation"].to_string(index=False))
+    else:
+        print(f"no masks among the {args.split} cases: no segmentation metrics")
+    if cleaning and len(cases):
         print(f"post-processed (components < {args.min_component} voxels removed"
-              f"{', largest kept' if args.keep_largest else ''}):")
+              f"{', largest kept' if args.keep_largest else ''}), scans' own grids:")
         print(pp_table.to_string(index=False))
     if args.nifti:
-        from gliofed.data.manifest import read_manifest
-
-        manifest = read_manifest(args.manifest, strict=False).set_index("subject_id")
-        cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair"]].to_dict()}
-                 for s in dataset.index["subject_id"]]
-        predict_cases(args.checkpoint, cases, out / "nifti", size=size, device=args.device or "auto",
-                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False)
-        print(f"wrote {len(cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
+        nifti_cases = [{"subject_id": s, **manifest.loc[s, ["t1", "t1ce", "t2", "flair", "label_convention"]].to_dict()}
+                       for s in dataset.index["subject_id"]]
+        predict_cases(args.checkpoint, nifti_cases, out / "nifti", size=size, device=args.device or "auto",
+                      min_voxels=args.min_component, keep_largest=args.keep_largest, progress=False,
+                      inference=inference, overwrite=True)  # evaluate's own folder: re-running it replaces its outputs
+        print(f"wrote {len(nifti_cases)} NIfTI mask(s) in the scans' own grids to {out / 'nifti'}")
     print(f"wrote predictions and metrics to {out}")
     return 0
 
@@ -450,7 +506,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         cases = [{"subject_id": args.subject or subject_name(given.get("flair") or next(iter(given.values()))),
                   **given}]
     table = predict_cases(args.checkpoint, cases, args.out, size=args.size, device=args.device or "auto",
-                          min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1)
+                          min_voxels=args.min_component, keep_largest=args.keep_largest, progress=len(cases) > 1,
+                          label_convention=args.label_convention, inference=_inference(args),
+                          overwrite=args.overwrite, inputs=(args.manifest,) if args.manifest else ())
     for row in table.itertuples():
         print(f"{row.subject}: {row.seg} (whole tumour {row.volume_WT_ml:.1f} ml), {row.markers}")
     print(f"wrote {len(table)} case(s) to {args.out} (predictions.csv)")
@@ -492,12 +550,18 @@ def _add_curate(commands) -> None:
     p = commands.add_parser("curate", help="build a manifest from a real dataset download, or merge manifests",
                             description="Walk a public dataset's download and write one manifest plus a report of "
                                         "every case found (included or excluded, with the reason).")
-    p.add_argument("--source", choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd"],
+    p.add_argument("--source",
+                   choices=["brats", "brats2021", "upenn-gbm", "tcga", "rembrandt", "ucsf-pdgm", "egd", "msd"],
                    help="the dataset's layout (one source card per dataset in data_manifests/)")
     p.add_argument("--root", help="the dataset's download folder")
     p.add_argument("--labels", nargs="+", default=[], metavar="FILE",
                    help="label files (CSV / XLSX / JSON tables named in data_manifests/<source>.md)")
-    p.add_argument("--site", help="site name for every case (default: the dataset name)")
+    p.add_argument("--site", help="site name for every case (default: the institution a BraTS 2017-2020 ID names, "
+                   "else the dataset name)")
+    p.add_argument("--partition", metavar="CSV",
+                   help="a FeTS partitioning CSV (Partition_ID, Subject_ID): one site per partition")
+    p.add_argument("--label-convention", choices=["brats", "brats2023", "brats2024", "msd"],
+                   help="how the masks are labelled (default: detected from the file names and the masks)")
     p.add_argument("--merge", nargs="+", metavar="CSV", help="merge curated manifests and remove duplicates")
     p.add_argument("--out", required=True, help="manifest to write (the report goes next to it)")
     p.set_defaults(func=_cmd_curate)
@@ -509,7 +573,9 @@ def _add_preprocess(commands) -> None:
                                         "into a memory-mapped cache; up-to-date cases are skipped.")
     p.add_argument("manifest", help="the manifest CSV")
     p.add_argument("--cache", required=True, help="cache folder")
-    p.add_argument("--size", type=positive_int, default=128, help="in-plane size (default 128, the seed's)")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: the cache's own record if it has one, else a synthetic cohort's "
+                        "preset size, else the cohort's native size, at most 128)")
     p.add_argument("--workers", type=positive_int, default=1, help=_WORKERS_HELP)
     p.set_defaults(func=_cmd_preprocess)
 
@@ -526,6 +592,9 @@ def _add_train(commands) -> None:
     p.add_argument("--rounds", type=positive_int, help="federated rounds (default 5; centralized: one per epoch)")
     p.add_argument("--local-epochs", type=positive_int, default=1, help="epochs per site per round (default 1)")
     p.add_argument("--mu", type=non_negative_float, default=0.01, help="FedProx proximal weight (default 0.01)")
+    p.add_argument("--aggregation", default="mean", choices=["mean", "median", "trimmed-mean"],
+                   help="fedavg/fedprox: how the server combines site weights (default mean, weighted by cases; "
+                        "median and trimmed-mean resist a poisoned site)")
     p.add_argument("--synthetic", type=positive_int, help="distill: synthetic volumes per site (default 3)")
     p.add_argument("--distill-steps", type=non_negative_int, help="distill: condensation steps per round (default 30)")
     p.add_argument("--distill-init", choices=["class_stats", "noise", "real_unsafe"],
@@ -557,7 +626,9 @@ def _add_train(commands) -> None:
                    help="how each binary marker's decision threshold is chosen on the training split and stored "
                         "with the model: youden (default, Youden's J on the ROC curve) or f1 (F1-optimal)")
     p.add_argument("--cache", help="cache folder (default <manifest dir>/cache_<size>; refreshed first)")
-    p.add_argument("--size", type=positive_int, help="in-plane size (default: the cohort's native size, at most 128)")
+    p.add_argument("--size", type=positive_int,
+                   help="in-plane size (default: as `gliofed preprocess`: the cache's record, a synthetic cohort's "
+                        "preset size, else the cohort's native size, at most 128)")
     p.add_argument("--workers", type=positive_int, default=1,
                    help="processes that preprocess scans into the cache before training (default 1)")
     p.add_argument("--loader-workers", type=non_negative_int,
@@ -593,10 +664,33 @@ def _add_evaluate(commands) -> None:
 
 
 def _add_postprocessing(p) -> None:
-    p.add_argument("--min-component", type=int, default=0, metavar="N",
-                   help="post-processing: remove tumour components smaller than N voxels (default 0: off)")
-    p.add_argument("--keep-largest", action="store_true",
-                   help="post-processing: keep only the largest tumour component (default off)")
+    p.add_argument("--min-component", type=non_negative_int, default=None, metavar="N",
+                   help="post-processing: remove tumour components smaller than N voxels of the preprocessed grid "
+                        "(default: the checkpoint's, chosen on its training cases; 0: off)")
+    p.add_argument("--keep-largest", action="store_true", default=None,
+                   help="post-processing: keep only the largest tumour component (default: the checkpoint's)")
+    p.add_argument("--window", metavar="D,H,W",
+                   help="sliding-window inference with Gaussian weighting over windows of D x H x W voxels of the "
+                        "preprocessed grid, -1 = the whole axis (default: one pass over the whole volume)")
+    p.add_argument("--flips", metavar="AXES",
+                   help="test-time flips: axes of (D, H, W) = 0,1,2 whose flipped volumes are averaged in, e.g. 2 "
+                        "(left-right; default none)")
+
+
+def _inference(args: argparse.Namespace):
+    """The :class:`~gliofed.segmentation.SegmentationInference` of ``--window`` and ``--flips``."""
+    from gliofed.segmentation import SegmentationInference
+
+    def integers(text: str | None, flag: str) -> tuple[int, ...] | None:
+        if text is None:
+            return None
+        try:
+            return tuple(int(part) for part in text.split(","))
+        except ValueError:
+            raise ConfigError(f"{flag} {text!r} is not comma-separated integers.") from None
+
+    return SegmentationInference(window=integers(args.window, "--window"),
+                                 flips=integers(args.flips, "--flips") or ())
 
 
 def _add_predict(commands) -> None:
@@ -614,6 +708,11 @@ def _add_predict(commands) -> None:
     p.add_argument("--size", type=positive_int,
                    help="in-plane size (default: the checkpoint's; another value is refused)")
     p.add_argument("--device", type=device_name, help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace earlier predictions in --out (default: refused; inputs are never overwritten)")
+    p.add_argument("--label-convention", choices=["brats", "brats2023", "brats2024", "msd"],
+                   help="labels of the written masks (default: the manifest's label_convention, else from the file "
+                        "names: BraTS 2023+ names -> brats2023 (enhancing tumour 3), otherwise brats (4))")
     _add_postprocessing(p)
     p.set_defaults(func=_cmd_predict)
 

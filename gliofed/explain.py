@@ -68,6 +68,8 @@ class _HeadOutput(nn.Module):
         if self.target != SEG_TARGET:
             return out[self.target]
         logits = out["seg"]
+        if getattr(self.model, "config", {}).get("seg_output") == "regions":  # WT's logit over the predicted WT
+            return (logits[:, 0] * (logits[:, 0] > 0)).flatten(1).sum(1)
         predicted = logits.argmax(1, keepdim=True)
         selected = torch.zeros_like(logits).scatter_(1, predicted, 1.0)  # one-hot of the predicted class
         selected[:, [c for c in range(logits.shape[1]) if c not in self.tumour_classes]] = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from gliofed.errors import ConfigError
-from gliofed.fileio import atomic_write_text, to_json
+from gliofed.fileio import atomic_write_text, to_json, write_csv
 
 __all__ = ["NOTEBOOK_DIR", "RESULTS_SUFFIX", "ordered_notebooks", "run_notebook", "run_notebooks", "save_results",
            "load_results", "parse_value", "parse_grid", "sweep", "fill_placeholders", "missing_requirements"]
@@ -252,7 +252,7 @@ def sweep(notebook: str | Path, grid: dict[str, list], out_dir: str | Path, fixe
     front = ["run", "status", "error", *grid]
     table = table[front + [c for c in table.columns if c not in front]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "sweep.csv", index=False)
+    write_csv(out_dir / "sweep.csv", table)
     failed = table.loc[table["status"] == "failed", "run"].nunique()
     print(f"{len(combos) - failed}/{len(combos)} run(s) succeeded; results in {out_dir / 'sweep.csv'}", flush=True)
     return table

@@ -44,8 +44,8 @@ def test_no_commit_outside_a_checkout_and_no_failure(tmp_path):
 
 
 @pytest.fixture
-def trained(tiny_run):
-    return tiny_run
+def trained(tiny_fedavg_run):
+    return tiny_fedavg_run
 
 
 def test_model_json_records_versions_commit_and_the_training_data(trained, tiny_cache):

@@ -60,6 +60,16 @@ def test_a_checkpoint_without_thresholds_loads_with_none(tmp_path):
     assert state["thresholds"] == {}
 
 
+@pytest.mark.parametrize("markers", [{"idh": 1.5}, {"idh": -0.1}, {"idh": "0.3"}, {"idh": True}, ["idh"]],
+                         ids=["above 1", "below 0", "a string", "a boolean", "not a mapping"])
+def test_a_checkpoint_whose_thresholds_are_not_probabilities_is_refused(tmp_path, markers):
+    from gliofed.errors import CheckpointError
+
+    path = _checkpoint(tmp_path / "model.safetensors", {"method": "youden", "markers": markers})
+    with pytest.raises(CheckpointError, match="threshold"):
+        load_checkpoint(path)
+
+
 class LowIdh(torch.nn.Module):
     """A stand-in network that says IDH mutant with probability 0.2 (and background everywhere)."""
 
@@ -94,8 +104,8 @@ def test_predict_decides_with_the_stored_threshold_and_names_it(tiny_cohort, tmp
 
 
 @pytest.fixture
-def fedavg_run(tiny_run):
-    return tiny_run
+def fedavg_run(tiny_fedavg_run):
+    return tiny_fedavg_run
 
 
 def test_training_stores_thresholds_chosen_on_the_training_split(fedavg_run, tiny_cache):

@@ -17,8 +17,8 @@ from gliofed.experiments.comparison import (
     training_provenance,
     training_thresholds,
 )
-from gliofed.experiments.privacy import privacy_audit
+from gliofed.experiments.privacy import outgoing_audit, privacy_audit
 
 __all__ = ["run_experiment", "train_and_save", "build_sites", "trained_model", "strategy_predictions",
            "strategy_thresholds", "training_thresholds", "training_provenance", "modality_ablation", "ablation_table",
-           "privacy_audit"]
+           "privacy_audit", "outgoing_audit"]
