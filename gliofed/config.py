@@ -11,7 +11,12 @@ from gliofed.errors import ConfigError
 from gliofed.fileio import atomic_write_text, to_json
 from gliofed.vocab import MODALITIES
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "LR_SCHEDULES", "read_config_file"]
+
+#: learning-rate schedules (see :attr:`TrainConfig.lr_schedule`)
+LR_SCHEDULES = ("constant", "poly", "cosine")
+#: a training config file is a few hundred bytes; anything far larger is not one
+_CONFIG_FILE_LIMIT = 256 * 1024
 
 
 @dataclass
@@ -23,6 +28,9 @@ class TrainConfig:
         batch_size: cases per step (default 2).
         optimizer: ``"sgd"`` (default, momentum 0.9) or ``"adamw"``.
         lr: learning rate (default 1e-3). momentum, weight_decay: optimiser settings.
+        lr_schedule: how the learning rate falls over the run: ``"constant"`` (default, the seed's), ``"poly"``
+            (nnU-Net's ``lr * (1 - epoch / epochs) ** 0.9``) or ``"cosine"`` (``lr * (1 + cos(pi * epoch / epochs))
+            / 2``), set at the start of every epoch; a federated run counts the epochs of all its rounds.
         amp: bf16 autocast on CUDA (default True; ignored on CPU).
         channels_last: channels_last_3d memory format on CUDA (default True).
         compile: ``torch.compile`` the model: ``"auto"`` (default: on CUDA only), True or False.
@@ -56,6 +64,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    lr_schedule: str = "constant"
     amp: bool = True
     channels_last: bool = True
     compile: bool | str = "auto"
@@ -78,8 +87,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):
             raise ConfigError(f"optimizer {self.optimizer!r} is not 'sgd' or 'adamw'.")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError("epochs must be >= 0, batch_size >= 1 and lr > 0.")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule {self.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}.")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.num_workers < 0:
+            raise ConfigError("epochs must be >= 0, batch_size >= 1, lr > 0 and num_workers >= 0.")
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f"compile {self.compile!r} is not true, false or 'auto'.")
         if self.augment_on not in ("auto", "device", "loader"):
@@ -124,4 +135,87 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """A whole config from a JSON or TOML file (:func:`read_config_file`); unset fields keep the defaults."""
+        return cls(**read_config_file(path))
+
+
+def _toml_loads(text: str):
+    """TOML with the standard library (Python 3.11+) or ``tomli`` (its backport, a dependency on 3.10)."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise ConfigError("reading a TOML file needs Python 3.11 or the tomli package (pip install tomli); "
+                              "or write the settings as JSON.") from None
+    return tomllib.loads(text)
+
+
+def _type_problem(name: str, value, default) -> str | None:
+    """Why ``value`` cannot be the setting ``name`` whose default is ``default`` (None when it can)."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, tuple):
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    else:  # dicts
+        ok = isinstance(value, dict)
+    return None if ok else f"{name} must be {type(default).__name__.replace('tuple', 'a list')}, not {value!r}"
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The training settings of a JSON (``.json``) or TOML (``.toml``) file: any subset of :class:`TrainConfig`'s
+    fields (TOML keys may be written kebab-case, ``batch-size``), checked for names and types.
+
+    Args:
+        path: the file.
+
+    Returns:
+        ``{field: value}`` (lists of contrasts as tuples), ready for ``TrainConfig.replace(**values)``.
+
+    Raises:
+        ConfigError: a missing or unreadable file, another suffix, an unknown setting or a value of the wrong type,
+            in one line naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found.")
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".toml"):
+        raise ConfigError(f"{path}: a config file must be .json or .toml, not {suffix or 'without a suffix'}.")
+    if path.stat().st_size > _CONFIG_FILE_LIMIT:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a config file.")
+    try:
+        text = path.read_text(encoding="utf-8")
+        values = json.loads(text) if suffix == ".json" else _toml_loads(text)
+    except ConfigError:
+        raise
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise ConfigError(f"{path}: not a readable {suffix[1:].upper()} file "
+                          f"({type(error).__name__}: {str(error).splitlines()[0][:160]}).") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the settings must be a {suffix[1:].upper()} table of names and values.")
+    values = {str(k).replace("-", "_"): v for k, v in values.items()}
+    defaults = TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown training setting(s) {', '.join(unknown)}; known: "
+                          f"{', '.join(sorted(known))}.")
+    for name, value in values.items():
+        problem = _type_problem(name, value, getattr(defaults, name))
+        if problem:
+            raise ConfigError(f"{path}: {problem}.")
+    if "modalities" in values:
+        values["modalities"] = tuple(values["modalities"])
+    try:
+        defaults.replace(**values)  # the config's own checks (optimizer, ranges, contrasts)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+    return values

@@ -31,6 +31,14 @@ from gliofed.data.transforms import augment_batch, augment_pipeline, draw_augmen
 from gliofed.errors import ConfigError, TrainingError
 from gliofed.losses import MultiTaskLoss
 from gliofed.metrics import region_scores
+from gliofed.segmentation import (
+    POSTPROCESS_CANDIDATES,
+    SegmentationInference,
+    choose_postprocessing,
+    predict_volume,
+    seg_output_of,
+    to_classes,
+)
 from gliofed.vocab import MARKER_CLASSES, MARKERS, REGIONS
 
 __all__ = [
@@ -45,6 +53,9 @@ __all__ = [
     "fit_private",
     "predict",
     "seed_everything",
+    "scheduled_lr",
+    "set_lr",
+    "postprocessing_for",
     "epoch_seed",
     "eval_batch_size",
 ]
@@ -74,6 +85,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} was requested but CUDA is not available on this machine.")
     return device
+
+
+def scheduled_lr(config: TrainConfig, epoch: int, epochs: int) -> float:
+    """The learning rate of epoch ``epoch`` (0-based) of a run of ``epochs`` under ``config.lr_schedule``:
+    constant ``config.lr``; ``"poly"``: ``lr * (1 - epoch / epochs) ** 0.9`` (nnU-Net); ``"cosine"``:
+    ``lr * (1 + cos(pi * epoch / epochs)) / 2``. Epochs at or past the end keep the last epoch's rate.
+
+    >>> round(scheduled_lr(TrainConfig(lr=0.01, lr_schedule="poly"), 5, 10), 5)
+    0.00536
+    """
+    if config.lr_schedule == "constant" or epochs <= 1:
+        return config.lr
+    progress = min(max(epoch, 0), epochs - 1) / epochs
+    if config.lr_schedule == "poly":
+        return config.lr * (1 - progress) ** 0.9
+    return config.lr * (1 + math.cos(math.pi * progress)) / 2
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -500,7 +533,8 @@ def prepare_model(model: torch.nn.Module, config: TrainConfig, device: torch.dev
 def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs: int | None = None,
         optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
         on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-        desc: str = "epoch", batches: TrainBatches | None = None, dp=None) -> list[dict]:
+        desc: str = "epoch", batches: TrainBatches | None = None, dp=None,
+        schedule: tuple[int, int] | None = None) -> list[dict]:
     """Train ``model`` in place for ``epochs`` (default ``config.epochs``); return per-epoch loss dicts.
 
     The data order (and the device augmentation) of epoch ``e`` is seeded by ``(config.seed, e)``, so resuming at
@@ -508,7 +542,9 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     a :class:`~gliofed.data.dataset.CaseDataset` view's own :func:`augment_pipeline` is replaced, never applied
     twice). ``batches``: a :class:`TrainBatches` of ``train_set`` kept by the caller across calls (e.g. a site's
     across rounds; it must :meth:`~TrainBatches.serves` ``config``); by default one is made for this call and closed
-    at its end.
+    at its end. The learning rate follows ``config.lr_schedule`` (:func:`scheduled_lr`): ``schedule`` = (epochs of
+    the run already trained, epochs of the whole run) places these epochs in it (a federated site trains a few
+    epochs per round); default ``(start_epoch, start_epoch + epochs)``.
 
     ``dp``: a :class:`~gliofed.dp.DPSettings` with ``mechanism="dp_sgd"`` trains by DP-SGD instead
     (:func:`fit_private`, one case at a time from ``train_set``; ``batches`` is not used); each epoch's dict then
@@ -517,15 +553,16 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
     """
     if dp is not None and getattr(dp, "mechanism", "off") == "dp_sgd":
         return fit_private(model, train_set, config, dp, epochs, optimizer, extra_loss, start_epoch, on_epoch_end,
-                           progress, desc)
+                           progress, desc, schedule)
     device = resolve_device(config.device)
     trained = prepare_model(model, config, device)  # same parameters; channels-last / compiled where configured
     optimizer = optimizer or make_optimizer(model, config)
-    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma)
+    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma, seg_output_of(model))
     history = []
     total_epochs = config.epochs if epochs is None else epochs
     if total_epochs <= 0:
         return history
+    done, horizon = schedule if schedule is not None else (start_epoch, start_epoch + total_epochs)
     own = batches is None
     batches = TrainBatches(train_set, config, device) if own else batches
     if not batches.serves(config, device):
@@ -534,6 +571,7 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
         epochs_bar = tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc,
                           disable=not progress or total_epochs < 2)
         for epoch in epochs_bar:
+            set_lr(optimizer, scheduled_lr(config, done + epoch - start_epoch, horizon))
             losses = train_epoch(trained, batches.epoch(epoch, config.seed), loss_fn, optimizer, device, config.amp,
                                  batches.channels_last, extra_loss, desc=f"{desc} {epoch + 1}", progress=progress)
             losses["epoch"] = epoch + 1
@@ -549,13 +587,14 @@ def fit(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, epochs:
 def fit_private(model: torch.nn.Module, train_set: Dataset, config: TrainConfig, dp, epochs: int | None = None,
                 optimizer: torch.optim.Optimizer | None = None, extra_loss=None, start_epoch: int = 0,
                 on_epoch_end: Callable[[int, dict], None] | None = None, progress: bool = True,
-                desc: str = "epoch") -> list[dict]:
+                desc: str = "epoch", schedule: tuple[int, int] | None = None) -> list[dict]:
     """DP-SGD (:class:`gliofed.dp.DPSGD`): each step takes every case with probability batch_size / N (Poisson
     sampling), computes each sampled case's loss and gradient alone (no padding or normalisation shared between
     cases), clips it to ``dp.max_norm``, adds Gaussian noise of standard deviation ``dp.noise_multiplier *
     dp.max_norm`` to the sum and steps the optimiser; an epoch is round(N / batch_size) steps. ``extra_loss``
     (FedProx) depends on no case: its gradient is added after the noise. The model needs GroupNorm
-    (``norm="group"``); AMP, channels-last and compile are not used.
+    (``norm="group"``); AMP, channels-last and compile are not used. The learning rate follows
+    ``config.lr_schedule`` as in :func:`fit` (``schedule``).
 
     Returns:
         per-epoch dicts: mean loss parts over the cases seen (``total`` ...), ``epoch``, ``dp_steps``,
@@ -566,8 +605,9 @@ def fit_private(model: torch.nn.Module, train_set: Dataset, config: TrainConfig,
     device = resolve_device(config.device)
     model = model.to(device)
     optimizer = optimizer or make_optimizer(model, config)
-    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma)
+    loss_fn = MultiTaskLoss(config.task_weights, config.class_weights, config.focal_gamma, seg_output_of(model))
     total_epochs = config.epochs if epochs is None else epochs
+    done, horizon = schedule if schedule is not None else (start_epoch, start_epoch + total_epochs)
     private = DPSGD(model, optimizer, len(train_set), config.batch_size, dp.noise_multiplier, dp.max_norm,
                     seed=config.seed * 100_003 + start_epoch)
     params = private.params
@@ -590,6 +630,7 @@ def fit_private(model: torch.nn.Module, train_set: Dataset, config: TrainConfig,
     for epoch in tqdm(range(start_epoch, start_epoch + total_epochs), desc=desc,
                       disable=not progress or total_epochs < 2):
         model.train()
+        set_lr(optimizer, scheduled_lr(config, done + epoch - start_epoch, horizon))
         sums: dict = {}
         for _ in range(private.steps_per_epoch):
             chosen = private.sample()
@@ -628,7 +669,8 @@ def _shape_batches(dataset: Dataset, batch_size: int) -> list[list[int]]:
 @torch.no_grad()
 def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto", amp: bool = True,
             save_masks: str | Path | None = None, progress: bool = True, hd95: bool = True,
-            postprocess: Callable[[np.ndarray], np.ndarray] | None = None, batch_size: int = 1) -> pd.DataFrame:
+            postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+            inference: SegmentationInference | None = None, batch_size: int = 1) -> pd.DataFrame:
     """Run ``model`` on every case (no padding) and score it.
 
     Returns one row per case, in dataset order: ``subject``, ``site``, the true labels (-1 unknown),
@@ -638,8 +680,10 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
     ``<subject>.pred.npy`` (uint8, (D, H, W)). ``hd95=False`` skips the (slower) Hausdorff distances: NaN.
     ``postprocess`` (a function of the (D, H, W) class map, e.g. :func:`gliofed.inference.postprocess_mask`) adds the
     same scores of the post-processed map as ``pp_dice_*`` / ``pp_hd95_*``; the raw scores stay as they are.
-    ``batch_size`` (default 1): up to this many cases of one shape per forward pass (a cache's index gives the
-    shapes; faster, especially on a GPU, but not bit-identical to single cases: see :func:`eval_batch_size`).
+    ``inference`` chooses how the volume is segmented (:class:`~gliofed.segmentation.SegmentationInference`: default
+    one whole-volume pass; sliding windows, test-time flips). ``batch_size`` (default 1): up to this many cases of
+    one shape per forward pass (a cache's index gives the shapes; faster, especially on a GPU, but not bit-identical
+    to single cases: see :func:`eval_batch_size`).
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval().to(device)
@@ -655,27 +699,27 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
     for batch in tqdm(loader, desc="predict", leave=False, disable=not progress, total=len(batches)):
         image, seg, has_mask, labels = _to_device(batch, device, channels_last=False)
         with _autocast(device, amp):
-            outputs = model(image)
+            probabilities, outputs = predict_volume(model, image, inference)
+        predicted = to_classes(probabilities, seg_output_of(model))[:, None]
         spacings = batch.get("spacing")
         for j in range(image.shape[0]):
             spacing = None if spacings is None else [float(v) for v in torch.as_tensor(spacings)[j].reshape(-1)[:3]]
-            rows.append(_score_case({name: value[j:j + 1] for name, value in outputs.items()}, seg[j:j + 1],
-                                    bool(has_mask[j]), labels[j], batch["subject"][j], batch["site"][j], spacing,
-                                    hd95, postprocess, save_masks))
+            rows.append(_score_case({name: value[j:j + 1] for name, value in outputs.items()}, predicted[j:j + 1],
+                                    seg[j:j + 1], bool(has_mask[j]), labels[j], batch["subject"][j],
+                                    batch["site"][j], spacing, hd95, postprocess, save_masks))
     ranked = sorted(range(len(rows)), key=order.__getitem__)
     return pd.DataFrame([rows[k] for k in ranked])
 
 
-def _score_case(outputs: dict, seg: torch.Tensor, has_mask: bool, labels: torch.Tensor, subject: str, site: str,
-                spacing: list[float] | None, hd95: bool, postprocess, save_masks) -> dict:
-    """One case's row of :func:`predict` from its outputs (batch of one)."""
+def _score_case(outputs: dict, predicted: torch.Tensor, seg: torch.Tensor, has_mask: bool, labels: torch.Tensor,
+                subject: str, site: str, spacing: list[float] | None, hd95: bool, postprocess, save_masks) -> dict:
+    """One case's row of :func:`predict` from its marker outputs and class map (1, 1, D, H, W) (batch of one)."""
     row = {"subject": subject, "site": site, "has_mask": has_mask}
     for i, marker in enumerate(MARKERS):
         row[marker] = int(labels[i])
         probs = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
         for k in range(len(MARKER_CLASSES[marker])):
             row[f"p_{marker}_{k}"] = float(probs[k])
-    predicted = outputs["seg"].float().argmax(1, keepdim=True)
     row["hd95_unit"] = "mm" if spacing is not None else "voxels"
     cleaned = None
     if postprocess is not None:
@@ -691,3 +735,29 @@ def _score_case(outputs: dict, seg: torch.Tensor, has_mask: bool, labels: torch.
     if save_masks is not None:
         np.save(Path(save_masks) / f"{row['subject']}.pred.npy", predicted[0, 0].to(torch.uint8).cpu().numpy())
     return row
+
+
+@torch.no_grad()
+def postprocessing_for(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto",
+                       inference: SegmentationInference | None = None,
+                       candidates=POSTPROCESS_CANDIDATES, progress: bool = False) -> dict:
+    """Choose the post-processing of ``model`` on ``dataset`` (its training cases): each case with a mask is predicted
+    once and :func:`~gliofed.segmentation.choose_postprocessing` tries every candidate on it.
+
+    Returns:
+        ``{"min_voxels", "keep_largest", "scores", "cases"}`` (see :func:`~gliofed.segmentation.choose_postprocessing`).
+    """
+    device = resolve_device(device) if isinstance(device, str) else device
+    model.eval().to(device)
+    seg_output = seg_output_of(model)
+
+    def cases():
+        loader = make_loader(dataset, batch_size=1, shuffle=False)
+        for batch in tqdm(loader, desc="post-processing", leave=False, disable=not progress):
+            if not bool(torch.as_tensor(batch["has_mask"])[0]):
+                continue
+            image, seg, _, _ = _to_device(batch, device, channels_last=False)
+            probabilities, _ = predict_volume(model, image, inference, seg_output)
+            yield to_classes(probabilities, seg_output)[0].cpu().numpy(), seg[0, 0].cpu().numpy()
+
+    return choose_postprocessing(cases(), candidates)

@@ -33,118 +33,99 @@ import pandas as pd
 from gliofed.data.conventions import CONVENTIONS, FILE_SUFFIXES, convention, convention_of_files
 from gliofed.errors import ConfigError, DataError, first_line
 from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
+from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
+from gliofed.segmentation import SegmentationInference, postprocess_mask
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 __all__ = ["Predictor", "inference_pipeline", "postprocess_mask", "predict_cases", "read_cases", "subject_name",
-           "preprocessing_of_cache", "check_preprocessing", "check_outputs", "check_scans", "output_paths",
-           "BRATS_LABELS"]
+           "preprocessing_of_cache", "check_preprocessing", "model_plan", "recorded_postprocessing", "check_outputs",
+           "check_scans", "output_paths", "BRATS_LABELS"]
 
 #: in-memory class -> BraTS 2017-2021 label (the default convention; others: :mod:`gliofed.data.conventions`)
 BRATS_LABELS = CONVENTIONS["brats"].encode(np.arange(4))
 
 
-def inference_pipeline(modalities, size: int):
+def inference_pipeline(modalities, size: int | Preprocessing):
     """The training preprocessing for the given contrasts, without a mask, with every spatial step recorded so
-    that :class:`~monai.transforms.Invertd` can undo it. Identical step for step to
-    :func:`gliofed.data.transforms.preprocess_pipeline` (tested: same image as the cache)."""
-    from monai.transforms import (
-        Compose,
-        ConcatItemsd,
-        CropForegroundd,
-        EnsureChannelFirstd,
-        LoadImaged,
-        NormalizeIntensityd,
-        Orientationd,
-        Resized,
-    )
+    that :class:`~monai.transforms.Invertd` can undo it: :func:`gliofed.data.transforms.plan_pipeline`, the very
+    pipeline the cache runs, without the cache layout.
 
-    from gliofed.data.transforms import FiniteImaged, ValidateCased
+    Args:
+        modalities: the contrasts given (all of them find the brain for the crop), in channel order.
+        size: the checkpoint's :class:`~gliofed.preprocessing.Preprocessing` record, or an in-plane size.
+    """
+    from gliofed.data.transforms import plan_pipeline
 
-    keys = list(modalities)
-    return Compose([
-        LoadImaged(keys, reader="NibabelReader", image_only=True),
-        EnsureChannelFirstd(keys, channel_dim="no_channel"),
-        ValidateCased(keys),
-        # stack first, then orient the stack: equal to orienting each contrast (they share one grid, validated), and
-        # Invertd can only undo transforms recorded on the key it inverts
-        ConcatItemsd(keys, name="image"),
-        Orientationd("image", axcodes="RAS", labels=None),
-        CropForegroundd("image", source_key="image", allow_smaller=True),
-        Resized("image", spatial_size=(size, size, -1), mode="area"),
-        NormalizeIntensityd("image", nonzero=True, channel_wise=True),
-        FiniteImaged("image", channels=keys),
-    ])
+    plan = size if isinstance(size, Preprocessing) else Preprocessing(size=int(size))
+    return plan_pipeline(plan, list(modalities), with_seg=False, cache_layout=False)
 
 
-def preprocessing_of_cache(cache_dir: str | Path, modalities) -> dict:
-    """What a model trained on ``cache_dir`` expects of its input: in-plane ``size``, ``modalities`` (in channel
-    order), the preprocessing ``version`` and the steps, recorded in every checkpoint so that ``evaluate`` and
-    ``predict`` re-create exactly that input."""
-    from gliofed.data.cache import PREPROCESS_VERSION, read_index
+def preprocessing_of_cache(cache_dir: str | Path, modalities) -> Preprocessing:
+    """What a model trained on ``cache_dir`` expects of its input: the cache's record
+    (:func:`gliofed.data.cache.read_plan`) with the model's ``modalities`` as channels; recorded in every checkpoint
+    so that ``evaluate`` and ``predict`` re-create exactly that input."""
+    from gliofed.data.cache import read_plan
 
-    index = read_index(cache_dir, missing_ok=True)
-    sizes = sorted({int(v) for v in index["height"]} | {int(v) for v in index["width"]}) if len(index) else []
-    return {"size": sizes[0] if len(sizes) == 1 else None, "modalities": list(modalities),
-            "version": PREPROCESS_VERSION,
-            "steps": "RAS orientation, crop to non-zero voxels, in-plane resize (area), z-score per contrast over "
-                     "brain voxels, (C, D, H, W)"}
+    return read_plan(cache_dir).for_model(tuple(modalities))
+
+
+def model_plan(checkpoint: str | Path, recorded: dict | Preprocessing | None, size: int | None = None,
+               modalities=None) -> Preprocessing:
+    """The preprocessing record a checkpoint's model expects, checked against what the user asked for.
+
+    Args:
+        checkpoint: the checkpoint's path (for messages).
+        recorded: the checkpoint's ``preprocessing`` (a record, its dictionary, or an old checkpoint's partial one).
+        size: the in-plane size the user asked for (``--size``), or None.
+        modalities: the model's contrasts, for a checkpoint that recorded none (default: all four).
+
+    Returns:
+        the record (for a checkpoint without one: the default record at ``size``).
+
+    Raises:
+        ConfigError: ``size`` differs from the recorded one, the record is of another preprocessing version, or
+            neither gives a size (one sentence each).
+    """
+    where = str(checkpoint)
+    plan = plan_of(recorded, where)
+    if plan is None:
+        if size is None:
+            raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
+                              "it was trained at).")
+        chosen = (recorded or {}).get("modalities") if isinstance(recorded, dict) else None
+        return Preprocessing(size=int(size), modalities=tuple(chosen or modalities or MODALITIES))
+    if size is not None and int(size) != plan.size:
+        raise ConfigError(f"{checkpoint}: the model was trained on {plan.size}x{plan.size} in-plane inputs but --size "
+                          f"{size} was given; leave --size out to use {plan.size}.")
+    if plan.version != PREPROCESS_VERSION:
+        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {plan.version}, this "
+                          f"gliofed preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was "
+                          "trained with.")
+    return plan
 
 
 def check_preprocessing(checkpoint: str | Path, recorded: dict | None, size: int | None) -> int | None:
-    """The in-plane size to use with a checkpoint: ``size`` if given and equal to the recorded one, else the
-    recorded one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained on).
-
-    Args:
-        checkpoint: the checkpoint's path (for the message).
-        recorded: the checkpoint's ``preprocessing`` (empty for checkpoints that recorded none).
-        size: the size the user asked for, or None.
-
-    Returns:
-        the size, or None when neither the user nor the checkpoint gives one.
-    """
-    from gliofed.data.cache import PREPROCESS_VERSION
-
-    recorded = recorded or {}
-    saved = recorded.get("size")
-    if size is not None and saved is not None and int(size) != int(saved):
-        raise ConfigError(f"{checkpoint}: the model was trained on {saved}x{saved} in-plane inputs but --size {size} "
-                          f"was given; leave --size out to use {saved}.")
-    version = recorded.get("version")
-    if version is not None and int(version) != PREPROCESS_VERSION:
-        raise ConfigError(f"{checkpoint}: the model was trained with preprocessing version {version}, this gliofed "
-                          f"preprocesses with version {PREPROCESS_VERSION}; use the gliofed release it was trained "
-                          "with.")
-    return int(size) if size is not None else (int(saved) if saved is not None else None)
+    """The in-plane size to use with a checkpoint (:func:`model_plan`'s), or None when neither the user nor the
+    checkpoint gives one. Raises :class:`ConfigError` on a mismatch (the model would see inputs it was not trained
+    on)."""
+    try:
+        return model_plan(checkpoint, recorded, size).size
+    except ConfigError as error:
+        if "records no input size" in str(error):
+            return None
+        raise
 
 
-def postprocess_mask(labels: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
-    """BraTS-style clean-up of a predicted class map: connected components of the whole tumour (any non-zero class,
-    26-connectivity) smaller than ``min_voxels`` are set to background; with ``keep_largest`` only the largest
-    component stays. Off (returns a copy) when ``min_voxels <= 0`` and not ``keep_largest``.
-
-    Args:
-        labels: integer class map (any shape, usually (D, H, W)).
-        min_voxels: smallest component kept.
-        keep_largest: keep only the largest component.
-
-    Returns:
-        the cleaned class map (same dtype).
-    """
-    from scipy import ndimage
-
-    labels = np.array(labels, copy=True)
-    if min_voxels <= 0 and not keep_largest:
-        return labels
-    components, count = ndimage.label(labels > 0, structure=np.ones((3,) * labels.ndim))
-    if count == 0:
-        return labels
-    sizes = np.bincount(components.ravel())[1:]
-    keep = sizes >= max(min_voxels, 1)
-    if keep_largest:
-        keep = np.zeros_like(keep)
-        keep[int(np.argmax(sizes))] = True
-    labels[~np.concatenate([[True], keep])[components]] = 0
-    return labels
+def recorded_postprocessing(state: Mapping, min_voxels: int | None = None,
+                            keep_largest: bool | None = None) -> tuple[int, bool]:
+    """The post-processing to apply with a checkpoint: what the caller asks, else what the checkpoint records
+    (``extra.postprocessing``, chosen on its training cases), else off."""
+    recorded = ((state.get("extra") or {}).get("postprocessing") or {}) if isinstance(state, Mapping) else {}
+    chosen_min = recorded.get("min_voxels", 0) if min_voxels is None else min_voxels
+    chosen_largest = recorded.get("keep_largest", False) if keep_largest is None else keep_largest
+    if isinstance(chosen_min, bool) or not isinstance(chosen_min, int) or chosen_min < 0:
+        raise ConfigError(f"the checkpoint's post-processing min_voxels {chosen_min!r} is not an integer >= 0.")
+    return chosen_min, bool(chosen_largest)
 
 
 def check_scans(subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
@@ -184,30 +165,55 @@ class Predictor:
         checkpoint: ``model.safetensors`` (+ ``model.json``) or a run folder.
         size: in-plane size; default (and only allowed value) the checkpoint's recorded one.
         device: ``auto``, ``cpu``, ``cuda`` ...
-        min_voxels, keep_largest: optional post-processing (:func:`postprocess_mask`), off by default.
+        min_voxels, keep_largest: post-processing (:func:`~gliofed.segmentation.postprocess_mask`); ``None``
+            (default): what the checkpoint records (chosen on its training cases), else off.
         label_convention: how to label every written mask (``brats``, ``brats2023``, ...); default: each case's
             ``label_convention``, else what its file names imply (BraTS 2023+ names: ``brats2023``; else ``brats``).
+        inference: how the volume is segmented (:class:`~gliofed.segmentation.SegmentationInference`; default one
+            whole-volume pass).
     """
 
-    def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto", min_voxels: int = 0,
-                 keep_largest: bool = False, label_convention: str | None = None) -> None:
+    def __init__(self, checkpoint: str | Path, size: int | None = None, device: str = "auto",
+                 min_voxels: int | None = None, keep_largest: bool | None = None,
+                 label_convention: str | None = None, inference: SegmentationInference | None = None) -> None:
         from gliofed.engine import resolve_device
         from gliofed.runs import load_checkpoint
 
-        if min_voxels < 0:
+        if min_voxels is not None and min_voxels < 0:
             raise ConfigError(f"--min-component must be 0 (off) or a positive number of voxels, not {min_voxels}.")
         self.device = resolve_device(device)  # a device this machine lacks: refused before the model is read
         self.checkpoint = Path(checkpoint)
         self.model, self.config, state = load_checkpoint(checkpoint)
-        self.preprocessing = state.get("preprocessing") or {}
-        self.size = check_preprocessing(checkpoint, self.preprocessing, size)
-        if self.size is None:
-            raise ConfigError(f"{checkpoint}: the checkpoint records no input size; give --size (the in-plane size "
-                              "it was trained at).")
-        self.modalities = tuple(self.preprocessing.get("modalities") or self.config.modalities)
+        self.plan = model_plan(checkpoint, state.get("preprocessing"), size, self.config.modalities)
+        self.preprocessing = self.plan.to_dict()
+        self.size = self.plan.size
+        self.modalities = self.plan.modalities
+        #: the decision thresholds chosen on the training split and stored with the model (0.5 where none)
+        self.thresholds = state.get("thresholds") or {}
+        self.device = resolve_device(device)
         self.model.eval().to(self.device)
-        self.min_voxels, self.keep_largest = min_voxels, keep_largest
+        #: the post-processing the checkpoint records (chosen on its training cases; (0, False) when none)
+        self.recorded_postprocessing = recorded_postprocessing(state)
+        self.min_voxels, self.keep_largest = recorded_postprocessing(state, min_voxels, keep_largest)
         self.label_convention = convention(label_convention).name if label_convention else None
+        self.inference = inference or SegmentationInference()
+
+    def decision_rule(self) -> dict:
+        """How ``predicted`` was decided, per marker, for the markers JSON: each binary marker's threshold on the
+        probability of its second class and where it came from; grade by the most likely class."""
+        from gliofed.metrics import THRESHOLD_METHODS, threshold_values
+
+        stored = (self.thresholds or {}).get("markers", {})
+        method = THRESHOLD_METHODS.get(self.thresholds.get("method"), self.thresholds.get("method"))
+        rule = {}
+        for marker, value in threshold_values(self.thresholds).items():
+            rule[marker] = {"threshold": value, "class": MARKER_CLASSES[marker][1]}
+            if marker in stored:
+                rule[marker].update(chosen_by=method, chosen_on=f"{self.thresholds.get('split')} split")
+            else:
+                rule[marker]["chosen_by"] = "fixed default (the model stores no threshold for this marker)"
+        rule["grade"] = {"rule": "most likely class"}
+        return rule
 
     def check_inputs(self, subject: str, paths: Mapping[str, str | Path | None]) -> dict[str, str]:
         """The model's contrasts must all be given, exist and pass :func:`check_scans`; returns key -> path of every
@@ -239,9 +245,11 @@ class Predictor:
         from monai.data import MetaTensor
         from monai.transforms import Invertd
 
+        from gliofed.segmentation import predict_volume, seg_output_of, to_classes
+
         given = self.check_inputs(subject, paths)
         keys = [m for m in MODALITIES if m in given]  # training stacks the contrasts in this order
-        pipeline = inference_pipeline(keys, self.size)
+        pipeline = inference_pipeline(keys, self.plan)
         try:
             data = pipeline({"subject_id": subject, **given})
         except Exception as error:  # MONAI wraps transform errors: report the root cause in one line
@@ -255,11 +263,11 @@ class Predictor:
         channels = [keys.index(m) for m in self.modalities]
         x = image.as_tensor()[channels].permute(0, 3, 2, 1)[None].float().to(self.device)  # (1, C, D, H, W)
         with torch.no_grad():
-            outputs = self.model(x)
+            probabilities, outputs = predict_volume(self.model, x, self.inference)
         if not all(bool(torch.isfinite(outputs[k]).all()) for k in ("seg", *MARKERS)):
             raise DataError(f"subject {subject}: the model's outputs are NaN or Inf for this case; nothing was "
                             "written for it.")
-        classes = outputs["seg"].float().argmax(1)[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
+        classes = to_classes(probabilities, seg_output_of(self.model))[0].to(torch.uint8).cpu().numpy()  # (D, H, W)
         classes = postprocess_mask(classes, self.min_voxels, self.keep_largest)
         pred = MetaTensor(torch.from_numpy(np.ascontiguousarray(classes.transpose(2, 1, 0)))[None].float(),
                           meta=image.meta, applied_operations=image.applied_operations)
@@ -270,11 +278,15 @@ class Predictor:
         if mask.shape != ref_img.shape[:3]:
             raise DataError(f"subject {subject}: the inverted mask has shape {mask.shape}, the {reference} scan "
                             f"{ref_img.shape[:3]} (a preprocessing step could not be inverted).")
-        probabilities, predicted = {}, {}
+        from gliofed.metrics import threshold_values
+
+        probabilities, predicted, cutoffs = {}, {}, threshold_values(self.thresholds)
         for marker in MARKERS:
             p = torch.softmax(outputs[marker].float(), dim=1)[0].cpu().numpy()
             probabilities[marker] = {name: float(p[k]) for k, name in enumerate(MARKER_CLASSES[marker])}
-            predicted[marker] = MARKER_CLASSES[marker][int(np.argmax(p))]
+            # binary markers: class 1 at or above the model's threshold; grade: the most likely class
+            chosen = int(p[1] >= cutoffs[marker]) if marker in cutoffs else int(np.argmax(p))
+            predicted[marker] = MARKER_CLASSES[marker][chosen]
         rules = convention(self.label_convention or paths.get("label_convention")
                            or convention_of_files(given.values()))
         return {"seg": rules.encode(mask), "labels": mask, "label_convention": rules.name, "affine": ref_img.affine,
@@ -297,7 +309,8 @@ class Predictor:
         markers = {"subject": subject, "checkpoint": str(self.checkpoint), "modalities": list(self.modalities),
                    "label_convention": result.get("label_convention", "brats"),
                    "postprocessing": {"min_voxels": self.min_voxels, "keep_largest": self.keep_largest},
-                   "probabilities": result["probabilities"], "predicted": result["classes"]}
+                   "probabilities": result["probabilities"], "predicted": result["classes"],
+                   "thresholds": self.decision_rule()}
         atomic_write_text(markers_path, to_json(markers, nan="error", indent=2))
         voxel_ml = float(abs(np.linalg.det(result["affine"][:3, :3]))) / 1000.0
         classes = result["labels"] if "labels" in result else convention("brats").decode(result["seg"])
@@ -373,8 +386,9 @@ def check_outputs(out_dir: str | Path, cases: list[dict], overwrite: bool = Fals
 
 
 def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path, size: int | None = None,
-                  device: str = "auto", min_voxels: int = 0, keep_largest: bool = False,
-                  progress: bool = True, label_convention: str | None = None, overwrite: bool = False,
+                  device: str = "auto", min_voxels: int | None = None, keep_largest: bool | None = None,
+                  progress: bool = True, label_convention: str | None = None,
+                  inference: SegmentationInference | None = None, overwrite: bool = False,
                   inputs: tuple[str | Path, ...] = ()) -> pd.DataFrame:
     """Predict every case and write its NIfTI mask, markers JSON and a ``predictions.csv`` row.
 
@@ -387,7 +401,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
             truth, never overwritten; blank/None where absent), and optionally ``label_convention`` (the dataset's;
             the masks are written in it).
         out_dir: the output folder.
-        size, device, min_voxels, keep_largest, label_convention: see :class:`Predictor`.
+        size, device, min_voxels, keep_largest, label_convention, inference: see :class:`Predictor`.
         progress: show a progress bar.
         overwrite: replace earlier predictions in ``out_dir`` (default False: refused).
         inputs: further input files ``out_dir`` may not hold (the manifest).
@@ -401,7 +415,7 @@ def predict_cases(checkpoint: str | Path, cases: list[dict], out_dir: str | Path
     for case in cases:  # scans' headers before the model (and torch) is loaded
         check_scans(str(case["subject_id"]), case)
     predictor = Predictor(checkpoint, size=size, device=device, min_voxels=min_voxels, keep_largest=keep_largest,
-                          label_convention=label_convention)
+                          label_convention=label_convention, inference=inference)
     for case in cases:  # every input checked before any work
         subject = str(case["subject_id"])
         predictor.check_inputs(subject, case)

@@ -5,7 +5,8 @@ Layout of ``OUT/``::
 
     model.safetensors      final model weights (safetensors: tensors only, nothing executable)
     model.json             beside it: model config, training config, preprocessing (cache size, modalities,
-                           version), epoch, extras (history, strategy)
+                           version), epoch, decision thresholds, provenance (versions, commit, training-data
+                           fingerprint), extras (history, strategy)
     state.safetensors      after every round, for --resume: model weights and the strategy's arrays (local-only:
     state.json             every site's weights) + round, strategy state, history and config as JSON
     config.json            the training config, readable
@@ -26,6 +27,7 @@ Kept apart from the engine so that the Flower ServerApp can save models without 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,7 +40,8 @@ from gliofed.config import TrainConfig
 from gliofed.errors import CheckpointError, ConfigError, RunLockedError, first_line
 from gliofed.fileio import atomic_write, atomic_write_group, folder_lock, to_json, write_csv
 from gliofed.model import HEADS, MultiTaskUNet, build_model
-from gliofed.vocab import MODALITIES
+from gliofed.preprocessing import Preprocessing
+from gliofed.vocab import MODALITIES, REGIONS, SEG_CLASSES
 
 __all__ = ["TrainingRun", "save_checkpoint", "load_checkpoint", "convert_checkpoint", "check_model_settings",
            "CHECKPOINT_FORMAT"]
@@ -50,8 +53,6 @@ _PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, bare pickle
 MAX_SETTINGS_BYTES = 64 * 2**20
 #: largest in-plane size a checkpoint may ask its inputs to be resized to
 MAX_INPUT_SIZE = 2048
-#: segmentation classes every gliofed model predicts (background, necrotic core, oedema, enhancing)
-SEG_CLASSES = 4
 
 
 def _replace_atomically(path: Path, write: Callable[[Path], Any]) -> Path:
@@ -118,7 +119,11 @@ def _save_pair(weights_path: Path, tree: dict) -> Path:
 
 def _is_pickle(path: Path) -> bool:
     with open(path, "rb") as f:
-        head = f.read(4)
+        head = f.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header; a length whose low byte is 0x80
+    # must not read as a pickle's protocol byte
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= path.stat().st_size - 8:
+        return False
     return any(head.startswith(magic) for magic in _PICKLE_MAGIC)
 
 
@@ -254,9 +259,11 @@ def check_model_settings(where: str | Path, state: dict,
     if heads != HEADS:
         wanted = ", ".join(f"{k} ({v})" for k, v in HEADS.items())
         raise CheckpointError(f"{where}: the model's heads {dict(heads)} do not match gliofed's markers {wanted}.")
-    if model.config["seg_classes"] != SEG_CLASSES:
-        raise CheckpointError(f"{where}: the model segments {model.config['seg_classes']} classes, not gliofed's "
-                              f"{SEG_CLASSES}.")
+    seg_output = model.config.get("seg_output", "classes")
+    wanted_channels = len(REGIONS) if seg_output == "regions" else len(SEG_CLASSES)
+    if model.config["seg_classes"] != wanted_channels:
+        raise CheckpointError(f"{where}: the model's segmentation head has {model.config['seg_classes']} outputs, "
+                              f"not the {wanted_channels} of gliofed's {seg_output!r} head.")
     preprocessing = state.get("preprocessing")
     preprocessing = {"modalities": list(config.modalities)} if preprocessing is None else preprocessing
     if not isinstance(preprocessing, dict):
@@ -291,9 +298,10 @@ def check_model_settings(where: str | Path, state: dict,
 # the model checkpoint -----------------------------------------------------------------------------------------
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfig,
                     optimizer: torch.optim.Optimizer | None = None, epoch: int = 0, extra: dict | None = None,
-                    preprocessing: dict | None = None) -> Path:
+                    preprocessing: Preprocessing | dict | None = None, thresholds: dict | None = None,
+                    provenance: dict | None = None) -> Path:
     """Save a model as ``<path stem>.safetensors`` (weights, optimiser tensors) + ``<path stem>.json`` (model and
-    training config, preprocessing, epoch, ``extra`` such as the history).
+    training config, preprocessing, epoch, decision thresholds, provenance, ``extra`` such as the history).
 
     Args:
         path: the weights file (a suffix other than ``.safetensors`` is replaced by it).
@@ -301,11 +309,19 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         optimizer: optional optimiser whose state is kept too.
         epoch: epochs or rounds trained.
         extra: JSON-able extras (arrays are stored as tensors).
-        preprocessing: see :func:`gliofed.inference.preprocessing_of_cache`.
+        preprocessing: the :class:`~gliofed.preprocessing.Preprocessing` record the model was trained with (its
+            cache's, with the model's contrasts: :func:`gliofed.inference.preprocessing_of_cache`), stored as its
+            dictionary; ``evaluate``, ``predict`` and Flower read it back.
+        thresholds: each binary marker's decision threshold and how it was chosen (see
+            :func:`gliofed.metrics.choose_thresholds`); ``evaluate`` and ``predict`` use them. Default none (0.5).
+        provenance: what the model was trained on (e.g. ``{"training_data": cases_fingerprint(...)}``); the software
+            versions and the git commit (:func:`gliofed.provenance.software_provenance`) are always added.
 
     Returns:
         the path of the weights file.
     """
+    from gliofed.provenance import software_provenance
+
     model = getattr(model, "_orig_mod", model)  # unwrap torch.compile
     path = Path(path)
     weights = path if path.suffix == ".safetensors" else path.with_suffix(".safetensors")
@@ -313,12 +329,27 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, config: TrainConfi
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model_config": getattr(model, "config", {}),
         "train_config": config.to_dict(),
-        "preprocessing": preprocessing or {"modalities": list(config.modalities)},
+        "preprocessing": _preprocessing_record(preprocessing, config),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": epoch,
+        "thresholds": thresholds or {},
+        "provenance": {**software_provenance(), **(provenance or {})},
         "extra": extra or {},
     }
     return _save_pair(weights, state)
+
+
+def _preprocessing_record(preprocessing: Preprocessing | dict | None, config: TrainConfig) -> dict:
+    """The checkpoint's ``preprocessing`` entry: the record's dictionary; a record whose channels are not the model's
+    contrasts is refused (the checkpoint would contradict itself)."""
+    if preprocessing is None:
+        return {"modalities": list(config.modalities)}
+    record = preprocessing.to_dict() if isinstance(preprocessing, Preprocessing) else dict(preprocessing)
+    channels = record.get("modalities")
+    if channels is not None and tuple(channels) != tuple(config.modalities):
+        raise ConfigError(f"the preprocessing record's contrasts {', '.join(channels)} are not the model's "
+                          f"{', '.join(config.modalities)}.")
+    return record
 
 
 def _checkpoint_path(path: Path) -> Path:
@@ -344,7 +375,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
 
     Returns:
         (model with weights, training config, the whole checkpoint: ``model``, ``model_config``, ``train_config``,
-        ``preprocessing``, ``optimizer``, ``epoch``, ``extra``).
+        ``preprocessing``, ``optimizer``, ``epoch``, ``thresholds``, ``provenance``, ``extra``).
 
     Raises:
         CheckpointError: missing, damaged, a refused pickle, settings that are not valid
@@ -376,7 +407,24 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[MultiTaskUNe
         raise CheckpointError(f"{path}: the weights do not fit the model it describes "
                               f"({first_line(error, 160)}).") from error
     state["preprocessing"] = preprocessing
+    state.setdefault("thresholds", {})  # a checkpoint from before thresholds were stored: 0.5
+    _check_thresholds(path, state["thresholds"])
     return model, config, state
+
+
+def _check_thresholds(path: Path, record) -> None:
+    """A checkpoint's decision thresholds decide what ``predict`` calls a patient: each stored one must be a number
+    from 0 to 1 (a hostile or damaged ``model.json`` is refused in one sentence, never read as a silent 0.5)."""
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{path}: its decision thresholds are a {type(record).__name__}, not a mapping.")
+    stored = record.get("markers", {})
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: its decision thresholds' markers are a {type(stored).__name__}, not a mapping.")
+    for marker, value in stored.items():
+        if (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+                or not 0.0 <= value <= 1.0):
+            raise CheckpointError(f"{path}: its decision threshold for {str(marker)[:40]!r} is {str(value)[:40]!r}, "
+                                  "not a probability from 0 to 1.")
 
 
 def convert_checkpoint(state: dict, path: str | Path) -> Path:
@@ -394,7 +442,7 @@ def convert_checkpoint(state: dict, path: str | Path) -> Path:
     model = build_model(state.get("model_config") or config)
     model.load_state_dict(state["model"])
     return save_checkpoint(path, model, config, epoch=int(state.get("epoch", 0)), extra=state.get("extra") or {},
-                           preprocessing=state.get("preprocessing"))
+                           preprocessing=state.get("preprocessing"), thresholds=state.get("thresholds"))
 
 
 class TrainingRun:
@@ -445,10 +493,14 @@ class TrainingRun:
         return self.path(self.MODEL).is_file() or self.path(self.LEGACY_MODEL).is_file()
 
     def save_model(self, model: torch.nn.Module, config: TrainConfig, epoch: int = 0, extra: dict | None = None,
-                   optimizer: torch.optim.Optimizer | None = None, preprocessing: dict | None = None) -> Path:
+                   optimizer: torch.optim.Optimizer | None = None,
+                   preprocessing: Preprocessing | dict | None = None, thresholds: dict | None = None,
+                   provenance: dict | None = None) -> Path:
         """Write the final model (``model.safetensors`` + ``model.json``) with its configs, ``preprocessing`` (see
-        :func:`gliofed.inference.preprocessing_of_cache`), ``epoch`` and ``extra`` (e.g. history)."""
-        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing)
+        :func:`gliofed.inference.preprocessing_of_cache`), ``epoch``, decision ``thresholds``, ``provenance`` and
+        ``extra`` (e.g. history); see :func:`save_checkpoint`."""
+        return save_checkpoint(self.path(self.MODEL), model, config, optimizer, epoch, extra, preprocessing,
+                               thresholds, provenance)
 
     def load_model(self, device: str = "cpu") -> tuple[MultiTaskUNet, TrainConfig, dict]:
         """(model with weights, training config, the whole checkpoint)."""
@@ -498,9 +550,10 @@ class TrainingRun:
         for name, table in ((self.HISTORY, history.to_frame()), (self.SITE_HISTORY, history.site_frame())):
             write_csv(self.path(name), table)
 
-    def save_rounds(self, strategy: str, rounds: list[dict]) -> Path:
-        """Per-round records as ``history.json`` (the Flower ServerApp writes it after every round)."""
-        text = to_json({"strategy": strategy, "rounds": rounds}, indent=2)
+    def save_rounds(self, strategy: str, rounds: list[dict], **about) -> Path:
+        """Per-round records as ``history.json`` (the Flower ServerApp writes it after every round), with ``about``
+        the run as a whole (e.g. ``sites``: each site's cases and device; ``preprocessing``: the sites' record)."""
+        text = to_json({"strategy": strategy, **about, "rounds": rounds}, indent=2)
         return _replace_atomically(self.path(self.ROUNDS), lambda tmp: tmp.write_text(text))
 
     def load_rounds(self) -> dict:

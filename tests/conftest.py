@@ -35,10 +35,39 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     return cache
 
 
-#: the shared loopback federation's SuperNodes and their node configs: brats21 under the default policy, upenn's
-#: operator opted in to the teaching settings (real-patient initialisation allowed, flagged sets sent, any scale)
-LOOPBACK_NODES = {"brats21": {}, "upenn": {"policy-allow-real-init": True, "policy-refuse-flagged": False,
-                                          "policy-min-scale": 1}}
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache, tmp_path_factory) -> Path:
+    """A small model (features 4-8-16-32, t1 + t2) trained for one centralized round on the tiny cache, saved as a run
+    folder by :func:`gliofed.experiments.train_and_save`; treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    config = train_preset("tiny", modalities=("t1", "t2"), model={"features": (4, 8, 16, 32), "hidden": 8},
+                          device="cpu")
+    train_and_save(run, tiny_cache, "centralized", config, 1, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_fedavg_run(tiny_cache, tmp_path_factory) -> Path:
+    """A FedAvg run folder on the tiny cache: 1 round of a small network, saved by ``train_and_save`` with F1-optimal
+    thresholds (model.json, history, test predictions); treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    out = tmp_path_factory.mktemp("tiny_run") / "fedavg"
+    config = train_preset("tiny", seed=0, device="cpu", model={"features": (4, 8, 16, 32), "hidden": 8})
+    train_and_save(out, tiny_cache, "fedavg", config, 1, progress=False, threshold_method="f1")
+    return out
+
+
+#: the shared loopback federation's SuperNodes and their node configs (both on the CPU): brats21 under the default
+#: policy, upenn's operator opted in to the teaching settings (real-patient initialisation allowed, flagged sets sent,
+#: any scale, summaries and metrics of a single case: each tiny site holds out one case)
+LOOPBACK_NODES = {"brats21": {"device": "cpu"},
+                  "upenn": {"device": "cpu", "policy-allow-real-init": True, "policy-refuse-flagged": False,
+                            "policy-min-scale": 1, "policy-min-group": 1}}
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,9 @@
-"""MONAI dictionary pipelines: the seed's preprocessing and the training-time augmentation."""
+"""MONAI dictionary pipelines: the one preprocessing pipeline of a :class:`~gliofed.preprocessing.Preprocessing`
+record (cache and ``predict``) and the training-time augmentation."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,9 +28,10 @@ from monai.transforms import (
 from gliofed.data.check import volume_problems
 from gliofed.data.conventions import DEFAULT_CONVENTION, convention
 from gliofed.errors import DataError
+from gliofed.preprocessing import Preprocessing
 from gliofed.vocab import MODALITIES
 
-__all__ = ["ValidateCased", "FiniteImaged", "CacheGeometryd", "ToDepthFirstd", "preprocess_pipeline",
+__all__ = ["ValidateCased", "FiniteImaged", "CacheGeometryd", "ToDepthFirstd", "plan_pipeline", "preprocess_pipeline",
            "augment_pipeline", "depth_first_affine", "AUGMENTATION", "AugmentDraws", "draw_augmentation",
            "augment_batch"]
 
@@ -144,16 +147,67 @@ class ToDepthFirstd(MapTransform):
         return d
 
 
-def preprocess_pipeline(size: int = 128, with_seg: bool = True, label_convention: str = DEFAULT_CONVENTION) -> Compose:
-    """The seed's preprocessing as MONAI dictionary transforms.
+def plan_pipeline(plan: Preprocessing, contrasts: Sequence[str] | None = None, with_seg: bool = False,
+                  cache_layout: bool = True, label_convention: str | None = None) -> Compose:
+    """The one preprocessing pipeline, built from a :class:`~gliofed.preprocessing.Preprocessing` record: the cache
+    runs it (:func:`preprocess_pipeline`) and ``predict`` runs it and inverts it (:func:`gliofed.inference.Predictor`,
+    MONAI's :class:`~monai.transforms.Invertd` undoes every spatial step recorded on ``image``).
 
-    load -> channel first -> validate -> orient to RAS -> stack the four contrasts -> crop to the
-    brain (non-zero voxels) -> resample in-plane to ``size`` x ``size`` keeping the slice count
-    (area for images, nearest for the mask) -> mask labels to classes (BraTS 4 -> 3, or the dataset's own
-    convention) -> z-score each contrast over brain voxels (NaN/Inf refused, :class:`FiniteImaged`) -> (C, D, H, W).
+    load -> channel first -> validate -> stack the contrasts -> orient to ``plan.orientation`` -> crop to the non-zero
+    voxels of the stack -> resample in-plane to ``plan.size`` x ``plan.size`` keeping the slice count (area for
+    images, nearest for the mask) -> mask labels to classes (BraTS 4 -> 3, or the dataset's own convention) ->
+    z-score each contrast over its non-zero voxels (NaN/Inf refused,
+    :class:`FiniteImaged`) [-> the cache grid's geometry -> (C, D, H, W)].
+
+    The contrasts are stacked before orienting: equal to orienting each (they share one grid, validated), and
+    ``Invertd`` can only undo the transforms recorded on the key it inverts.
 
     Args:
-        size: in-plane size (default 128, the seed's).
+        plan: the record (size and settings).
+        contrasts: the contrasts to load and stack, in channel order (default ``plan.modalities``); all of them find
+            the brain for the crop, as in training.
+        with_seg: the input dict also has a ``seg`` path, preprocessed with the image (default False).
+        cache_layout: end with the cache grid's geometry and the (C, D, H, W) layout (default True); False leaves
+            ``image`` a channel-first RAS MetaTensor whose recorded steps :class:`~monai.transforms.Invertd` undoes.
+        label_convention: how the mask is labelled (:mod:`gliofed.data.conventions`; default the record's
+            ``label_convention``, else ``brats``: 0/1/2/4). A value outside it is a :class:`DataError`.
+
+    Returns:
+        a Compose taking ``{"subject_id", <contrast>: path ...[, "seg": path]}``.
+    """
+    keys = list(contrasts or plan.modalities)
+    labels = label_convention or plan.label_convention or DEFAULT_CONVENTION
+    volumes = [*keys, "seg"] if with_seg else keys
+    spatial = ["image", "seg"] if with_seg else ["image"]
+    steps = [
+        LoadImaged(volumes, reader="NibabelReader", image_only=True),
+        EnsureChannelFirstd(volumes, channel_dim="no_channel"),
+        ValidateCased(volumes, label_convention=labels),
+        ConcatItemsd(keys, name="image"),
+        DeleteItemsd(keys),
+        Orientationd(spatial, axcodes=plan.orientation, labels=None),
+        CropForegroundd(spatial, source_key="image", allow_smaller=True),
+        Resized(["image"], spatial_size=(plan.size, plan.size, -1), mode=plan.resize),
+    ]
+    if with_seg:
+        steps += [
+            Resized(["seg"], spatial_size=(plan.size, plan.size, -1), mode="nearest"),
+            MapLabelValued("seg", orig_labels=list(convention(labels).to_class),
+                           target_labels=list(convention(labels).to_class.values())),
+        ]
+    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), FiniteImaged("image", channels=keys)]
+    if cache_layout:
+        steps += [CacheGeometryd("image"), ToDepthFirstd(spatial)]
+    return Compose(steps)
+
+
+def preprocess_pipeline(size: int | Preprocessing = 128, with_seg: bool = True,
+                        label_convention: str = DEFAULT_CONVENTION) -> Compose:
+    """The cache's preprocessing: :func:`plan_pipeline` over the four contrasts with the cache layout.
+
+    Args:
+        size: a :class:`~gliofed.preprocessing.Preprocessing` record, or an in-plane size (the default record at that
+            size; default 128, the seed's).
         with_seg: whether the input dict has a ``seg`` path (default True).
         label_convention: how the mask is labelled (default ``brats``: 0/1/2/4; ``brats2023``, ``brats2024``,
             ``msd``: :mod:`gliofed.data.conventions`). A value outside it is a :class:`DataError`.
@@ -164,27 +218,8 @@ def preprocess_pipeline(size: int = 128, with_seg: bool = True, label_convention
         geometry: ``image_affine`` (4 x 4, (d, h, w) voxel -> world mm, RAS) and ``image_spacing`` (mm along
         D, H, W) — see :class:`CacheGeometryd`.
     """
-    volumes = [*MODALITIES, "seg"] if with_seg else list(MODALITIES)
-    spatial = ["image", "seg"] if with_seg else ["image"]
-    steps = [
-        LoadImaged(volumes, reader="NibabelReader", image_only=True),
-        EnsureChannelFirstd(volumes, channel_dim="no_channel"),
-        ValidateCased(volumes, label_convention=label_convention),
-        Orientationd(volumes, axcodes="RAS", labels=None),
-        ConcatItemsd(list(MODALITIES), name="image"),
-        DeleteItemsd(list(MODALITIES)),
-        CropForegroundd(spatial, source_key="image", allow_smaller=True),
-        Resized(["image"], spatial_size=(size, size, -1), mode="area"),
-    ]
-    if with_seg:
-        labels = convention(label_convention).to_class
-        steps += [
-            Resized(["seg"], spatial_size=(size, size, -1), mode="nearest"),
-            MapLabelValued("seg", orig_labels=list(labels), target_labels=list(labels.values())),
-        ]
-    steps += [NormalizeIntensityd("image", nonzero=True, channel_wise=True), FiniteImaged("image"),
-              CacheGeometryd("image"), ToDepthFirstd(spatial)]
-    return Compose(steps)
+    plan = size if isinstance(size, Preprocessing) else Preprocessing(size=int(size))
+    return plan_pipeline(plan, MODALITIES, with_seg=with_seg, label_convention=label_convention)
 
 
 def augment_pipeline(seed: int = 0) -> Compose:

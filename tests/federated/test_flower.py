@@ -1,6 +1,8 @@
 """Flower apps over a real SuperLink and SuperNodes on 127.0.0.1 (the session's shared ``loopback`` federation):
-FedAvg and distillation federation for two rounds, the same payload bytes as the in-process simulator, a failing run,
-a node that drops out, and clean process shutdown."""
+FedAvg and distillation federation for two rounds, the same payload bytes as the in-process simulator, every site's
+validation metrics per round (federated evaluation, under each site's policy) and the device its node config names, a
+SuperNode whose cache was made at another size refusing, a failing run, a node that drops out, and clean process
+shutdown."""
 
 import os
 from pathlib import Path
@@ -54,12 +56,41 @@ def test_two_rounds_over_flower_match_the_simulator(loopback, tiny_cache, tmp_pa
     assert all(not r["excluded"] for r in history["rounds"])
     flower = [(r["bytes_up"], r["bytes_down"]) for r in history["rounds"]]
     assert flower == simulated_bytes(tiny_cache, strategy)
+    held_out = CaseDataset(tiny_cache, split="test", sites=list(SITES), seed=0).index["site"].value_counts()
+    for record in history["rounds"]:  # federated evaluation: each site's metrics on its own held-out cases
+        # upenn's operator allows metrics of one case; brats21's default policy (3 at least) refuses them
+        assert set(record["site_metrics"]) == {"upenn"} and list(record["evaluation_excluded"]) == ["brats21"]
+        assert "refuses the 'evaluate' request" in record["evaluation_excluded"]["brats21"]
+        assert record["site_metrics"]["upenn"]["n_cases"] == held_out["upenn"]
+        assert 0 <= record["site_metrics"]["upenn"]["dice_WT"] <= 1
+    assert {s: d["device"] for s, d in history["sites"].items()} == dict.fromkeys(SITES, "cpu")
+    assert history["preprocessing"]["size"] == 32
+    held_out = CaseDataset(tiny_cache, split="test", sites=list(SITES), seed=0).index["site"].value_counts()
+    for record in history["rounds"]:  # federated evaluation: every site's metrics on its own held-out cases
+        assert set(record["site_metrics"]) == set(SITES) and not record["evaluation_excluded"]
+        assert all(record["site_metrics"][s]["n_cases"] == held_out[s] for s in SITES)
+        assert all(0 <= record["site_metrics"][s]["dice_WT"] <= 1 for s in SITES)
+    assert {s: d["device"] for s, d in history["sites"].items()} == dict.fromkeys(SITES, "cpu")
+    assert history["preprocessing"]["size"] == 32
     model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.safetensors")
     assert checkpoint["extra"]["engine"] == "flower"
+    assert checkpoint["preprocessing"]["size"] == 32  # the sites' caches' record, not a run-config default
+    assert checkpoint["preprocessing"]["size"] == 32  # the sites' caches' record, not a run-config default
     before = initial_model().state_dict()
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]
     assert len(changed) > 10  # trained, not the initial weights
     assert np.all([torch.isfinite(v).all() for v in model.state_dict().values() if v.is_floating_point()])
+
+
+def test_supernodes_whose_caches_were_made_at_another_size_refuse_in_one_sentence(loopback, tmp_path):
+    running = dict(loopback.processes)
+    with pytest.raises(FlowerRunError) as failed:
+        loopback.run({"strategy": "fedavg", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 2, "size": 24,
+                      "connect-timeout": 60, "out-dir": str(tmp_path / "out")}, timeout=240)
+    assert "only 0 of 2 SuperNodes take part" in str(failed.value)
+    assert "was preprocessed with 32x32 in-plane but this federation expects 24x24" in str(failed.value)
+    assert not (tmp_path / "out" / "model.safetensors").exists()
+    assert loopback.processes == running and all(p.poll() is None for p in running.values())
 
 
 def test_a_failing_run_is_reported_and_the_federation_keeps_serving(loopback, tmp_path):

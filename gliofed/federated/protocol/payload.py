@@ -24,13 +24,13 @@ import numpy as np
 
 from gliofed.errors import PayloadError
 from gliofed.fileio import json_default
-from gliofed.vocab import DISTILL_INITS, MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.vocab import DISTILL_INITS, MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
     import torch
 
-__all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
-           "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "MAX_WEIGHT_GROWTH"]
+__all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "SITE_METRICS", "validate", "validate_reply",
+           "state_to_arrays", "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "MAX_WEIGHT_GROWTH"]
 
 
 #: payload kind (:data:`~gliofed.vocab.PAYLOAD_KINDS`) -> field name prefixes it may carry (arrays) and metadata keys
@@ -47,6 +47,8 @@ DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design
     "site_info": {"arrays": (), "meta": ("site", "n_cases", "raw_bytes")},  # what pooling a site's cases moves
+    # the global model's quick metrics on a site's held-out cases (n_cases of them): numbers in [0, 1] or null
+    "site_metrics": {"arrays": (), "meta": ("site", "n_cases", "metrics")},
     "nothing": {"arrays": (), "meta": ("site",)},
 }
 #: payload kind -> metadata keys a reply must carry (the other declared keys are optional)
@@ -56,8 +58,12 @@ REQUIRED_META: dict[str, tuple[str, ...]] = {
     "distilled_set": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     "raw_cases": ("site", "n_cases"),
     "site_info": ("site", "n_cases", "raw_bytes"),
+    "site_metrics": ("site", "n_cases", "metrics"),
     "nothing": ("site",),
 }
+#: the metrics a ``site_metrics`` reply may carry (:func:`gliofed.metrics.quick_metrics`' names): Dice per region and
+#: AUC per marker, each a number in [0, 1] or null (not computable on the site's cases)
+SITE_METRICS: tuple[str, ...] = (*(f"dice_{region}" for region in REGIONS), *(f"auc_{marker}" for marker in MARKERS))
 #: largest ``n_cases`` a site may claim (a weight of 1e30 would replace the global model)
 MAX_N_CASES = 10_000_000
 #: how far a weight of a site's update may reach: this many times the largest magnitude of the same tensor in the
@@ -217,6 +223,8 @@ def _check_meta(payload: Payload) -> None:
         _int_in(meta, "withheld", 0, MAX_SYNTHETIC)
     if "dp" in meta:
         _check_dp(meta["dp"])
+    if "metrics" in meta:
+        _check_metrics(meta["metrics"])
 
 
 #: the keys of a reply's ``dp`` metadata and their types
@@ -240,6 +248,18 @@ def _check_dp(dp) -> None:
             raise PayloadError(f"payload metadata 'dp.{key}' = {_short(value)} is not a non-negative number.")
     if not _is_real(dp["delta"]) or not 0 < float(dp["delta"]) < 1:
         raise PayloadError(f"payload metadata 'dp.delta' = {_short(dp['delta'])} is not in (0, 1).")
+
+
+def _check_metrics(metrics) -> None:
+    """A ``site_metrics`` reply's metrics: a mapping of :data:`SITE_METRICS` names to numbers in [0, 1] or null."""
+    if not isinstance(metrics, Mapping):
+        raise PayloadError(f"payload metadata 'metrics' = {_short(metrics)} is not a mapping of metric names.")
+    for name, value in metrics.items():
+        if name not in SITE_METRICS:
+            raise PayloadError(f"payload metric {_short(name)} is not one of {', '.join(SITE_METRICS)}.")
+        if value is not None and (not _is_real(value) or not math.isfinite(float(value))
+                                  or not 0.0 <= float(value) <= 1.0):
+            raise PayloadError(f"payload metric {name!r} = {_short(value)} is not a number in [0, 1] or null.")
 
 
 def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:

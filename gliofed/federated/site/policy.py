@@ -167,6 +167,7 @@ class SitePolicy:
         if task == "train":
             found += _bounded("epochs", settings.get("epochs", 1), 0, self.max_epochs)
             found += _bounded("mu", settings.get("mu", 0.0), 0.0, 1e3, integer=False)
+            found += _schedule_violations(settings.get("schedule"))
         found += _bounded("batch_size", train.get("batch_size", 1), 1, self.max_batch_size)
         found += _bounded("num_workers", train.get("num_workers", 0), 0, self.max_workers)
         found += _bounded("lr", train.get("lr", 1e-3), 0.0, 10.0, integer=False, open_low=True)
@@ -200,7 +201,12 @@ class SitePolicy:
     def privacy_violations(self, task: str, dp, epsilon_after: float | None) -> list[str]:
         """Every way a request's differential privacy (``dp``, a :class:`~gliofed.dp.DPSettings`) oversteps this
         policy, given the epsilon this site would have spent after answering it (``epsilon_after``; None when the
-        request asks for no DP); empty when allowed. Only ``train`` and ``distill`` release anything learnt."""
+        request asks for no DP); empty when allowed. Only ``train`` and ``distill`` release anything learnt from the
+        training cases; ``evaluate`` releases metrics of the held-out cases without noise, which a site that requires
+        DP does not send."""
+        if task == "evaluate" and self.require_dp:
+            return ["this site requires differential privacy and federated evaluation releases its held-out cases' "
+                    "metrics without it"]
         if task not in ("train", "distill"):
             return []
         if not dp.enabled:
@@ -233,6 +239,21 @@ class SitePolicy:
         if nbytes > self.max_bytes:
             raise PolicyError(f"site {site} refuses to send a reply of {nbytes:,} bytes (its limit is "
                               f"{self.max_bytes:,} bytes).")
+
+
+#: most rounds a request's schedule may name
+MAX_ROUNDS = 1_000_000
+
+
+def _schedule_violations(schedule) -> list[str]:
+    """A ``train`` request's ``schedule`` (where the round stands in the run) must be ``{"round": r, "rounds": n}``
+    with 1 <= r <= n, or absent."""
+    if schedule is None:
+        return []
+    if not isinstance(schedule, Mapping) or set(schedule) != {"round", "rounds"}:
+        return [f"schedule {str(schedule)[:60]!r} is not {{round, rounds}}"]
+    found = _bounded("schedule rounds", schedule["rounds"], 1, MAX_ROUNDS)
+    return found or _bounded("schedule round", schedule["round"], 1, schedule["rounds"])
 
 
 def _coerce(name: str, default, value):

@@ -39,6 +39,27 @@ def _declared_model_bytes(model_config: dict) -> int:
     return sum(t.numel() * t.element_size() for t in network.state_dict().values())
 
 
+def _held_out(cache_dir, members: list[str], modalities, seed: int, external_site: str | None) -> CaseDataset | None:
+    """The site's held-out cases (its ``test`` split), or None when it has none."""
+    from gliofed.errors import ConfigError
+
+    try:
+        return CaseDataset(cache_dir, split="test", sites=members, modalities=modalities, seed=seed,
+                           external_site=external_site)
+    except ConfigError:  # no test case at this site
+        return None
+
+
+def _schedule(settings: dict) -> tuple[int, int] | None:
+    """(epochs of the run trained before this round, epochs of the whole run) from a ``train`` request's ``schedule``
+    (``{"round", "rounds"}``, checked by the site's policy), or None when the request carries none."""
+    schedule = settings.get("schedule")
+    if not schedule:
+        return None
+    epochs = int(settings["epochs"])
+    return (int(schedule["round"]) - 1) * epochs, int(schedule["rounds"]) * epochs
+
+
 class Site:
     """A federated site over its training cases in a preprocessed cache.
 
@@ -72,6 +93,7 @@ class Site:
         #: every differentially private release this site has sent, over all requests (its accountant)
         self.__spent = Accountant()
         self.__cache_dir = Path(cache_dir)
+        self.__held_out = _held_out(cache_dir, list(members or [name]), modalities, seed, external_site)
         self.__batches: TrainBatches | None = None
         self.__network: tuple[str, MultiTaskUNet] | None = None
 
@@ -104,15 +126,17 @@ class Site:
 
         Args:
             task: ``"train"`` (local training from the global model: FedAvg, FedProx, local-only, the centralized
-                data centre), ``"distill"`` (soft labels + condensed synthetic set) or ``"describe"`` (the number
-                and bytes of its training cases: what pooling them would transfer).
+                data centre), ``"distill"`` (soft labels + condensed synthetic set), ``"describe"`` (the number
+                and bytes of its training cases: what pooling them would transfer) or ``"evaluate"`` (the model's
+                quick metrics on the site's held-out cases: its ``test`` split; federated evaluation).
             model: the global model (``model`` payload).
             settings: ``train`` (TrainConfig as dict), ``epochs``, ``seed``, ``mu`` (FedProx),
                 ``distill`` (DistillSettings as dict).
 
         Returns:
             ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
-            ``distilled_set`` or ``site_info`` payload.
+            ``distilled_set``, ``site_info`` or ``site_metrics`` (meta ``n_cases``: held-out cases, ``metrics``:
+            Dice per region and AUC per marker, null where not computable) payload.
 
         Raises:
             PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
@@ -123,6 +147,9 @@ class Site:
             model_bytes = max(model_bytes, _declared_model_bytes(settings["model_config"]))
         self.__policy.check_request(self.name, task, settings or {}, model_bytes)
         dp, planned = self._plan_privacy(task, settings or {})
+        if task == "evaluate" and self.n_held_out < self.__policy.min_group:
+            raise PolicyError(f"site {self.name} refuses the 'evaluate' request: it has {self.n_held_out} held-out "
+                              f"case(s), fewer than the {self.__policy.min_group} any summary it sends must pool.")
         if task == "distill" and self.n_cases < self.__policy.min_group:
             raise PolicyError(f"site {self.name} refuses the 'distill' request: it has {self.n_cases} training case(s),"
                               f" fewer than the {self.__policy.min_group} any summary it sends must pool.")
@@ -180,6 +207,8 @@ class Site:
         dp = dp or DPSettings()
         if task == "train":
             return self._train(network, config, settings, seed, dp)
+        if task == "evaluate":
+            return self._evaluate(network, config)
         if task == "distill":
             return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name,
                             min_group=self.__policy.min_group, dp=dp if dp.mechanism == "gaussian" else None)
@@ -227,16 +256,17 @@ class Site:
                 return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
         config = config.replace(seed=seed)
-        epochs = int(settings["epochs"])
+        epochs, schedule = int(settings["epochs"]), _schedule(settings)
         if dp.mechanism == "dp_sgd":  # per-case clipped steps read the cases one by one, augmented per case
             self.__cases.transform = augment_pipeline(seed) if config.augment else None
             try:
-                history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False, dp=dp)
+                history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False, dp=dp,
+                              schedule=schedule)
             finally:
                 self.__cases.transform = None
         else:
             history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False,
-                          batches=self._batches(config))
+                          batches=self._batches(config), schedule=schedule)
         network.zero_grad(set_to_none=True)  # the weights leave; the gradients need not wait for the next round
         if before is not None:
             network.cpu()
@@ -250,6 +280,25 @@ class Site:
         return Payload("weights_update", state_to_arrays(network),
                        {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
+
+    @property
+    def n_held_out(self) -> int:
+        """Number of held-out cases (the site's ``test`` split) that federated evaluation scores."""
+        return 0 if self.__held_out is None else len(self.__held_out)
+
+    def _evaluate(self, network: MultiTaskUNet, config: TrainConfig) -> Payload:
+        """The global model's quick metrics (:func:`gliofed.metrics.quick_metrics`: median Dice per region, AUC per
+        marker) on the held-out cases; nothing per case leaves."""
+        import math
+
+        from gliofed.engine import predict
+        from gliofed.metrics import quick_metrics
+
+        predictions = predict(network, self.__held_out, device=config.device, progress=False, hd95=False)
+        network.cpu()
+        metrics = {k: (None if not math.isfinite(v) else min(max(float(v), 0.0), 1.0))
+                   for k, v in quick_metrics(predictions).items()}
+        return Payload("site_metrics", {}, {"site": self.name, "n_cases": self.n_held_out, "metrics": metrics})
 
     @staticmethod
     def _clip_and_noise(network: torch.nn.Module, before: dict, dp: DPSettings, seed: int) -> None:

@@ -114,7 +114,7 @@ class DistillFederation(Strategy):
         current = [self._unpack(payload, device) for _, payload in sorted(replies.items())]
         earlier = [self._unpack(payload, device) for _, _, payload in self.memory]
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.server_lr)
-        loss_fn = MultiTaskLoss()
+        loss_fn = MultiTaskLoss(seg_output=getattr(model, "config", {}).get("seg_output", "classes"))
         rng = np.random.default_rng([self.seed, rnd])
         model.train()
         if self.settings.freeze_bn:
