@@ -21,9 +21,10 @@ __all__ = ["FLOWER_COMPONENTS", "FLOWER_RUN_CONFIG", "flower_app", "bytes_per_ro
 FLOWER_COMPONENTS = {"serverapp": "gliofed.federated.server.server_app:app",
                      "clientapp": "gliofed.federated.site.client_app:app"}
 #: the run config defaults (as in the repository's ``[tool.flwr.app.config]``); ``--run-config`` overrides them
-FLOWER_RUN_CONFIG = {"strategy": "fedavg", "num-server-rounds": 3, "local-epochs": 1, "mu": 0.01, "preset": "workshop",
-                     "seed": 0, "modalities": "t1,t1ce,t2,flair", "size": 128, "min-nodes": 2, "min-sites": 1,
-                     "round-timeout": 600, "connect-timeout": 120, "out-dir": "runs/flower", "distill": ""}
+FLOWER_RUN_CONFIG = {"strategy": "fedavg", "num-server-rounds": 3, "local-epochs": 1, "mu": 0.01, "aggregation": "mean",
+                     "preset": "workshop", "seed": 0, "modalities": "t1,t1ce,t2,flair", "size": 0, "min-nodes": 2,
+                     "min-sites": 1, "round-timeout": 600, "connect-timeout": 120, "out-dir": "runs/flower",
+                     "distill": "", "dp": "", "norm": "batch", "federated-evaluation": True}
 
 
 def _toml(value) -> str:
