@@ -24,6 +24,21 @@ Tumour phenotypes (literature-grounded; strength scaled by ``difficulty``)
     A fraction of "atypical" subjects (growing with ``difficulty``) carry the phenotype of another
     profile, so no marker is perfectly predictable.
 
+Cue families (``cues``)
+    * ``"intensity"`` (default, the cohort above): markers shift tissue intensities (e.g. the T2-FLAIR
+      mismatch, calcification, enhancement strength) and lesion sizes, and each site has its own marker
+      prevalence. Per-case summaries (per-class intensity means and spreads, class fractions, tumour centre)
+      predict the markers well, and so does the site alone.
+    * ``"morphology"`` (the harder cohort): every lesion class has the same intensity table and the same
+      relative texture amplitude in every subject, lesion sizes and the enhancing share of the core are drawn
+      from one distribution, and tumours sit in deep white matter whatever their markers. The markers differ
+      only in **shape and texture**: grade in how the enhancing part is arranged (IV a rim around the core, III
+      scattered patches, II one compact nodule; the same share of the core each time), IDH in the orientation
+      of the lesion texture (mutant: streaks along x, wildtype: along y; same amplitude and power), 1p/19q in
+      a lobulated core boundary, MGMT (weakly) in a ragged oedema boundary; boundaries are moved at a fixed
+      volume. All sites draw markers from one shared mix (:data:`SHARED_MIX`), so prevalence does not depend
+      on the site; label availability, masks and scanners stay per site.
+
 Sites (:data:`SITES`) follow the five institutions of the seed's Table 2: case counts, grade mix,
 marker prevalence, which labels are recorded, whether masks exist (REMBRANDT has none), and a scanner
 profile each (intensity gain/offset per contrast, bias field, Rician noise, slice thickness, storage
@@ -59,6 +74,8 @@ from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
 from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = [
+    "CUES",
+    "SHARED_MIX",
     "ScannerProfile",
     "SiteProfile",
     "SITES",
@@ -151,6 +168,14 @@ SITES: tuple[SiteProfile, ...] = (
     ),
 )
 
+
+#: cue families :func:`make_cohort` accepts (see the module docstring)
+CUES = ("intensity", "morphology")
+
+#: the marker mix every site draws from in the ``"morphology"`` cohort (prevalence decoupled from the site):
+#: grades balanced, IDH mutation more common in lower grades, co-deletion only in IDH-mutant grade II/III
+SHARED_MIX = SiteProfile("shared", "all sites (morphology cohort)", 0, (1 / 3, 1 / 3, 1 / 3), (0.65, 0.5, 0.25), 0.5,
+                         0.45, {})
 
 #: brain bounding box of the MNI152 1 mm template (voxels), with a margin; computed once
 _MARGIN_VOX = 4
@@ -398,8 +423,120 @@ def _segmentation(regions: dict[str, np.ndarray]) -> np.ndarray:
     return seg
 
 
+# ----------------------------------------------------------------------------------------------------
+# The "morphology" cohort: the same intensities for every marker, cues in shape and texture only
+# ----------------------------------------------------------------------------------------------------
+
+#: one intensity table per lesion class (t1, t1ce, t2, flair), whatever the markers
+_MORPHOLOGY_LESION = {
+    "oedema": (0.62, 0.62, 0.90, 0.95),
+    "core": (0.45, 0.47, 0.94, 0.72),       # label 1
+    "enhancing": (0.55, 1.50, 0.75, 0.85),  # label 4
+}
+#: relative texture amplitude inside every lesion class (the class's spread is this x its mean)
+_MORPHOLOGY_TEXTURE = 0.15
+#: texture correlation lengths (mm): long along one in-plane axis, short along the other (IDH decides which)
+_STREAK_MM = (10.0, 3.0, 4.0)
+
+
+def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
+    """Shape and texture cues of a subject (``"morphology"`` cohort); sizes are drawn alike for every profile."""
+    shown = dict(truth)
+    if rng.random() < 0.05 + 0.3 * difficulty:  # atypical presentation, as in the default cohort
+        shown["grade"] = int(np.clip(shown["grade"] + rng.choice([-1, 1]), 0, 2))
+    if rng.random() < 0.03 + 0.2 * difficulty:
+        shown["idh"] = 1 - shown["idh"]
+        shown["codeletion"] = 0
+    strength = float(np.clip(rng.normal(1.5 - difficulty, 0.15 + 0.2 * difficulty), 0.1, 2.0))
+    return {
+        "radius_mm": float(rng.uniform(14, 24)),
+        "oedema_mm": float(rng.uniform(4, 16)),
+        "enhancing_share": float(rng.uniform(0.2, 0.35)),
+        "arrangement": ("nodule", "patchy", "ring")[shown["grade"]],
+        "streaks_along_x": float(bool(shown["idh"])),
+        "lobulation": 0.08 + 0.32 * strength * bool(shown["codeletion"]),
+        "ragged": 0.2 + 0.25 * strength * bool(truth["mgmt"]),
+    }
+
+
+def _smallest(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` voxels of ``allowed`` with the smallest ``score`` (a region of a fixed volume)."""
+    out = np.zeros(score.shape, bool)
+    candidates = np.flatnonzero(allowed)
+    if count <= 0 or not len(candidates):
+        return out
+    chosen = candidates[np.argsort(score.reshape(-1)[candidates], kind="stable")[: min(count, len(candidates))]]
+    out.reshape(-1)[chosen] = True
+    return out
+
+
+def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
+                               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Core, oedema and enhancing regions whose volumes do not depend on the markers; their arrangement does."""
+    shape = maps.shape[1:]
+    brain = maps.sum(0) > 0.5
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+    allowed = (depth > pheno["radius_mm"] + 4) & (maps[0] > 0.4)  # deep white matter, for every profile
+    if not allowed.any():
+        allowed = depth >= np.percentile(depth[brain], 90)
+    candidates = np.argwhere(allowed)
+    centre = candidates[rng.integers(len(candidates))]
+    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)], indexing="ij")
+    axes = rng.uniform(0.75, 1.25, 3)
+    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    rotated = [sum(q[i, j] * grids[j] for j in range(3)) / axes[i] for i in range(3)]
+    r = np.sqrt(sum(g**2 for g in rotated)).astype(np.float32) / pheno["radius_mm"]
+    tissue = (maps[0] + maps[1]) > 0.35
+    # the boundary moves (lobulated for 1p/19q, ragged oedema for MGMT) at the volume of the plain ellipsoid
+    n_core = max(8, int(((r < 1.0) & brain).sum()))
+    core = _smallest(r + pheno["lobulation"] * _smooth_noise(shape, spacing, 10, rng), brain, n_core)
+    ratio = 1.0 + pheno["oedema_mm"] / pheno["radius_mm"]
+    room = brain & tissue & ~core
+    oedema = _smallest(r + pheno["ragged"] * _smooth_noise(shape, spacing, 8, rng), room,
+                       int(((r < ratio) & (r >= 1.0) & brain & tissue).sum()))  # the plain shell's volume
+    n_enhancing = int(round(pheno["enhancing_share"] * core.sum()))
+    if pheno["arrangement"] == "ring":  # a rim: the core voxels nearest its boundary
+        score = ndimage.distance_transform_edt(core, sampling=spacing) + 0.01 * rng.random(shape)
+    elif pheno["arrangement"] == "patchy":  # scattered patches
+        score = -_smooth_noise(shape, spacing, 6, rng)
+    else:  # one compact nodule around a core voxel
+        inner = np.argwhere(core)
+        seed = inner[rng.integers(len(inner))]
+        offsets = np.meshgrid(*[(np.arange(n) - c) * sp for n, c, sp in zip(shape, seed, spacing)], indexing="ij")
+        score = np.sqrt(sum(g**2 for g in offsets))
+    enhancing = _smallest(score, core, n_enhancing)
+    return {"oedema": oedema, "core": core & ~enhancing, "enhancing": enhancing}
+
+
+def _streaks(shape: tuple[int, ...], spacing: np.ndarray, along_x: bool, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean Gaussian texture stretched along x (``along_x``) or along y: the same power either way."""
+    long_mm, short_mm, depth_mm = _STREAK_MM
+    sigma_mm = np.array((long_mm, short_mm, depth_mm) if along_x else (short_mm, long_mm, depth_mm))
+    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma_mm / spacing, mode="wrap").astype(np.float32)
+
+
+def _render_morphology(maps: np.ndarray, regions: dict[str, np.ndarray], pheno: dict[str, float],
+                       spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free intensities: every lesion class gets its one table value times ``1 + a * texture``, the texture
+    standardised inside that class (so each class's mean and spread are the same in every subject, whatever its
+    markers); sharp class boundaries (no marker-dependent blur)."""
+    jitter = lambda values: np.array(values) * rng.normal(1.0, 0.04, 4)  # noqa: E731
+    image = sum(maps[i][None] * jitter(_HEALTHY[t])[:, None, None, None]
+                for i, t in enumerate(("wm", "gm", "csf")))
+    texture = _streaks(maps.shape[1:], spacing, bool(pheno["streaks_along_x"]), rng)
+    for name, mask in regions.items():
+        if not mask.any():
+            continue
+        inside = texture[mask]
+        spread = float(inside.std())
+        standard = (inside - inside.mean()) / spread if spread > 0 else np.zeros_like(inside)
+        values = np.array(_MORPHOLOGY_LESION[name], np.float32)
+        image[:, mask] = values[:, None] * (1 + _MORPHOLOGY_TEXTURE * standard)[None]
+    return np.clip(image, 0, None).astype(np.float32)
+
+
 def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficulty: float,
-                       seed: int | tuple[int, ...]) -> dict:
+                       seed: int | tuple[int, ...], cues: str = "intensity") -> dict:
     """Generate one subject in memory (RAS voxel order).
 
     Args:
@@ -407,19 +544,31 @@ def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficult
         shape: volume shape (x, y, z).
         difficulty: 0 (strong cues, little noise) .. 1 (weak cues, noisy, many atypical subjects).
         seed: anything :func:`numpy.random.default_rng` takes.
+        cues: ``"intensity"`` (default) or ``"morphology"`` (see the module docstring: the markers are drawn from
+            :data:`SHARED_MIX` whatever the site, and show in shape and texture only).
 
     Returns:
         dict with ``images`` int16 (4, x, y, z) in contrast order t1, t1ce, t2, flair; ``seg`` uint8
         (x, y, z) with BraTS values; ``spacing`` (mm); ``truth`` marker codes; ``age``; ``sex``.
     """
+    if cues not in CUES:
+        raise ConfigError(f"cues {cues!r} is not one of {', '.join(CUES)}.")
     rng = np.random.default_rng(seed)
     template, spacing = _anatomy(tuple(shape))
     maps = _random_warp(template, spacing, rng)
-    truth = _draw_profile(site, rng)
-    pheno = _phenotype(truth, difficulty, rng)
-    regions = _tumour_regions(maps, spacing, pheno, rng)
+    if cues == "morphology":
+        truth = _draw_profile(SHARED_MIX, rng)
+        pheno = _phenotype_morphology(truth, difficulty, rng)
+        regions = _tumour_regions_morphology(maps, spacing, pheno, rng)
+        image = _render_morphology(maps, regions, pheno, spacing, rng)
+        empty = np.zeros_like(regions["core"])
+        regions = {**regions, "necrosis": empty, "calcification": empty}
+    else:
+        truth = _draw_profile(site, rng)
+        pheno = _phenotype(truth, difficulty, rng)
+        regions = _tumour_regions(maps, spacing, pheno, rng)
+        image = _render(maps, regions, pheno, spacing, rng)
     brain = (maps.sum(0) > 0.5) | regions["core"]
-    image = _render(maps, regions, pheno, spacing, rng)
     mean_age = (40, 46, 62)[truth["grade"]] - 6 * truth["idh"]
     return {
         "images": _scanner(image, brain, site.scanner, difficulty, rng),
@@ -455,15 +604,15 @@ def _site_shape(site: SiteProfile, preset: CohortPreset) -> tuple[int, int, int]
 
 
 def _write_subject(task: tuple) -> dict:
-    site, shape, difficulty, seed, out_dir, subject_id = task
-    subject = synthesize_subject(site, shape, difficulty, seed)
+    site, shape, difficulty, seed, out_dir, subject_id, cues, all_masks = task
+    subject = synthesize_subject(site, shape, difficulty, seed, cues)
     affine = _storage_affine(subject["spacing"], shape, site.scanner.orientation)
     flip = site.scanner.orientation == "LAS"
     folder = Path(out_dir) / site.name / subject_id
     folder.mkdir(parents=True, exist_ok=True)
     row = {"subject_id": subject_id, "dataset": "synthetic", "site": site.name}
     volumes = dict(zip(MODALITIES, subject["images"]))
-    if site.has_masks:
+    if site.has_masks or all_masks:
         volumes["seg"] = subject["seg"]
     for key in (*MODALITIES, "seg"):
         if key not in volumes:
@@ -486,13 +635,15 @@ def _write_subject(task: tuple) -> dict:
 
 def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, difficulty: float = 0.5,
                 sites: tuple[str, ...] | None = None, cases_per_site: int | None = None, workers: int = 1,
-                test_size: float = 0.3, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
+                test_size: float = 0.3, progress: bool = True, verbose: bool = True,
+                cues: str = "intensity", all_masks: bool = False) -> pd.DataFrame:
     """Generate the synthetic multi-site cohort and its manifest.
 
     Args:
         out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
             ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training) and
-            ``cohort.json`` (the preset, seed, difficulty and subjects per site it was made with; written last).
+            ``cohort.json`` (the preset, seed, difficulty, cues and subjects per site it was made with; written
+            last).
         preset: ``tiny``, ``workshop`` or ``paper`` (:mod:`gliofed.presets`; default ``workshop``).
         seed: reproduces the cohort exactly (default 0).
         difficulty: 0..1, strength of the image cues and noise (default 0.5).
@@ -501,12 +652,19 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
         workers: processes (default 1); the result does not depend on it.
         test_size: fraction of each site's subjects put in the ``test`` split (default 0.3).
         progress: show a progress bar. verbose: print the summary.
+        cues: ``"intensity"`` (default) or ``"morphology"``: the harder cohort, whose markers keep every lesion
+            class's intensity mean and spread and show in shape and texture only, at a prevalence shared by all
+            sites (see the module docstring).
+        all_masks: write every subject's mask, also at sites that distribute none (REMBRANDT): for a test
+            cohort scored on every case (default False).
 
     Returns:
         the manifest (memory encoding), also written to ``out_dir/manifest.csv``.
     """
     if not 0.0 <= difficulty <= 1.0:
         raise ConfigError(f"difficulty {difficulty} is outside 0..1.")
+    if cues not in CUES:
+        raise ConfigError(f"cues {cues!r} is not one of {', '.join(CUES)}.")
     chosen = [s for s in SITES if sites is None or s.name in sites]
     unknown = set(sites or ()) - {s.name for s in SITES}
     if unknown:
@@ -525,7 +683,8 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
         n = config.cases_per_site or site.n_cases
         shape = _site_shape(site, config)
         for i in range(n):
-            tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}"))
+            tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}",
+                          cues, all_masks))
     start = time.perf_counter()
     rows = process_map(_write_subject, tasks, workers, desc=f"synth {preset}", unit="subject", progress=progress,
                        chunksize=2)
@@ -536,11 +695,11 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     write_manifest(manifest, out_dir / "manifest.csv")
     truth.to_csv(out_dir / "truth.csv", index=False)
     # the recipe this cohort was made for: `gliofed train` follows it when --preset is not given
-    record = {"preset": preset, "seed": seed, "difficulty": difficulty,
+    record = {"preset": preset, "seed": seed, "difficulty": difficulty, "cues": cues, "all_masks": all_masks,
               "subjects_per_site": {str(k): int(v) for k, v in manifest.groupby("site").size().items()}}
     atomic_write_text(out_dir / COHORT_FILE, json.dumps(record, indent=1) + "\n")  # last: the cohort is complete
     if verbose:
         print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
-              f"(preset {preset}, seed {seed}, difficulty {difficulty}).")
+              f"(preset {preset}, seed {seed}, difficulty {difficulty}, cues {cues}).")
         print(site_heterogeneity(manifest).to_string())
     return manifest

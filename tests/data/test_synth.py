@@ -124,3 +124,121 @@ def test_bad_arguments_raise_config_errors(tmp_path):
         make_cohort(tmp_path, preset="tiny", sites=("mars",))
     with pytest.raises(ConfigError, match="difficulty 2"):
         make_cohort(tmp_path, preset="tiny", difficulty=2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The "morphology" cohort: markers in shape and texture only, prevalence shared by the sites
+# ----------------------------------------------------------------------------------------------------
+
+_CLASS_CODES = (0, 1, 2, 4)  # BraTS values: background brain, core, oedema, enhancing
+
+
+def _class_summaries(cues: str, n: int = 100, shape=(32, 36, 10)) -> pd.DataFrame:
+    """Per subject: true markers and, per lesion class and contrast, the voxel mean and spread after z-scoring the
+    brain (as preprocessing does)."""
+    rows = []
+    for i in range(n):
+        subject = synthesize_subject(SITES[i % len(SITES)], shape, 0.5, (41, i), cues)
+        image, seg = subject["images"].astype(float), subject["seg"]
+        brain = image.sum(0) > 0
+        z = (image - image[:, brain].mean(1)[:, None, None, None]) / image[:, brain].std(1)[:, None, None, None]
+        row = dict(subject["truth"])
+        for k in _CLASS_CODES:
+            chosen = (seg == k) & brain
+            for c in range(4):
+                row[f"mean_{k}_{c}"] = z[c][chosen].mean() if chosen.sum() > 1 else np.nan
+                row[f"sd_{k}_{c}"] = z[c][chosen].std() if chosen.sum() > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _smallest_p(table: pd.DataFrame) -> tuple[float, int]:
+    """Smallest Welch p-value over markers (grade: IV against II/III) and summary columns; number of tests."""
+    from scipy import stats
+
+    features = [c for c in table if c.startswith(("mean_", "sd_"))]
+    groups = {"idh": table["idh"] == 1, "codeletion": table["codeletion"] == 1, "mgmt": table["mgmt"] == 1,
+              "grade": table["grade"] == 2}
+    p_values = []
+    for chosen in groups.values():
+        for feature in features:
+            a, b = table.loc[chosen, feature].dropna(), table.loc[~chosen, feature].dropna()
+            if len(a) > 2 and len(b) > 2:
+                p_values.append(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(np.min(p_values)), len(p_values)
+
+
+def test_morphology_cues_keep_every_lesion_class_intensity_mean_and_spread_equal_between_marker_classes():
+    """The harder cohort's markers do not move any tissue class's mean or spread beyond noise (Bonferroni at 5 %
+    over every marker, class, contrast and statistic), whereas the default cohort's do, by far."""
+    morphology_p, tests = _smallest_p(_class_summaries("morphology"))
+    intensity_p, _ = _smallest_p(_class_summaries("intensity"))
+    assert morphology_p > 0.05 / tests
+    assert intensity_p < 1e-6
+
+
+def test_morphology_prevalence_does_not_depend_on_the_site():
+    """Every site draws its markers from the shared mix (a chi-square test of independence finds nothing), whereas
+    the default cohort's sites differ in grade mix by design."""
+    from scipy import stats
+
+    def truths(cues):
+        return pd.DataFrame([{"site": site.name, **synthesize_subject(site, (16, 18, 6), 0.5, (5, s, i), cues)["truth"]}
+                             for s, site in enumerate(SITES) for i in range(30)])
+
+    shared, default = truths("morphology"), truths("intensity")
+    for marker in ("grade", "idh", "codeletion", "mgmt"):
+        assert stats.chi2_contingency(pd.crosstab(shared["site"], shared[marker])).pvalue > 0.01
+    assert stats.chi2_contingency(pd.crosstab(default["site"], default["grade"])).pvalue < 1e-6
+
+
+def _morphology_regions(seed: int, **pheno):
+    from gliofed.data.synth import _anatomy, _tumour_regions_morphology
+
+    maps, spacing = _anatomy((48, 56, 24))
+    base = {"radius_mm": 20.0, "oedema_mm": 8.0, "enhancing_share": 0.3, "arrangement": "ring",
+            "streaks_along_x": 1.0, "lobulation": 0.08, "ragged": 0.2}
+    return _tumour_regions_morphology(maps, spacing, {**base, **pheno}, np.random.default_rng(seed))
+
+
+def test_morphology_grade_shows_in_how_the_enhancing_part_is_arranged_not_in_its_size():
+    ring, nodule = _morphology_regions(3, arrangement="ring"), _morphology_regions(3, arrangement="nodule")
+    core = ring["core"] | ring["enhancing"]
+    assert np.array_equal(core, nodule["core"] | nodule["enhancing"])  # same lesion, same enhancing share
+    assert ring["enhancing"].sum() == nodule["enhancing"].sum() > 0
+    rim = core & ~ndimage.binary_erosion(core)  # core voxels touching the outside
+    assert (ring["enhancing"] & rim).sum() > 0.8 * ring["enhancing"].sum()  # a rim
+    assert ndimage.label(nodule["enhancing"])[1] == 1  # one compact nodule
+
+
+def test_morphology_lobulated_and_ragged_boundaries_keep_the_lesion_volumes():
+    smooth, lobulated = _morphology_regions(4), _morphology_regions(4, lobulation=0.4, ragged=0.45)
+    for name in ("core", "oedema", "enhancing"):
+        assert smooth[name].sum() == lobulated[name].sum() > 0
+    assert not np.array_equal(smooth["core"], lobulated["core"])
+
+
+def test_morphology_idh_texture_differs_in_orientation_not_in_power():
+    from gliofed.data.synth import _streaks
+
+    spacing = np.array([2.0, 2.0, 4.0])
+
+    def lag_correlation(field, axis, lag=4):  # 8 mm
+        a, b = np.moveaxis(field, axis, 0)[:-lag], np.moveaxis(field, axis, 0)[lag:]
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    along_x = _streaks((64, 64, 8), spacing, True, np.random.default_rng(0))
+    along_y = _streaks((64, 64, 8), spacing, False, np.random.default_rng(0))
+    assert lag_correlation(along_x, 0) > lag_correlation(along_x, 1) + 0.3
+    assert lag_correlation(along_y, 1) > lag_correlation(along_y, 0) + 0.3
+    assert along_x.std() == pytest.approx(along_y.std(), rel=0.02)
+
+
+def test_morphology_cohort_is_recorded_and_a_test_cohort_can_carry_every_mask(tmp_path):
+    make_cohort(tmp_path, preset="tiny", seed=1, sites=("rembrandt",), cases_per_site=2, cues="morphology",
+                all_masks=True, progress=False, verbose=False)
+    record = json.loads((tmp_path / "cohort.json").read_text())
+    assert record["cues"] == "morphology" and record["all_masks"] is True
+    assert (read_manifest(tmp_path / "manifest.csv")["seg"] != "").all()  # REMBRANDT distributes none otherwise
+    with pytest.raises(ConfigError, match="cues 'colour'"):
+        make_cohort(tmp_path / "x", preset="tiny", cues="colour")
