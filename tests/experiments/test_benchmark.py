@@ -1,0 +1,125 @@
+"""gliofed.experiments.benchmark (compute metering, seed-level tables) and benchmarks/bench_comparison.py (tasks,
+resume, merge)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gliofed.experiments import benchmark
+from gliofed.model import MultiTaskUNet
+
+T4 = 2.7764451051977934  # Student t, 97.5 %, 4 degrees of freedom
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_comparison.py"
+_spec = importlib.util.spec_from_file_location("bench_comparison", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_comparison"] = bench  # dataclasses look their module up
+_spec.loader.exec_module(bench)
+
+
+def _small_model() -> MultiTaskUNet:
+    torch.manual_seed(0)
+    return MultiTaskUNet(features=(4, 8, 16, 32), hidden=8)
+
+
+def test_compute_meter_counts_voxels_forward_and_three_times_under_autograd():
+    model = _small_model()
+    with benchmark.ComputeMeter() as meter:
+        with torch.no_grad():
+            model(torch.zeros(2, 4, 8, 16, 16))
+        model(torch.zeros(1, 4, 8, 16, 16))["seg"].sum().backward()  # a training step's forward
+    model(torch.zeros(1, 4, 8, 16, 16))  # after the meter: not counted
+    assert meter.forward_voxels == 2 * 8 * 16 * 16 and meter.grad_voxels == 8 * 16 * 16
+    assert meter.voxel_passes == 2 * 2048 + 3 * 2048
+
+
+def test_compute_meter_counts_a_frozen_network_under_autograd_when_its_input_needs_gradients():
+    model = _small_model().requires_grad_(False)
+    images = torch.zeros(3, 4, 4, 8, 8, requires_grad=True)  # condensation: gradients reach the input only
+    with benchmark.ComputeMeter() as meter:
+        model(images)
+        model(torch.zeros(3, 4, 4, 8, 8))  # nothing needs gradients: a plain forward
+    assert meter.grad_voxels == 3 * 256 and meter.forward_voxels == 3 * 256
+
+
+def _per_seed(b_values, differences, arm_a="a", arm_b="b"):
+    rows = []
+    for seed, (b, d) in enumerate(zip(b_values, differences)):
+        rows.append({"seed": seed, "arm": arm_b, "labels": "truth", "dice_WT": b})
+        rows.append({"seed": seed, "arm": arm_a, "labels": "truth", "dice_WT": b + d})
+    return pd.DataFrame(rows)
+
+
+def test_seed_summary_is_the_t_interval_over_seeds_per_arm_and_metric():
+    table = benchmark.seed_summary(_per_seed([1, 2, 3, 4, 5], [0] * 5), metrics=["dice_WT"]).set_index("arm")
+    assert table.loc["b", "n"] == 5 and table.loc["b", "mean"] == pytest.approx(3)
+    assert table.loc["b", "lo"] == pytest.approx(3 - T4 * math.sqrt(2.5 / 5))
+
+
+def test_seed_differences_pair_seeds_and_give_known_interval_ratio_and_verdict():
+    per_seed = _per_seed([0.5] * 5, [0.01, 0.02, 0.03, 0.04, 0.05])
+    per_seed = pd.concat([per_seed, pd.DataFrame([{"seed": 9, "arm": "a", "labels": "truth", "dice_WT": 0.0}])])
+    row = benchmark.seed_differences(per_seed, [("a", "b"), ("a", "absent")], metrics=["dice_WT"]).iloc[0]
+    assert row["n"] == 5  # seed 9 has no partner
+    assert row["diff"] == pytest.approx(0.03) and row["lo"] == pytest.approx(0.03 - T4 * math.sqrt(2.5e-4 / 5))
+    assert row["verdict"] == "a > b" and row["p"] < 0.05
+    # b is constant: Fieller's interval is the t-interval of a over b's mean
+    assert row["ratio"] == pytest.approx(0.53 / 0.5) and row["ratio_lo"] == pytest.approx((0.53 - (0.03 - row["lo"]))
+                                                                                          / 0.5)
+    assert row["log_ratio_lo"] < row["log_ratio"] < row["log_ratio_hi"]
+    assert np.isnan(row["boot_lo"])  # no bootstrap asked
+    assert len(benchmark.seed_differences(per_seed, [("a", "absent")], metrics=["dice_WT"])) == 0
+
+
+def test_scores_of_control_predictions_leave_dice_blank():
+    frame = pd.DataFrame({"subject": ["x", "y", "z", "w"], "site": "s", "model": "probe", "has_mask": True,
+                          "idh": [0, 1, 0, 1], "codeletion": [0, 1, 0, 1], "mgmt": [0, 1, 0, 1], "grade": [0, 1, 2, 0],
+                          **{f"p_{m}_{k}": [0.2, 0.8, 0.3, 0.7] if k == 1 else [0.8, 0.2, 0.7, 0.3]
+                             for m in ("idh", "codeletion", "mgmt") for k in (0, 1)},
+                          **{f"p_grade_{k}": [1 / 3] * 4 for k in range(3)}, "dice_WT": np.nan})
+    scores = benchmark.score_models(frame)
+    assert scores["auc_idh"] == 1.0 and np.isnan(scores["dice_WT"]) and np.isnan(scores["dice_TC"])
+
+
+def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--design", "smoke", "--out", str(out), "--n-boot", "20"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["done"] == 8 and not results["missing"] and len(results["code"]) == 1
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["arm"]) == {"fedavg", "distill", "probe_summary", "site_only"}
+    truth = summary[summary["labels"] == "truth"]
+    assert (truth.loc[truth["metric"].str.startswith("auc"), "n"] == 2).all()
+    assert (truth.loc[truth["metric"].str.startswith("dice") & truth["arm"].isin(["probe_summary", "site_only"]),
+                      "n"] == 0).all()  # controls segment nothing
+    differences = pd.read_csv(out / "differences.csv")
+    assert {"diff", "lo", "hi", "p", "verdict", "ratio_lo", "boot_lo"} <= set(differences.columns)
+    costs = pd.read_csv(out / "costs.csv").set_index("arm")
+    assert costs.loc["distill", "site_voxel_passes"] > 0 and costs.loc["probe_summary", "site_voxel_passes"] == 0
+    assert costs.loc["distill", "bytes_up"] < costs.loc["fedavg", "bytes_up"]
+    first = pd.read_csv(out / "per_seed.csv")
+    # the fixed test cohort: every case of it scored, REMBRANDT's included (it carries every mask)
+    predictions = pd.read_csv(out / "workshop" / "run_0_fedavg" / bench.TEST_PREDICTIONS)
+    assert len(predictions) == 5 * 3 and predictions["has_mask"].all()
+    capsys.readouterr()
+    assert bench.main(["--design", "smoke", "--out", str(out)]) == 0  # resumed: nothing left to run
+    assert "8 done, 0 to run" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first.drop(columns="wall_s"), pd.read_csv(out / "per_seed.csv").drop(
+        columns="wall_s"))
+    (out / "workshop" / "run_1_distill" / bench.COST).unlink()
+    assert bench.main(["--design", "smoke", "--out", str(out), "--merge-only"]) == 0
+    assert json.loads((out / "results.json").read_text())["missing"] == ["workshop/seed 1/distill"]
+    cost = json.loads((out / "workshop" / "run_0_fedavg" / bench.COST).read_text())
+    cost["settings"] = "other"
+    (out / "workshop" / "run_0_fedavg" / bench.COST).write_text(json.dumps(cost))
+    with pytest.raises(SystemExit):  # a run made otherwise is never reused, nor silently replaced
+        bench.main(["--design", "smoke", "--out", str(out), "--arms", "fedavg"])
