@@ -117,12 +117,16 @@ DESIGNS: dict[str, Design] = {
     # one round of each arm on one development seed: the compute each costs per round (PREREGISTRATION.md)
     "calibrate": Design(seeds=(10,), cohorts=("workshop",), arms=_calibration_arms(),
                         test_seeds={"workshop": 8000, "hard": 8001}, test_per_site=8),
+    # before the preregistration: can a CNN learn each cohort's markers, and what do the controls reach? (seeds 20-21
+    # are used for nothing else)
+    "cohort_check": Design(seeds=(20, 21), cohorts=("workshop", "hard"), test_seeds={"workshop": 8100, "hard": 8101},
+                           arms=(Arm("centralized", "centralized", 12), *CONTROL_ARMS)),
     # the smallest setting: the test's
     "smoke": Design(seeds=(0, 1), cohorts=("workshop",), preset="tiny", cases_per_site=None, size=24,
                     test_per_site=3, small_model=True, test_seeds={"workshop": 7000, "hard": 7001},
                     distill={"steps": 1, "server_epochs": 1, "real_batch": 4},
-                    arms=(Arm("fedavg", "fedavg", 1), Arm("distill", "distill", 1), CONTROL_ARMS[0],
-                          CONTROL_ARMS[2]),
+                    arms=(Arm("fedavg", "fedavg", 2, snapshots=(("r1", 1),)), Arm("fedavg_1round", "fedavg", 1),
+                          Arm("distill", "distill", 1), CONTROL_ARMS[0], CONTROL_ARMS[2]),
                     pairs=(("distill", "fedavg"), ("fedavg", "probe_summary"))),
 }
 
@@ -170,7 +174,7 @@ def device_name(device: str = "cpu") -> str:
 def task_key(design: Design, cohort: str, arm: Arm, fingerprint: str) -> str:
     """What makes two runs of one (cohort, seed, arm) the same run: the design's cohort and training settings, the
     arm's settings, the distillation settings as resolved (every field, defaults included) and the code."""
-    from gliofed.federated.strategies import DistillSettings
+    from gliofed.federated.protocol import DistillSettings
 
     distill = (dataclasses.asdict(DistillSettings(**{**design.distill, **arm.distill}))
                if arm.strategy == "distill" else None)
@@ -242,25 +246,52 @@ def run_task(design: Design, cohort: str, seed: int, arm_name: str, out: str, ke
                 "test_predict_s")
         cost = {"rounds": 0, "wall_s": time.perf_counter() - started, **dict.fromkeys(zero, 0),
                 "site_s_per_round": float("nan")}
+        snapshots = {}
     else:
-        cost, predictions = run_arm(arm, cache, test_cache, folder, _config(design, seed), design.distill,
-                                    ComputeMeter())
-    predictions.to_csv(folder / f"{TEST_PREDICTIONS}.tmp", index=False)
-    (folder / f"{TEST_PREDICTIONS}.tmp").replace(folder / TEST_PREDICTIONS)
-    cost = {"cohort": cohort, "seed": seed, "arm": arm.name, **cost, "settings": key, "code": fingerprint,
-            "commit": commit, "device": device_name(), "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
-    (folder / f"{COST}.tmp").write_text(json.dumps(cost, indent=1))
-    (folder / f"{COST}.tmp").replace(folder / COST)  # last: the task is done
-    return cost
+        cost, predictions, snapshots = run_arm(arm, cache, test_cache, folder, _config(design, seed),
+                                               design.distill, ComputeMeter())
+    stamp = {"settings": key, "code": fingerprint, "commit": commit, "device": device_name(),
+             "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
+    # snapshots first, the arm's own cost file last: it marks the task done
+    for label, (snap_cost, snap_predictions) in [*snapshots.items(), (None, (cost, predictions))]:
+        name = arm.name if label is None else f"{arm.name}@{label}"
+        _atomic_csv(snap_predictions, folder / _file(TEST_PREDICTIONS, label))
+        row = {"cohort": cohort, "seed": seed, "arm": name, **snap_cost, **stamp}
+        (folder / f"{COST}.tmp").write_text(json.dumps(row, indent=1))
+        (folder / f"{COST}.tmp").replace(folder / _file(COST, label))
+    return row
 
 
-def done(out: Path, cohort: str, seed: int, arm: str, key: str | None) -> dict | None:
+def _file(name: str, label: str | None) -> str:
+    """``test_predictions.csv`` / ``cost.json``, or a snapshot's ``test_predictions@vp.csv`` / ``cost@vp.json``."""
+    if label is None:
+        return name
+    stem, suffix = name.rsplit(".", 1)
+    return f"{stem}@{label}.{suffix}"
+
+
+def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
+    frame.to_csv(path.with_name(path.name + ".tmp"), index=False)
+    path.with_name(path.name + ".tmp").replace(path)
+
+
+def scored_arms(design: Design) -> list[tuple[str, str, str | None]]:
+    """(table name, arm name, snapshot label) of every arm the design scores: each arm, then its snapshots."""
+    out = []
+    for arm in design.arms:
+        out.append((arm.name, arm.name, None))
+        out += [(f"{arm.name}@{label}", arm.name, label) for label, _ in arm.snapshots]
+    return out
+
+
+def done(out: Path, cohort: str, seed: int, arm: str, key: str | None, label: str | None = None) -> dict | None:
     """The cost row of a finished task (its predictions and cost file exist; with ``key``, made with that
-    settings key), else None."""
+    settings key), else None; ``label``: one of the arm's snapshots."""
     folder = out / cohort / f"run_{seed}_{arm}"
-    if not ((folder / COST).is_file() and (folder / TEST_PREDICTIONS).is_file()):
+    if not ((folder / COST).is_file() and (folder / _file(COST, label)).is_file()
+            and (folder / _file(TEST_PREDICTIONS, label)).is_file()):
         return None
-    cost = json.loads((folder / COST).read_text())
+    cost = json.loads((folder / _file(COST, label)).read_text())
     return cost if key is None or cost.get("settings") == key else None
 
 
@@ -282,17 +313,17 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
         if (test_folder / "truth.csv").is_file():
             truths[cohort] = pd.read_csv(test_folder / "truth.csv")
         for seed in design.seeds:
-            for arm in design.arms:
-                cost = done(out, cohort, seed, arm.name, None)
+            for name, arm, label in scored_arms(design):
+                cost = done(out, cohort, seed, arm, None, label)
                 if cost is None:
-                    missing.append(f"{cohort}/seed {seed}/{arm.name}")
+                    missing.append(f"{cohort}/seed {seed}/{name}")
                     continue
                 costs.append(cost)
-                predictions = pd.read_csv(out / cohort / f"run_{seed}_{arm.name}" / TEST_PREDICTIONS)
+                predictions = pd.read_csv(out / cohort / f"run_{seed}_{arm}" / _file(TEST_PREDICTIONS, label))
                 truth_frame = with_labels(predictions, truths[cohort])
-                boot[(cohort, seed, arm.name)] = truth_frame
+                boot[(cohort, seed, name)] = truth_frame
                 for labels, frame in (("truth", truth_frame), ("manifest", predictions)):
-                    rows.append({"cohort": cohort, "seed": seed, "arm": arm.name, "labels": labels,
+                    rows.append({"cohort": cohort, "seed": seed, "arm": name, "labels": labels,
                                  **score_models(frame)})
     codes = sorted({c["code"] for c in costs})
     if len(codes) > 1 and not allow_mixed_code:

@@ -34,7 +34,8 @@ Cue families (``cues``)
       from one distribution, and tumours sit in deep white matter whatever their markers. The markers differ
       only in **shape and texture**: grade in how the enhancing part is arranged (IV a rim around the core, III
       scattered patches, II one compact nodule; the same share of the core each time), IDH in the orientation
-      of the lesion texture (mutant: streaks along x, wildtype: along y; same amplitude and power), 1p/19q in
+      of the lesion texture (mutant: streaks along one in-plane diagonal, wildtype: along the other; mirror images,
+      so the same amplitude and power, also after an axis-aligned resize), 1p/19q in
       a lobulated core boundary, MGMT (weakly) in a ragged oedema boundary; boundaries are moved at a fixed
       volume. All sites draw markers from one shared mix (:data:`SHARED_MIX`), so prevalence does not depend
       on the site; label availability, masks and scanners stay per site.
@@ -435,8 +436,8 @@ _MORPHOLOGY_LESION = {
 }
 #: relative texture amplitude inside every lesion class (the class's spread is this x its mean)
 _MORPHOLOGY_TEXTURE = 0.15
-#: texture correlation lengths (mm): long along one in-plane axis, short along the other (IDH decides which)
-_STREAK_MM = (10.0, 3.0, 4.0)
+#: texture correlation lengths (mm): long along one in-plane diagonal, short across it (IDH decides which diagonal)
+_STREAK_MM = (10.0, 3.0, 3.0)
 
 
 def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
@@ -509,10 +510,18 @@ def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dic
 
 
 def _streaks(shape: tuple[int, ...], spacing: np.ndarray, along_x: bool, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean Gaussian texture stretched along x (``along_x``) or along y: the same power either way."""
-    long_mm, short_mm, depth_mm = _STREAK_MM
-    sigma_mm = np.array((long_mm, short_mm, depth_mm) if along_x else (short_mm, long_mm, depth_mm))
-    return ndimage.gaussian_filter(rng.standard_normal(shape), sigma_mm / spacing, mode="wrap").astype(np.float32)
+    """Zero-mean Gaussian texture stretched along the in-plane diagonal x = y (``along_x``) or x = -y: white noise
+    filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and in depth.
+    The two textures are mirror images (x -> -x), so they have the same power, and the same power left after any
+    axis-aligned resampling (a preprocessing resize cannot tell them apart by their spread)."""
+    long_mm, short_mm, _ = _STREAK_MM
+    direction = np.array([1.0, 1.0 if along_x else -1.0, 0.0]) / math.sqrt(2)
+    covariance = short_mm**2 * np.eye(3) + (long_mm**2 - short_mm**2) * np.outer(direction, direction)
+    freqs = np.meshgrid(*[np.fft.fftfreq(n, d=d) for n, d in zip(shape, spacing)], indexing="ij")  # cycles / mm
+    quadratic = sum(covariance[i, j] * freqs[i] * freqs[j] for i in range(3) for j in range(3))
+    response = np.exp(-2 * math.pi**2 * quadratic)
+    field = np.fft.ifftn(np.fft.fftn(rng.standard_normal(shape)) * response).real
+    return field.astype(np.float32)
 
 
 def _render_morphology(maps: np.ndarray, regions: dict[str, np.ndarray], pheno: dict[str, float],

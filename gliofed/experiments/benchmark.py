@@ -55,12 +55,15 @@ class Arm:
 
     Attributes:
         name: the arm's name in tables (e.g. ``fedavg``, ``distill_0step``).
-        strategy: a strategy name (:func:`gliofed.federated.strategies.make_strategy`), or one of :data:`CONTROLS`.
+        strategy: a strategy name (:func:`gliofed.federated.server.strategies.make_strategy`), or one of :data:`CONTROLS`.
         rounds: rounds of federated training (ignored by controls).
         local_epochs: local epochs per round (weight-sharing strategies, local-only, centralized).
         mu: FedProx's proximal weight.
         distill: distillation settings (merged into the benchmark's).
         options: further strategy settings (server optimiser, learning-rate schedule ...), passed to the strategy.
+        snapshots: ``(name, round)`` pairs: the model after that round is also scored, as arm ``<name>@<label>``
+            (e.g. FedAvg at a second compute budget, from the same run; the run continues by resuming its
+            checkpoint, which reproduces an uninterrupted run).
     """
 
     name: str
@@ -70,6 +73,7 @@ class Arm:
     mu: float = 0.01
     distill: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+    snapshots: tuple = ()
 
     @property
     def is_control(self) -> bool:
@@ -332,7 +336,7 @@ def control_predictions(arm: Arm, train_cache: Path, test_cache: Path, seed: int
 
 
 def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, distill: dict,
-            meter: ComputeMeter | None = None, strategy_factory=None) -> tuple[dict, pd.DataFrame]:
+            meter: ComputeMeter | None = None, strategy_factory=None) -> tuple[dict, pd.DataFrame, dict]:
     """Train ``arm`` over the sites of ``cache`` (its training split), then predict every case of ``test_cache``
     with each model the strategy evaluates (no HD95). The simulator also scores the cohort's own test split and
     saves those predictions in ``run_dir`` (``predictions.csv``).
@@ -348,8 +352,8 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
             epochs, mu and distillation settings).
 
     Returns:
-        (cost row, test-cohort predictions). The cost row: ``rounds``, ``wall_s`` and ``cpu_s`` (training,
-        the whole process), per client-round
+        (cost row, test-cohort predictions, ``{label: (cost row, predictions)}`` of the arm's snapshots). The cost
+        row: ``rounds``, ``wall_s`` and ``cpu_s`` (training, the whole process), per client-round
         ``bytes_up_per_client_round`` / ``bytes_down_per_client_round``, totals ``bytes_up`` / ``bytes_down``
         (all sites, all rounds), site compute totals ``site_voxel_passes``, ``site_s`` (wall), ``site_cpu_s``,
         per site-round ``site_s_per_round``, the server's ``server_voxel_passes``, ``server_s`` and
@@ -357,11 +361,8 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         site), and ``test_predict_s``.
     """
     from gliofed.data.dataset import CaseDataset
-    from gliofed.engine import predict
-    from gliofed.experiments.comparison import build_sites
     from gliofed.federated.simulate import simulate
-    from gliofed.federated.strategies import Strategy, make_strategy
-    from gliofed.model import build_model
+    from gliofed.federated.server.strategies import make_strategy
 
     meter = meter or ComputeMeter()
     settings = {**distill, **arm.distill}
@@ -371,8 +372,9 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         strategy = strategy_factory(arm, settings, config.seed)
     strategy.evaluate_each_round = False  # score only the final model: the benchmark's cost is training
     own_test = CaseDataset(cache, split="test", modalities=config.modalities, seed=config.seed)
-    sites = [TimedSite(site, meter) for site in build_sites(cache, strategy, config)]
-    aggregate_time = {"s": 0.0, "cpu_s": 0.0, "voxels": 0}
+    test = CaseDataset(test_cache, split=None, modalities=config.modalities, seed=config.seed)
+    sites = [TimedSite(site, meter) for site in build_sites_for(cache, strategy, config)]
+    server = {"s": 0.0, "cpu_s": 0.0, "voxels": 0}
     original = strategy.aggregate
 
     def timed_aggregate(model, replies, rnd):
@@ -380,39 +382,62 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         try:
             return original(model, replies, rnd)
         finally:
-            aggregate_time["s"] += time.perf_counter() - started
-            aggregate_time["cpu_s"] += time.process_time() - cpu
-            aggregate_time["voxels"] += meter.voxel_passes - before
+            server["s"] += time.perf_counter() - started
+            server["cpu_s"] += time.process_time() - cpu
+            server["voxels"] += meter.voxel_passes - before
 
     strategy.aggregate = timed_aggregate
-    started, cpu = time.perf_counter(), time.process_time()
-    with meter:
-        model, history = simulate(strategy, sites, own_test, config, arm.rounds, checkpoint_dir=run_dir,
-                                  progress=False)
-    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
-    predicted = time.perf_counter()
-    test = CaseDataset(test_cache, split=None, modalities=config.modalities, seed=config.seed)
+    stops = sorted({int(r) for _, r in arm.snapshots if 0 < int(r) < arm.rounds}) + [arm.rounds]
+    wall = cpu = 0.0
+    results = {}
+    for index, stop in enumerate(stops):
+        started, cpu_started = time.perf_counter(), time.process_time()
+        with meter:
+            model, history = simulate(strategy, sites, own_test, config, stop, checkpoint_dir=run_dir,
+                                      resume=index > 0, progress=False)
+        wall += time.perf_counter() - started
+        cpu += time.process_time() - cpu_started
+        predicted = time.perf_counter()
+        predictions = _predict_models(strategy, model, test, config.device)
+        results[stop] = (_cost_row(history, sites, server, wall, cpu, time.perf_counter() - predicted), predictions)
+    snapshots = {label: results[int(r)] for label, r in arm.snapshots if int(r) in results and int(r) < arm.rounds}
+    cost, predictions = results[arm.rounds]
+    return cost, predictions, snapshots
+
+
+def build_sites_for(cache: Path, strategy, config) -> list:
+    """The sites a strategy asks for over ``cache`` (:func:`gliofed.experiments.comparison.build_sites`)."""
+    from gliofed.experiments.comparison import build_sites
+
+    return build_sites(cache, strategy, config)
+
+
+def _predict_models(strategy, model, test, device) -> pd.DataFrame:
+    from gliofed.engine import predict
+    from gliofed.federated.server.strategies import Strategy
+    from gliofed.model import build_model
+
     frames = []
     for name, arrays in strategy.models_to_evaluate(model).items():
         network = build_model(model.config)
         Strategy.load(network, arrays)
-        frame = predict(network, test, device=config.device, progress=False, hd95=False)
+        frame = predict(network, test, device=device, progress=False, hd95=False)
         frame.insert(2, "model", name)
         frames.append(frame)
-    test_predictions = pd.concat(frames, ignore_index=True)
-    rounds = len(history.rounds)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _cost_row(history, sites: list[TimedSite], server: dict, wall: float, cpu: float, predict_s: float) -> dict:
     up = [sum(r["bytes_up"].values()) for r in history.rounds]
     down = [sum(r["bytes_down"].values()) for r in history.rounds]
     clients = [max(len(r["bytes_up"]), 1) for r in history.rounds]
     site_seconds = [t for s in sites for t in s.seconds]
-    cost = {"rounds": rounds, "wall_s": wall, "cpu_s": cpu,
+    return {"rounds": len(history.rounds), "wall_s": wall, "cpu_s": cpu,
             "bytes_up_per_client_round": float(np.mean([u / c for u, c in zip(up, clients)])),
             "bytes_down_per_client_round": float(np.mean([d / c for d, c in zip(down, clients)])),
             "bytes_up": float(sum(up)), "bytes_down": float(sum(down)),
             "site_voxel_passes": int(sum(v for s in sites for v in s.voxel_passes)),
             "site_s": float(sum(site_seconds)), "site_cpu_s": float(sum(t for s in sites for t in s.cpu_seconds)),
             "site_s_per_round": float(np.mean(site_seconds)) if site_seconds else float("nan"),
-            "server_voxel_passes": int(aggregate_time["voxels"]), "server_s": float(aggregate_time["s"]),
-            "server_cpu_s": float(aggregate_time["cpu_s"]),
-            "test_predict_s": time.perf_counter() - predicted}
-    return cost, test_predictions
+            "server_voxel_passes": int(server["voxels"]), "server_s": float(server["s"]),
+            "server_cpu_s": float(server["cpu_s"]), "test_predict_s": predict_s}

@@ -3,7 +3,7 @@
 * **Summary-statistics probe** (:func:`case_summaries`, :func:`probe_predictions`): a logistic regression per
   marker on per-case tumour summaries computed, given the true masks, by exactly the function with which a
   distillation site summarises its cases before painting them into its synthetic volumes
-  (:func:`gliofed.federated.site.condense._case_statistics`): per tissue class (background, core, oedema,
+  (:func:`gliofed.federated.site.condense.init.case_statistics`): per tissue class (background, core, oedema,
   enhancing) and contrast the voxel mean and spread (32 numbers), the four class fractions and the tumour centre
   (3): 39 features (``features="summary"``), or the 16 means alone (``features="means"``). Per case, not per
   group of ``min_group`` cases: an upper bound on what those summaries can tell. If the probe matches a CNN, the
@@ -55,7 +55,7 @@ def case_summaries(cache_dir: str | Path, split: str | None = None) -> pd.DataFr
     computed from the cached image and its true mask by the distillation site's own summary function. A case
     without a mask, or a class a case lacks, has NaN features (a probe imputes them)."""
     from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.site.condense import _case_statistics
+    from gliofed.federated.site.condense.init import case_statistics
 
     dataset = CaseDataset(cache_dir, split=split)
     modalities = dataset.modalities
@@ -65,7 +65,7 @@ def case_summaries(cache_dir: str | Path, split: str | None = None) -> pd.DataFr
         entry = dataset.index.iloc[i]
         row = {"subject": entry["subject_id"], "site": entry["site"], "split": entry["split"],
                "has_mask": bool(entry["has_mask"]), **{m: int(entry[m]) for m in MARKERS}}
-        summary = _case_statistics(dataset, [i])
+        summary = case_statistics(dataset, [i])
         values = dict.fromkeys(columns, float("nan"))
         if summary:
             stats = summary[0]["stats"].numpy()  # (4 classes, C, 2)

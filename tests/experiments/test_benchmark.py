@@ -94,9 +94,9 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
     out = tmp_path / "bench"
     assert bench.main(["--design", "smoke", "--out", str(out), "--n-boot", "20"]) == 0
     results = json.loads((out / "results.json").read_text())
-    assert results["done"] == 8 and not results["missing"] and len(results["code"]) == 1
+    assert results["done"] == 12 and not results["missing"] and len(results["code"]) == 1
     summary = pd.read_csv(out / "summary.csv")
-    assert set(summary["arm"]) == {"fedavg", "distill", "probe_summary", "site_only"}
+    assert set(summary["arm"]) == {"fedavg", "fedavg@r1", "fedavg_1round", "distill", "probe_summary", "site_only"}
     truth = summary[summary["labels"] == "truth"]
     assert (truth.loc[truth["metric"].str.startswith("auc"), "n"] == 2).all()
     assert (truth.loc[truth["metric"].str.startswith("dice") & truth["arm"].isin(["probe_summary", "site_only"]),
@@ -106,13 +106,19 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
     costs = pd.read_csv(out / "costs.csv").set_index("arm")
     assert costs.loc["distill", "site_voxel_passes"] > 0 and costs.loc["probe_summary", "site_voxel_passes"] == 0
     assert costs.loc["distill", "bytes_up"] < costs.loc["fedavg", "bytes_up"]
+    assert costs.loc["fedavg@r1", "rounds"] == 1 and costs.loc["fedavg", "rounds"] == 2
+    assert costs.loc["fedavg@r1", "bytes_up"] == pytest.approx(costs.loc["fedavg", "bytes_up"] / 2, rel=1e-3)
+    # the model after round 1 of a 2-round run (resumed from its checkpoint) is the 1-round run's model
+    snapshot = pd.read_csv(out / "workshop" / "run_1_fedavg" / "test_predictions@r1.csv")
+    one_round = pd.read_csv(out / "workshop" / "run_1_fedavg_1round" / bench.TEST_PREDICTIONS)
+    pd.testing.assert_frame_equal(snapshot, one_round)
     first = pd.read_csv(out / "per_seed.csv")
     # the fixed test cohort: every case of it scored, REMBRANDT's included (it carries every mask)
     predictions = pd.read_csv(out / "workshop" / "run_0_fedavg" / bench.TEST_PREDICTIONS)
     assert len(predictions) == 5 * 3 and predictions["has_mask"].all()
     capsys.readouterr()
     assert bench.main(["--design", "smoke", "--out", str(out)]) == 0  # resumed: nothing left to run
-    assert "8 done, 0 to run" in capsys.readouterr().out
+    assert "10 done, 0 to run" in capsys.readouterr().out
     pd.testing.assert_frame_equal(first.drop(columns="wall_s"), pd.read_csv(out / "per_seed.csv").drop(
         columns="wall_s"))
     (out / "workshop" / "run_1_distill" / bench.COST).unlink()

@@ -35,13 +35,13 @@ def test_feature_sets_are_the_39_summaries_and_the_16_means():
 
 def test_case_summaries_are_the_distillation_sites_own_per_case_statistics(tiny_cache):
     from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.site.condense import _case_statistics
+    from gliofed.federated.site.condense.init import case_statistics
 
     table = controls.case_summaries(tiny_cache, split="train")
     dataset = CaseDataset(tiny_cache, split="train")
     assert list(table["subject"]) == list(dataset.index["subject_id"])
     i = int(np.flatnonzero(table["has_mask"].to_numpy())[0])
-    reference = _case_statistics(dataset, [i])[0]
+    reference = case_statistics(dataset, [i])[0]
     row = table.iloc[i]
     assert row["mean_oedema_t2"] == pytest.approx(float(reference["stats"][2, 2, 0]))
     assert row["sd_background_t1"] == pytest.approx(float(reference["stats"][0, 0, 1]))
