@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
-from gliofed.engine import fit, seed_everything
+from gliofed.engine import fit, make_optimizer, seed_everything
 from gliofed.errors import PolicyError
 from gliofed.federated.protocol import DistillSettings, Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
@@ -59,6 +60,8 @@ class Site:
         self.__cases = CaseDataset(cache_dir, split="train", sites=list(members or [name]), modalities=modalities,
                                    seed=seed, external_site=external_site)
         self.__cache_dir = Path(cache_dir)
+        #: the optimizer state of the last ``train`` request that asked to keep it (``keep_optimizer``); stays here
+        self.__optimizer_state: dict | None = None
 
     @property
     def policy(self) -> SitePolicy:
@@ -88,11 +91,13 @@ class Site:
                 and bytes of its training cases: what pooling them would transfer).
             model: the global model (``model`` payload).
             settings: ``train`` (TrainConfig as dict), ``epochs``, ``seed``, ``mu`` (FedProx),
-                ``distill`` (DistillSettings as dict).
+                ``keep_optimizer`` (train: continue from the optimizer state this site kept from its last such
+                request, with the request's learning rate, and keep the new state; the state never leaves the
+                site), ``distill`` (DistillSettings as dict).
 
         Returns:
-            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
-            ``distilled_set`` or ``site_info`` payload.
+            ``weights_update`` (weights, in the precision of the model it was sent; meta ``n_cases``,
+            ``n_masked``, ``n_labelled`` per marker, ``loss``), ``distilled_set`` or ``site_info`` payload.
 
         Raises:
             PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
@@ -122,13 +127,15 @@ class Site:
         seed = int(settings["seed"])
         seed_everything(seed)
         if task == "train":
-            return self._train(network, config, settings, seed)
+            sent = {k: np.asarray(v).dtype for k, v in model.arrays.items()}
+            return self._train(network, config, settings, seed, sent)
         if task == "distill":
             return condense(network, self.__cases, DistillSettings(**settings.get("distill", {})), seed, self.name,
                             min_group=self.__policy.min_group)
         raise ValueError(f"site {self.name}: unknown task {task!r}; expected one of {', '.join(TASKS)}.")
 
-    def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int) -> Payload:
+    def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int,
+               received_dtypes: dict | None = None) -> Payload:
         mu = float(settings.get("mu", 0.0))
         extra = None
         if mu > 0:  # FedProx: mu/2 * ||w - w_global||^2
@@ -137,21 +144,42 @@ class Site:
             def extra(model: torch.nn.Module) -> torch.Tensor:
                 return 0.5 * mu * sum(((p - a.to(p.device)) ** 2).sum() for p, a in zip(model.parameters(), anchor))
 
+        keep = settings.get("keep_optimizer") is True
+        optimizer = self._optimizer(network, config) if keep else None
         self.__cases.transform = augment_pipeline(seed) if config.augment else None
         try:
             history = fit(network, self.__cases, config.replace(seed=seed), epochs=int(settings["epochs"]),
-                          extra_loss=extra, progress=False)
+                          optimizer=optimizer, extra_loss=extra, progress=False)
         finally:
             self.__cases.transform = None
+        if keep:
+            self.__optimizer_state = copy.deepcopy(optimizer.state_dict())
         network.cpu()
         loss = float(np.mean([h["total"] for h in history])) if history else None  # no step: no loss (not NaN)
         # counts FedAvg weights the decoder and each marker head by (disclosed, like n_cases)
         labels = self.__cases.labels
         labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
         n_masked = int(self.__cases.index["has_mask"].astype(bool).sum())
-        return Payload("weights_update", state_to_arrays(network),
+        # answer in the precision the model came in (a server that sends float16 weights gets float16 back)
+        sent = received_dtypes or {}
+        arrays = {k: v.astype(sent[k]) if k in sent and v.dtype.kind == "f" and sent[k].kind == "f" else v
+                  for k, v in state_to_arrays(network).items()}
+        return Payload("weights_update", arrays,
                        {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
+
+    def _optimizer(self, network: MultiTaskUNet, config: TrainConfig) -> torch.optim.Optimizer:
+        """A new optimizer for ``network``, continuing the kept state (moments, step counts) when this site has one
+        for an optimizer of the same kind and shape, with the request's learning rate and weight decay."""
+        optimizer = make_optimizer(network, config)
+        if self.__optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(copy.deepcopy(self.__optimizer_state))
+            except (ValueError, KeyError):  # another network or optimizer: start fresh
+                optimizer = make_optimizer(network, config)
+            for group in optimizer.param_groups:
+                group["lr"], group["weight_decay"] = config.lr, config.weight_decay
+        return optimizer
 
     def _refuse_if_flagged(self, payload: Payload) -> None:
         """The outgoing audit: a distilled set with any synthetic volume flagged as a near-copy stays here."""

@@ -10,26 +10,54 @@ from gliofed.federated.server.strategies.base import FederationError, Strategy, 
 from gliofed.federated.server.strategies.centralized import Centralized
 from gliofed.federated.server.strategies.distill import DistillFederation, DistillSettings
 from gliofed.federated.server.strategies.fedavg import FedAvg
+from gliofed.federated.server.strategies.fedbn import FedBN
+from gliofed.federated.server.strategies.fedopt import FedAdam, FedAvgM
 from gliofed.federated.server.strategies.fedprox import FedProx
 from gliofed.federated.server.strategies.local_only import LocalOnly
 
-__all__ = ["STRATEGIES", "Strategy", "FederationError", "weighted_average", "make_strategy", "Centralized",
-           "LocalOnly", "FedAvg", "FedProx", "DistillFederation", "DistillSettings"]
+__all__ = ["STRATEGIES", "WEIGHT_SHARING", "ALL_STRATEGIES", "Strategy", "FederationError", "weighted_average",
+           "make_strategy", "Centralized", "LocalOnly", "FedAvg", "FedProx", "FedAvgM", "FedAdam", "FedBN",
+           "DistillFederation", "DistillSettings"]
 
+#: the five strategies of the comparison (notebooks, CLI, Flower)
 STRATEGIES = ("centralized", "local", "fedavg", "fedprox", "distill")
+#: strategies that average locally trained weights (they take FedAvg's options, see :class:`FedAvg`)
+WEIGHT_SHARING = {"fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam, "fedbn": FedBN}
+#: every strategy :func:`make_strategy` builds
+ALL_STRATEGIES = (*STRATEGIES, "fedavgm", "fedadam", "fedbn")
 
 
 def make_strategy(name: str, local_epochs: int = 1, mu: float = 0.01, distill: dict | None = None,
-                  seed: int = 0) -> Strategy:
-    """Build a strategy by name (one of :data:`STRATEGIES`)."""
+                  seed: int = 0, options: dict | None = None) -> Strategy:
+    """Build a strategy by name (one of :data:`ALL_STRATEGIES`).
+
+    Args:
+        name: the strategy.
+        local_epochs: local epochs per round (weight-sharing strategies, local-only; centralized: epochs per round).
+        mu: FedProx's proximal weight.
+        distill: distillation settings (:class:`DistillSettings` fields).
+        seed: seeds distillation's server.
+        options: further settings of a weight-sharing strategy (:class:`FedAvg`'s ``lr_schedule``, ``rounds``,
+            ``keep_optimizer``, ``transport``, ``partial_weights``; FedAvgM's ``server_lr``, ``momentum``; FedAdam's
+            ``server_lr``, ``beta1``, ``beta2``, ``tau``).
+
+    Raises:
+        GliofedError: an unknown strategy, or options a strategy does not take.
+    """
+    options = dict(options or {})
+    if name in WEIGHT_SHARING:
+        if name == "fedprox":
+            options["mu"] = mu
+        try:
+            return WEIGHT_SHARING[name](local_epochs, **options)
+        except TypeError as error:
+            raise GliofedError(f"strategy {name!r} does not take these options: {error}.") from None
+    if options:
+        raise GliofedError(f"strategy {name!r} takes no options (got {', '.join(sorted(options))}).")
     if name == "centralized":
         return Centralized(local_epochs)
     if name == "local":
         return LocalOnly(local_epochs)
-    if name == "fedavg":
-        return FedAvg(local_epochs)
-    if name == "fedprox":
-        return FedProx(local_epochs, mu)
     if name == "distill":
         return DistillFederation(DistillSettings(**(distill or {})), seed=seed)
-    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}.")
+    raise GliofedError(f"unknown strategy {name!r}; choose one of {', '.join(ALL_STRATEGIES)}.")

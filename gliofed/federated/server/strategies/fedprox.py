@@ -14,12 +14,13 @@ class FedProx(FedAvg):
         local_epochs: local epochs per round (default 1).
         mu: proximal weight (default 0.01).
         partial_weights: as in :class:`FedAvg` (default True).
+        options: :class:`FedAvg`'s further options (learning-rate schedule, kept optimizer state, transport).
     """
 
     name = "fedprox"
 
-    def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True) -> None:
-        super().__init__(local_epochs, partial_weights)
+    def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True, **options) -> None:
+        super().__init__(local_epochs, partial_weights, **options)
         self.mu = mu
 
     def site_settings(self, rnd: int) -> dict:
