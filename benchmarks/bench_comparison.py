@@ -100,8 +100,14 @@ class Design:
         return next(a for a in self.arms if a.name == name)
 
 
-#: the distillation rounds of every design but smoke; every other arm's rounds follow from the compute budget
-DISTILL_ROUNDS = 4
+#: the distillation rounds of the dev and prereg designs; every other arm's rounds follow from the compute budget
+DISTILL_ROUNDS = 3
+#: rounds per local epochs at the site-CPU budget (PREREGISTRATION.md section 5: floor(3 x 40.3 / (E x 8.3)))
+ROUNDS_CPU = {1: 14, 2: 7, 3: 4}
+#: rounds per local epochs at the voxel-pass budget (floor(3 x 9.22 / (E x 4.81)))
+ROUNDS_VP = {1: 5, 2: 2, 3: 1}
+#: centralized epochs at the site-CPU budget (floor(3 x 40.3 / 9.5))
+CENTRALIZED_EPOCHS = 12
 
 CONTROL_ARMS = (Arm("probe_summary", "probe_summary"), Arm("probe_means", "probe_means"),
                 Arm("site_only", "site_only"))
@@ -113,7 +119,75 @@ def _calibration_arms() -> tuple[Arm, ...]:
             Arm("distill_noise", "distill", 1, distill={"init": "noise"}))
 
 
+def _weight_sharing(strategy: str, label: str, epochs: int, **options) -> Arm:
+    """A weight-sharing arm at the site-CPU budget for ``epochs`` local epochs."""
+    return Arm(f"{strategy}-{label}", strategy, ROUNDS_CPU[epochs], local_epochs=epochs, options=options)
+
+
+def _epochs_grid(strategy: str) -> tuple[Arm, ...]:
+    """FedAvg's, FedProx's and FedBN's grid: 1, 2 or 3 local epochs, and 1 epoch with a cosine learning-rate schedule
+    and each site's optimizer state kept across rounds."""
+    return (*(_weight_sharing(strategy, f"e{e}", e) for e in (1, 2, 3)),
+            _weight_sharing(strategy, "e1-cosine-kept", 1, lr_schedule="cosine", keep_optimizer=True))
+
+
+#: the tuning grid (PREREGISTRATION.md section 6): exactly 4 configurations per tuned strategy
+TUNING_GRID: dict[str, tuple[Arm, ...]] = {
+    "fedavg": _epochs_grid("fedavg"),
+    "fedprox": _epochs_grid("fedprox"),
+    "fedavgm": (_weight_sharing("fedavgm", "e1-lr1-m0.9", 1, server_lr=1.0, momentum=0.9),
+                _weight_sharing("fedavgm", "e1-lr1-m0.5", 1, server_lr=1.0, momentum=0.5),
+                _weight_sharing("fedavgm", "e1-lr0.5-m0.9", 1, server_lr=0.5, momentum=0.9),
+                _weight_sharing("fedavgm", "e2-lr1-m0.5", 2, server_lr=1.0, momentum=0.5)),
+    "fedadam": (_weight_sharing("fedadam", "e1-lr3e-4", 1, server_lr=3e-4),
+                _weight_sharing("fedadam", "e1-lr1e-3", 1, server_lr=1e-3),
+                _weight_sharing("fedadam", "e1-lr3e-3", 1, server_lr=3e-3),
+                _weight_sharing("fedadam", "e2-lr1e-3", 2, server_lr=1e-3)),
+    "fedbn": _epochs_grid("fedbn"),
+    "distill": (Arm("distill-shipped", "distill", DISTILL_ROUNDS),
+                Arm("distill-server-epochs-20", "distill", DISTILL_ROUNDS, distill={"server_epochs": 20}),
+                Arm("distill-kl-0.1", "distill", DISTILL_ROUNDS, distill={"kl_weight": 0.1}),
+                Arm("distill-server-lr-1e-4", "distill", DISTILL_ROUNDS, distill={"server_lr": 1e-4})),
+}
+
+#: the configuration chosen per tuned strategy on the development seeds (PREREGISTRATION.md section 10); None until
+#: the tuning has run and its choice is recorded there
+CHOSEN: dict[str, str] | None = None
+
+
+def prereg_design(chosen: dict[str, str]) -> Design:
+    """The fresh-seed design (PREREGISTRATION.md) with the tuned configurations ``chosen`` (strategy -> arm name of
+    :data:`TUNING_GRID`)."""
+    grid = {arm.name: arm for arms in TUNING_GRID.values() for arm in arms}
+    picked = {strategy: grid[name] for strategy, name in chosen.items()}
+    arms = [Arm("centralized", "centralized", CENTRALIZED_EPOCHS), Arm("local", "local", ROUNDS_CPU[1])]
+    for strategy in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn"):
+        arm = dataclasses.replace(picked[strategy], name=strategy)
+        if strategy == "fedavg":
+            arm = dataclasses.replace(arm, snapshots=(("vp", ROUNDS_VP[arm.local_epochs]),))
+            fp16 = dataclasses.replace(arm, name="fedavg_fp16", snapshots=(),
+                                       options={**arm.options, "transport": "float16"})
+            arms += [arm, fp16]
+        else:
+            arms.append(arm)
+    distill = dataclasses.replace(picked["distill"], name="distill")
+    arms += [distill, dataclasses.replace(distill, name="distill_0step", distill={**distill.distill, "steps": 0}),
+             dataclasses.replace(distill, name="distill_noise", distill={**distill.distill, "init": "noise"}),
+             *CONTROL_ARMS]
+    baselines = ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn")
+    pairs = ([("distill", b) for b in baselines] + [("centralized", "distill"), ("centralized", "fedavg")]
+             + [(a, "local") for a in (*baselines, "distill")]
+             + [("distill", "distill_0step"), ("distill", "distill_noise")]
+             + [(a, c) for c in ("probe_summary", "site_only") for a in ("centralized", "distill", "fedavg")]
+             + [("distill", "fedavg@vp"), ("fedavg_fp16", "fedavg")])
+    return Design(seeds=tuple(range(200, 210)), cohorts=("workshop", "hard"), arms=tuple(arms), pairs=tuple(pairs),
+                  test_seeds={"workshop": 9000, "hard": 9001}, test_per_site=40)
+
+
 DESIGNS: dict[str, Design] = {
+    # the tuning: every configuration of TUNING_GRID on development seeds 10 and 11 (workshop cohort, test cohort 8000)
+    "dev": Design(seeds=(10, 11), cohorts=("workshop",), arms=tuple(a for arms in TUNING_GRID.values() for a in arms),
+                  test_seeds={"workshop": 8000, "hard": 8001}, test_per_site=40),
     # one round of each arm on one development seed: the compute each costs per round (PREREGISTRATION.md)
     "calibrate": Design(seeds=(10,), cohorts=("workshop",), arms=_calibration_arms(),
                         test_seeds={"workshop": 8000, "hard": 8001}, test_per_site=8),
@@ -129,6 +203,8 @@ DESIGNS: dict[str, Design] = {
                           Arm("distill", "distill", 1), CONTROL_ARMS[0], CONTROL_ARMS[2]),
                     pairs=(("distill", "fedavg"), ("fedavg", "probe_summary"))),
 }
+if CHOSEN is not None:
+    DESIGNS["prereg"] = prereg_design(CHOSEN)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -350,10 +426,41 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
                         (cost_table, "costs.csv")):
         frame.to_csv(out / f"{name}.tmp", index=False)
         (out / f"{name}.tmp").replace(out / name)
+    if any(arm.name in {a.name for arms in TUNING_GRID.values() for a in arms} for arm in design.arms):
+        tuning, choice = tuning_choice(per_seed)
+        tuning.to_csv(out / "tuning.csv", index=False)
+        result["choice"] = choice
     (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
     (out / "table.md").write_text(markdown(summary, differences, cost_table, result))
     pareto_figure(summary, cost_table, out / "pareto.html")
     return result
+
+
+def tuning_choice(per_seed: pd.DataFrame, tie: float = 0.005) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The tuning table and choice (PREREGISTRATION.md section 6): per configuration of :data:`TUNING_GRID` found in
+    ``per_seed`` (true labels), the mean over seeds of mean marker AUC, Dice WT, their mean (the criterion) and the
+    site CPU seconds; per strategy the configuration with the highest criterion, a tie (within ``tie``) going to the
+    one with fewer site CPU seconds. A strategy none of whose configurations has run on every seed is not chosen."""
+    truth = per_seed[per_seed["labels"] == "truth"].copy()
+    truth["criterion"] = (truth["auc_mean"] + truth["dice_WT"]) / 2
+    rows = []
+    for strategy, arms in TUNING_GRID.items():
+        for arm in arms:
+            part = truth[truth["arm"] == arm.name]
+            rows.append({"strategy": strategy, "arm": arm.name, "seeds": part["seed"].nunique(),
+                         "auc_mean": part["auc_mean"].mean(), "dice_WT": part["dice_WT"].mean(),
+                         "criterion": part["criterion"].mean(), "site_cpu_s": part["site_cpu_s"].mean()})
+    table = pd.DataFrame(rows)
+    full = truth["seed"].nunique()
+    choice = {}
+    for strategy, part in table.groupby("strategy", sort=False):
+        if not (part["seeds"] == full).all() or part["criterion"].isna().any():
+            continue
+        best = part["criterion"].max()
+        near = part[part["criterion"] >= best - tie]
+        choice[strategy] = str(near.sort_values("site_cpu_s").iloc[0]["arm"])
+    table["chosen"] = table["arm"].isin(choice.values())
+    return table, choice
 
 
 def cost_summary(costs: pd.DataFrame) -> pd.DataFrame:

@@ -55,7 +55,8 @@ class Arm:
 
     Attributes:
         name: the arm's name in tables (e.g. ``fedavg``, ``distill_0step``).
-        strategy: a strategy name (:func:`gliofed.federated.server.strategies.make_strategy`), or one of :data:`CONTROLS`.
+        strategy: a strategy name (:func:`gliofed.federated.server.strategies.make_strategy`), or one of
+            :data:`CONTROLS`.
         rounds: rounds of federated training (ignored by controls).
         local_epochs: local epochs per round (weight-sharing strategies, local-only, centralized).
         mu: FedProx's proximal weight.
@@ -351,6 +352,9 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         strategy_factory: ``f(arm, distill, seed) -> Strategy`` (default: :func:`make_strategy` with the arm's
             epochs, mu and distillation settings).
 
+    A strategy whose model depends on the site (FedBN) scores each test case with its own site's model; the
+    averaged-BatchNorm model's predictions are written beside, as ``test_predictions_avgbn.csv`` in ``run_dir``.
+
     Returns:
         (cost row, test-cohort predictions, ``{label: (cost row, predictions)}`` of the arm's snapshots). The cost
         row: ``rounds``, ``wall_s`` and ``cpu_s`` (training, the whole process), per client-round
@@ -361,13 +365,16 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         site), and ``test_predict_s``.
     """
     from gliofed.data.dataset import CaseDataset
-    from gliofed.federated.simulate import simulate
     from gliofed.federated.server.strategies import make_strategy
+    from gliofed.federated.simulate import simulate
 
     meter = meter or ComputeMeter()
     settings = {**distill, **arm.distill}
     if strategy_factory is None:
-        strategy = make_strategy(arm.strategy, arm.local_epochs, arm.mu, settings, config.seed)
+        options = dict(arm.options)
+        if options.get("lr_schedule", "constant") != "constant":
+            options.setdefault("rounds", arm.rounds)  # the schedule runs over the arm's rounds
+        strategy = make_strategy(arm.strategy, arm.local_epochs, arm.mu, settings, config.seed, options=options)
     else:
         strategy = strategy_factory(arm, settings, config.seed)
     strategy.evaluate_each_round = False  # score only the final model: the benchmark's cost is training
@@ -400,6 +407,15 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         predicted = time.perf_counter()
         predictions = _predict_models(strategy, model, test, config.device)
         results[stop] = (_cost_row(history, sites, server, wall, cpu, time.perf_counter() - predicted), predictions)
+        if stop == arm.rounds and strategy.case_site_models(model):  # FedBN: the averaged BatchNorm too, no claim
+            from gliofed.engine import predict
+            from gliofed.model import build_model
+
+            network = build_model(model.config)
+            strategy.load(network, strategy.models_to_evaluate(model)["global"])
+            averaged = predict(network, test, device=config.device, progress=False, hd95=False)
+            averaged.insert(2, "model", "global")
+            averaged.to_csv(Path(run_dir) / "test_predictions_avgbn.csv", index=False)
     snapshots = {label: results[int(r)] for label, r in arm.snapshots if int(r) in results and int(r) < arm.rounds}
     cost, predictions = results[arm.rounds]
     return cost, predictions, snapshots
@@ -413,10 +429,17 @@ def build_sites_for(cache: Path, strategy, config) -> list:
 
 
 def _predict_models(strategy, model, test, device) -> pd.DataFrame:
+    """Test predictions of every model the strategy evaluates; where its model depends on the site (FedBN), each
+    case scored by its own site's model (:func:`gliofed.federated.simulate.routed_predictions`)."""
     from gliofed.engine import predict
     from gliofed.federated.server.strategies import Strategy
+    from gliofed.federated.simulate import routed_predictions
     from gliofed.model import build_model
 
+    routed = routed_predictions(strategy, model, test, device, hd95=False)
+    if routed is not None:
+        routed.insert(2, "model", "global")
+        return routed
     frames = []
     for name, arrays in strategy.models_to_evaluate(model).items():
         network = build_model(model.config)

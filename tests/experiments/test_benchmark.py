@@ -129,3 +129,43 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
     (out / "workshop" / "run_0_fedavg" / bench.COST).write_text(json.dumps(cost))
     with pytest.raises(SystemExit):  # a run made otherwise is never reused, nor silently replaced
         bench.main(["--design", "smoke", "--out", str(out), "--arms", "fedavg"])
+
+
+def test_every_tuned_strategy_gets_exactly_four_configurations_at_the_preregistered_budget():
+    assert set(bench.TUNING_GRID) == {"fedavg", "fedprox", "fedavgm", "fedadam", "fedbn", "distill"}
+    for arms in bench.TUNING_GRID.values():
+        assert len(arms) == 4 and len({a.name for a in arms}) == 4
+        for arm in arms:
+            expected = bench.DISTILL_ROUNDS if arm.strategy == "distill" else bench.ROUNDS_CPU[arm.local_epochs]
+            assert arm.rounds == expected
+    assert bench.DESIGNS["dev"].seeds == (10, 11)
+
+
+def test_tuning_choice_takes_the_best_criterion_and_the_cheaper_of_a_tie():
+    rows = []
+    for strategy, arms in bench.TUNING_GRID.items():
+        for i, arm in enumerate(arms):
+            for seed in (10, 11):
+                score = 0.6 + 0.01 * i if strategy != "fedavg" else [0.7, 0.702, 0.5, 0.6][i]
+                rows.append({"seed": seed, "arm": arm.name, "labels": "truth", "auc_mean": score, "dice_WT": score,
+                             "site_cpu_s": 100.0 - i})
+    table, choice = bench.tuning_choice(pd.DataFrame(rows))
+    assert choice["fedprox"] == bench.TUNING_GRID["fedprox"][3].name  # the best
+    assert choice["fedavg"] == bench.TUNING_GRID["fedavg"][1].name  # 0.702 vs 0.700: a tie, the cheaper
+    assert table["chosen"].sum() == 6 and len(table) == 24
+    missing = pd.DataFrame([r for r in rows if not (r["arm"] == "fedadam-e1-lr1e-3" and r["seed"] == 11)])
+    assert "fedadam" not in bench.tuning_choice(missing)[1]  # a configuration not run on every seed: no choice
+
+
+def test_the_prereg_design_holds_the_chosen_configurations_its_controls_and_snapshots():
+    chosen = {strategy: arms[1].name for strategy, arms in bench.TUNING_GRID.items()}
+    design = bench.prereg_design(chosen)
+    arms = {arm.name: arm for arm in design.arms}
+    assert design.seeds == tuple(range(200, 210)) and design.test_seeds == {"workshop": 9000, "hard": 9001}
+    assert arms["fedavg"].local_epochs == 2 and arms["fedavg"].snapshots == (("vp", bench.ROUNDS_VP[2]),)
+    assert arms["fedavg_fp16"].options["transport"] == "float16" and arms["fedavg_fp16"].rounds == arms["fedavg"].rounds
+    assert arms["distill_0step"].distill["steps"] == 0 and arms["distill_noise"].distill["init"] == "noise"
+    assert arms["distill"].distill == {"server_epochs": 20}  # the chosen distillation, and its controls share it
+    assert {"probe_summary", "probe_means", "site_only", "centralized", "local"} <= set(arms)
+    named = set(arms) | {"fedavg@vp"}
+    assert all(a in named and b in named for a, b in design.pairs)
