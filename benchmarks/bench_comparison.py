@@ -376,9 +376,11 @@ def done(out: Path, cohort: str, seed: int, arm: str, key: str | None, label: st
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int = 0) -> dict:
+def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int = 0,
+          leakage: Path | None = None) -> dict:
     """Tables from the finished tasks of ``design`` in ``out`` (see the module docstring); returns results.json's
-    content.
+    content. ``leakage``: a CSV with columns ``arm``, ``tpr_at_1pct_fpr`` (and optionally ``cohort``) — the
+    membership-inference results of issue 30 — joined into ``costs.csv`` and the table (blank where absent).
 
     Raises:
         ConfigError: the finished runs were made by different code (without ``allow_mixed_code``)."""
@@ -422,6 +424,13 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
     bootstrap = {"predictions": boot, "n_boot": n_boot, "labels": "truth"} if n_boot > 0 else None
     differences = seed_differences(per_seed, design.pairs, bootstrap=bootstrap)
     cost_table = cost_summary(cost_frame)
+    cost_table["tpr_at_1pct_fpr"] = np.nan
+    if leakage is not None:
+        table = pd.read_csv(leakage)
+        keys = ["cohort", "arm"] if "cohort" in table else ["arm"]
+        joined = cost_table.drop(columns="tpr_at_1pct_fpr").merge(table[[*keys, "tpr_at_1pct_fpr"]], on=keys,
+                                                                  how="left")
+        cost_table = joined
     for frame, name in ((per_seed, "per_seed.csv"), (summary, "summary.csv"), (differences, "differences.csv"),
                         (cost_table, "costs.csv")):
         frame.to_csv(out / f"{name}.tmp", index=False)
@@ -513,7 +522,9 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFra
             cells += [f"{c['site_gvox']:.2f}" if c is not None else "–",
                       f"{c['site_cpu_s']:.0f}" if c is not None else "–",
                       _bytes(c["bytes_up"]) if c is not None else "–",
-                      _bytes(c["bytes_down"]) if c is not None else "–", ""]
+                      _bytes(c["bytes_down"]) if c is not None else "–",
+                      f"{c['tpr_at_1pct_fpr']:.3f}" if c is not None and np.isfinite(c.get("tpr_at_1pct_fpr", np.nan))
+                      else ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         diff = differences[(differences["cohort"] == cohort) & (differences["labels"] == "truth")] \
@@ -596,6 +607,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge-only", action="store_true", help="run nothing; write the tables from done tasks")
     parser.add_argument("--allow-mixed-code", action="store_true", help="merge runs made by different code")
     parser.add_argument("--n-boot", type=int, default=0, help="two-level bootstrap resamples in the merge (0: none)")
+    parser.add_argument("--leakage", type=Path, help="CSV of arm, tpr_at_1pct_fpr (issue 30) for the table's column")
     args = parser.parse_args(argv)
     design = DESIGNS[args.design]
     for name, chosen, known in (("seeds", args.seeds, design.seeds), ("arms", args.arms,
@@ -653,7 +665,7 @@ def main(argv: list[str] | None = None) -> int:
                 cost = run_task(*task)
                 log(f"{cost['cohort']} seed {cost['seed']} {cost['arm']}: {cost['wall_s']:.0f} s")
     try:
-        result = merge(design, out, args.allow_mixed_code, args.n_boot)
+        result = merge(design, out, args.allow_mixed_code, args.n_boot, args.leakage)
     except ConfigError as error:
         parser.error(str(error))
     log(f"merged {result['done']} run(s) into {out}; missing {len(result['missing'])}"

@@ -29,16 +29,17 @@ Cue families (``cues``)
       mismatch, calcification, enhancement strength) and lesion sizes, and each site has its own marker
       prevalence. Per-case summaries (per-class intensity means and spreads, class fractions, tumour centre)
       predict the markers well, and so does the site alone.
-    * ``"morphology"`` (the harder cohort): every lesion class has the same intensity table and the same
-      relative texture amplitude in every subject, lesion sizes and the enhancing share of the core are drawn
-      from one distribution, and tumours sit in deep white matter whatever their markers. The markers differ
-      only in **shape and texture**: grade in how the enhancing part is arranged (IV a rim around the core, III
-      scattered patches, II one compact nodule; the same share of the core each time), IDH in the orientation
-      of the lesion texture (mutant: streaks along one in-plane diagonal, wildtype: along the other; mirror images,
-      so the same amplitude and power, also after an axis-aligned resize), 1p/19q in
-      a lobulated core boundary, MGMT (weakly) in a ragged oedema boundary; boundaries are moved at a fixed
-      volume. All sites draw markers from one shared mix (:data:`SHARED_MIX`), so prevalence does not depend
-      on the site; label availability, masks and scanners stay per site.
+    * ``"morphology"`` (the harder cohort): every lesion class (core, oedema, enhancing) keeps one intensity
+      table and one relative texture amplitude whatever the markers, and lesion volumes, the enhancing share of
+      the core and the tumour's place (deep white matter) are drawn alike for every profile. Each marker is a
+      choice between two **mirror images** (x -> -x) of one structure: IDH turns the streaks of the oedema's texture
+      along one in-plane diagonal or the other; grade IV against II/III those of the core, grade III against II
+      those of the enhancing nodule; 1p/19q elongates the whole lesion along one diagonal or the other; MGMT (a
+      weak cue, shown in 80 % of subjects) tilts its long axis up or down. Mirror images have equal intensity
+      statistics, also after any axis-aligned resize, so per-class means and spreads cannot tell the classes
+      apart; a network that sees orientation can. All sites draw markers from one shared mix
+      (:data:`SHARED_MIX`), so prevalence does not depend on the site; label availability, masks and scanners stay
+      per site.
 
 Sites (:data:`SITES`) follow the five institutions of the seed's Table 2: case counts, grade mix,
 marker prevalence, which labels are recorded, whether masks exist (REMBRANDT has none), and a scanner
@@ -434,29 +435,36 @@ _MORPHOLOGY_LESION = {
     "core": (0.45, 0.47, 0.94, 0.72),       # label 1
     "enhancing": (0.55, 1.50, 0.75, 0.85),  # label 4
 }
-#: relative texture amplitude inside every lesion class (the class's spread is this x its mean)
-_MORPHOLOGY_TEXTURE = 0.15
-#: texture correlation lengths (mm): long along one in-plane diagonal, short across it (IDH decides which diagonal)
-_STREAK_MM = (10.0, 3.0, 3.0)
+#: relative texture amplitude inside every lesion class (the class's spread is this x its mean, in every subject)
+_MORPHOLOGY_TEXTURE = 0.3
+#: texture correlation lengths (mm): along the streaks, across them in-plane, in depth
+_STREAK_MM = (20.0, 6.0, 6.0)
+#: lesion axes relative to its radius: along the long in-plane diagonal, across it, in depth (volume kept: product 1)
+_ELONGATION = (1.4, 1 / 1.4, 1.0)
 
 
 def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
-    """Shape and texture cues of a subject (``"morphology"`` cohort); sizes are drawn alike for every profile."""
+    """Cues of a subject in the ``"morphology"`` cohort. Every cue is a choice between two mirror images (x -> -x):
+    a streak or elongation along one in-plane diagonal or the other (sign +1 / -1). Sizes are drawn alike for every
+    profile."""
     shown = dict(truth)
     if rng.random() < 0.05 + 0.3 * difficulty:  # atypical presentation, as in the default cohort
         shown["grade"] = int(np.clip(shown["grade"] + rng.choice([-1, 1]), 0, 2))
     if rng.random() < 0.03 + 0.2 * difficulty:
         shown["idh"] = 1 - shown["idh"]
         shown["codeletion"] = 0
-    strength = float(np.clip(rng.normal(1.5 - difficulty, 0.15 + 0.2 * difficulty), 0.1, 2.0))
+    mgmt_shown = truth["mgmt"] if rng.random() < 0.8 else 1 - truth["mgmt"]  # MGMT: a weak cue by design
+    sign = lambda flag: 1.0 if flag else -1.0  # noqa: E731
     return {
-        "radius_mm": float(rng.uniform(14, 24)),
-        "oedema_mm": float(rng.uniform(4, 16)),
+        "radius_mm": float(rng.uniform(16, 24)),
+        "oedema_mm": float(rng.uniform(5, 14)),
         "enhancing_share": float(rng.uniform(0.2, 0.35)),
-        "arrangement": ("nodule", "patchy", "ring")[shown["grade"]],
-        "streaks_along_x": float(bool(shown["idh"])),
-        "lobulation": 0.08 + 0.32 * strength * bool(shown["codeletion"]),
-        "ragged": 0.2 + 0.25 * strength * bool(truth["mgmt"]),
+        "oedema_streaks": sign(shown["idh"]),                 # IDH: the oedema's texture diagonal
+        "core_streaks": sign(shown["grade"] == 2),             # grade IV against II/III: the core's texture diagonal
+        # grade III against II: the enhancing part's texture diagonal (grade IV: either, at random)
+        "enhancing_streaks": sign(shown["grade"] == 1) if shown["grade"] < 2 else float(rng.choice([-1.0, 1.0])),
+        "elongation": sign(shown["codeletion"]),              # 1p/19q: the whole lesion's long diagonal
+        "tilt": sign(mgmt_shown) * 0.25,                      # MGMT: the long axis tilts up or down, a little
     }
 
 
@@ -473,50 +481,54 @@ def _smallest(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
 
 def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
                                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Core, oedema and enhancing regions whose volumes do not depend on the markers; their arrangement does."""
+    """Core, oedema and enhancing regions: an ellipsoidal lesion elongated along an in-plane diagonal
+    (``pheno["elongation"]``: +1 along x = y, -1 along x = -y), its long axis tilted in depth by ``pheno["tilt"]``;
+    volumes that do not depend on the markers (boundaries moved at a fixed volume); the enhancing part one compact
+    nodule in the core."""
     shape = maps.shape[1:]
     brain = maps.sum(0) > 0.5
     depth = ndimage.distance_transform_edt(brain, sampling=spacing)
-    allowed = (depth > pheno["radius_mm"] + 4) & (maps[0] > 0.4)  # deep white matter, for every profile
+    reach = pheno["radius_mm"] * _ELONGATION[0]
+    allowed = (depth > reach + 4) & (maps[0] > 0.4)  # deep white matter, for every profile
     if not allowed.any():
         allowed = depth >= np.percentile(depth[brain], 90)
     candidates = np.argwhere(allowed)
     centre = candidates[rng.integers(len(candidates))]
-    grids = np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)], indexing="ij")
-    axes = rng.uniform(0.75, 1.25, 3)
-    q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-    rotated = [sum(q[i, j] * grids[j] for j in range(3)) / axes[i] for i in range(3)]
-    r = np.sqrt(sum(g**2 for g in rotated)).astype(np.float32) / pheno["radius_mm"]
+    grids = np.stack(np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)],
+                                 indexing="ij"))
+    jitter = np.deg2rad(rng.uniform(-8, 8))
+    angle = np.pi / 4 * pheno["elongation"] + jitter
+    long_axis = np.array([np.cos(angle), np.sin(angle), pheno["tilt"]])
+    long_axis /= np.linalg.norm(long_axis)
+    across = np.array([-np.sin(angle), np.cos(angle), 0.0])
+    up = np.cross(long_axis, across)
+    scales = np.array(_ELONGATION) * rng.uniform(0.92, 1.08, 3) * pheno["radius_mm"]
+    coords = [np.tensordot(axis, grids, axes=1) / scale for axis, scale in zip((long_axis, across, up), scales)]
+    r = np.sqrt(sum(c**2 for c in coords)).astype(np.float32)
     tissue = (maps[0] + maps[1]) > 0.35
-    # the boundary moves (lobulated for 1p/19q, ragged oedema for MGMT) at the volume of the plain ellipsoid
     n_core = max(8, int(((r < 1.0) & brain).sum()))
-    core = _smallest(r + pheno["lobulation"] * _smooth_noise(shape, spacing, 10, rng), brain, n_core)
+    core = _smallest(r + 0.08 * _smooth_noise(shape, spacing, 10, rng), brain, n_core)
     ratio = 1.0 + pheno["oedema_mm"] / pheno["radius_mm"]
     room = brain & tissue & ~core
-    oedema = _smallest(r + pheno["ragged"] * _smooth_noise(shape, spacing, 8, rng), room,
+    oedema = _smallest(r + 0.2 * _smooth_noise(shape, spacing, 8, rng), room,
                        int(((r < ratio) & (r >= 1.0) & brain & tissue).sum()))  # the plain shell's volume
-    n_enhancing = int(round(pheno["enhancing_share"] * core.sum()))
-    if pheno["arrangement"] == "ring":  # a rim: the core voxels nearest its boundary
-        score = ndimage.distance_transform_edt(core, sampling=spacing) + 0.01 * rng.random(shape)
-    elif pheno["arrangement"] == "patchy":  # scattered patches
-        score = -_smooth_noise(shape, spacing, 6, rng)
-    else:  # one compact nodule around a core voxel
-        inner = np.argwhere(core)
-        seed = inner[rng.integers(len(inner))]
-        offsets = np.meshgrid(*[(np.arange(n) - c) * sp for n, c, sp in zip(shape, seed, spacing)], indexing="ij")
-        score = np.sqrt(sum(g**2 for g in offsets))
-    enhancing = _smallest(score, core, n_enhancing)
-    return {"oedema": oedema, "core": core & ~enhancing, "enhancing": enhancing}
+    inner = np.argwhere(core)
+    seed = inner[rng.integers(len(inner))]
+    offsets = np.meshgrid(*[(np.arange(n) - c) * sp for n, c, sp in zip(shape, seed, spacing)], indexing="ij")
+    nodule = _smallest(np.sqrt(sum(g**2 for g in offsets)), core, int(round(pheno["enhancing_share"] * core.sum())))
+    return {"oedema": oedema, "core": core & ~nodule, "enhancing": nodule}
 
 
-def _streaks(shape: tuple[int, ...], spacing: np.ndarray, along_x: bool, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean Gaussian texture stretched along the in-plane diagonal x = y (``along_x``) or x = -y: white noise
-    filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and in depth.
-    The two textures are mirror images (x -> -x), so they have the same power, and the same power left after any
-    axis-aligned resampling (a preprocessing resize cannot tell them apart by their spread)."""
-    long_mm, short_mm, _ = _STREAK_MM
-    direction = np.array([1.0, 1.0 if along_x else -1.0, 0.0]) / math.sqrt(2)
-    covariance = short_mm**2 * np.eye(3) + (long_mm**2 - short_mm**2) * np.outer(direction, direction)
+def _streaks(shape: tuple[int, ...], spacing: np.ndarray, diagonal: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean Gaussian texture stretched along the in-plane diagonal x = y (``diagonal`` > 0) or x = -y: white
+    noise filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and in
+    depth. The two textures are mirror images (x -> -x), so they have the same power, and the same power left after
+    any axis-aligned resampling (a preprocessing resize cannot tell them apart by their spread)."""
+    long_mm, short_mm, depth_mm = _STREAK_MM
+    direction = np.array([1.0, 1.0 if diagonal > 0 else -1.0, 0.0]) / math.sqrt(2)
+    across = np.array([1.0, -1.0 if diagonal > 0 else 1.0, 0.0]) / math.sqrt(2)
+    covariance = (long_mm**2 * np.outer(direction, direction) + short_mm**2 * np.outer(across, across)
+                  + depth_mm**2 * np.outer([0.0, 0.0, 1.0], [0.0, 0.0, 1.0]))
     freqs = np.meshgrid(*[np.fft.fftfreq(n, d=d) for n, d in zip(shape, spacing)], indexing="ij")  # cycles / mm
     quadratic = sum(covariance[i, j] * freqs[i] * freqs[j] for i in range(3) for j in range(3))
     response = np.exp(-2 * math.pi**2 * quadratic)
@@ -526,14 +538,14 @@ def _streaks(shape: tuple[int, ...], spacing: np.ndarray, along_x: bool, rng: np
 
 def _render_morphology(maps: np.ndarray, regions: dict[str, np.ndarray], pheno: dict[str, float],
                        spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Noise-free intensities: every lesion class gets its one table value times ``1 + a * texture``, the texture
-    standardised inside that class (so each class's mean and spread are the same in every subject, whatever its
-    markers); sharp class boundaries (no marker-dependent blur)."""
+    """Noise-free intensities: every lesion class gets its one table value times ``1 + a * texture``, its texture
+    streaked along the diagonal its cue picks and standardised inside that class (so each class's mean and spread are
+    the same in every subject, whatever its markers); sharp class boundaries (no marker-dependent blur)."""
     jitter = lambda values: np.array(values) * rng.normal(1.0, 0.04, 4)  # noqa: E731
     image = sum(maps[i][None] * jitter(_HEALTHY[t])[:, None, None, None]
                 for i, t in enumerate(("wm", "gm", "csf")))
-    texture = _streaks(maps.shape[1:], spacing, bool(pheno["streaks_along_x"]), rng)
     for name, mask in regions.items():
+        texture = _streaks(maps.shape[1:], spacing, pheno[f"{name}_streaks"], rng)
         if not mask.any():
             continue
         inside = texture[mask]

@@ -90,6 +90,7 @@ def test_scores_of_control_predictions_leave_dice_blank():
     assert scores["auc_idh"] == 1.0 and np.isnan(scores["dice_WT"]) and np.isnan(scores["dice_TC"])
 
 
+@pytest.mark.slow  # about a minute on 2 idle cores: three cohorts, ten runs, four merges
 def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, capsys):
     out = tmp_path / "bench"
     assert bench.main(["--design", "smoke", "--out", str(out), "--n-boot", "20"]) == 0
@@ -122,8 +123,13 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
     pd.testing.assert_frame_equal(first.drop(columns="wall_s"), pd.read_csv(out / "per_seed.csv").drop(
         columns="wall_s"))
     (out / "workshop" / "run_1_distill" / bench.COST).unlink()
-    assert bench.main(["--design", "smoke", "--out", str(out), "--merge-only"]) == 0
+    pd.DataFrame({"arm": ["fedavg"], "tpr_at_1pct_fpr": [0.02]}).to_csv(tmp_path / "leak.csv", index=False)
+    assert bench.main(["--design", "smoke", "--out", str(out), "--merge-only", "--leakage",
+                       str(tmp_path / "leak.csv")]) == 0
     assert json.loads((out / "results.json").read_text())["missing"] == ["workshop/seed 1/distill"]
+    leakage = pd.read_csv(out / "costs.csv").set_index("arm")["tpr_at_1pct_fpr"]
+    assert leakage["fedavg"] == 0.02 and leakage.drop("fedavg").isna().all()  # blank where not measured
+    assert "| 0.020 |" in (out / "table.md").read_text()
     cost = json.loads((out / "workshop" / "run_0_fedavg" / bench.COST).read_text())
     cost["settings"] = "other"
     (out / "workshop" / "run_0_fedavg" / bench.COST).write_text(json.dumps(cost))
