@@ -10,7 +10,7 @@ runs tasks in parallel processes (one torch thread each); ``--shard K/N`` runs o
 listing the missing ones. A merge refuses runs made by different code unless ``--allow-mixed-code``.
 
 Outputs of the merge (``OUT``): ``per_seed.csv``, ``summary.csv``, ``differences.csv``, ``costs.csv`` (column
-conventions: :mod:`gliofed.experiments.benchmark`), ``results.json`` (code, seeds, device, dates, missing tasks),
+conventions: :mod:`gliofed.experiments.study`), ``results.json`` (code, seeds, device, dates, missing tasks),
 ``table.md`` and ``pareto.html`` (accuracy against site compute, bytes up and bytes up + down).
 
 Usage:
@@ -46,7 +46,7 @@ if str(ROOT) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(ROOT))
 
 from gliofed.errors import ConfigError  # noqa: E402
-from gliofed.experiments.benchmark import (  # noqa: E402
+from gliofed.experiments.study import (  # noqa: E402
     LABELS,
     METRICS,
     Arm,

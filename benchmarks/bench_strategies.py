@@ -28,6 +28,8 @@ Usage:
   python benchmarks/bench_strategies.py --smoke         # tiny cohort, small model, 1 round (the test's setting)
   python benchmarks/bench_strategies.py --gpu           # larger setting for a lent GPU
   python benchmarks/bench_strategies.py --tiny-round    # one round of each strategy on tiny (timing row)
+  python benchmarks/bench_strategies.py --paper-subset  # the paper preset on 60 subjects at 128 x 128, 2 rounds, GPU
+                                                        # (benchmarks/gpu_check.sh runs it)
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import os
 import platform
 import sys
 import time
@@ -56,7 +59,8 @@ from gliofed.data.dataset import CaseDataset  # noqa: E402
 from gliofed.data.synth import make_cohort  # noqa: E402
 from gliofed.errors import ConfigError  # noqa: E402
 from gliofed.experiments import stats  # noqa: E402
-from gliofed.experiments.benchmark import (  # noqa: E402
+from gliofed.experiments.comparison import build_sites  # noqa: E402
+from gliofed.experiments.study import (  # noqa: E402
     LABELS,
     METRICS,
     score,  # noqa: F401  (re-exported: callers score one model's predictions with it)
@@ -64,7 +68,6 @@ from gliofed.experiments.benchmark import (  # noqa: E402
     seed_differences,
     with_labels,
 )
-from gliofed.experiments.comparison import build_sites  # noqa: E402
 from gliofed.federated.protocol import DistillSettings  # noqa: E402
 from gliofed.federated.server.strategies import STRATEGIES, make_strategy  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
@@ -89,6 +92,10 @@ MODES: dict[str, dict] = {
     # issue 12 point 5: one round of every strategy on the tiny cohort at its own cache size (32), 2 threads
     "tiny_round": dict(preset="tiny", cases_per_site=None, size=32, seeds=(0,), rounds=1,
                        strategies=STRATEGIES, small_model=False, device="cpu", n_boot=100, threads=2),
+    # issue 26: the paper preset end to end on a subset (12 subjects per site, the seed's 128 x 128), for a GPU check;
+    # the cohort is drawn and preprocessed by every CPU core
+    "paper_subset": dict(preset="paper", cases_per_site=12, size=128, seeds=(0,), rounds=2, strategies=STRATEGIES,
+                         small_model=False, device="cuda", n_boot=200, workers=os.cpu_count() or 1),
 }
 #: distillation settings per mode (the benchmark's; the CPU modes use the workshop preset's effort)
 DISTILL: dict[str, dict] = {
@@ -97,6 +104,7 @@ DISTILL: dict[str, dict] = {
     "smoke": {"steps": 1, "server_epochs": 1, "real_batch": 4},
     "gpu": {"steps": 30, "server_epochs": 10},
     "tiny_round": {"steps": 2, "server_epochs": 2},  # the tiny preset's
+    "paper_subset": {},  # the paper preset's (DistillSettings' defaults)
 }
 
 
@@ -216,9 +224,9 @@ def prepare_seed(seed: int, mode: dict, work: Path) -> None:
                               f"{stamp_file.name}); use another --out, or delete {cohort} and {cache}.")
     else:
         make_cohort(cohort, preset=mode["preset"], seed=seed, cases_per_site=mode["cases_per_site"],
-                    progress=False, verbose=False)
+                    workers=mode.get("workers", 1), progress=False, verbose=False)
         stamp_file.write_text(stamp)
-    preprocess(cohort / "manifest.csv", cache, size=mode["size"], workers=1, progress=False)
+    preprocess(cohort / "manifest.csv", cache, size=mode["size"], workers=mode.get("workers", 1), progress=False)
 
 
 def run_one(seed: int, name: str, mode: dict, distill: dict, work: str, key: str) -> dict:
@@ -440,10 +448,14 @@ def _write_csv(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+MODE_FLAGS = ("quick", "smoke", "gpu", "tiny_round", "paper_subset")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (also used by ``gpu_check.py --dry-run`` to check the arguments it will pass)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     group = parser.add_mutually_exclusive_group()
-    for name in ("quick", "smoke", "gpu", "tiny_round"):
+    for name in MODE_FLAGS:
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=f"the {name} setting")
     parser.add_argument("--out", default="runs/bench_strategies", help="output folder (cohorts, caches, runs, tables)")
     parser.add_argument("--seeds", type=int, nargs="+", help="override the mode's seeds")
@@ -457,8 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device-name", default=None, help="device description for the table (default: detected)")
     parser.add_argument("--distill", default=None, metavar="JSON",
                         help='override distillation settings, e.g. \'{"steps": 20}\' (merged into the mode\'s)')
+    parser.add_argument("--cases-per-site", type=int, help="override the mode's subjects per site")
+    parser.add_argument("--device", help="override the mode's device")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    mode_name = next((n for n in ("quick", "smoke", "gpu", "tiny_round") if getattr(args, n)), "full")
+    mode_name = next((n for n in MODE_FLAGS if getattr(args, n)), "full")
     mode = dict(MODES[mode_name])
     if args.seeds:
         mode["seeds"] = tuple(args.seeds)
@@ -468,6 +487,10 @@ def main(argv: list[str] | None = None) -> int:
         mode["strategies"] = tuple(args.strategies)
     if args.n_boot:
         mode["n_boot"] = args.n_boot
+    if args.cases_per_site:
+        mode["cases_per_site"] = args.cases_per_site
+    if args.device:
+        mode["device"] = args.device
     try:
         distill = merged_distill(DISTILL[mode_name], args.distill)
     except ConfigError as error:

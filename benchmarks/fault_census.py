@@ -1,5 +1,5 @@
-"""Fault census (issue 14): one black-box probe per concrete sub-case of the six classes of inputs gliofed once
-handled badly, run against any checkout's code.
+"""Fault census (issues 14 and 29): one black-box probe per concrete sub-case of the seven classes of inputs gliofed
+once handled badly, run against any checkout's code.
 
 Usage::
 
@@ -20,7 +20,10 @@ the mixed-size probe); no Flower server is started.
 "Handled well": refused with a clear error (non-zero exit, no traceback) before any work; for a site, the request
 refused; for a reply, that site left out while the round goes on and the model equals what the honest site alone
 gives; for files, written by rename from a temporary file, a damaged case detected (re-made or named); for a
-checkpoint, its pickled code does not run.
+checkpoint, its pickled code does not run. Class 7 (issue 29, "nothing lost, nothing poisoned"): nothing a command
+was given is overwritten or lost; non-finite values are refused naming the subject, never written; a file's declared
+size allocates nothing (peak RSS under 200 MB, children capped at 4 GB of address space so that a tree which believes
+the header fails with MemoryError instead of taking the machine's memory); errors are one sentence.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ CLASSES = {
     4: "Names become paths",
     5: "Nonsense is accepted, or refused too late",
     6: "Checkpoints execute code",
+    7: "Nothing lost, nothing poisoned",
 }
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -99,6 +103,10 @@ if log:
                 sink.write(json.dumps({"event": "rename", "src": src, "dst": dst}) + "\n")
 
     sys.addaudithook(hook)
+if os.environ.get("CENSUS_RSS"):
+    import atexit, resource
+    atexit.register(lambda: print(f"CENSUS_PEAK_RSS_KB {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}",
+                                  file=sys.stderr, flush=True))
 from gliofed.cli import main
 sys.exit(main(sys.argv[1:]))
 '''
@@ -153,6 +161,12 @@ elif case == "n_cases_string":
     bad_meta["n_cases"] = "12"
 elif case == "n_cases_huge":
     bad_meta["n_cases"] = 1e30
+elif case == "negative_variance":  # issue 29: every BatchNorm running_var -50
+    for key in bad:
+        if key.endswith("running_var"):
+            bad[key] = np.full_like(bad[key], -50.0)
+elif case == "weights_1e30":  # issue 29: one weight tensor scaled to 1e30
+    bad[target] = np.full_like(bad[target], 1e30)
 elif case != "control":
     raise SystemExit("unknown case " + case)
 replies = {"a_honest": Payload("weights_update", honest, {"site": "a_honest", "n_cases": 4, "loss": 1.0}),
@@ -402,7 +416,9 @@ class Census:
 
     def __post_init__(self) -> None:
         for name, text in (("runner.py", RUNNER), ("import_check.py", IMPORT_CHECK), ("replies.py", REPLIES),
-                           ("flower.py", FLOWER), ("site.py", SITE), ("evil_checkpoint.py", EVIL_CHECKPOINT)):
+                           ("flower.py", FLOWER), ("site.py", SITE), ("evil_checkpoint.py", EVIL_CHECKPOINT),
+                           ("variants.py", CHECKPOINT_VARIANTS), ("memory_error.py", MEMORY_ERROR),
+                           ("disk_full.py", DISK_FULL), ("extreme.py", EXTREME), ("finite.py", FINITE)):
             (self.work / name).write_text(text)
         os.chmod(self.work, 0o755)
 
@@ -416,8 +432,9 @@ class Census:
         return env
 
     def run(self, argv: list[str], timeout: float = 300, kill_on: str | None = None, as_nobody: bool = False,
-            env: dict | None = None) -> Result:
-        """``python argv`` in a fresh process, cwd a new temporary folder; stopped when stdout matches ``kill_on``."""
+            env: dict | None = None, cap_gb: float | None = None) -> Result:
+        """``python argv`` in a fresh process, cwd a new temporary folder; stopped when stdout matches ``kill_on``;
+        with ``cap_gb`` its address space is capped (a tree that allocates what a header declares fails instead)."""
         cwd = Path(tempfile.mkdtemp(prefix="cwd_", dir=self.work))
         command = [self.python, *argv]
         environment = self.env(**(env or {}))
@@ -426,8 +443,15 @@ class Census:
             command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
             environment.update(HOME=str(cwd), XDG_CACHE_HOME=str(cwd), MPLCONFIGDIR=str(cwd))
         started = time.monotonic()
+        def cap() -> None:
+            import resource
+
+            limit = int(cap_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
         process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, errors="replace")
+                                   stderr=subprocess.PIPE, text=True, errors="replace",
+                                   preexec_fn=cap if cap_gb else None)
         out, err, matched = [], [], threading.Event()
 
         def pump(stream, sink, watch):
@@ -514,6 +538,14 @@ class Census:
                 position = args.index(flag)
                 del args[position:position + 2]
         return [*map(str, args), *extra]
+
+    def variants(self) -> dict:
+        """Checkpoints made from the base run's model by the tree's own code (class 7): ``nan`` (one NaN weight),
+        ``heads`` (an IDH head of three classes); made once."""
+        if "variants" not in self.setup:
+            folder = self.work / "variants"
+            self.setup["variants"] = self.script("variants.py", _checkpoint_of(self.base), folder)
+        return self.setup["variants"]
 
     def write_manifest(self, path: Path, rows: list[dict]) -> Path:
         with path.open("w", newline="") as handle:
@@ -1011,6 +1043,528 @@ def evil_checkpoint(c: Census):
         res)
 
 
+# class 7 -------------------------------------------------------------------------------------------------------
+#: scripts of class 7, run in the tree under test
+CHECKPOINT_VARIANTS = PREAMBLE + r'''
+import shutil
+from pathlib import Path
+import torch
+from safetensors.torch import load_file, save_file
+from gliofed.config import TrainConfig
+from gliofed.model import build_model
+from gliofed.runs import save_checkpoint
+
+base, out = Path(sys.argv[1]), Path(sys.argv[2])
+def copy(name):
+    folder = out / name
+    folder.mkdir(parents=True)
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(base.with_suffix(suffix), folder / ("model" + suffix))
+    return folder / "model.safetensors"
+
+weights = copy("nan")  # one weight NaN
+tensors = load_file(str(weights))
+key = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+tensors[key][0] = float("nan")
+save_file(tensors, str(weights), metadata={"gliofed": "checkpoint"})
+settings = json.loads(base.with_suffix(".json").read_text())
+config = TrainConfig.from_dict(settings["train_config"])
+heads = {"idh": 3, "codeletion": 2, "mgmt": 2, "grade": 3}  # an IDH head with three classes
+model = build_model({**settings["model_config"], "heads": heads})
+(out / "heads").mkdir()
+save_checkpoint(out / "heads" / "model.safetensors", model, config, preprocessing=settings.get("preprocessing"))
+emit(nan=str(weights), heads=str(out / "heads" / "model.safetensors"))
+'''
+
+MEMORY_ERROR = PREAMBLE + r'''
+import gliofed.inference
+from gliofed.inference import Predictor
+
+checkpoint, paths = sys.argv[1], dict(zip(("t1", "t1ce", "t2", "flair"), sys.argv[2:6]))
+predictor = Predictor(checkpoint, device="cpu")
+
+def out_of_memory(*_args, **_kwargs):
+    def pipeline(_data):
+        raise MemoryError()
+    return pipeline
+
+gliofed.inference.inference_pipeline = out_of_memory
+try:
+    predictor.predict_case("x", paths)
+    emit(raised=None)
+except Exception as error:
+    from gliofed.errors import GliofedError
+    emit(raised=type(error).__name__, gliofed=isinstance(error, GliofedError), message=str(error))
+'''
+
+DISK_FULL = PREAMBLE + r'''
+import errno
+import torch
+import gliofed.fileio
+from gliofed.config import TrainConfig
+from gliofed.model import build_model
+from gliofed.runs import TrainingRun
+
+run = TrainingRun(sys.argv[1])
+config = TrainConfig(model={"features": (4, 8, 16, 32), "hidden": 8}, device="cpu")
+model = build_model(config)
+run.save_state(1, model, {}, [{"round": 1}], config)
+earlier = {k: v.clone() for k, v in model.state_dict().items()}
+with torch.no_grad():
+    for p in model.parameters():
+        p.add_(1.0)
+real = gliofed.fileio.os.fsync
+
+def fsync(fd):  # the disk fills up while the second round's settings file is flushed
+    if "state.json" in os.path.basename(os.readlink(f"/proc/self/fd/{fd}")):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    return real(fd)
+
+gliofed.fileio.os.fsync = fsync
+raised = None
+try:
+    run.save_state(2, model, {}, [{"round": 1}, {"round": 2}], config)
+except Exception as error:
+    from gliofed.errors import GliofedError
+    raised = {"type": type(error).__name__, "gliofed": isinstance(error, GliofedError), "line": first_line(error),
+              "lines": len(str(error).strip().splitlines())}
+gliofed.fileio.os.fsync = real
+try:
+    state = run.load_state()
+    same = all(torch.equal(state["model"][k], v) for k, v in earlier.items())
+    loaded = {"round": state["round"], "weights_of_round_1": bool(same)}
+except Exception as error:
+    loaded = {"error": first_line(error)}
+emit(raised=raised, loaded=loaded)
+'''
+
+
+def _peak_mb(res: Result) -> float | None:
+    for line in res.err.splitlines():
+        if line.startswith("CENSUS_PEAK_RSS_KB "):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def _clean(res: Result) -> Result:
+    """``res`` without the census's own peak-RSS line (so that err_line finds the command's)."""
+    err = "\n".join(line for line in res.err.splitlines() if not line.startswith("CENSUS_PEAK_RSS_KB "))
+    return Result(res.rc, res.out, err, res.wall, res.killed)
+
+
+def _case7(c: Census, name: str) -> tuple[Path, dict]:
+    """A fresh copy of one cohort case with its ground truth, in its own folder: (folder, contrast/seg -> path)."""
+    row = next(r for r in c.rows if r.get("seg"))
+    folder = c.fresh(name)
+    paths = {}
+    for key in ("t1", "t1ce", "t2", "flair", "seg"):
+        target = folder / f"x_{key}.nii.gz"
+        shutil.copy(row[key], target)
+        paths[key] = target
+    return folder, paths
+
+
+def _scans(paths: dict) -> list[str]:
+    return [a for m in ("t1", "t1ce", "t2", "flair") for a in (f"--{m}", str(paths[m]))]
+
+
+def _refused(res: Result) -> bool:
+    return res.killed is None and res.rc not in (0, None) and not res.traceback
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+
+
+def _extreme_copy(c: Census, name: str, subjects: int | None = None) -> tuple[Path, dict]:
+    """A manifest whose first subject's FLAIR has two voxels of 3e38 (finite float32): (manifest, that row)."""
+    rows = [dict(r) for r in c.rows]
+    first = rows[0]
+    folder = c.fresh(name)
+    flair = folder / Path(first["flair"]).name
+    c.script("extreme.py", first["flair"], flair)
+    first["flair"] = str(flair)
+    return c.write_manifest(c.work / f"{name}.csv", rows[:subjects] if subjects else rows), first
+
+
+EXTREME = PREAMBLE + r'''
+import nibabel as nib
+import numpy as np
+image = nib.load(sys.argv[1])
+data = np.asarray(image.dataobj, dtype=np.float32)
+data.flat[[3, 17]] = 3e38
+nib.save(nib.Nifti1Image(data, image.affine), sys.argv[2])
+emit(ok=True)
+'''
+
+BOMB_SHAPE = (3000, 3000, 300)
+
+
+def _bomb(path: Path) -> Path:
+    """A 56-byte .nii.gz whose NIfTI-1 header declares 3000 x 3000 x 300 int16 voxels (5.4 GB)."""
+    import gzip
+    import struct
+
+    header = bytearray(348)
+    struct.pack_into("<i", header, 0, 348)                                # sizeof_hdr
+    struct.pack_into("<8h", header, 40, 3, *BOMB_SHAPE, 1, 1, 1, 1)       # dim
+    struct.pack_into("<hh", header, 70, 4, 16)                            # datatype int16, bitpix
+    struct.pack_into("<8f", header, 76, 1, 1, 1, 1, 1, 1, 1, 1)           # pixdim
+    struct.pack_into("<f", header, 108, 352.0)                            # vox_offset
+    header[344:348] = b"n+1\0"                                            # magic
+    path.write_bytes(gzip.compress(bytes(header) + b"\0" * 4))
+    return path
+
+
+def _bomb_manifest(c: Census, name: str) -> tuple[Path, dict]:
+    row = dict(next(r for r in c.rows if r.get("seg")))
+    folder = c.fresh(name)
+    row["t1"] = str(_bomb(folder / "bomb_t1.nii.gz"))
+    return c.write_manifest(c.work / f"{name}.csv", [row]), row
+
+
+def _bomb_verdict(res: Result, named: bool) -> tuple[bool, str]:
+    peak = _peak_mb(res)
+    tried = "MemoryError" in res.out + res.err
+    ok = named and not tried and not res.traceback and peak is not None and peak < 200
+    clean = _clean(res)
+    said = next((line for line in _lines(clean.out + "\n" + clean.err) if "bomb" in line or "_t1" in line
+                 or "rror" in line), "")
+    text = f"exit {res.rc}" + (f"; {short(said, 170)}" if said else "") if not res.traceback else described(clean)
+    return ok, (f"peak RSS {peak:.0f} MB (cap 4 GB); " if peak is not None else "") + text
+
+
+@probe(7, "7a", "predict --out the case's own folder (its ground truth x_seg.nii.gz beside the scans)")
+def predict_over_ground_truth(c: Census):
+    folder, paths = _case7(c, "gt_case")
+    before = paths["seg"].read_bytes()
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", folder, timeout=300)
+    kept = paths["seg"].read_bytes() == before
+    return kept and _refused(res), ("ground truth kept; " if kept else "ground truth x_seg.nii.gz OVERWRITTEN; ") + (
+        described(res))
+
+
+@probe(7, "7b", "predict twice into the same --out (no --overwrite)")
+def predict_twice(c: Census):
+    _, paths = _case7(c, "twice_case")
+    out = c.work / "twice_out"
+    first = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", out, timeout=300)
+    if first.rc != 0:
+        raise ProbeError(f"the first predict failed: {described(first)}")
+    mask = out / "x_seg.nii.gz"
+    stamp = mask.stat().st_mtime_ns
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", out, timeout=300)
+    kept = mask.stat().st_mtime_ns == stamp
+    return kept and _refused(res), ("earlier prediction kept; " if kept else "earlier prediction replaced; ") + (
+        described(res))
+
+
+@probe(7, "7c", "check: two FLAIR voxels of 3e38 (finite float32; z-scoring overflows)")
+def check_extreme(c: Census):
+    manifest, row = _extreme_copy(c, "extreme_check", subjects=2)
+    res = c.cli("check", manifest, timeout=300)
+    mention = next((line for line in _lines(res.out + "\n" + res.err) if row["subject_id"] in line
+                    and "flair" in line.lower()), "")
+    ok = res.rc not in (0, None) and not res.traceback and bool(mention)
+    return ok, f"exit {res.rc}" + (f"; {short(mention, 150)}" if mention else "; the case is not reported")
+
+
+@probe(7, "7d", "preprocess: two FLAIR voxels of 3e38 (NaN cached?)")
+def preprocess_extreme(c: Census):
+    manifest, row = _extreme_copy(c, "extreme_preprocess", subjects=2)
+    cache = c.work / "cache_extreme"
+    res = c.cli("preprocess", manifest, "--cache", cache, "--size", "32", timeout=300)
+    cached = cache / "cases" / f"{row['subject_id']}.image.npy"
+    finite = c.script("finite.py", cached)["finite"] if cached.is_file() else None
+    skipped = next((line for line in _lines(res.out) if f"skipped {row['subject_id']}" in line), "")
+    ok = not res.traceback and finite is not False and (bool(skipped) or _refused(res))
+    if finite is False:
+        return False, f"exit {res.rc}; {row['subject_id']} cached with NaN/Inf values"
+    return ok, (short(skipped, 170) if skipped else described(res))
+
+
+FINITE = PREAMBLE + r'''
+import numpy as np
+emit(finite=bool(np.isfinite(np.load(sys.argv[1], mmap_mode="r")).all()))
+'''
+
+
+@probe(7, "7e", "predict: two FLAIR voxels of 3e38")
+def predict_extreme(c: Census):
+    folder, paths = _case7(c, "extreme_case")
+    c.script("extreme.py", paths["flair"], paths["flair"])
+    out = c.work / "extreme_out"
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", out, timeout=300)
+    if res.rc == 0:
+        text = (out / "x_markers.json").read_text() if (out / "x_markers.json").is_file() else ""
+        return False, "exit 0; markers " + ("hold NaN" if "NaN" in text else "written") + f"; {short(res.out, 120)}"
+    return _refused(res), described(res)
+
+
+@probe(7, "7f", "train (fedavg, 2 rounds) on the cohort with one FLAIR of 3e38 voxels")
+def train_extreme(c: Census):
+    manifest, row = _extreme_copy(c, "extreme_train")
+    out = c.work / "extreme_run"
+    res = c.cli(*c.train_args(out, "--rounds", "2", manifest=manifest, cache=c.work / "cache_extreme_train"),
+                timeout=400)
+    if res.rc == 0:
+        skipped = next((line for line in _lines(res.out) if f"skipped {row['subject_id']}" in line), "")
+        if skipped:
+            return True, "exit 0; " + short(skipped, 150)
+        left_out = _sites_left_out(out)
+        return False, f"exit 0; {row['subject_id']} not named" + (
+            f"; site {next(iter(left_out))} left out: {short(next(iter(left_out.values())), 100)}" if left_out else
+            "; trained on it")
+    return _refused(res), described(res) + ("" if announced(res) is None else " (after training started)")
+
+
+@probe(7, "7g", "predict with a checkpoint holding a NaN weight")
+def nan_checkpoint(c: Census):
+    variants = c.variants()
+    out = c.work / "nan_out"
+    _, paths = _case7(c, "nan_case")
+    res = c.cli("predict", variants["nan"], *_scans(paths), "--out", out, timeout=300)
+    if res.rc == 0:
+        text = (out / "x_markers.json").read_text()
+        return False, "exit 0; x_markers.json " + ("holds bare NaN (not JSON)" if "NaN" in text else "written")
+    return _refused(res), described(res)
+
+
+@probe(7, "7h", "train --resume on another cohort (synth --seed 1) into a fedavg run")
+def resume_other_data(c: Census):
+    other = c.work / "cohort_seed1"
+    made = c.cli("synth", "--preset", "tiny", "--seed", "1", "--out", other, timeout=300)
+    if made.rc != 0:
+        raise ProbeError(f"synth --seed 1 failed: {described(made)}")
+    run = c.work / "resume_data"
+    shutil.copytree(c.base, run)
+    res = c.cli(*c.train_args(run, "--rounds", "2", "--resume", manifest=other / "manifest.csv",
+                              cache=c.work / "cache_seed1"), timeout=400)
+    if res.rc == 0:
+        return False, "exit 0: continued on the other cohort (two test sets in one history)"
+    return _refused(res) and "manifest" in res.err, described(res)
+
+
+@probe(7, "7i", "a fedavg reply whose BatchNorm running_var is -50")
+def negative_variance(c: Census):
+    return _reply(c, "negative_variance", "running_var -50")
+
+
+@probe(7, "7j", "a fedavg reply with one weight tensor of 1e30")
+def weights_1e30(c: Census):
+    return _reply(c, "weights_1e30", "weights 1e30")
+
+
+@probe(7, "7k", "check: a 56-byte .nii.gz declaring 3000 x 3000 x 300 voxels (peak RSS < 200 MB)")
+def bomb_check(c: Census):
+    manifest, row = _bomb_manifest(c, "bomb_check")
+    res = c.cli("check", manifest, timeout=300, env={"CENSUS_RSS": "1"}, cap_gb=4)
+    named = res.rc not in (0, None) and "bomb_t1.nii.gz" in res.out
+    return _bomb_verdict(res, named)
+
+
+@probe(7, "7l", "preprocess: the same bomb (peak RSS < 200 MB)")
+def bomb_preprocess(c: Census):
+    manifest, row = _bomb_manifest(c, "bomb_preprocess")
+    res = c.cli("preprocess", manifest, "--cache", c.work / "cache_bomb", "--size", "32", timeout=300,
+                env={"CENSUS_RSS": "1"}, cap_gb=4)
+    named = f"skipped {row['subject_id']}" in res.out or _refused(res)
+    return _bomb_verdict(res, named)
+
+
+@probe(7, "7m", "predict: the same bomb as the T1 (peak RSS < 200 MB)")
+def bomb_predict(c: Census):
+    _, paths = _case7(c, "bomb_case")
+    _bomb(paths["t1"])
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", c.work / "bomb_out", timeout=300,
+                env={"CENSUS_RSS": "1"}, cap_gb=4)
+    return _bomb_verdict(res, _refused(res))
+
+
+def _variant_json(c: Census, name: str, edit: Callable[[dict], object]) -> Path:
+    """A copy of the base checkpoint whose model.json is edited by ``edit`` (JSON only: done here)."""
+    folder = c.fresh(name)
+    base = _checkpoint_of(c.base)
+    shutil.copy(base, folder / "model.safetensors")
+    settings = json.loads(base.with_suffix(".json").read_text())
+    text = edit(settings)
+    (folder / "model.json").write_text(text if isinstance(text, str) else json.dumps(settings))
+    return folder / "model.safetensors"
+
+
+def _predict_with(c: Census, checkpoint: Path, name: str, extra: tuple = (), **kw) -> Result:
+    _, paths = _case7(c, f"{name}_case")
+    return c.cli("predict", checkpoint, *_scans(paths), *extra, "--out", c.work / f"{name}_out", timeout=300, **kw)
+
+
+@probe(7, "7n", "predict with a model.json declaring features (16, 32, 64, 4096) (~2 GB of weights; peak RSS)")
+def huge_features(c: Census):
+    checkpoint = _variant_json(c, "huge", lambda s: s["model_config"].update(features=[16, 32, 64, 4096]))
+    res = _predict_with(c, checkpoint, "huge", env={"CENSUS_RSS": "1"}, cap_gb=4)
+    peak = _peak_mb(res)
+    ok = _refused(res) and peak is not None and peak < 1024
+    return ok, (f"peak RSS {peak:.0f} MB (cap 4 GB); " if peak is not None else "") + described(_clean(res))
+
+
+@probe(7, "7o", "a second train into a run folder whose lock a live process holds")
+def run_lock(c: Census):
+    import socket
+
+    run = c.fresh("locked_run")
+    holder = subprocess.Popen([c.python, "-c", "import time; time.sleep(600)"])
+    try:
+        for name in (".lock", ".train.lock"):  # whichever name the tree's run lock has
+            (run / name).write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname()}))
+        res = c.cli(*c.train_args(run), timeout=400, kill_on=ANNOUNCE)
+    finally:
+        holder.kill()
+        holder.wait()
+    if res.killed == "matched":
+        return False, "accepted: started training into the folder another process is writing (stopped by the probe)"
+    return refused_early(res), described(res)
+
+
+@probe(7, "7p", "train without --size when one t1 is missing")
+def native_size_missing(c: Census):
+    rows = [dict(r) for r in c.rows]
+    rows[0]["t1"] = str(c.work / "no_such_t1.nii.gz")
+    manifest = c.write_manifest(c.work / "missing_t1.csv", rows)
+    args = c.train_args(c.work / "missing_t1_run", manifest=manifest, cache=c.work / "cache_missing_t1")
+    position = args.index("--size")
+    del args[position:position + 2]
+    res = c.cli(*args, timeout=400)
+    if res.rc == 0:
+        skipped = next((line for line in _lines(res.out) if "skipped" in line), "")
+        return True, "exit 0; " + short(skipped, 150)
+    return _refused(res), described(res)
+
+
+@probe(7, "7q", "predict --out FILE (an existing file)")
+def predict_out_file(c: Census):
+    target = c.work / "predict_out_file"
+    target.write_text("a file")
+    _, paths = _case7(c, "out_file_case")
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--out", target, timeout=300)
+    kept = target.read_text() == "a file"
+    return _refused(res) and kept, described(res)
+
+
+@probe(7, "7r", "predict --device gpu")
+def predict_gpu(c: Census):
+    res = _predict_with(c, _checkpoint_of(c.base), "gpu", extra=("--device", "gpu"))
+    return _refused(res) and "gpu" in err_line(res.err), described(res)
+
+
+@probe(7, "7s", "an error whose message is empty (MemoryError()) while predicting (unit level: Predictor)")
+def empty_message(c: Census):
+    _, paths = _case7(c, "memory_error_case")
+    data = c.script("memory_error.py", _checkpoint_of(c.base), *(paths[m] for m in ("t1", "t1ce", "t2", "flair")))
+    if data["raised"] is None:
+        raise ProbeError("the patched pipeline did not raise")
+    ok = data["gliofed"] and len(data["message"].strip().splitlines()) == 1
+    return ok, f"{data['raised']}: {short(data['message'], 150)}"
+
+
+@probe(7, "7t", "predict --manifest whose second subject_id has 300 characters")
+def long_subject(c: Census):
+    _, paths = _case7(c, "long_case")
+    manifest = c.work / "long_ids.csv"
+    scans = ",".join(str(paths[m]) for m in ("t1", "t1ce", "t2", "flair"))
+    manifest.write_text(f"subject_id,t1,t1ce,t2,flair\nx,{scans}\n{'y' * 300},{scans}\n")
+    out = c.work / "long_out"
+    res = c.cli("predict", _checkpoint_of(c.base), "--manifest", manifest, "--out", out, timeout=300)
+    written = _files(out)
+    ok = _refused(res) and not written
+    return ok, described(res) + (f"; left behind {', '.join(written)}" if written else "; nothing written")
+
+
+def _predict_refused(c: Census, checkpoint: Path, name: str):
+    res = _predict_with(c, checkpoint, name)
+    if res.rc == 0:
+        return False, f"exit 0: predicted with it; {short(res.out, 120)}"
+    return _refused(res), described(res)
+
+
+@probe(7, "7u", "predict with a model.json whose model_config is a list")
+def config_list(c: Census):
+    return _predict_refused(c, _variant_json(c, "config_list", lambda s: s.update(model_config=[1, 2])), "list")
+
+
+@probe(7, "7v", "predict with a model.json nested 200,000 deep")
+def config_deep(c: Census):
+    return _predict_refused(c, _variant_json(c, "config_deep", lambda s: "[" * 200_000 + "]" * 200_000), "deep")
+
+
+@probe(7, "7w", "predict with a model whose IDH head has 3 classes (heads that are not the markers)")
+def odd_heads(c: Census):
+    return _predict_refused(c, Path(c.variants()["heads"]), "heads")
+
+
+@probe(7, "7x", "predict with a model.json whose preprocessing lists 2 contrasts for a 4-channel model")
+def channels(c: Census):
+    checkpoint = _variant_json(c, "channels", lambda s: s["preprocessing"].update(modalities=["t1", "t2"]))
+    return _predict_refused(c, checkpoint, "channels")
+
+
+@probe(7, "7y", "curate --merge of an empty CSV")
+def merge_empty(c: Census):
+    empty = c.work / "empty_merge.csv"
+    empty.write_text("")
+    res = c.cli("curate", "--merge", empty, "--out", c.work / "merged_empty.csv", timeout=200)
+    return _refused(res), described(res)
+
+
+@probe(7, "7z", "disk full while saving a round's state (unit level: TrainingRun.save_state, ENOSPC on flush)")
+def disk_full(c: Census):
+    data = c.script("disk_full.py", c.fresh("disk_full_run"))
+    raised, loaded = data["raised"], data["loaded"]
+    intact = loaded.get("round") == 1 and loaded.get("weights_of_round_1")
+    one_sentence = bool(raised) and raised["gliofed"] and raised["lines"] == 1
+    state = ("earlier state intact" if intact else f"earlier state NOT intact ({loaded})")
+    said = f"{raised['line']}" if raised else "nothing raised"
+    return one_sentence and intact, f"{state}; {short(said, 160)}"
+
+
+@probe(7, "7aa", "predict --subject '=SUM(A1:A9)' (a formula as a file name and CSV cell)")
+def formula_subject(c: Census):
+    _, paths = _case7(c, "formula_case")
+    out = c.work / "formula_out"
+    res = c.cli("predict", _checkpoint_of(c.base), *_scans(paths), "--subject", "=SUM(A1:A9)", "--out", out,
+                timeout=300)
+    written = _files(out)
+    return _refused(res) and not written, described(res) + (f"; wrote {', '.join(written[:2])}" if written else "")
+
+
+@probe(7, "7ab", "curate --merge of a manifest whose dataset cell is a formula: the merged CSV's cell")
+def formula_cell(c: Census):
+    rows = [dict(r) for r in c.rows[:2]]
+    rows[0]["dataset"] = '=HYPERLINK("http://example.invalid","x")'
+    source = c.write_manifest(c.work / "formula_source.csv", rows)
+    merged = c.work / "formula_merged.csv"
+    res = c.cli("curate", "--merge", source, "--out", merged, timeout=200)
+    if res.rc != 0:
+        return False, described(res)
+    with merged.open(newline="") as handle:
+        cell = next(csv.DictReader(handle))["dataset"]
+    return cell.startswith("'"), f"merged cell: {short(cell, 80)}"
+
+
+@probe(7, "7ac", "evaluate a model.json whose preprocessing size is 0")
+def size_zero_checkpoint(c: Census):
+    checkpoint = _variant_json(c, "size0", lambda s: s["preprocessing"].update(size=0))
+    res = c.cli("evaluate", checkpoint, c.manifest, "--bootstrap", "10", "--out", c.work / "size0_eval", timeout=300)
+    built = (c.cohort / "cache_0").exists()
+    return _refused(res) and not built, described(res) + ("; built cache_0" if built else "")
+
+
+@probe(7, "7ad", "train --external-site nosuch (refused before the cache refresh?)")
+def external_nosuch(c: Census):
+    cache = c.work / "cache_nosuch"
+    res = c.cli(*c.train_args(c.work / "nosuch_run", "--external-site", "nosuch", cache=cache), timeout=400)
+    touched = cache.exists()
+    return _refused(res) and not touched, described(res) + ("; after refreshing the cache" if touched else "")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # census, tables
 # ----------------------------------------------------------------------------------------------------------------
@@ -1099,7 +1653,7 @@ def markdown(before: dict, after: dict, labels: tuple[str, str], date: str, devi
         return (f"{where} (gliofed from `{result['gliofed_file']}`); started {result.get('started', '?')}, census "
                 f"wall clock {result['wall_s'] / 60:.1f} min")
 
-    out = [f"# Fault census (issue 14): {old} → {new}", "",
+    out = [f"# Fault census (issues 14 and 29): {old} → {new}", "",
            f"Written: {date} (each census's start is below). Device: {device}. Produced by "
            "`benchmarks/fault_census.py` (one fresh subprocess per probe, "
            "`PYTHONPATH=<tree>`, cwd a temporary folder, `gliofed.__file__` checked inside the tree; torch on one "
@@ -1112,7 +1666,10 @@ def markdown(before: dict, after: dict, labels: tuple[str, str], date: str, devi
            "replies); the Flower sub-cases (2h, 5n) at unit level: the ServerApp's own `flower_exchange` with a "
            "stand-in Grid and real Flower `Message`s, then `federated_round` (no Flower server started). 3a/3b "
            "watch the command's file writes and renames with a Python audit hook. 5g runs as user nobody (root "
-           "writes into a mode-555 folder). `$WORK` is the census's temporary folder.", "",
+           "writes into a mode-555 folder). Class 7 (issue 29) probes `predict`, checkpoints, resume and replies; "
+           "7i/7j through `federated_round`, 7s/7z at unit level (a patched pipeline, a patched `os.fsync`); 7k-7n "
+           "run under a 4 GB address-space cap and report the command's own peak RSS. `$WORK` is the census's "
+           "temporary folder.", "",
            "\"yes\" = handled well: refused with a clear error (non-zero exit, no traceback) before any work; a site "
            "refuses the request; a bad reply leaves only its site out while the round goes on and the model equals "
            "the honest site's; a file arrives by rename from a temporary file; a damaged case is re-made or named; a "

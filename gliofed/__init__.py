@@ -7,10 +7,12 @@ Package map (one concept per module; data flows down this list):
 - :mod:`gliofed.data` — manifest, synthetic cohort, checks, dataset adapters, preprocessing cache, Dataset.
 - :mod:`gliofed.model` (the network and its one builder), :mod:`gliofed.losses`, :mod:`gliofed.metrics`,
   :mod:`gliofed.engine` (train / predict loops).
-- :mod:`gliofed.runs` — :class:`~gliofed.runs.TrainingRun`, the only reader and writer of a run folder.
+- :mod:`gliofed.runs` — :class:`~gliofed.runs.TrainingRun`, the only reader and writer of a run folder;
+  :mod:`gliofed.provenance` (versions, commit, training-data fingerprint) and :mod:`gliofed.card` (model cards).
 - :mod:`gliofed.federated` — ``strategies/`` (server side), ``site/`` (everything that touches a site's cases),
   ``payload``, ``rounds``, ``simulate`` and ``flower/`` (the two drivers).
-- :mod:`gliofed.experiments` — strategy comparison, modality ablation, privacy audit (what notebooks call).
+- :mod:`gliofed.experiments` — strategy comparison, modality ablation, privacy audit, the benchmark's results as
+  text, the teaching helpers and notebook 05's Flower app (what notebooks call).
 - :mod:`gliofed.explain` (Grad-CAM), :mod:`gliofed.viz` (plots, viewer), :mod:`gliofed.workspace`,
   :mod:`gliofed.cli`.
 """

@@ -7,7 +7,8 @@ traceback and exits non-zero.
 from __future__ import annotations
 
 __all__ = ["GliofedError", "ManifestError", "DataError", "CacheError", "CacheDamagedError", "CacheLockedError",
-           "ConfigError", "PolicyError", "CheckpointError", "PayloadError", "FederationError"]
+           "ConfigError", "PolicyError", "CheckpointError", "PayloadError", "FederationError", "RunLockedError",
+           "TrainingError", "WriteError", "first_line"]
 
 
 class GliofedError(Exception):
@@ -54,3 +55,23 @@ class PayloadError(GliofedError):
 
 class FederationError(GliofedError):
     """A federated round could not proceed (too few sites answered, or a participant the strategy needs failed)."""
+
+
+class RunLockedError(ConfigError):
+    """Another live ``gliofed train`` is writing the same run folder."""
+
+
+class TrainingError(GliofedError):
+    """Training cannot go on: the loss of a batch is NaN or infinite (the message names the batch's subjects)."""
+
+
+class WriteError(GliofedError):
+    """A file could not be written because the disk (or the user's quota) is full; the earlier file is unchanged."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """``"<ExceptionType>: <first non-blank line of its message>"`` (at most ``limit`` characters of the message), or
+    the bare type name when the message is empty (``MemoryError()``): the cause inside a one-sentence error."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    name = type(error).__name__
+    return f"{name}: {lines[0][:limit]}" if lines else name

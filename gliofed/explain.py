@@ -68,6 +68,8 @@ class _HeadOutput(nn.Module):
         if self.target != SEG_TARGET:
             return out[self.target]
         logits = out["seg"]
+        if getattr(self.model, "config", {}).get("seg_output") == "regions":  # WT's logit over the predicted WT
+            return (logits[:, 0] * (logits[:, 0] > 0)).flatten(1).sum(1)
         predicted = logits.argmax(1, keepdim=True)
         selected = torch.zeros_like(logits).scatter_(1, predicted, 1.0)  # one-hot of the predicted class
         selected[:, [c for c in range(logits.shape[1]) if c not in self.tumour_classes]] = 0
@@ -208,7 +210,9 @@ def explain_dataset(model: nn.Module, dataset, targets: Sequence[str] = ("seg", 
         one row per case and target: ``subject``, ``site``, ``target``, ``explained_class``, ``top_share``,
         ``chance``, ``pointing_hit``.
     """
-    device = torch.device(device)
+    from gliofed.engine import resolve_device
+
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)  # "auto" too
     model = model.to(device)
     rows = []
     for i in tqdm(range(len(dataset)), desc="Grad-CAM", leave=False, disable=not progress):

@@ -11,15 +11,22 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from gliofed.vocab import MARKER_CLASSES, MARKERS, REGIONS
 
 __all__ = ["region_scores", "binary_scores", "classification_metrics", "segmentation_metrics",
            "expected_calibration_error", "hd95_label", "evaluate_predictions", "results_table", "quick_metrics",
-           "per_site_metrics"]
+           "per_site_metrics", "choose_threshold", "choose_thresholds", "threshold_values", "threshold_note",
+           "THRESHOLD_METHODS", "BINARY_MARKERS"]
 
 _BINARY = ("idh", "codeletion", "mgmt")
+#: the markers with one decision threshold each (grade is a three-class argmax)
+BINARY_MARKERS = _BINARY
+#: how a threshold can be chosen on the training split
+THRESHOLD_METHODS = {"youden": "Youden's J", "f1": "the F1-optimal point"}
+#: the threshold every marker without a stored one uses
+DEFAULT_THRESHOLD = 0.5
 
 
 def region_scores(predicted, truth, hd95: bool = True, spacing=None) -> dict[str, float]:
@@ -79,11 +86,90 @@ def fast_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def binary_scores(y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+def choose_threshold(y: np.ndarray, p: np.ndarray, method: str = "youden") -> float:
+    """The decision threshold of one binary marker chosen on labelled predictions (the training split).
+
+    Args:
+        y: true labels (0/1).
+        p: predicted probabilities of class 1.
+        method: ``"youden"`` (default): the ROC point maximising Youden's J = sensitivity + specificity - 1
+            (scikit-learn's ``roc_curve``); ``"f1"``: the point maximising F1 (``precision_recall_curve``). Ties go to
+            the highest threshold.
+
+    Returns:
+        the threshold t (a case is called positive when p >= t), or NaN when ``y`` lacks one of the classes.
+    """
+    if method not in THRESHOLD_METHODS:
+        raise ValueError(f"threshold method {method!r} is not one of {', '.join(THRESHOLD_METHODS)}.")
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    if method == "youden":
+        fpr, tpr, thresholds = roc_curve(y, p)
+        j = (tpr - fpr)[1:]  # the first point (threshold +inf) calls nobody positive
+        return float(min(thresholds[1:][int(np.argmax(j))], 1.0))
+    precision, recall, thresholds = precision_recall_curve(y, p)
+    precision, recall = precision[:-1], recall[:-1]  # the last point has no threshold
+    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros_like(precision),
+                   where=precision + recall > 0)
+    best = np.flatnonzero(f1 == f1.max())
+    return float(thresholds[best[-1]])
+
+
+def choose_thresholds(predictions: pd.DataFrame, method: str = "youden", split: str = "train") -> dict:
+    """Each binary marker's threshold chosen on ``predictions`` (:func:`choose_threshold`, unknown labels left out),
+    as the record a checkpoint stores.
+
+    Args:
+        predictions: a :func:`gliofed.engine.predict` table of the cases the threshold is chosen on.
+        method: ``"youden"`` (default) or ``"f1"``.
+        split: what the cases are, recorded for the reader (default ``"train"``).
+
+    Returns:
+        ``{"method", "split", "markers": {marker: threshold}, "n": {marker: cases used}}``; a marker whose known
+        labels lack a class has no threshold (it keeps 0.5).
+    """
+    markers, counts = {}, {}
+    for marker in _BINARY:
+        known = predictions[predictions[marker] >= 0]
+        value = choose_threshold(known[marker].to_numpy(), known[f"p_{marker}_1"].to_numpy(), method)
+        counts[marker] = int(len(known))
+        if np.isfinite(value):
+            markers[marker] = value
+    return {"method": method, "split": split, "markers": markers, "n": counts}
+
+
+def threshold_values(record: dict | None) -> dict[str, float]:
+    """marker -> threshold for every binary marker: the stored ones (a :func:`choose_thresholds` record, or a plain
+    ``{marker: value}``), 0.5 for the rest."""
+    record = record or {}
+    stored = record.get("markers", record) if isinstance(record, dict) else {}
+    return {marker: float(stored[marker]) if isinstance(stored.get(marker), int | float) else DEFAULT_THRESHOLD
+            for marker in _BINARY}
+
+
+def threshold_note(record: dict | None) -> str:
+    """One sentence saying at which thresholds recall, specificity, F1 and accuracy are reported."""
+    record = record or {}
+    chosen = sorted(record.get("markers", {}))
+    if not chosen:
+        return "Recall, specificity, F1 and accuracy are at a fixed threshold of 0.5 (no threshold was stored)."
+    method = THRESHOLD_METHODS.get(record.get("method"), str(record.get("method")))
+    rest = [m for m in _BINARY if m not in chosen]
+    values = ", ".join(f"{m} {record['markers'][m]:.2f}" for m in chosen)
+    return (f"Recall, specificity, F1 and accuracy are at each marker's threshold chosen on the {record.get('split')} "
+            f"split by {method} ({values})"
+            + (f"; {', '.join(rest)} at 0.5 (one class, or none, among its training labels)" if rest else "")
+            + "; grade by the most likely "
+            "class.")
+
+
+def binary_scores(y: np.ndarray, p: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> dict[str, float]:
     """AUC, accuracy, recall, specificity, F1, ECE and Brier of binary labels ``y`` and probabilities ``p``, in plain
-    NumPy (equal to scikit-learn's, tested) because the bootstrap calls it thousands of times."""
+    NumPy (equal to scikit-learn's, tested) because the bootstrap calls it thousands of times. Accuracy, recall,
+    specificity and F1 call a case positive when ``p >= threshold`` (default 0.5)."""
     y = np.asarray(y).astype(int)
-    pred = (p >= 0.5).astype(int)
+    pred = (p >= threshold).astype(int)
     tp, tn = int(((pred == 1) & (y == 1)).sum()), int(((pred == 0) & (y == 0)).sum())
     fp, fn = int(((pred == 1) & (y == 0)).sum()), int(((pred == 0) & (y == 1)).sum())
     both = tp + fn > 0 and tn + fp > 0
@@ -116,13 +202,25 @@ def _bootstrap(y: np.ndarray, p: np.ndarray, score: Callable, n_boot: int, seed:
     return cis
 
 
-def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                           thresholds: dict | None = None) -> pd.DataFrame:
     """Per binary marker (IDH, 1p/19q, MGMT): AUC, accuracy, recall, specificity, F1, ECE, Brier with
-    bootstrap 95 % CIs; grade: macro one-vs-rest AUC plus one one-vs-rest row per grade (II, III, IV).
+    bootstrap 95 % CIs, and the ``threshold`` the threshold metrics used; grade: macro one-vs-rest AUC plus one
+    one-vs-rest row per grade (II, III, IV).
+
+    Args:
+        predictions: a :func:`gliofed.engine.predict` table.
+        n_boot: bootstrap resamples (0: no intervals).
+        seed: seeds the bootstrap.
+        thresholds: the model's stored thresholds (:func:`choose_thresholds` record or ``{marker: value}``); a
+            marker without one uses 0.5.
 
     Returns:
         long table: ``task``, ``metric``, ``value``, ``ci_low``, ``ci_high``, ``n`` (cases with a known label).
     """
+    from functools import partial
+
+    cutoffs = threshold_values(thresholds)
     rows = []
     for marker in MARKERS:
         known = predictions[predictions[marker] >= 0]
@@ -137,11 +235,15 @@ def classification_metrics(predictions: pd.DataFrame, n_boot: int = 1000, seed: 
         for task, (yt, pt) in tasks.items():
             if len(yt) == 0:
                 continue
-            values = binary_scores(yt, pt)
-            cis = _bootstrap(yt, pt, binary_scores, n_boot, seed)
+            score = partial(binary_scores, threshold=cutoffs.get(task, DEFAULT_THRESHOLD))
+            values = score(yt, pt)
+            cis = _bootstrap(yt, pt, score, n_boot, seed)
             for metric, value in values.items():
                 rows.append({"task": task, "metric": metric, "value": float(value), "ci_low": cis[metric][0],
                              "ci_high": cis[metric][1], "n": len(yt)})
+            if task in cutoffs:
+                rows.append({"task": task, "metric": "threshold", "value": cutoffs[task], "ci_low": np.nan,
+                             "ci_high": np.nan, "n": len(yt)})
         if marker == "grade" and len(y) and len(np.unique(y)) > 1:
             present = np.unique(y)
 
@@ -184,15 +286,18 @@ def segmentation_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Both tables: ``{"classification": ..., "segmentation": ...}``."""
-    return {"classification": classification_metrics(predictions, n_boot, seed),
+def evaluate_predictions(predictions: pd.DataFrame, n_boot: int = 1000, seed: int = 0,
+                         thresholds: dict | None = None) -> dict[str, pd.DataFrame]:
+    """Both tables: ``{"classification": ..., "segmentation": ...}``; ``thresholds``: see
+    :func:`classification_metrics`."""
+    return {"classification": classification_metrics(predictions, n_boot, seed, thresholds),
             "segmentation": segmentation_metrics(predictions)}
 
 
 def results_table(classification: pd.DataFrame) -> pd.DataFrame:
     """The seed's Table 3 layout: one row per task (IDH, 1p/19q, MGMT, grade, grade II/III/IV), columns
-    AUC, accuracy, recall, specificity, F1 as ``value (low-high)`` strings, and n."""
+    AUC, accuracy, recall, specificity, F1 as ``value (low-high)`` strings, n, and the ``threshold`` the binary
+    markers' accuracy, recall, specificity and F1 were computed at (:func:`threshold_note` says how it was chosen)."""
     names = {"idh": "IDH", "codeletion": "1p/19q", "mgmt": "MGMT", "grade": "Grade (macro)"}
     order = ["idh", "codeletion", "mgmt", "grade", "grade II", "grade III", "grade IV"]
     rows = []
@@ -203,11 +308,18 @@ def results_table(classification: pd.DataFrame) -> pd.DataFrame:
         row = {"task": names.get(task, task.replace("grade", "Grade")), "n": int(part["n"].iloc[0])}
         for metric in ("AUC", "accuracy", "recall", "specificity", "F1"):
             hit = part[part["metric"] == metric]
-            row[metric] = ("" if hit.empty or not np.isfinite(hit["value"].iloc[0]) else
-                           f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})")
+            if hit.empty or not np.isfinite(hit["value"].iloc[0]):
+                row[metric] = ""
+            elif not np.isfinite(hit["ci_low"].iloc[0]):  # no bootstrap (n_boot=0): the value alone
+                row[metric] = f"{hit['value'].iloc[0]:.2f}"
+            else:
+                row[metric] = f"{hit['value'].iloc[0]:.2f} ({hit['ci_low'].iloc[0]:.2f}-{hit['ci_high'].iloc[0]:.2f})"
+        cutoff = part[part["metric"] == "threshold"]
+        row["threshold"] = f"{cutoff['value'].iloc[0]:.2f}" if len(cutoff) else ""
         rows.append(row)
     # a segmentation-only cohort has no marker labels: an empty table, not a KeyError
-    return pd.DataFrame(rows, columns=["task", "n", "AUC", "accuracy", "recall", "specificity", "F1"]).set_index("task")
+    return pd.DataFrame(rows, columns=["task", "n", "AUC", "accuracy", "recall", "specificity", "F1",
+                                       "threshold"]).set_index("task")
 
 
 def quick_metrics(predictions: pd.DataFrame) -> dict[str, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -9,12 +10,35 @@ import torch.nn.functional as F
 from monai.networks.nets.basic_unet import TwoConv
 from torch import nn
 
-from gliofed.vocab import MARKER_CLASSES
+from gliofed.segmentation import SEG_OUTPUTS
+from gliofed.vocab import MARKER_CLASSES, REGIONS, SEG_CLASSES
 
-__all__ = ["MultiTaskUNet", "HEADS", "build_model"]
+__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec"]
 
 #: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
 HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
+
+#: normalisation names :class:`MultiTaskUNet` knows by name (MONAI's); a MONAI ``(name, args)`` tuple also works
+NORMS = ("batch", "group", "instance")
+
+#: most groups of the ``"group"`` normalisation (Wu & He, ECCV 2018, use 32 for 64+ channels; the seed's first
+#: stage has 16 channels, so 8 keeps two channels per group there)
+MAX_GROUPS = 8
+
+
+def norm_layer_spec(norm: str | tuple, features: Sequence[int]) -> str | tuple:
+    """The MONAI norm spec for ``norm``: ``"group"`` becomes ``("group", {"num_groups": G})`` with G the largest
+    divisor of every stage width up to :data:`MAX_GROUPS` (8 at the default widths), so that each GroupNorm splits
+    its channels evenly; any other name or tuple is passed to MONAI as it is.
+
+    >>> norm_layer_spec("group", (16, 32, 64, 128))
+    ('group', {'num_groups': 8})
+    >>> norm_layer_spec("batch", (16, 32, 64, 128))
+    'batch'
+    """
+    if norm == "group":
+        return ("group", {"num_groups": math.gcd(MAX_GROUPS, *[int(f) for f in features])})
+    return norm
 
 
 class _Down(nn.Module):
@@ -57,17 +81,23 @@ class MultiTaskUNet(nn.Module):
 
     Args:
         in_channels: input contrasts (default 4: t1, t1ce, t2, flair).
-        seg_classes: segmentation classes (default 4: background, NCR, ED, ET).
+        seg_classes: segmentation output channels (default: 4 for ``"classes"``: background, NCR, ED, ET; 3 for
+            ``"regions"``: WT, TC, ET).
+        seg_output: ``"classes"`` (default, the seed's: one softmax over the four classes) or ``"regions"`` (one
+            sigmoid per nested region, as BraTS methods train; :mod:`gliofed.segmentation` reads either).
         features: channels per stage, one more than the number of down-sampling steps (default (16, 32, 64, 128)).
         pool: pooling kernel/stride per down-sampling step (default (1, 2, 2)).
-        norm: MONAI norm name (default ``"batch"``; ``"instance"`` for tiny batches).
+        norm: ``"batch"`` (default: the seed's network), ``"group"`` (GroupNorm, :func:`norm_layer_spec`: no
+            running statistics and no mixing across cases in a batch, which DP-SGD needs (Opacus computes
+            per-case gradients and refuses BatchNorm), and nothing like BatchNorm statistics to upload),
+            ``"instance"`` (tiny batches), or any MONAI norm spec.
         act: MONAI activation (default ReLU).
         hidden: width of the classification MLP (default 256).
         dropout: dropout in the MLP (default 0.2).
         heads: marker -> classes (default :data:`HEADS`).
 
     Returns (forward):
-        dict of logits: ``seg`` (B, seg_classes, D, H, W); ``idh``, ``codeletion``, ``mgmt`` (B, 2);
+        dict of logits: ``seg`` (B, seg_classes, D, H, W), classes or regions; ``idh``, ``codeletion``, ``mgmt`` (B, 2);
         ``grade`` (B, 3). With ``return_features=True`` also ``bottleneck`` (B, features[-1]) pooled
         bottleneck features and ``decoder`` (B, features[0], D, H, W) last decoder features.
 
@@ -77,14 +107,22 @@ class MultiTaskUNet(nn.Module):
     (torch.Size([1, 4, 5, 33, 40]), torch.Size([1, 3]))
     """
 
-    def __init__(self, in_channels: int = 4, seg_classes: int = 4, features: Sequence[int] = (16, 32, 64, 128),
-                 pool: Sequence[int] = (1, 2, 2), norm: str | tuple = "batch",
+    def __init__(self, in_channels: int = 4, seg_classes: int | None = None,
+                 features: Sequence[int] = (16, 32, 64, 128), pool: Sequence[int] = (1, 2, 2),
+                 norm: str | tuple = "batch",
                  act: str | tuple = ("relu", {"inplace": True}), hidden: int = 256, dropout: float = 0.2,
-                 heads: dict[str, int] | None = None) -> None:
+                 heads: dict[str, int] | None = None, seg_output: str = "classes") -> None:
         super().__init__()
         if len(features) != 4:
             raise ValueError("features needs four stage widths (three down-sampling steps), e.g. (16, 32, 64, 128).")
+        if seg_output not in SEG_OUTPUTS:
+            raise ValueError(f"seg_output {seg_output!r} is not one of {', '.join(SEG_OUTPUTS)}.")
+        expected = len(REGIONS) if seg_output == "regions" else len(SEG_CLASSES)
+        seg_classes = expected if seg_classes is None else seg_classes
+        if seg_output == "regions" and seg_classes != expected:
+            raise ValueError(f"a 'regions' head outputs {expected} channels (WT, TC, ET), not {seg_classes}.")
         f0, f1, f2, f3 = features
+        asked, norm = norm, norm_layer_spec(norm, features)
         self.conv_0 = TwoConv(3, in_channels, f0, act, norm, True, 0.0)
         self.down_1 = _Down(f0, f1, pool, act, norm, 0.0)
         self.down_2 = _Down(f1, f2, pool, act, norm, 0.0)
@@ -96,8 +134,10 @@ class MultiTaskUNet(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(f3, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout))
         self.heads = nn.ModuleDict({name: nn.Linear(hidden, n) for name, n in (heads or HEADS).items()})
         self.config = dict(in_channels=in_channels, seg_classes=seg_classes, features=tuple(features),
-                           pool=tuple(pool), norm=norm, act=act, hidden=hidden, dropout=dropout,
+                           pool=tuple(pool), norm=asked, act=act, hidden=hidden, dropout=dropout,
                            heads=dict(heads or HEADS))
+        if seg_output != "classes":  # a classes model's config stays as earlier gliofed versions wrote it
+            self.config["seg_output"] = seg_output
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:
         x0 = self.conv_0(x)

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 
 from gliofed.errors import ConfigError
-from gliofed.fileio import atomic_write_text, to_json
+from gliofed.fileio import atomic_write_text, to_json, write_csv
 
 __all__ = ["NOTEBOOK_DIR", "RESULTS_SUFFIX", "ordered_notebooks", "run_notebook", "run_notebooks", "save_results",
-           "load_results", "parse_value", "parse_grid", "sweep"]
+           "load_results", "parse_value", "parse_grid", "sweep", "fill_placeholders", "missing_requirements"]
 
 #: ``<notebook stem>.results.json``: what :func:`save_results` writes and :func:`sweep` collects
 RESULTS_SUFFIX = ".results.json"
@@ -34,12 +34,18 @@ def ordered_notebooks(folder: str | Path = NOTEBOOK_DIR) -> list[Path]:
 
 
 def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict | None = None,
-                 html: bool = True, kernel_name: str | None = None) -> Path:
+                 html: bool = True, kernel_name: str | None = None, progress: bool = False) -> Path:
     """Execute one notebook with papermill into ``out_dir`` (and an HTML copy); return the executed path.
 
     The kernel runs in the caller's working directory, so relative paths in ``parameters`` (e.g.
     ``data_dir``) mean what they mean on the command line. Raises papermill's ``PapermillExecutionError``
     when a cell fails (the executed copy is still written).
+
+    Args:
+        notebook, out_dir, parameters: what to run, where the executed copy goes, the parameters injected.
+        html: also export the executed notebook as offline HTML (default True).
+        kernel_name: the Jupyter kernel (default: the notebook's).
+        progress: show papermill's progress bar over the cells (default False).
     """
     import papermill as pm
 
@@ -49,7 +55,7 @@ def run_notebook(notebook: str | Path, out_dir: str | Path, parameters: dict | N
     try:
         with _batch_environment():
             pm.execute_notebook(str(notebook), str(executed), parameters=parameters or {}, kernel_name=kernel_name,
-                                cwd=os.getcwd(), progress_bar=False)
+                                cwd=os.getcwd(), progress_bar=progress)
     finally:
         if html and executed.exists():
             _export_html(executed)
@@ -80,11 +86,35 @@ def _export_html(executed: Path) -> Path:
     return target
 
 
+def missing_requirements(notebook: str | Path) -> list[str]:
+    """The modules a notebook declares it needs (its metadata ``gliofed.requires``) that are not installed: notebook
+    05 needs Flower, which only the ``flower`` extra installs."""
+    import importlib.util
+
+    import nbformat
+
+    needed = nbformat.read(str(notebook), as_version=4).metadata.get("gliofed", {}).get("requires", [])
+    return [name for name in needed if importlib.util.find_spec(name) is None]
+
+
 def run_notebooks(out_dir: str | Path, parameters: dict | None = None, folder: str | Path = NOTEBOOK_DIR,
-                  html: bool = True) -> list[Path]:
+                  html: bool = True, strict: bool = False, progress: bool = False) -> list[Path]:
     """Execute every ordered notebook in turn with the same parameters; stops at the first failure.
 
-    Parameters a notebook does not declare are dropped for it (papermill would only warn).
+    Each notebook gets the parameters it declares. A notebook whose required modules are missing
+    (:func:`missing_requirements`) is skipped with a line saying what to install.
+
+    Args:
+        out_dir: folder for the executed notebooks (and HTML).
+        parameters: name -> value.
+        folder: where the notebooks are (default: the shipped ones).
+        html: also export HTML (default True).
+        strict: refuse, before anything runs, a parameter that no notebook declares (a misspelt key; the CLI's
+            behaviour). Default False: such keys are dropped.
+        progress: papermill's progress bar over each notebook's cells (default False).
+
+    Returns:
+        the executed notebooks' paths.
     """
     import papermill as pm
 
@@ -92,13 +122,22 @@ def run_notebooks(out_dir: str | Path, parameters: dict | None = None, folder: s
     if not notebooks:
         raise ConfigError(f"{folder}: no notebooks (01_*.ipynb ...) found; reinstall gliofed, whose package ships "
                           "them.")
+    declared = {notebook: set(pm.inspect_notebook(str(notebook))) for notebook in notebooks}
+    unknown = sorted(set(parameters or {}) - set().union(*declared.values()))
+    if strict and unknown:
+        known = ", ".join(sorted(set().union(*declared.values())))
+        raise ConfigError(f"no notebook declares the parameter(s) {', '.join(unknown)}; they declare {known}.")
     done = []
     for notebook in notebooks:
-        declared = set(pm.inspect_notebook(str(notebook)))
-        params = {k: v for k, v in (parameters or {}).items() if k in declared}
+        missing = missing_requirements(notebook)
+        if missing:
+            print(f"skipping {notebook.name}: it needs {', '.join(missing)}, which is not installed "
+                  "(pip install 'gliofed[flower]')", flush=True)
+            continue
+        params = {k: v for k, v in (parameters or {}).items() if k in declared[notebook]}
         start = time.perf_counter()
         print(f"running {notebook.name} with {params} ...", flush=True)
-        done.append(run_notebook(notebook, out_dir, params, html=html))
+        done.append(run_notebook(notebook, out_dir, params, html=html, progress=progress))
         print(f"  {notebook.name} finished in {time.perf_counter() - start:.0f} s -> {done[-1]}", flush=True)
     return done
 
@@ -153,6 +192,16 @@ def parse_grid(items: Sequence[str]) -> dict[str, list]:
     return grid
 
 
+def fill_placeholders(fixed: dict, combo: dict) -> dict:
+    """``fixed`` with ``{key}`` in its string values replaced by ``combo[key]``: ``-p data_dir data/tiny-{seed}``
+    gives each seed of a sweep its own cohort. Only names in ``combo`` are replaced; other braces stay as they are.
+    """
+    def fill(text: str) -> str:
+        return re.sub(r"\{(\w+)\}", lambda m: str(combo[m.group(1)]) if m.group(1) in combo else m.group(0), text)
+
+    return {k: fill(v) if isinstance(v, str) else v for k, v in fixed.items()}
+
+
 def _run_name(index: int, params: dict) -> str:
     tag = "_".join(f"{k}-{v}" for k, v in params.items())
     return f"run{index:03d}_" + re.sub(r"[^A-Za-z0-9._-]+", "-", tag)[:80]
@@ -185,7 +234,7 @@ def sweep(notebook: str | Path, grid: dict[str, list], out_dir: str | Path, fixe
     combos = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     for i, combo in enumerate(combos):
         run_dir = out_dir / _run_name(i, combo)
-        params = {**(fixed or {}), **combo, "results_dir": str(run_dir)}
+        params = {**fill_placeholders(fixed or {}, combo), **combo, "results_dir": str(run_dir)}
         print(f"[{i + 1}/{len(combos)}] {notebook.name} {combo}", flush=True)
         start = time.perf_counter()
         base = {"run": run_dir.name, **combo}
@@ -203,7 +252,7 @@ def sweep(notebook: str | Path, grid: dict[str, list], out_dir: str | Path, fixe
     front = ["run", "status", "error", *grid]
     table = table[front + [c for c in table.columns if c not in front]]
     out_dir.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out_dir / "sweep.csv", index=False)
+    write_csv(out_dir / "sweep.csv", table)
     failed = table.loc[table["status"] == "failed", "run"].nunique()
     print(f"{len(combos) - failed}/{len(combos)} run(s) succeeded; results in {out_dir / 'sweep.csv'}", flush=True)
     return table

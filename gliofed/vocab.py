@@ -35,14 +35,16 @@ REGIONS: dict[str, tuple[int, ...]] = {"WT": (1, 2, 3), "TC": (1, 3), "ET": (3,)
 SPLITS: tuple[str, ...] = ("train", "test", "external")
 
 #: what a server may ask of a site (``describe``: case count and bytes; ``train``: local training; ``distill``:
-#: soft labels and a condensed synthetic set)
-TASKS: tuple[str, ...] = ("describe", "train", "distill")
+#: soft labels and a condensed synthetic set; ``evaluate``: the global model's metrics on the site's held-out cases)
+TASKS: tuple[str, ...] = ("describe", "train", "distill", "evaluate")
 
 #: every kind of payload that may cross between a site and the server
-PAYLOAD_KINDS: tuple[str, ...] = ("model", "weights_update", "distilled_set", "raw_cases", "site_info", "nothing")
+PAYLOAD_KINDS: tuple[str, ...] = ("model", "weights_update", "distilled_set", "raw_cases", "site_info", "site_metrics",
+                                  "nothing")
 
 #: task -> the payload kind a site must answer it with
-REPLY_KINDS: dict[str, str] = {"train": "weights_update", "distill": "distilled_set", "describe": "site_info"}
+REPLY_KINDS: dict[str, str] = {"train": "weights_update", "distill": "distilled_set", "describe": "site_info",
+                               "evaluate": "site_metrics"}
 
 #: how distillation may start its synthetic volumes (``real_unsafe`` copies patients: teaching only, a site's operator
 #: must allow it)

@@ -35,6 +35,63 @@ def tiny_cache(tiny_cohort, tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tiny_cache, tmp_path_factory) -> Path:
+    """A small model (features 4-8-16-32, t1 + t2) trained for one centralized round on the tiny cache, saved as a run
+    folder by :func:`gliofed.experiments.train_and_save`; treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    run = tmp_path_factory.mktemp("tiny_run") / "run"
+    config = train_preset("tiny", modalities=("t1", "t2"), model={"features": (4, 8, 16, 32), "hidden": 8},
+                          device="cpu")
+    train_and_save(run, tiny_cache, "centralized", config, 1, progress=False)
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_fedavg_run(tiny_cache, tmp_path_factory) -> Path:
+    """A FedAvg run folder on the tiny cache: 1 round of a small network, saved by ``train_and_save`` with F1-optimal
+    thresholds (model.json, history, test predictions); treat as read-only."""
+    from gliofed.experiments import train_and_save
+    from gliofed.presets import train_preset
+
+    out = tmp_path_factory.mktemp("tiny_run") / "fedavg"
+    config = train_preset("tiny", seed=0, device="cpu", model={"features": (4, 8, 16, 32), "hidden": 8})
+    train_and_save(out, tiny_cache, "fedavg", config, 1, progress=False, threshold_method="f1")
+    return out
+
+
+#: the shared loopback federation's SuperNodes and their node configs (both on the CPU): brats21 under the default
+#: policy, upenn's operator opted in to the teaching settings (real-patient initialisation allowed, flagged sets sent,
+#: any scale, summaries and metrics of a single case: each tiny site holds out one case)
+LOOPBACK_NODES = {"brats21": {"device": "cpu"},
+                  "upenn": {"device": "cpu", "policy-allow-real-init": True, "policy-refuse-flagged": False,
+                            "policy-min-scale": 1, "policy-min-group": 1}}
+
+
+@pytest.fixture(scope="session")
+def loopback(tiny_cache, tmp_path_factory):
+    """One Flower federation on 127.0.0.1 for the whole session (a SuperLink and one SuperNode per site of
+    :data:`LOOPBACK_NODES`, over the tiny cache): starting one costs about as much as a tiny run, so the Flower tests
+    share it. A test that stops a node starts it again (:func:`restart_node`)."""
+    pytest.importorskip("flwr")
+    from gliofed.federated.flower.launcher import LocalFederation
+
+    os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    with LocalFederation(Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("loopback")) as federation:
+        for site, node_config in LOOPBACK_NODES.items():
+            federation.add_site(site, cache=tiny_cache, node_config=node_config)
+        yield federation
+    assert not federation.processes
+
+
+def restart_node(federation, site: str, cache: Path) -> None:
+    """Start ``site``'s SuperNode of the shared federation again (after a test stopped it)."""
+    if f"supernode-{site}" not in federation.processes:
+        federation.add_site(site, cache=cache, node_config=LOOPBACK_NODES[site])
+
+
 def write_case(folder: Path, subject: str, shape=ODD_SHAPE, seed: int = 0, seg: bool = True,
                affine: np.ndarray | None = None) -> dict[str, str]:
     """Write one small valid case (four contrasts + seg with labels 0/1/2/4); return manifest path fields."""

@@ -54,7 +54,10 @@ def test_evaluate_scores_whatever_labels_exist(kind, tiny_cohort, checkpoint, tm
     out = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["size"] == 16 and metrics["modalities"] == ["t1", "t2"]  # the checkpoint's, not a default
-    assert {r["metric"] for r in metrics["segmentation"]} == {"Dice", "HD95 (mm)"}  # the cache knows its spacing
+    assert {r["metric"] for r in metrics["segmentation"]} == {"Dice", "HD95 (mm)", "lesion-wise Dice",
+                                                              "lesion-wise HD95 (mm)", "lesion detection F1"}
+    quick = metrics["segmentation_quick"]
+    assert "quick metric" in quick["grid"] and {r["metric"] for r in quick["table"]} == {"Dice", "HD95 (mm)"}
     dice = [r for r in metrics["segmentation"] if r["metric"] == "Dice" and r["region"] == "WT"][0]
     tasks = {r["task"] for r in metrics["classification"]}
     if kind == "seg-only":
@@ -89,3 +92,60 @@ def test_evaluate_reports_postprocessing_separately_and_writes_nifti(tiny_cohort
         flair = nib.load(tiny_cohort / manifest_table.set_index("subject_id").loc[subject, "flair"])
         saved = nib.load(tmp_path / "eval" / "nifti" / f"{subject}_seg.nii.gz")
         assert saved.shape == flair.shape and np.array_equal(saved.affine, flair.affine)
+
+
+def _test_cases(tiny_cohort, subjects, tmp_path):
+    """The tiny cohort's rows of ``subjects`` as a manifest with absolute paths."""
+    table = pd.read_csv(tiny_cohort / "manifest.csv", dtype=str, keep_default_na=False).set_index("subject_id")
+    table = table.loc[list(subjects)].reset_index()
+    for column in ("t1", "t1ce", "t2", "flair", "seg"):
+        table[column] = [str(tiny_cohort / p) if p else "" for p in table[column]]
+    path = tmp_path / "cases.csv"
+    table.to_csv(path, index=False)
+    return path, table.set_index("subject_id")
+
+
+def test_evaluate_scores_predicts_masks_in_the_scans_own_grid(tiny_cohort, checkpoint, tmp_path):
+    """What evaluate scores is what `gliofed predict` writes: the same inverse, scored against the reference masks
+    with the scans' own voxel spacing."""
+    from gliofed.brats_metrics import brats_scores
+    from gliofed.data.conventions import convention
+
+    manifest = str(tiny_cohort / "manifest.csv")
+    assert main(["evaluate", str(checkpoint), manifest, "--bootstrap", "0", "--device", "cpu",
+                 "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "eval")]) == 0
+    scored = pd.read_csv(tmp_path / "eval" / "scores_brats.csv", dtype={"subject": str}).set_index("subject")
+    assert len(scored) > 0
+    cases, table = _test_cases(tiny_cohort, scored.index, tmp_path)
+    assert main(["predict", str(checkpoint), "--manifest", str(cases), "--device", "cpu",
+                 "--out", str(tmp_path / "pred")]) == 0
+    for subject, row in scored.iterrows():
+        written = nib.load(tmp_path / "pred" / f"{subject}_seg.nii.gz")
+        reference = nib.load(table.loc[subject, "seg"])
+        assert written.shape == reference.shape  # the scan's grid, not the cache's
+        expected = brats_scores(convention("brats").decode(np.asarray(written.dataobj)),
+                                convention("brats").decode(np.asarray(reference.dataobj)),
+                                reference.header.get_zooms()[:3])
+        for key, value in expected.items():
+            assert (np.isnan(value) and np.isnan(row[key])) or row[key] == pytest.approx(value), key
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One cache folder for tests that only vary the checkpoint's path (evaluate brings it up to date once)."""
+    return tmp_path_factory.mktemp("eval_cache")
+
+
+@pytest.mark.parametrize("form", ["run folder", "old model.ckpt name"])
+def test_evaluate_takes_the_run_folder_or_the_old_checkpoint_name(form, tiny_cohort, checkpoint, shared_cache,
+                                                                   tmp_path):
+    target = checkpoint.parent if form == "run folder" else checkpoint.with_name("model.ckpt")
+    assert not target.exists() or target.is_dir()  # model.ckpt names the run's model.safetensors
+    assert main(["evaluate", str(target), str(tiny_cohort / "manifest.csv"), "--bootstrap", "0", "--device", "cpu",
+                 "--cache", str(shared_cache), "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["size"] == 16
+
+
+def test_evaluate_refuses_a_folder_without_a_model(tiny_cohort, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), str(tiny_cohort / "manifest.csv"), "--out", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip().endswith("no model.safetensors in this folder.")

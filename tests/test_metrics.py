@@ -73,7 +73,7 @@ def test_ece_of_perfectly_calibrated_and_overconfident_predictions():
 def test_results_table_has_the_seed_layout():
     table = results_table(classification_metrics(_predictions(), n_boot=20))
     assert list(table.index[:4]) == ["IDH", "1p/19q", "MGMT", "Grade (macro)"]
-    assert list(table.columns) == ["n", "AUC", "accuracy", "recall", "specificity", "F1"]
+    assert list(table.columns) == ["n", "AUC", "accuracy", "recall", "specificity", "F1", "threshold"]
     assert "(" in table.loc["IDH", "AUC"]
 
 
@@ -124,3 +124,71 @@ def test_hd95_is_in_mm_when_the_spacing_is_given():
     in_voxels = region_scores(predicted, truth)["hd95_WT"]
     in_mm = region_scores(predicted, truth, spacing=(3.0, 1.0, 0.5))["hd95_WT"]
     assert in_voxels == 2.0 and in_mm == 6.0
+
+
+def _miscalibrated(n=80, seed=0):
+    """A well-ranked but miscalibrated IDH head: every probability below 0.5, mutants always higher (AUC 1)."""
+    rng = np.random.default_rng(seed)
+    y = np.tile([0, 1], n // 2)
+    p = np.where(y == 1, 0.3, 0.1) + rng.uniform(0, 0.05, n)
+    frame = pd.DataFrame({"subject": [f"s{i}" for i in range(n)], "site": "a", "has_mask": False, "idh": y,
+                          "p_idh_0": 1 - p, "p_idh_1": p})
+    for marker, k in (("codeletion", 2), ("mgmt", 2), ("grade", 3)):
+        frame[marker] = -1
+        for c in range(k):
+            frame[f"p_{marker}_{c}"] = 1 / k
+    return frame
+
+
+def test_a_stored_youden_threshold_recovers_the_recall_that_0_5_loses():
+    from gliofed.metrics import choose_thresholds
+
+    train, test = _miscalibrated(seed=0), _miscalibrated(seed=1)
+    fixed = classification_metrics(test, n_boot=0)
+    assert _value(fixed, "idh", "recall")["value"] == 0 and _value(fixed, "idh", "AUC")["value"] == 1
+    record = choose_thresholds(train)
+    assert record["method"] == "youden" and record["split"] == "train" and 0.1 < record["markers"]["idh"] < 0.35
+    chosen = classification_metrics(test, n_boot=0, thresholds=record)
+    assert _value(chosen, "idh", "recall")["value"] > 0.5
+    assert _value(chosen, "idh", "threshold")["value"] == record["markers"]["idh"]
+    assert "codeletion" not in record["markers"]  # no known labels: no threshold, 0.5 stays
+
+
+@pytest.mark.parametrize("method", ["youden", "f1"])
+def test_chosen_thresholds_are_the_optimum_of_their_criterion(method):
+    from sklearn.metrics import f1_score, roc_curve
+
+    from gliofed.metrics import choose_threshold
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 200)
+    p = np.clip(0.25 * y + rng.normal(0.3, 0.15, 200), 0, 1)
+    t = choose_threshold(y, p, method)
+    if method == "youden":
+        fpr, tpr, _ = roc_curve(y, p)
+        best = (tpr - fpr).max()
+        sensitivity = ((p >= t) & (y == 1)).sum() / (y == 1).sum()
+        specificity = ((p < t) & (y == 0)).sum() / (y == 0).sum()
+        assert sensitivity + specificity - 1 == pytest.approx(best)
+    else:
+        best = max(f1_score(y, p >= c) for c in np.unique(p))
+        assert f1_score(y, p >= t) == pytest.approx(best)
+
+
+def test_a_marker_with_one_class_gets_no_threshold():
+    from gliofed.metrics import choose_threshold
+
+    assert np.isnan(choose_threshold(np.zeros(5), np.linspace(0, 1, 5)))
+
+
+def test_table3_names_the_threshold_it_used():
+    from gliofed.metrics import choose_thresholds, threshold_note
+
+    record = choose_thresholds(_miscalibrated(seed=0), method="f1")
+    table = results_table(classification_metrics(_miscalibrated(seed=1), n_boot=0, thresholds=record))
+    assert table.loc["IDH", "threshold"] == f"{record['markers']['idh']:.2f}"
+    assert "(" not in table.loc["IDH", "recall"]  # no bootstrap: the value alone, not "(nan-nan)"
+    note = threshold_note(record)
+    assert note.startswith("Recall, specificity, F1 and accuracy are at each marker's threshold chosen on the "
+                           "train split by the F1-optimal point (idh 0.")
+    assert "fixed threshold of 0.5" in threshold_note({})

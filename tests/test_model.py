@@ -44,3 +44,34 @@ def test_channels_last_and_bf16_autocast_match_fp32():
 def test_wrong_number_of_stages_is_refused():
     with pytest.raises(ValueError, match="four stage widths"):
         MultiTaskUNet(features=(8, 16, 32))
+
+
+def test_group_norm_option_replaces_every_batchnorm_and_keeps_the_parameter_count_close():
+    batch, group = MultiTaskUNet(), MultiTaskUNet(norm="group")
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in group.modules())
+    norms = [m for m in group.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 14 and {m.num_groups for m in norms} == {8}
+    # GroupNorm has the same affine parameters as BatchNorm, and no running statistics
+    assert sum(p.numel() for p in group.parameters()) == sum(p.numel() for p in batch.parameters())
+    assert not any("running_" in key for key in group.state_dict())
+    assert group.config["norm"] == "group" and batch.config["norm"] == "batch"
+
+
+def test_group_norm_groups_divide_small_widths_and_the_model_rebuilds_from_its_config():
+    from gliofed.model import build_model
+
+    net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8, norm="group")
+    assert {m.num_groups for m in net.modules() if isinstance(m, torch.nn.GroupNorm)} == {4}
+    twin = build_model(net.config)
+    twin.load_state_dict(net.state_dict())
+    x = torch.randn(2, 4, 3, 9, 8)
+    torch.testing.assert_close(twin.eval()(x)["seg"], net.eval()(x)["seg"])
+
+
+def test_group_norm_output_of_a_case_does_not_depend_on_its_batch():
+    torch.manual_seed(0)
+    net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8, norm="group").eval()  # eval: dropout off
+    x = torch.randn(3, 4, 3, 8, 8)
+    torch.testing.assert_close(net(x[:1])["seg"], net(x)["seg"][:1], atol=1e-5, rtol=1e-5)
+    batch_norm = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).train()  # train-mode BatchNorm mixes cases
+    assert not torch.allclose(batch_norm(x[:2])["seg"][:1], batch_norm(x)["seg"][:1], atol=1e-3)

@@ -17,7 +17,25 @@ NOTEBOOKS = ordered_notebooks()
 
 def test_notebooks_exist_in_order():
     names = [p.name for p in NOTEBOOKS]
-    assert names and names[0] == "01_data_curation.ipynb" and names == sorted(names)
+    assert names == ["01_data_curation.ipynb", "02_federated_training.ipynb", "03_evaluation.ipynb",
+                     "04_interpretability_viewer.ipynb", "05_flower_federation.ipynb"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_each_notebook_teaches_objectives_timing_and_exercises_with_solutions(path):
+    import papermill as pm
+
+    cells = json.loads(path.read_text())["cells"]
+    opening = "".join(cells[0]["source"])
+    assert "**Learning objectives.**" in opening and "**Timing.**" in opening and "minute" in opening
+    exercises = next(i for i, c in enumerate(cells) if "".join(c["source"]).startswith("## Exercises"))
+    numbered = [line for line in "".join(cells[exercises]["source"]).splitlines() if line[:3] in ("1. ", "2. ", "3. ")]
+    assert 2 <= len(numbered) <= 3
+    solutions = [c for c in cells[exercises + 1:] if c["cell_type"] == "code"]
+    assert len(solutions) == len(numbered)
+    assert all("".join(c["source"]).startswith("if solutions") for c in solutions)
+    assert all(c["metadata"].get("jupyter", {}).get("source_hidden") for c in solutions)  # collapsed in JupyterLab
+    assert pm.inspect_notebook(str(path))["solutions"]["default"] == "False"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -56,7 +74,19 @@ def test_federated_notebook_runs_every_strategy_on_tiny(trained_tiny):
     assert set(records["strategy"]) == {"centralized", "local", "fedavg", "fedprox", "distill"}
     for strategy in ("centralized", "local", "fedavg", "fedprox", "distill"):
         assert (data / "runs" / strategy / "model.safetensors").is_file()
-    assert (records["privacy_flagged_class_stats"] == 0).all()
+    assert (records["privacy_flagged_class_stats"] == 0).all() and (records["privacy_flagged_real_unsafe"] > 0).all()
+    epochs = dict(zip(records["strategy"], records["local_epochs"]))
+    assert epochs["distill"] == 1 and epochs["fedavg"] == epochs["centralized"] > 1  # the matched budget
+
+
+def test_federated_notebook_renders_the_benchmark_from_its_csvs(trained_tiny):
+    from gliofed.experiments.benchmark import benchmark_markdown
+
+    text = json.dumps(json.loads((trained_tiny / "out" / "02_federated_training.ipynb").read_text()))
+    rendered = benchmark_markdown(pairs=[("distill", "fedavg"), ("fedprox", "fedavg"), ("centralized", "fedavg"),
+                                         ("local", "fedavg"), ("distill", "centralized")])
+    assert json.dumps(rendered)[1:-1] in text  # the executed notebook shows exactly what the CSVs say
+    assert "by hand and the library agree on every weight" in text and "refuses to send its distilled set" in text
 
 
 def test_evaluation_notebook_runs_on_tiny(trained_tiny):
@@ -94,3 +124,32 @@ def test_curation_notebook_runs_on_your_own_brats_download(tmp_path, monkeypatch
     assert "4 case(s) found, 2 included, 2 excluded" in text and "2 exclusion(s)" in text
     assert len(read_manifest(tmp_path / "mine" / "manifest.csv")) == 2
     assert (tmp_path / "mine" / "cache_128" / "index.csv").is_file()
+
+
+@pytest.mark.flower
+def test_flower_notebook_runs_a_loopback_federation_on_tiny(trained_tiny):
+    pytest.importorskip("flwr")
+    data = trained_tiny / "data"
+    executed = run_notebook(NOTEBOOK_DIR / "05_flower_federation.ipynb", trained_tiny / "out",
+                            {"preset": "tiny", "data_dir": str(data), "sites": 2, "flower_rounds": 1, "seed": 0,
+                             "timeout": 480})
+    records = load_results(data / "runs" / "05_flower_federation.results.json")
+    assert list(records["strategy"]) == ["fedavg", "distill"] and (records["bytes_up"] > 0).all()
+    assert records.set_index("strategy").loc["distill", "bytes_up"] < records.set_index("strategy").loc["fedavg",
+                                                                                                       "bytes_up"]
+    assert "still running: nothing" in executed.read_text()  # every process it started is stopped
+
+
+@pytest.mark.slow
+def test_every_notebooks_exercise_solutions_run(tmp_path):
+    """``solutions=True`` on tiny: each notebook's solution cells run (CI: make test-slow)."""
+    import papermill as pm
+
+    params = {"preset": "tiny", "data_dir": str(tmp_path / "data"), "rounds": 1, "seed": 0, "solutions": True,
+              "ablation_epochs": 1, "bootstrap": 20, "viewer_cases": 2, "sites": 2, "timeout": 480}
+    for path in NOTEBOOKS:
+        declared = set(pm.inspect_notebook(str(path)))
+        executed = run_notebook(path, tmp_path / "out", {k: v for k, v in params.items() if k in declared}, html=False)
+        cells = json.loads(executed.read_text())["cells"]
+        solved = [c for c in cells if c["cell_type"] == "code" and "".join(c["source"]).startswith("if solutions")]
+        assert solved and all(c["outputs"] for c in solved), path.name  # every solution printed or drew something

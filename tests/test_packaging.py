@@ -92,7 +92,7 @@ def test_a_site_imports_nothing_of_the_jupyter_stack_and_nothing_outside_its_req
 def test_the_notebooks_ship_inside_the_package():
     from gliofed.notebooks import NOTEBOOK_DIR, ordered_notebooks
 
-    assert NOTEBOOK_DIR.is_relative_to(PACKAGE) and len(ordered_notebooks()) == 4
+    assert NOTEBOOK_DIR.is_relative_to(PACKAGE) and len(ordered_notebooks()) == 5
     assert "ipynb/*.ipynb" in _pyproject()["tool"]["setuptools"]["package-data"]["gliofed"]
 
 
@@ -132,4 +132,14 @@ def test_a_regular_install_runs_every_shipped_notebook(tmp_path):
     executed = sorted(p.name for p in (work / "executed").glob("*.ipynb"))
     assert executed == ["01_data_curation.ipynb", "02_federated_training.ipynb", "03_evaluation.ipynb",
                         "04_interpretability_viewer.ipynb"]
+    # the Flower notebook needs the flower extra, which a plain install lacks: skipped, saying what to install
+    assert "skipping 05_flower_federation.ipynb: it needs flwr" in done.stdout
     print(f"install {installed:.0f} s, total {time.perf_counter() - started:.0f} s")
+
+
+def test_the_benchmark_results_ship_inside_the_package():
+    from gliofed.experiments.benchmark import RESULTS_DIR
+
+    assert RESULTS_DIR.is_relative_to(PACKAGE) and sorted(p.name for p in RESULTS_DIR.glob("strategies_*.csv")) == [
+        "strategies_differences.csv", "strategies_per_seed.csv", "strategies_summary.csv"]
+    assert "benchmark_results/*.csv" in _pyproject()["tool"]["setuptools"]["package-data"]["gliofed"]

@@ -12,7 +12,8 @@ import importlib
 _EXPORTS = {
     "CaseDataset": "dataset", "MODALITY_SETS": "dataset", "collate_cases": "dataset",
     "PreprocessReport": "cache", "load_case": "cache", "preprocess": "cache", "read_index": "cache",
-    "read_settings": "cache", "case_spacing": "cache", "case_affine": "cache", "INDEX_COLUMNS": "cache",
+    "read_settings": "cache", "read_plan": "cache", "check_plan": "cache", "plan_for_manifest": "plan",
+    "case_spacing": "cache", "case_affine": "cache", "INDEX_COLUMNS": "cache",
     "process_map": "parallel", "unsafe_name": "manifest",
     "CheckReport": "check", "Problem": "check", "check_manifest": "check",
     "COLUMNS": "manifest",

@@ -4,7 +4,8 @@ Layout::
 
     CACHE/index.csv              one row per cached case: labels, site, split, shape, geometry, file sizes and
                                  SHA-256 checksums, fingerprint (see :data:`INDEX_COLUMNS`)
-    CACHE/settings.json          the cache's preprocessing settings: ``{"size": .., "preprocess_version": ..}``
+    CACHE/settings.json          the cache's preprocessing record (:class:`~gliofed.preprocessing.Preprocessing`):
+                                 ``{"size": .., "preprocess_version": .., "preprocessing": {...}}``
     CACHE/cases/<subject>.image.npy   float16 (4, D, H, W), z-scored
     CACHE/cases/<subject>.seg.npy     uint8 (D, H, W), classes 0..3 (only for cases with a mask)
     CACHE/report.csv             the last run: every case with its status and reason
@@ -16,7 +17,8 @@ truncated file is re-made); the index always mirrors the current manifest's labe
 
 Every file is written to a temporary file and renamed (:mod:`gliofed.fileio`), so a killed ``preprocess``
 leaves the previous, consistent cache plus temporary files that the next run removes. One cache holds one
-set of settings: a run with another ``size`` or preprocessing version into a non-empty cache is refused.
+preprocessing record: a run with another record (size, version, ...) into a non-empty cache is refused, and every
+reader of the cache takes its record from :func:`read_plan`.
 
 Geometry: ``spacing_d``, ``spacing_h``, ``spacing_w`` are the cache grid's voxel sizes in mm along (D, H, W);
 ``affine`` is the 4 x 4 matrix (JSON, row-major nested lists) mapping a cached voxel index (d, h, w, 1) to
@@ -30,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,20 +39,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliofed.data.check import read_error
+from gliofed.data.check import max_voxels, nifti_size_problem, read_error
 from gliofed.data.manifest import check_safe_names, read_manifest, unsafe_name
 from gliofed.data.parallel import process_map
-from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, GliofedError, ManifestError
-from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text
+from gliofed.errors import CacheDamagedError, CacheError, CacheLockedError, ConfigError, GliofedError, ManifestError
+from gliofed.fileio import TMP_SUFFIX, atomic_write_bytes, atomic_write_text, folder_lock, to_json, write_csv
+from gliofed.preprocessing import PREPROCESS_VERSION, Preprocessing, plan_of
 from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = ["PREPROCESS_VERSION", "INDEX_COLUMNS", "PreprocessReport", "preprocess", "read_index", "read_settings",
-           "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files", "write_index",
-           "verify_case"]
+           "read_plan", "check_plan", "load_case", "case_spacing", "case_affine", "cache_lock", "write_case_files",
+           "write_index", "verify_case", "verify_cases", "remember_checksums", "cache_fingerprint"]
 
-#: bump when the pipeline changes so that every cache entry is invalidated
-#: (2: checksums, sizes and grid geometry in the index, settings.json)
-PREPROCESS_VERSION = 2
 #: the columns of ``index.csv``
 INDEX_COLUMNS = ["subject_id", "dataset", "site", "split", *MARKERS, "age", "sex", "has_mask",
                  "depth", "height", "width", "spacing_d", "spacing_h", "spacing_w", "affine",
@@ -95,6 +94,8 @@ def _fingerprint(row: pd.Series, size: int) -> str:
     payload = {"version": PREPROCESS_VERSION, "size": size, "files": stats}
     if str(row.get("seg_regions", "") or ""):
         payload["seg_regions"] = str(row["seg_regions"])
+    if str(row.get("label_convention", "") or "brats") != "brats":  # the default keeps older caches valid
+        payload["label_convention"] = str(row["label_convention"])
     payload = json.dumps(payload, sort_keys=True)
     return hashlib.sha1(payload.encode()).hexdigest()[:16]
 
@@ -130,8 +131,9 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-#: (path, size, mtime_ns) -> SHA-256 of files already verified by this process: a case is hashed once per
-#: process (e.g. once per DataLoader worker), not once per epoch; a rewritten file has a new mtime.
+#: (path, size, mtime_ns) -> SHA-256 of files already hashed by this process: a case is hashed once per process and
+#: file version, not once per epoch; a rewritten file has a new mtime (and usually size). DataLoader workers receive
+#: their parent's entries (:func:`remember_checksums`), so a run hashes each case once, not once per worker.
 _VERIFIED: dict[tuple[str, int, int], str] = {}
 
 
@@ -149,6 +151,48 @@ def _file_problem(path: Path, expected_bytes: int, expected_sha: str) -> str | N
     if _VERIFIED[key] != expected_sha:
         return f"checksum mismatch in {path}"
     return None
+
+
+def _checksum_key(path: Path) -> tuple[str, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns
+
+
+def remember_checksums(entries: Mapping[tuple[str, int, int], str]) -> None:
+    """Adopt checksums another process of this run computed (``{(path, size, mtime_ns): sha256}``, as
+    :func:`verify_cases` returns them): a file whose size or modification time changed since is hashed again."""
+    _VERIFIED.update(entries)
+
+
+def verify_cases(cache_dir: str | Path, records: Sequence[Mapping], workers: int = 4) -> dict:
+    """:func:`verify_case` for every record, hashing in ``workers`` threads (hashlib releases the GIL).
+
+    Returns:
+        the checksums of the files checked, ``{(path, size, mtime_ns): sha256}``, for :func:`remember_checksums`.
+
+    Raises:
+        CacheDamagedError: the first damaged case, named as :func:`load_case` names it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    cache_dir = Path(cache_dir)
+    records = list(records)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        problems = list(pool.map(lambda record: verify_case(cache_dir, record), records))
+    for record, problem in zip(records, problems):
+        if problem is not None:
+            raise CacheDamagedError(f"cache case {record['subject_id']} is damaged ({problem}); "
+                                    "run `gliofed preprocess` again.")
+    entries = {}
+    for record in records:
+        for path in _case_paths(cache_dir, str(record["subject_id"])):
+            key = _checksum_key(path)
+            if key is not None and key in _VERIFIED:
+                entries[key] = _VERIFIED[key]
+    return entries
 
 
 def _record_int(record: Mapping, key: str) -> int | None:
@@ -213,7 +257,7 @@ def write_case_files(cache_dir: str | Path, subject: str, image: np.ndarray, seg
     return record
 
 
-def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | None = None) -> Path:
+def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | Preprocessing | None = None) -> Path:
     """Write ``index.csv`` atomically from case rows (and ``settings.json`` when ``size`` is given).
 
     Rows written by :func:`write_case_files` carry their sizes and checksums; for a row without them (a
@@ -223,7 +267,8 @@ def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | None
     Args:
         cache_dir: the cache folder.
         rows: one mapping per case with at least the label columns, ``has_mask`` and the shape.
-        size: the in-plane size the cases were preprocessed to; recorded in ``settings.json``.
+        size: the preprocessing record (or in-plane size) the cases were preprocessed with; recorded in
+            ``settings.json``.
 
     Returns:
         the path of ``index.csv``.
@@ -245,13 +290,18 @@ def write_index(cache_dir: str | Path, rows: Sequence[Mapping], size: int | None
     frame = pd.DataFrame(full, columns=INDEX_COLUMNS)
     if size is not None:
         _write_settings(cache_dir, size)
-    return atomic_write_text(cache_dir / "index.csv", frame.to_csv(index=False))
+    return write_csv(cache_dir / "index.csv", frame)
 
 
 # ------------------------------------------------------------------------------------- settings, lock
-def _write_settings(cache_dir: Path, size: int) -> None:
-    atomic_write_text(cache_dir / _SETTINGS, json.dumps({"size": int(size),
-                                                         "preprocess_version": PREPROCESS_VERSION}) + "\n")
+def _as_plan(size: int | Preprocessing) -> Preprocessing:
+    return size if isinstance(size, Preprocessing) else Preprocessing(size=int(size))
+
+
+def _write_settings(cache_dir: Path, size: int | Preprocessing) -> None:
+    plan = _as_plan(size)
+    atomic_write_text(cache_dir / _SETTINGS, to_json({"size": plan.size, "preprocess_version": plan.version,
+                                                      "preprocessing": plan.to_dict()}) + "\n")
 
 
 def read_settings(cache_dir: str | Path) -> dict | None:
@@ -267,6 +317,41 @@ def read_settings(cache_dir: str | Path) -> dict | None:
                          "delete the cache folder and run `gliofed preprocess` again.") from error
 
 
+def read_plan(cache_dir: str | Path) -> Preprocessing:
+    """The :class:`~gliofed.preprocessing.Preprocessing` record the cache was made with: what every reader of the
+    cache (training, the checkpoint, ``evaluate``, a Flower SuperNode) takes as its preprocessing.
+
+    Raises:
+        CacheError: no cache there, or a cache whose record is missing or unreadable (one sentence naming it).
+    """
+    cache_dir = Path(cache_dir)
+    settings = read_settings(cache_dir)
+    if settings is None:
+        raise CacheError(f"{cache_dir}: no preprocessing record (settings.json) in this cache; run "
+                         "`gliofed preprocess` into it again.")
+    record = json.loads((cache_dir / _SETTINGS).read_text()).get("preprocessing")
+    try:  # a cache of an earlier gliofed recorded only its size and version: the record those imply
+        return (plan_of(record, str(cache_dir / _SETTINGS)) if record is not None else
+                Preprocessing(size=settings["size"], version=settings["preprocess_version"]))
+    except ConfigError as error:
+        raise CacheError(f"{error} Delete the cache folder and run `gliofed preprocess` again.") from None
+
+
+def check_plan(cache_dir: str | Path, plan: Preprocessing, reader: str) -> Preprocessing:
+    """The cache's record, after checking that it serves ``plan`` (what ``reader`` expects: a model, a federation):
+    the same grid and steps, and every contrast ``plan`` names.
+
+    Raises:
+        CacheError: no record, or one that differs (one sentence naming the cache, the setting and ``reader``).
+    """
+    own = read_plan(cache_dir)
+    try:
+        own.check_serves(plan, f"cache {cache_dir}", reader)
+    except ConfigError as error:
+        raise CacheError(str(error)) from None
+    return own
+
+
 def _holds_cases(cache_dir: Path) -> bool:
     if len(read_index(cache_dir, missing_ok=True)):
         return True
@@ -274,8 +359,8 @@ def _holds_cases(cache_dir: Path) -> bool:
     return folder.is_dir() and any(folder.glob("*.npy"))
 
 
-def _refuse_mixed_settings(cache_dir: Path, size: int) -> None:
-    """One cache, one set of settings: refuse another size or version into a cache that holds cases."""
+def _refuse_mixed_settings(cache_dir: Path, plan: Preprocessing) -> None:
+    """One cache, one record: refuse another size, version or setting into a cache that holds cases."""
     settings = read_settings(cache_dir)
     if not _holds_cases(cache_dir):
         return
@@ -284,67 +369,30 @@ def _refuse_mixed_settings(cache_dir: Path, size: int) -> None:
             return  # a cache of an older gliofed: every fingerprint changed, so every case is re-made
         raise CacheError(f"{cache_dir}: holds cached cases but no settings.json; delete the folder or choose "
                          "another cache folder.")
-    wanted = {"size": int(size), "preprocess_version": PREPROCESS_VERSION}
-    if settings != wanted:
-        raise CacheError(f"{cache_dir}: cache holds cases preprocessed with size {settings['size']} (version "
-                         f"{settings['preprocess_version']}), not size {size} (version {PREPROCESS_VERSION}); "
+    own = read_plan(cache_dir)
+    if (own.size, own.version) != (plan.size, plan.version):
+        raise CacheError(f"{cache_dir}: cache holds cases preprocessed with size {own.size} (version "
+                         f"{own.version}), not size {plan.size} (version {plan.version}); "
                          "use another cache folder or delete this one.")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+    difference = own.difference(plan)
+    if difference is not None:
+        mine, _, theirs = difference.partition(" (the other: ")
+        raise CacheError(f"{cache_dir}: cache holds cases preprocessed with {mine}, not {theirs.rstrip(')')}; "
+                         "use another cache folder or delete this one.")
 
 
 @contextlib.contextmanager
 def cache_lock(cache_dir: str | Path) -> Iterator[Path]:
-    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache.
+    """Hold ``cache_dir/.lock`` (PID and host) while writing the cache (:func:`gliofed.fileio.folder_lock`).
 
-    A lock of a live process is refused with :class:`CacheLockedError`; a lock left by a dead process on
-    this host (a killed ``preprocess``) is taken over. (Two writers taking over the same stale lock at the same
-    instant could both proceed; the lock guards against a second run, not against that race.) The lock file is
-    created complete, by a hard link of a written temporary file, so a reader never sees a half-written lock.
+    A lock of a live process, this one included, is refused with :class:`CacheLockedError`; a lock left by a dead
+    process on this host (a killed ``preprocess``) is taken over.
 
     Yields:
         the lock file's path.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    lock = cache_dir / _LOCK
-    host = socket.gethostname()
-    tmp = atomic_write_text(cache_dir / f".lock.{os.getpid()}{TMP_SUFFIX}",
-                            json.dumps({"pid": os.getpid(), "host": host}))
-    try:
-        for _attempt in range(3):
-            try:
-                os.link(tmp, lock)
-                break
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text())
-                    pid, holder_host = int(holder["pid"]), str(holder["host"])
-                except FileNotFoundError:
-                    continue  # released meanwhile: try again
-                except (ValueError, KeyError, TypeError):
-                    pid, holder_host = -1, host  # unreadable: not written by a live gliofed
-                if holder_host != host or (pid > 0 and _pid_alive(pid)):
-                    where = f"PID {pid}" + ("" if holder_host == host else f" on {holder_host}")
-                    raise CacheLockedError(f"{cache_dir}: another preprocess ({where}) is writing this cache; "
-                                           f"wait for it, or delete {lock} if it is no longer running.") from None
-                lock.unlink(missing_ok=True)  # stale: its writer is dead
-        else:
-            raise CacheLockedError(f"{cache_dir}: could not take the cache lock {lock}; try again.")
-    finally:
-        tmp.unlink(missing_ok=True)
-    try:
+    with folder_lock(cache_dir, "preprocess", "cache", CacheLockedError, name=_LOCK) as lock:
         yield lock
-    finally:
-        lock.unlink(missing_ok=True)
 
 
 def _remove_leftovers(cache_dir: Path) -> int:
@@ -366,18 +414,26 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _preprocess_one(task: tuple[dict, int, str]) -> dict:
+def _preprocess_one(task: tuple[dict, Preprocessing, str]) -> dict:
     """Run the pipeline on one case and write it; return its status, reason, shape, files and geometry."""
-    from gliofed.data.transforms import preprocess_pipeline
-
-    row, size, cache_dir = task
+    row, plan, cache_dir = task
     subject = row["subject_id"]
     with_seg = _uses_mask(row)
     for key in (*MODALITIES, "seg"):
         if row[key] and not Path(row[key]).is_file():
             return {"status": "skipped", "reason": f"{key} file {Path(row[key]).name} not found"}
+    for key in (*MODALITIES, *(["seg"] if with_seg else [])):  # declared sizes, before any array is made
+        try:
+            too_large = nifti_size_problem(row[key])
+        except Exception:  # unreadable: the pipeline below names the reason
+            too_large = None
+        if too_large is not None:
+            return {"status": "skipped", "reason": f"{Path(row[key]).name}: {too_large}"}
+    from gliofed.data.transforms import preprocess_pipeline  # MONAI and torch: only for a case that passed
+
     try:
-        out = preprocess_pipeline(size, with_seg)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
+        labels = str(row.get("label_convention", "") or plan.label_convention or "brats")
+        out = preprocess_pipeline(plan, with_seg, labels)({"subject_id": subject, **{k: row[k] for k in MODALITIES},
                                                    **({"seg": row["seg"]} if with_seg else {})})
     except Exception as error:  # MONAI wraps transform errors: report the root cause
         cause = error
@@ -396,6 +452,10 @@ def _preprocess_one(task: tuple[dict, int, str]) -> dict:
         return {"status": "skipped",
                 "reason": f"could not be processed ({type(cause).__name__}: {str(cause)[:200]})"}
     image = np.asarray(out["image"], dtype=np.float16)
+    if not np.isfinite(image).all():  # z-scores beyond float16's +/-65504: never cache Inf
+        channel = int(np.flatnonzero(~np.isfinite(image).reshape(len(image), -1).all(1))[0])
+        return {"status": "skipped", "reason": f"{MODALITIES[channel]}: z-scored values beyond float16's range "
+                                               "(an extreme outlier voxel)"}
     files = write_case_files(cache_dir, subject, image, np.asarray(out["seg"][0]) if with_seg else None)
     spacing = [float(v) for v in out["image_spacing"]]
     note = "" if with_seg or not row["seg"] else WT_ONLY_NOTE
@@ -414,14 +474,16 @@ def _uses_mask(row) -> bool:
     return bool(row["seg"]) and str(row.get("seg_regions", "") or "").upper() != "WT"
 
 
-def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128, workers: int = 1,
-               progress: bool = True) -> PreprocessReport:
+def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int | Preprocessing | None = None,
+               workers: int = 1, progress: bool = True) -> PreprocessReport:
     """Preprocess every case of a manifest into the cache (see module docstring).
 
     Args:
         manifest_path: the manifest CSV.
         cache_dir: the cache folder (created).
-        size: in-plane size (default 128, the seed's).
+        size: the preprocessing record, or its in-plane size; default (None): the record of a cache already there,
+            else the one :func:`gliofed.data.plan.plan_for_manifest` makes (a synthetic cohort's preset size, else the
+            cases' native in-plane size, at most 128).
         workers: parallel processes (default 1).
         progress: show a progress bar.
 
@@ -431,10 +493,11 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
 
     Raises:
         ManifestError: duplicate or unsafe subject IDs or site names (before any work).
-        CacheError: the cache holds cases of another size or preprocessing version.
+        CacheError: the cache holds cases of another preprocessing record (size, version ...).
         CacheLockedError: another live ``preprocess`` is writing this cache.
     """
     cache_dir = Path(cache_dir)
+    max_voxels()  # a bad GLIOFED_MAX_VOXELS is an error now, not one per case
     manifest = read_manifest(manifest_path)
     check_safe_names(manifest, manifest_path)
     duplicated = manifest["subject_id"][manifest["subject_id"].duplicated()].unique()
@@ -443,16 +506,25 @@ def preprocess(manifest_path: str | Path, cache_dir: str | Path, size: int = 128
                             "run `gliofed check` to list every problem.")
     with cache_lock(cache_dir):
         _remove_leftovers(cache_dir)
-        _refuse_mixed_settings(cache_dir, size)
+        if size is None and _holds_cases(cache_dir) and read_settings(cache_dir) is not None:
+            plan = read_plan(cache_dir)  # brought up to date with the record it was made with
+        elif size is None:
+            from gliofed.data.plan import plan_for_manifest
+
+            plan = plan_for_manifest(manifest_path)
+        else:
+            plan = _as_plan(size)
+        _refuse_mixed_settings(cache_dir, plan)
         (cache_dir / "cases").mkdir(parents=True, exist_ok=True)
-        return _preprocess_locked(manifest, cache_dir, size, workers, progress)
+        return _preprocess_locked(manifest, cache_dir, plan, workers, progress)
 
 
-def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, size: int, workers: int,
+def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, plan: Preprocessing, workers: int,
                        progress: bool) -> PreprocessReport:
     old = read_index(cache_dir, missing_ok=True)
     old_rows = {str(r["subject_id"]): r for r in old.to_dict("records")}
-    _write_settings(cache_dir, size)
+    _write_settings(cache_dir, plan)
+    size = plan.size
 
     fingerprints, todo, results, damaged = {}, [], {}, {}
     for _, row in manifest.iterrows():
@@ -466,7 +538,7 @@ def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, size: int, worke
                                     else WT_ONLY_NOTE, **{k: previous[k] for k in _CASE_FIELDS}}
                 continue
             damaged[subject] = f"damaged cached case re-made ({problem})"
-        todo.append((row.to_dict(), size, str(cache_dir)))
+        todo.append((row.to_dict(), plan, str(cache_dir)))
     outcomes = process_map(_preprocess_one, todo, workers, desc="preprocess", unit="case", progress=progress,
                            initializer=_worker_init)
     for task, outcome in zip(todo, outcomes):
@@ -491,7 +563,7 @@ def _preprocess_locked(manifest: pd.DataFrame, cache_dir: Path, size: int, worke
     write_index(cache_dir, index_rows)
     report = PreprocessReport(cache_dir, pd.DataFrame(report_rows, columns=["subject_id", "site", "status",
                                                                             "reason"]))
-    atomic_write_text(cache_dir / "report.csv", report.cases.to_csv(index=False))
+    write_csv(cache_dir / "report.csv", report.cases)
     return report
 
 
@@ -515,6 +587,23 @@ def read_index(cache_dir: str | Path, missing_ok: bool = False) -> pd.DataFrame:
         raise CacheError(f"{path}: unreadable cache index ({type(error).__name__}); delete the cache folder and run "
                          "`gliofed preprocess` again.") from error
     return index
+
+
+def cache_fingerprint(cache_dir: str | Path) -> str:
+    """What a run trained and tested on, in 16 hex digits: SHA-256 over every cached case's subject, site, split,
+    labels and the checksums of its files (content, not paths or times), in subject order. Equal for the same
+    cases preprocessed the same way, different when any case, label, split or pixel differs.
+
+    Args:
+        cache_dir: the cache folder.
+
+    Raises:
+        CacheError: no cache index there.
+    """
+    index = read_index(cache_dir)
+    columns = ["subject_id", "site", "split", *MARKERS, "has_mask", "image_sha256", "seg_sha256"]
+    rows = index[columns].astype(str).sort_values("subject_id").to_numpy().tolist()
+    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
 
 
 def case_spacing(record: Mapping) -> tuple[float, float, float]:

@@ -7,6 +7,7 @@ passes is a case ``preprocess`` can read.
 from __future__ import annotations
 
 import gzip
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +16,90 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from gliofed.data.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from gliofed.data.manifest import _read_raw, absolute_path, label_problems, unsafe_name
 from gliofed.data.parallel import process_map
 from gliofed.vocab import MODALITIES
 
-__all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES"]
+__all__ = ["Problem", "CheckReport", "check_manifest", "volume_problems", "load_volume", "read_error", "SEG_VALUES",
+           "nifti_size_problem", "max_voxels", "MAX_VOXELS", "MAX_INTENSITY"]
 
-#: segmentation values allowed on disk (BraTS convention)
-SEG_VALUES = frozenset({0, 1, 2, 4})
+#: segmentation values allowed on disk by the default label convention (BraTS 2017-2021); other conventions:
+#: :mod:`gliofed.data.conventions`
+SEG_VALUES = CONVENTIONS[DEFAULT_CONVENTION].values
+#: most voxels one compressed volume may declare before any of it is read (512^3; a BraTS scan has 8.9 M);
+#: the environment variable ``GLIOFED_MAX_VOXELS`` changes it
+MAX_VOXELS = 512**3
+#: deflate expands data by at most about 1032:1, so a ``.gz`` declaring more than this many bytes per byte is lying
+_DEFLATE_MAX_RATIO = 1032
+#: largest absolute image intensity accepted: beyond it z-scoring in float32 (sums of squares over millions of
+#: voxels) overflows to Inf / NaN; MRI intensities are at most a few 10^5 (and are rescaled when stored as floats)
+MAX_INTENSITY = 1e7
+
+
+def max_voxels() -> int:
+    """The voxel cap of a compressed volume: ``GLIOFED_MAX_VOXELS`` when set (a positive integer), else
+    :data:`MAX_VOXELS`."""
+    text = os.environ.get("GLIOFED_MAX_VOXELS", "").strip()
+    if not text:
+        return MAX_VOXELS
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from gliofed.errors import ConfigError
+
+        raise ConfigError(f"GLIOFED_MAX_VOXELS={text!r} is not a positive number of voxels.")
+    return value
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("bytes", "KB", "MB", "GB", "TB"):
+        if n_bytes < 1000 or unit == "TB":
+            return f"{n_bytes:,.0f} {unit}" if unit == "bytes" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    return ""
+
+
+def nifti_size_problem(path: str | Path, limit: int | None = None) -> str | None:
+    """Why a NIfTI file's header declares more data than may be read, or None; reads the header only, so nothing
+    of the declared size is allocated.
+
+    An uncompressed file must hold the bytes its header declares; a compressed one cannot expand more than deflate
+    allows (about 1032:1) and may declare at most ``limit`` voxels.
+
+    Args:
+        path: the NIfTI file (``.nii``, ``.nii.gz``, ``.hdr``/``.img``).
+        limit: the voxel cap of a compressed file (default :func:`max_voxels`).
+
+    Returns:
+        a phrase naming the declared size and the problem, or None when the size is plausible.
+
+    Raises:
+        whatever nibabel raises for a file that is not a readable NIfTI header (callers report it as unreadable).
+    """
+    image = nib.load(str(path))
+    shape = tuple(int(n) for n in image.header.get_data_shape())
+    voxels = int(np.prod(shape, dtype=np.float64)) if shape else 0
+    declared = voxels * image.header.get_data_dtype().itemsize
+    data_file = Path(image.file_map["image"].filename or path)
+    on_disk = data_file.stat().st_size
+    dims = " x ".join(str(n) for n in shape)
+    if str(data_file).endswith((".gz", ".bz2", ".zst")):
+        cap = max_voxels() if limit is None else limit
+        if declared > _DEFLATE_MAX_RATIO * on_disk:
+            return (f"header declares {dims} voxels ({_size(declared)}) but the compressed file has "
+                    f"{_size(on_disk)}, which cannot hold them (a damaged or forged file)")
+        if voxels > cap:
+            return (f"header declares {dims} = {voxels:,} voxels, more than the limit of {cap:,} "
+                    "(set GLIOFED_MAX_VOXELS to read larger volumes)")
+        return None
+    offset = int(image.header.get_data_offset()) if data_file == Path(path) else 0
+    if offset + declared > on_disk:
+        return (f"header declares {dims} voxels ({_size(declared)}) but the file holds only {_size(on_disk)} "
+                "(a truncated or forged file)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -92,11 +169,27 @@ def read_error(path: str | Path, error: Exception) -> str:
     return f"unreadable NIfTI file ({type(error).__name__}: {error})"
 
 
-def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[tuple[str, str]]:
+def _seg_value_problem(values: list[float], label_convention: str) -> str:
+    """The message for mask values outside the case's label convention (with a hint when they fit another)."""
+    rules = CONVENTIONS[label_convention]
+    shown = ", ".join(f"{v:g}" for v in values[:5])
+    message = f"segmentation values {shown} outside {rules.shown} (label convention {label_convention})"
+    if label_convention == "brats" and 3 in values:
+        message += "; BraTS 2023+ masks label enhancing tumour 3: set the manifest's label_convention to brats2023"
+    elif label_convention == "brats2023" and 4 in values:
+        message += ("; a mask with label 4 is BraTS 2024 post-treatment data (4 = resection cavity): "
+                    "label_convention brats2024")
+    return message
+
+
+def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]],
+                    label_convention: str = DEFAULT_CONVENTION) -> list[tuple[str, str]]:
     """Consistency rules for one case's loaded volumes.
 
     Args:
         volumes: key (``t1`` ... ``flair``, ``seg``) -> (data, affine); keys may be missing.
+        label_convention: how the mask is labelled (:mod:`gliofed.data.conventions`; default ``brats``): its values
+            must be labels of that convention.
 
     Returns:
         list of (key, message); empty when the case is consistent.
@@ -118,16 +211,32 @@ def volume_problems(volumes: dict[str, tuple[np.ndarray, np.ndarray]]) -> list[t
             problems.append((key, f"{int(np.sum(~np.isfinite(data)))} NaN/Inf voxels"))
         elif key != "seg" and float(data.max()) == float(data.min()):
             problems.append((key, f"empty modality (every voxel is {float(data.min()):g})"))
+        elif key != "seg" and (problem := _intensity_problem(data)) is not None:
+            problems.append((key, problem))
         if key == "seg" and np.all(np.isfinite(data)):
-            bad = sorted(set(np.unique(data).tolist()) - SEG_VALUES)
+            bad = sorted(set(np.unique(data).tolist()) - CONVENTIONS[label_convention].values)
             if bad:
-                shown = ", ".join(f"{v:g}" for v in bad[:5])
-                problems.append((key, f"segmentation values {shown} outside {{0, 1, 2, 4}}"))
+                problems.append((key, _seg_value_problem(bad, label_convention)))
     return problems
 
 
-def _check_files(task: tuple[str, dict[str, str]]) -> list[Problem]:
-    subject, paths = task
+def _intensity_problem(data: np.ndarray) -> str | None:
+    """Why an image's intensities cannot be z-scored to finite values (as preprocessing does, in float32 over the
+    non-zero voxels), or None."""
+    largest = float(np.max(np.abs(data)))
+    if largest > MAX_INTENSITY:
+        return (f"intensities up to {largest:.3g}, beyond the sane range of +/-{MAX_INTENSITY:.0e} (z-scoring would "
+                "overflow; rescale the image)")
+    brain = np.asarray(data[data != 0], dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, std = brain.mean(), brain.std()
+    if brain.size and not (np.isfinite(mean) and np.isfinite(std)):
+        return "z-scoring the non-zero voxels gives NaN/Inf values"
+    return None
+
+
+def _check_files(task: tuple[str, dict[str, str], str]) -> list[Problem]:
+    subject, paths, label_convention = task
     problems: list[Problem] = []
     volumes = {}
     for key, path in paths.items():
@@ -136,10 +245,14 @@ def _check_files(task: tuple[str, dict[str, str]]) -> list[Problem]:
             problems.append(Problem(subject, name or key, "file not found"))
             continue
         try:
+            too_large = nifti_size_problem(path)  # before any array is made
+            if too_large is not None:
+                problems.append(Problem(subject, name, too_large))
+                continue
             volumes[key] = load_volume(path)
         except Exception as error:  # any reader failure is reported, never raised
             problems.append(Problem(subject, name, read_error(path, error)))
-    for key, message in volume_problems(volumes):
+    for key, message in volume_problems(volumes, label_convention):
         problems.append(Problem(subject, Path(paths[key]).name, message))
     return problems
 
@@ -157,10 +270,13 @@ def _summary(raw: pd.DataFrame) -> pd.DataFrame:
 def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) -> CheckReport:
     """Check a manifest and every file it names.
 
-    Reports: missing or unreadable files, truncated gzip, shape or affine mismatch between a subject's
-    modalities, NaN/Inf voxels, empty modalities, segmentation values outside {0, 1, 2, 4}, invalid
-    label codes, blank required fields, subject IDs or sites that are not safe file names, duplicate subject IDs
-    and a subject listed in two splits.
+    Reports: missing or unreadable files, truncated gzip, headers declaring more data than the file can hold (or
+    than :func:`max_voxels`; checked before reading), shape or affine mismatch between a subject's
+    modalities, NaN/Inf voxels, intensities beyond :data:`MAX_INTENSITY` (z-scoring would overflow), empty
+    modalities, segmentation values outside the row's label convention
+    ({0, 1, 2, 4} unless ``label_convention`` says otherwise), invalid label codes, blank required fields, subject
+    IDs or sites that are not safe file names, duplicate subject IDs, a subject listed in two splits and a dataset
+    whose rows name more than one label convention.
 
     Args:
         path: manifest CSV.
@@ -171,10 +287,12 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
         :class:`CheckReport`; ``report.ok`` is True when nothing was found.
     """
     path = Path(path)
+    max_voxels()  # a bad GLIOFED_MAX_VOXELS is an error now, not one per file
     raw = _read_raw(path)
     root = path.resolve().parent
     problems: list[Problem] = []
     splits_seen: dict[str, set[str]] = {}
+    conventions_seen: dict[str, dict[str, str]] = {}  # dataset -> convention -> first subject naming it
     tasks = []
     for index, row in raw.iterrows():
         subject = row["subject_id"].strip() or f"row {index + 2}"
@@ -196,6 +314,11 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
                 both = ", ".join(sorted(splits_seen[subject] | {split}))
                 problems.append(Problem(subject, "split", f"subject is in two splits ({both})"))
         splits_seen.setdefault(subject, set()).add(split)
+        label_convention = str(row.get("label_convention", "") or "").strip().lower() or DEFAULT_CONVENTION
+        if label_convention not in CONVENTIONS:  # reported by label_problems; the values are checked as BraTS
+            label_convention = DEFAULT_CONVENTION
+        elif row["dataset"].strip():
+            conventions_seen.setdefault(row["dataset"].strip(), {}).setdefault(label_convention, subject)
         paths = {}
         for key in (*MODALITIES, "seg"):
             value = row[key].strip()
@@ -203,7 +326,13 @@ def check_manifest(path: str | Path, workers: int = 1, progress: bool = True) ->
                 paths[key] = absolute_path(value, root)
             elif key != "seg":
                 problems.append(Problem(subject, key, f"no {key} file given"))
-        tasks.append((subject, paths))
+        tasks.append((subject, paths, label_convention))
+    for dataset, seen in conventions_seen.items():
+        if len(seen) > 1:
+            first, *others = seen.items()
+            problems.append(Problem(others[0][1], "label_convention", f"dataset {dataset!r} mixes label conventions "
+                                    f"{', '.join(seen)} ({first[1]} is {first[0]}); a dataset labels every mask "
+                                    "one way"))
     for found in process_map(_check_files, tasks, workers, desc="check", unit="subject", progress=progress,
                              chunksize=4):
         problems.extend(found)

@@ -9,7 +9,7 @@ subject_id unique subject (= patient) identifier; a safe file name (letters, dig
 dataset    source dataset, e.g. ``synthetic``, ``brats2021``, ``upenn-gbm``
 site       institution / federated site the subject belongs to; a safe file name, as ``subject_id``
 t1 .. flair NIfTI paths of the four contrasts, relative to the manifest file
-seg        NIfTI segmentation (BraTS labels 0/1/2/4), blank when the subject has none
+seg        NIfTI segmentation (labels of the row's ``label_convention``), blank when the subject has none
 idh        0 wildtype, 1 mutant, blank unknown
 codeletion 0 1p/19q intact, 1 co-deleted, blank unknown
 mgmt       0 unmethylated, 1 methylated, blank unknown
@@ -18,6 +18,10 @@ age        years, blank unknown
 sex        ``M`` / ``F``, blank unknown
 split      ``train``, ``test`` or ``external``, blank = assign later (seeded, stratified by site)
 ========== ===========================================================================
+
+Optional columns: ``seg_regions`` (``WT`` = binary whole-tumour mask) and ``label_convention`` (how the masks are
+labelled, one per dataset: ``brats`` when blank, ``brats2023``, ``brats2024``, ``msd``; see
+:mod:`gliofed.data.conventions`).
 
 In memory, unknown marker labels are ``-1`` (ignored by losses and metrics), unknown age is NaN and
 paths are absolute.
@@ -32,7 +36,9 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import numpy as np
 import pandas as pd
 
+from gliofed.data.conventions import CONVENTIONS, DEFAULT_CONVENTION
 from gliofed.errors import ManifestError
+from gliofed.fileio import write_csv
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES, SPLITS
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "check_safe_names",
     "absolute_path",
     "relative_path",
+    "manifest_fingerprint",
 ]
 
 COLUMNS: tuple[str, ...] = (
@@ -104,6 +111,13 @@ def check_safe_names(manifest: pd.DataFrame, source: str | Path) -> None:
                                     f"({reason}); run `gliofed check` to list every problem.")
 
 
+def manifest_fingerprint(path: str | Path) -> str:
+    """The manifest file's SHA-256 in 16 hex digits (its bytes: a copy elsewhere has the same fingerprint)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 def absolute_path(value: str, base: str | Path) -> str:
     """A manifest path cell as an absolute, resolved path string (relative cells are relative to ``base``).
 
@@ -162,6 +176,10 @@ def label_problems(row: pd.Series) -> list[str]:
     split = row.get("split", "")
     if not _blank(split) and str(split).strip() not in SPLITS:
         problems.append(f"split value {str(split).strip()!r} is not one of {', '.join(SPLITS)} or blank")
+    labels = row.get("label_convention", "")
+    if not _blank(labels) and str(labels).strip().lower() not in CONVENTIONS:
+        problems.append(f"label_convention value {str(labels).strip()!r} is not one of {', '.join(CONVENTIONS)} or "
+                        "blank")
     return problems
 
 
@@ -187,8 +205,9 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
             with ``False`` invalid values become unknown (-1) — use :func:`gliofed.data.check` to list them.
 
     Returns:
-        DataFrame with the :data:`COLUMNS` and ``seg_regions`` (optional column, ``""`` or ``"WT"``); absolute
-        paths (``""`` where blank), integer marker codes
+        DataFrame with the :data:`COLUMNS`, ``seg_regions`` (optional column, ``""`` or ``"WT"``) and
+        ``label_convention`` (optional column; blank -> ``"brats"``); absolute paths (``""`` where blank), integer
+        marker codes
         with -1 for unknown, float ``age`` (NaN unknown), ``sex`` and ``split`` as strings.
 
     >>> df = read_manifest("cohort/manifest.csv")  # doctest: +SKIP
@@ -204,6 +223,10 @@ def read_manifest(path: str | Path, strict: bool = True) -> pd.DataFrame:
     df = pd.DataFrame({c: raw[c].str.strip() for c in COLUMNS})
     # optional: "WT" marks a binary whole-tumour mask (e.g. EGD), blank = BraTS labels 0/1/2/4
     df["seg_regions"] = raw["seg_regions"].str.strip().str.upper() if "seg_regions" in raw else ""
+    # optional: how the masks are labelled (gliofed.data.conventions); blank = BraTS 2017-2021 (ET = 4)
+    conventions = raw["label_convention"].str.strip().str.lower() if "label_convention" in raw else ""
+    df["label_convention"] = conventions
+    df.loc[df["label_convention"] == "", "label_convention"] = DEFAULT_CONVENTION
     for column in _PATH_COLUMNS:
         df[column] = [absolute_path(p, root) for p in df[column]]
     for marker, classes in MARKER_CLASSES.items():
@@ -233,5 +256,4 @@ def write_manifest(df: pd.DataFrame, path: str | Path) -> Path:
         else:
             values = ["" if _blank(v) else str(v) for v in values]
         out[column] = values
-    out.to_csv(path, index=False)
-    return path
+    return write_csv(path, out)

@@ -54,7 +54,6 @@ BraTS values 0/1/2/4, skull-stripped, zero background) and ``DIR/manifest.csv``.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -71,7 +70,7 @@ from gliofed.data.parallel import process_map
 from gliofed.data.split import assign_splits
 from gliofed.data.tables import site_heterogeneity
 from gliofed.errors import ConfigError
-from gliofed.fileio import atomic_write_text
+from gliofed.fileio import atomic_write, atomic_write_text, to_json, write_csv
 from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
 from gliofed.vocab import MARKERS, MODALITIES
 
@@ -643,7 +642,7 @@ def _write_subject(task: tuple) -> dict:
         image = nib.Nifti1Image(np.ascontiguousarray(data), affine)
         image.header.set_xyzt_units("mm")
         path = folder / f"{subject_id}_{key}.nii.gz"
-        nib.save(image, path)
+        atomic_write(path, lambda tmp, image=image: nib.save(image, tmp), keep_suffix=True)
         row[key] = str(path)
     rng = np.random.default_rng((*seed, 7))  # label availability, independent of the image draw
     for marker in MARKERS:
@@ -714,11 +713,11 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     manifest = table.drop(columns=[f"true_{m}" for m in MARKERS])
     manifest["split"] = assign_splits(manifest, test_size=test_size, seed=seed)
     write_manifest(manifest, out_dir / "manifest.csv")
-    truth.to_csv(out_dir / "truth.csv", index=False)
+    write_csv(out_dir / "truth.csv", truth)
     # the recipe this cohort was made for: `gliofed train` follows it when --preset is not given
     record = {"preset": preset, "seed": seed, "difficulty": difficulty, "cues": cues, "all_masks": all_masks,
               "subjects_per_site": {str(k): int(v) for k, v in manifest.groupby("site").size().items()}}
-    atomic_write_text(out_dir / COHORT_FILE, json.dumps(record, indent=1) + "\n")  # last: the cohort is complete
+    atomic_write_text(out_dir / COHORT_FILE, to_json(record, indent=1) + "\n")  # last: the cohort is complete
     if verbose:
         print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
               f"(preset {preset}, seed {seed}, difficulty {difficulty}, cues {cues}).")

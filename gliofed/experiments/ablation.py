@@ -11,7 +11,6 @@ import pandas as pd
 
 from gliofed.config import TrainConfig
 from gliofed.data.dataset import MODALITY_SETS, CaseDataset
-from gliofed.data.transforms import augment_pipeline
 from gliofed.engine import fit, predict, seed_everything
 from gliofed.inference import preprocessing_of_cache
 from gliofed.metrics import evaluate_predictions
@@ -66,7 +65,7 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
             run.save_model(model, set_config, epoch=epochs,
                            preprocessing=preprocessing_of_cache(cache_dir, set_config.modalities))
         test = CaseDataset(cache_dir, split="test", modalities=modalities, seed=config.seed)
-        predictions[name] = predict(model, test, device=device, progress=False)
+        predictions[name] = predict(model, test, device=device, progress=False, hd95=False)  # Dice and AUC only
         tables.append(ablation_table(predictions[name], name, n_boot=n_boot, seed=config.seed))
     return pd.concat(tables, ignore_index=True), predictions
 
@@ -74,8 +73,7 @@ def modality_ablation(cache_dir: str | Path, config: TrainConfig, epochs: int, o
 def _train(cache_dir: str | Path, config: TrainConfig, epochs: int):
     """Pooled (centralized) training on every site's training cases, scored only once afterwards."""
     seed_everything(config.seed)
-    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed,
-                        transform=augment_pipeline(config.seed) if config.augment else None)
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
     model = build_model(config)
-    fit(model, train, config, epochs=epochs, progress=False)
+    fit(model, train, config, epochs=epochs, progress=False)  # augments as config.augment says
     return model.cpu()

@@ -4,7 +4,7 @@ interval contains 0. Nothing is typed by hand (``tests/experiments/test_claims.p
 
 Input: a per-seed table (``per_seed.csv`` of ``benchmarks/bench_comparison.py``, or the older
 ``benchmarks/results/strategies_per_seed.csv``, whose ``strategy`` column is read as ``arm``): one row per
-(cohort, seed, arm, labels) with the metric columns of :data:`gliofed.experiments.benchmark.METRICS`.
+(cohort, seed, arm, labels) with the metric columns of :data:`gliofed.experiments.study.METRICS`.
 
 >>> sentence = difference_sentence({"a": "distill", "b": "fedavg", "metric": "dice_WT", "diff": -0.03,
 ...                                 "lo": -0.18, "hi": 0.12, "p": 0.6, "n": 5})
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gliofed.experiments.benchmark import LABELS, METRICS, seed_differences, seed_summary
 from gliofed.experiments.stats import RatioInterval, ratio_verdict
+from gliofed.experiments.study import LABELS, METRICS, seed_differences, seed_summary
 
 __all__ = ["NAMES", "README_SOURCE", "load_per_seed", "difference_sentence", "ratio_sentence", "front_door",
            "replace_block", "readme_block", "BLOCK_BEGIN", "BLOCK_END", "main"]

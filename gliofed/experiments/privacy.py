@@ -15,7 +15,7 @@ from gliofed.federated.protocol.payload import Payload, state_to_arrays
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 
-__all__ = ["privacy_audit"]
+__all__ = ["privacy_audit", "outgoing_audit"]
 
 
 def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
@@ -36,3 +36,32 @@ def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainCo
                                                    {"distill": {**(distill or {}), "init": init}})
             reports.append(site.privacy_audit(site.handle(task, payload, settings)))
     return pd.concat(reports, ignore_index=True)
+
+
+def outgoing_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
+                   seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+    """Every part of what each site would upload under ``model`` (the default distillation payload), audited as the
+    site does before upload (:meth:`Site.audit_payload`), and what its default policy then sends.
+
+    Returns:
+        (one row per site and part (per volume for synthetic volumes): ``site``, ``part``, ``item``, ``rule``,
+        ``value``, ``limit``, ``passed``, ``uploaded``; the sentences the sites say: one per site that withholds
+        volumes or refuses to send, empty when everything passed)."""
+    from gliofed.federated.site.privacy import outgoing_decision
+
+    train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
+    outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
+    tables, sentences = [], []
+    for index, name in enumerate(train.sites):
+        # the experimenter reads the set before the site's decision (teaching policy), then applies the decision
+        site = Site(name, cache_dir, config.modalities, config.seed, policy=SitePolicy.teaching(allow_real_init=False))
+        task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
+                                               {"distill": dict(distill or {})})
+        report = site.audit_payload(site.handle(task, payload, settings))
+        keep, sentence, refusal = outgoing_decision(name, "distilled_set", report)
+        volume = report["part"] == "synthetic_volume"
+        report["uploaded"] = refusal is None
+        report.loc[volume, "uploaded"] = report.loc[volume, "item"].astype(int).isin(keep) & (refusal is None)
+        tables.append(report)
+        sentences += [line for line in (sentence, refusal) if line]
+    return pd.concat(tables, ignore_index=True), sentences

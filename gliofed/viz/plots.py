@@ -14,6 +14,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from gliofed.data.cache import load_case, read_index
 from gliofed.metrics import per_site_metrics
+from gliofed.viz.colours import CAM_COLORSCALE
 from gliofed.viz.slices import (
     brain_mask,
     estimated_spacing,
@@ -25,9 +26,10 @@ from gliofed.viz.slices import (
 from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 
 __all__ = ["plot_cases", "plot_learning_curves", "plot_bytes", "plot_roc", "plot_dice_violin", "plot_per_site",
-           "plot_ablation", "plot_gradcam", "save_html"]
+           "plot_ablation", "plot_gradcam", "save_html", "plot_reliability", "plot_site_curves",
+           "plot_accuracy_vs_bytes", "plot_drift", "plot_synthetic_vs_real", "plot_audit", "plot_toy_average"]
 
-_SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)", "rgba(255,220,0,0.7)"]
+_SEG_COLOURS = ["rgba(0,0,0,0)", "rgba(255,60,60,0.55)", "rgba(60,200,60,0.45)", "rgba(255,220,0,0.7)"]  # as the viewer
 
 
 def plot_cases(cache_dir: str | Path, subjects: Sequence[str], modalities: Sequence[str] = MODALITIES,
@@ -229,7 +231,8 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
                  threshold: float = 0.3) -> go.Figure:
     """Axial Grad-CAM overlays of one case: one panel per head, the whole-tumour outline on top.
 
-    Each map is drawn in a perceptually uniform scale (plasma) and is transparent below ``threshold``, so the anatomy
+    Each map is drawn in the viewer's sequential scale (:data:`~gliofed.viz.colours.CAM_COLORSCALE`, no label colour
+    in it) and is transparent below ``threshold``, so the anatomy
     stays visible; one colour bar serves all panels. Voxels are drawn at their size, patient's right on the left.
 
     Args:
@@ -260,7 +263,7 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
                                  hoverinfo="skip", **position), 1, c)
         plane = np.asarray(cam, np.float32)[slice_index]
         fig.add_trace(go.Heatmap(z=np.where(plane >= threshold, plane, np.nan), zmin=threshold, zmax=1,
-                                 colorscale="Plasma", opacity=0.7, showscale=c == 1, hoverinfo="skip",
+                                 colorscale=CAM_COLORSCALE, opacity=0.7, showscale=c == 1, hoverinfo="skip",
                                  colorbar=dict(title=dict(text=f"Grad-CAM \u2265 {threshold:g}", side="right"),
                                                thickness=12, len=0.8), **position), 1, c)
         if mask is not None:
@@ -285,6 +288,226 @@ def plot_gradcam(image: np.ndarray, cams: dict[str, np.ndarray], mask: np.ndarra
     fig.update_layout(title=dict(text="<br>".join(filter(None, [title, f"<sup>{key}</sup>" if key else ""])) or None),
                       height=330, width=190 * len(cams) + 150, plot_bgcolor="black", showlegend=False,
                       margin=dict(l=20, r=20, t=70, b=20))
+    return fig
+
+
+def plot_reliability(predictions: pd.DataFrame | dict[str, pd.DataFrame], markers: Sequence[str] = ("idh", "codeletion",
+                                                                                                   "mgmt"),
+                     bins: int = 5) -> go.Figure:
+    """Reliability diagrams: per binary marker, the observed share of positives against the mean predicted
+    probability in ``bins`` equal-width bins (scikit-learn's ``calibration_curve``), one line per model, the diagonal
+    where a calibrated model lies, and each model's expected calibration error (as Table 3 reports it) in the legend.
+
+    Args:
+        predictions: a :func:`gliofed.engine.predict` table, or ``{name: table}``.
+        markers: binary markers, one panel each.
+        bins: probability bins (default 5: test splits are small).
+    """
+    from sklearn.calibration import calibration_curve
+
+    from gliofed.metrics import expected_calibration_error
+
+    runs = _as_runs(predictions)
+    fig = make_subplots(rows=1, cols=len(markers), subplot_titles=[_MARKER_TITLES.get(m, m) for m in markers])
+    for c, marker in enumerate(markers, start=1):
+        fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#bbbbbb"),
+                                 showlegend=c == 1, name="calibrated", hoverinfo="skip"), 1, c)
+        for i, (name, table) in enumerate(runs.items()):
+            known = table[table[marker] >= 0]
+            if known[marker].nunique() < 2:
+                continue
+            y, p = known[marker].to_numpy(), known[f"p_{marker}_1"].to_numpy()
+            observed, predicted = calibration_curve(y, p, n_bins=bins, strategy="uniform")
+            ece = expected_calibration_error(y, p)
+            fig.add_trace(go.Scatter(x=predicted, y=observed, mode="lines+markers", line=dict(color=_colour(name, i)),
+                                     name=f"{name} ({_MARKER_TITLES[marker]}) ECE {ece:.2f}"), 1, c)
+    fig.update_xaxes(title_text="mean predicted probability", range=[0, 1])
+    fig.update_yaxes(title_text="observed share positive", range=[0, 1.02])
+    fig.update_layout(height=380, width=330 * len(markers) + 220, margin=dict(l=50, r=10, t=40, b=50))
+    return fig
+
+
+def plot_site_curves(site_history: pd.DataFrame, metric: str = "dice_WT") -> go.Figure:
+    """Per-site learning curves (``history_sites.csv``): one panel per strategy, one line per site, ``metric`` on the
+    site's own test cases after each round (local-only: each site model on the whole test split, last round only)."""
+    frame = site_history.dropna(subset=[metric]) if metric in site_history else site_history.iloc[0:0]
+    strategies = list(dict.fromkeys(frame["strategy"]))
+    fig = make_subplots(rows=1, cols=max(len(strategies), 1), subplot_titles=strategies or ["no data"],
+                        shared_yaxes=True)
+    sites = sorted(frame["site"].unique()) if len(frame) else []
+    for c, strategy in enumerate(strategies, start=1):
+        for i, site in enumerate(sites):
+            group = frame[(frame["strategy"] == strategy) & (frame["site"] == site)].sort_values("round")
+            if len(group):
+                fig.add_trace(go.Scatter(x=group["round"], y=group[metric], mode="lines+markers", name=site,
+                                         legendgroup=site, showlegend=c == 1,
+                                         line=dict(color=_PALETTE[i % len(_PALETTE)])), 1, c)
+    fig.update_xaxes(title_text="round", dtick=1)
+    fig.update_yaxes(range=[0, 1.02], title_text=_METRIC_TITLES.get(metric, metric), col=1)
+    fig.update_layout(height=320, width=220 * max(len(strategies), 1) + 160, margin=dict(l=50, r=10, t=40, b=40))
+    return fig
+
+
+def plot_accuracy_vs_bytes(history: pd.DataFrame, metric: str = "dice_WT") -> go.Figure:
+    """``metric`` after each round against the bytes sent so far (up and down, all sites), one line per strategy:
+    what each strategy buys with what crosses the network. Strategies that send nothing are named in the title."""
+    fig = go.Figure()
+    silent = []
+    for i, (strategy, group) in enumerate(history.groupby("strategy", sort=False)):
+        group = group.sort_values("round").dropna(subset=[metric])
+        sent = (group["bytes_up"] + group["bytes_down"]).cumsum() / 2**20
+        if not len(group):
+            continue
+        if float(sent.iloc[-1]) == 0:
+            silent.append(f"{strategy} {group[metric].iloc[-1]:.2f}")
+            continue
+        fig.add_trace(go.Scatter(x=sent, y=group[metric], mode="lines+markers", name=strategy,
+                                 text=[f"round {r}" for r in group["round"]], line=dict(color=_colour(strategy, i))))
+    note = f" (nothing sent: {', '.join(silent)})" if silent else ""
+    fig.update_layout(title=dict(text=f"{_METRIC_TITLES.get(metric, metric)} against MiB on the wire{note}",
+                                 font=dict(size=13)), xaxis_title="MiB sent so far (up + down, all sites)",
+                      yaxis=dict(title=_METRIC_TITLES.get(metric, metric), range=[0, 1.02]), height=380, width=680,
+                      margin=dict(l=60, r=10, t=50, b=50))
+    return fig
+
+
+def plot_drift(drift) -> go.Figure:
+    """Client drift after one round (:func:`gliofed.experiments.teaching.client_drift`): left, every model's weights
+    projected on their two main directions of difference (PCA): the global model the round started from (star), each
+    site's model after its local training (dots) and their weighted average, the new global model (diamond); right,
+    each site model's distance from the model it started from."""
+    from sklearn.decomposition import PCA
+
+    names, vectors = [], []
+    for strategy, found in drift.vectors.items():
+        for key, vector in found.items():
+            names.append((strategy, key))
+            vectors.append(vector)
+    points = PCA(n_components=2).fit_transform(np.stack(vectors))
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.55, 0.45],
+                        subplot_titles=["weights after one round (PCA)", "distance from the starting model (L2)"])
+    symbols = {"start": "star", "average": "diamond"}
+    for i, strategy in enumerate(drift.vectors):
+        colour = _colour(strategy, i)
+        idx = [j for j, (s, _) in enumerate(names) if s == strategy]
+        start = points[next(j for j in idx if names[j][1] == "start")]
+        for j in idx:
+            key = names[j][1]
+            if key not in symbols:  # a site: an arrow from the start
+                fig.add_trace(go.Scatter(x=[start[0], points[j, 0]], y=[start[1], points[j, 1]], mode="lines",
+                                         line=dict(color=colour, width=1), showlegend=False, hoverinfo="skip"), 1, 1)
+        fig.add_trace(go.Scatter(x=points[idx, 0], y=points[idx, 1], mode="markers+text", name=strategy,
+                                 text=[names[j][1] for j in idx], textposition="top center", textfont=dict(size=9),
+                                 marker=dict(color=colour, size=[16 if names[j][1] in symbols else 9 for j in idx],
+                                             symbol=[symbols.get(names[j][1], "circle") for j in idx])), 1, 1)
+        part = drift.table[drift.table["strategy"] == strategy]
+        fig.add_trace(go.Bar(x=part["site"], y=part["to_start"], name=f"{strategy}: distance", marker_color=colour,
+                             showlegend=False), 1, 2)
+    fig.update_layout(barmode="group", height=420, width=980, margin=dict(l=40, r=10, t=40, b=60))
+    fig.update_xaxes(showticklabels=False, row=1, col=1)
+    fig.update_yaxes(showticklabels=False, row=1, col=1)
+    return fig
+
+
+def plot_synthetic_vs_real(payload, cache_dir: str | Path, subject: str, modalities: Sequence[str] = MODALITIES,
+                           contrast: str = "flair", volumes: Sequence[int] | None = None) -> go.Figure:
+    """What distillation uploads, beside what it summarises: a real case of the site (full resolution, and
+    area-averaged to the upload's grid, as the audit compares them) and every synthetic volume of the site's
+    ``distilled_set`` payload, each through its largest lesion cross-section, with its mask below.
+
+    Args:
+        payload: a ``distilled_set`` (``syn_images`` (n, C, d, h, w), ``syn_masks`` (n, d, h, w)).
+        cache_dir: the cache holding ``subject``.
+        subject: a real case of the same site.
+        modalities: the payload's channel order (the training config's contrasts).
+        contrast: which contrast to show (default FLAIR).
+        volumes: which synthetic volumes (indices; default all).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    index = read_index(cache_dir).set_index("subject_id")
+    image, seg = load_case(cache_dir, subject, bool(index.loc[subject, "has_mask"]))
+    channel = MODALITIES.index(contrast)
+    real = np.asarray(image, np.float32)[channel]
+    truth = np.asarray(seg) if seg is not None else np.zeros(real.shape, np.uint8)
+    synthetic = np.asarray(payload.arrays["syn_images"], np.float32)[:, list(modalities).index(contrast)]
+    masks = np.asarray(payload.arrays["syn_masks"])
+    grid = synthetic.shape[1:]
+    small = F.interpolate(torch.as_tensor(real)[None, None], size=grid, mode="area")[0, 0].numpy()
+    small_truth = F.interpolate(torch.as_tensor(truth > 0, dtype=torch.float32)[None, None], size=grid,
+                                mode="area")[0, 0].numpy() > 0.5
+    panels = [(f"real {subject}", real, truth), ("real, upload grid", small, small_truth.astype(np.uint8))]
+    chosen = range(len(synthetic)) if volumes is None else volumes
+    panels += [(f"synthetic {i + 1}", synthetic[i], masks[i]) for i in chosen]
+    fig = make_subplots(rows=2, cols=len(panels), subplot_titles=[title for title, _, _ in panels],
+                        horizontal_spacing=0.01, vertical_spacing=0.04)
+    scale = [[i / 3, col] for i, col in enumerate(_SEG_COLOURS)]
+    for c, (_, volume, mask) in enumerate(panels, start=1):
+        z = largest_tumour_slice(mask)
+        z = volume.shape[0] // 2 if z is None else z
+        plane = volume[z][::-1, ::-1]  # radiological: the patient's right on the left, anterior up
+        low, high = np.percentile(plane, [0.5, 99.5])
+        fig.add_trace(go.Heatmap(z=plane, zmin=low, zmax=high, colorscale="gray", showscale=False, hoverinfo="skip"),
+                      1, c)
+        fig.add_trace(go.Heatmap(z=np.asarray(mask[z])[::-1, ::-1], zmin=0, zmax=3, colorscale=scale,
+                                 showscale=False, hoverinfo="skip"), 2, c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    _lock_aspect(fig, 2 * len(panels))
+    fig.update_layout(height=420, width=150 * len(panels) + 60, margin=dict(l=10, r=10, t=40, b=10),
+                      plot_bgcolor="black")
+    fig.update_annotations(font_size=10)
+    return fig
+
+
+def plot_audit(audit: pd.DataFrame, real_to_real: pd.DataFrame) -> go.Figure:
+    """The privacy audit's evidence, one panel per site: the real-to-real nearest-neighbour correlations (histogram:
+    how alike the site's own patients are), each synthetic volume's nearest-neighbour correlation (ticks, one colour
+    per initialisation) and the site's threshold (dashed); a tick at or right of the line is flagged.
+
+    Args:
+        audit: :class:`~gliofed.experiments.teaching.DistilledSets` ``.audit``.
+        real_to_real: its ``.real_to_real``.
+    """
+    sites = sorted(audit["site"].unique())
+    fig = make_subplots(rows=1, cols=len(sites), subplot_titles=sites, shared_yaxes=True)
+    inits = list(dict.fromkeys(audit["init"]))
+    colours = {"class_stats": "#1f77b4", "noise": "#2ca02c", "real_unsafe": "#d62728"}
+    for c, site in enumerate(sites, start=1):
+        real = real_to_real[real_to_real["site"] == site]["nn_corr"]
+        fig.add_trace(go.Histogram(x=real, xbins=dict(start=-1, end=1, size=0.1), marker_color="#bbbbbb",
+                                   name="real to real", showlegend=c == 1, legendgroup="real"), 1, c)
+        part = audit[audit["site"] == site]
+        for init in inits:
+            values = part[part["init"] == init]["nn_corr"]
+            fig.add_trace(go.Scatter(x=values, y=[0.3] * len(values), mode="markers", name=f"synthetic ({init})",
+                                     legendgroup=init, showlegend=c == 1,
+                                     marker=dict(symbol="line-ns-open", size=18, line=dict(width=3),
+                                                 color=colours.get(init, "#9467bd"))), 1, c)
+        fig.add_vline(x=float(part["threshold"].iloc[0]), line_dash="dash", line_color="black", row=1, col=c)
+    fig.update_xaxes(range=[-0.6, 1.05], title_text="nearest-neighbour correlation")
+    fig.update_yaxes(title_text="real cases", col=1)
+    fig.update_layout(height=320, width=230 * len(sites) + 160, margin=dict(l=50, r=10, t=40, b=50),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig
+
+
+def plot_toy_average(sites: dict, by_hand: dict, name: str = "w:layer.weight") -> go.Figure:
+    """The toy FedAvg: each site's weights of one array as a heat map (with its number of cases) and their weighted
+    average (computed by hand) on the right, in one colour scale."""
+    panels = [(f"{site} (n={n})", arrays[name]) for site, (arrays, n) in sites.items()]
+    panels.append(("weighted average", by_hand[name]))
+    low = min(float(np.min(v)) for _, v in panels)
+    high = max(float(np.max(v)) for _, v in panels)
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for t, _ in panels], horizontal_spacing=0.04)
+    for c, (_, values) in enumerate(panels, start=1):
+        values = np.atleast_2d(values)
+        fig.add_trace(go.Heatmap(z=values, zmin=low, zmax=high, colorscale="RdBu", showscale=c == len(panels),
+                                 text=np.round(values, 2), texttemplate="%{text}"), 1, c)
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False, autorange="reversed")
+    fig.update_layout(height=220, width=190 * len(panels) + 80, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 

@@ -10,8 +10,8 @@ What a student sees (each point is tested, the last three in a real browser: ``t
   convention, with R/L, A/P, S/I labels on every edge (:mod:`gliofed.viz.slices`);
 * one grey-level window per volume and contrast (robust percentiles over the brain), black outside the brain;
 * ground truth filled (red core, green oedema, yellow enhancing), the prediction as a cyan outline, both in a key;
-* Grad-CAM in a perceptually uniform colour scale (plasma), transparent below a threshold, with a colour bar
-  naming the head;
+* Grad-CAM in a sequential colour scale (blue-purple-pink, ``Plotly3``) that shares no colour with the labels
+  (:mod:`gliofed.viz.colours`), transparent below a threshold, with a colour bar naming the head;
 * a title naming case, plane, slice, contrast and overlays; a layout that fits a 1280 px screen;
 * a figure that survives a page reload (the widget's saved state is refreshed after every change).
 
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
+from gliofed.viz.colours import CAM_COLORSCALE, PREDICTION_COLOUR, TRUTH_COLOURS
 from gliofed.viz.slices import (
     PLANES,
     brain_mask,
@@ -47,12 +48,6 @@ from gliofed.vocab import MARKER_CLASSES, MARKERS, MODALITIES
 __all__ = ["CaseView", "case_views", "SliceViewer", "PLANES", "frontend_available", "PREDICTION_COLOUR",
            "TRUTH_COLOURS", "CAM_COLORSCALE"]
 
-#: ground-truth fill per class (1 necrotic/non-enhancing core, 2 oedema, 3 enhancing)
-TRUTH_COLOURS = {1: ("core", "rgb(255,60,60)"), 2: ("oedema", "rgb(60,200,60)"), 3: ("enhancing", "rgb(255,220,0)")}
-#: the predicted tumour's outline
-PREDICTION_COLOUR = "rgb(0,255,255)"
-#: Grad-CAM colour scale: perceptually uniform, and unlike jet it does not invent edges
-CAM_COLORSCALE = "Plasma"
 _SEG_SCALE = [[0.0, "rgba(0,0,0,0)"], [0.17, "rgba(0,0,0,0)"], [0.17, TRUTH_COLOURS[1][1]], [0.5, TRUTH_COLOURS[1][1]],
               [0.5, TRUTH_COLOURS[2][1]], [0.83, TRUTH_COLOURS[2][1]], [0.83, TRUTH_COLOURS[3][1]],
               [1.0, TRUTH_COLOURS[3][1]]]
@@ -138,11 +133,13 @@ def case_views(model, dataset, subjects: Sequence[str] | None = None, heads: Seq
     """
     import torch
 
+    from gliofed.engine import resolve_device
     from gliofed.explain import explain_case
 
     positions = {s: i for i, s in enumerate(dataset.index["subject_id"])}
     wanted = list(subjects) if subjects is not None else list(positions)
     views = []
+    device = resolve_device(device) if isinstance(device, str) else device  # "auto" too
     model = model.to(device).eval()
     for subject in wanted[:max_cases]:
         sample = dataset[positions[subject]]

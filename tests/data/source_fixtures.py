@@ -12,12 +12,14 @@ import pandas as pd
 SHAPE = (6, 7, 5)
 
 
-def nifti(path: Path, seg: bool = False, binary: bool = False, seed: int = 0) -> Path:
+def nifti(path: Path, seg: bool = False, binary: bool = False, seed: int = 0, labels=(1, 2, 4)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     if seg:
         data = np.zeros(SHAPE, np.uint8)
-        data[2:4, 2:5, 1:3] = 1 if binary else rng.choice([1, 2, 4], size=(2, 3, 2))
+        data[2:4, 2:5, 1:3] = 1 if binary else rng.choice(list(labels), size=(2, 3, 2))
+        if not binary:
+            data[3, 2:2 + len(labels), 1] = labels  # every label present, whatever the draw
     else:
         data = (rng.random(SHAPE) * 100 + 1).astype(np.int16)
     nib.save(nib.Nifti1Image(data, np.eye(4)), path)
@@ -30,13 +32,110 @@ def garbage(path: Path) -> Path:
     return path
 
 
-def brats_case(folder: Path, case: str, modalities=("flair", "t1", "t1ce", "t2"), seg=True, extra=()) -> None:
+def brats_case(folder: Path, case: str, modalities=("flair", "t1", "t1ce", "t2"), seg=True, extra=(),
+               labels=(1, 2, 4)) -> None:
     for m in modalities:
         nifti(folder / case / f"{case}_{m}.nii.gz")
     if seg:
-        nifti(folder / case / f"{case}_seg.nii.gz", seg=True)
+        nifti(folder / case / f"{case}_seg.nii.gz", seg=True, labels=labels)
     for name in extra:
         nifti(folder / case / name, seg=True)
+
+
+def brats2023_case(folder: Path, case: str, modalities=("t1n", "t1c", "t2w", "t2f"), seg=True,
+                   labels=(1, 2, 3), extra=()) -> None:
+    """A case in the BraTS 2023+ naming: ``<case>/<case>-{t1n,t1c,t2w,t2f,seg}.nii.gz``."""
+    for m in modalities:
+        nifti(folder / case / f"{case}-{m}.nii.gz")
+    if seg:
+        nifti(folder / case / f"{case}-seg.nii.gz", seg=True, labels=labels)
+    for name in extra:
+        nifti(folder / case / name, seg=True)
+
+
+def make_brats2023(root: Path, post_treatment: bool = False) -> Path:
+    """BraTS-GLI 2023 naming and labels (ET = 3): a full case with an extra file, one without T2w, one without seg;
+    ``post_treatment`` adds a BraTS 2024 case whose mask holds 4 (resection cavity)."""
+    brats2023_case(root, "BraTS-GLI-00000-000", extra=["BraTS-GLI-00000-000-pred.nii.gz"])
+    brats2023_case(root, "BraTS-GLI-00001-000", modalities=("t1n", "t1c", "t2f"))
+    brats2023_case(root, "BraTS-GLI-00002-000", seg=False)
+    if post_treatment:
+        brats2023_case(root, "BraTS-GLI-00003-100", labels=(1, 2, 3, 4))
+    return root
+
+
+def make_fets(root: Path) -> tuple[Path, Path]:
+    """A FeTS 2021-style release (BraTS 2017-2021 naming) and its partitioning_1.csv: two partitions, one case the
+    file does not list, one listed subject that is not in the release."""
+    for number in range(1, 6):
+        brats_case(root, f"FeTS21_Training_{number:03d}")
+    partition = root / "partitioning_1.csv"
+    pd.DataFrame({"Partition_ID": ["1", "1", "02", "02", "3"],
+                  "Subject_ID": ["FeTS21_Training_001", "FeTS21_Training_002", "FeTS21_Training_003",
+                                 "FeTS21_Training_004", "FeTS21_Training_099"]}).to_csv(partition, index=False)
+    return root, partition
+
+
+#: MSD Task01's dataset.json contrasts (4th axis of every image, in this order) and labels
+MSD_MODALITY = {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
+MSD_LABELS = {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"}
+
+
+def make_msd(root: Path, labels=None) -> Path:
+    """MSD Task01_BrainTumour: dataset.json, 4-D images whose channel k is filled with 10 * (k + 1) plus noise (so
+    the split can be checked), labels 1 oedema / 2 non-enhancing / 3 enhancing, a test image, a macOS ``._`` file."""
+    rng = np.random.default_rng(3)
+    training = []
+    for name in ("BRATS_001", "BRATS_002"):
+        image = np.stack([10.0 * (k + 1) + rng.random(SHAPE) for k in range(4)], axis=-1).astype(np.float32)
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(image, np.eye(4)), root / "imagesTr" / f"{name}.nii.gz")
+        mask = np.zeros(SHAPE, np.uint8)
+        mask[1:4, 1:4, 1:3] = 1
+        mask[2, 2, 1] = 2
+        mask[2, 3, 1] = 3
+        (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "labelsTr" / f"{name}.nii.gz")
+        training.append({"image": f"./imagesTr/{name}.nii.gz", "label": f"./labelsTr/{name}.nii.gz"})
+    (root / "imagesTs").mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(rng.random((*SHAPE, 4)).astype(np.float32) + 1, np.eye(4)),
+             root / "imagesTs" / "BRATS_557.nii.gz")
+    (root / "imagesTr" / "._BRATS_001.nii.gz").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    description = {"name": "BRATS", "modality": MSD_MODALITY, "labels": labels or MSD_LABELS,
+                   "numTraining": 2, "numTest": 1, "training": training, "test": ["./imagesTs/BRATS_557.nii.gz"]}
+    (root / "dataset.json").write_text(json.dumps(description))
+    return root
+
+
+def brats_release(root: Path, naming: str, subjects: list[str], shape=(17, 15, 11), seed: int = 0) -> Path:
+    """A small release for end-to-end runs: per case an ellipsoid 'brain' (non-zero) in a zero background and a
+    tumour (oedema around an enhancing rim around a necrotic centre), brighter in FLAIR and T1ce; masks in the
+    release's own labels (``brats``: ET 4; ``brats2023``: ET 3, file names -t1n/-t1c/-t2w/-t2f)."""
+    rng = np.random.default_rng(seed)
+    suffixes = {"brats": ("_", ("t1", "t1ce", "t2", "flair")), "brats2023": ("-", ("t1n", "t1c", "t2w", "t2f"))}
+    separator, names = suffixes[naming]
+    et = 4 if naming == "brats" else 3
+    grid = np.indices(shape).astype(float)
+    centre = (np.array(shape) - 1) / 2
+    brain = sum(((grid[i] - centre[i]) / (0.45 * shape[i])) ** 2 for i in range(3)) <= 1.0
+    for subject in subjects:
+        spot = centre + rng.uniform(-2, 2, 3)
+        distance = np.sqrt(sum((grid[i] - spot[i]) ** 2 for i in range(3)))
+        mask = np.zeros(shape, np.uint8)
+        mask[(distance <= 3.5) & brain] = 2
+        mask[(distance <= 2.2) & brain] = et
+        mask[(distance <= 1.0) & brain] = 1
+        folder = root / subject
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, name in enumerate(names):
+            data = np.where(brain, 100 + 20 * k + rng.normal(0, 5, shape), 0)
+            data = np.where(mask > 0, data + (80 if name in ("flair", "t2f") else 30), data)
+            if name in ("t1ce", "t1c"):
+                data = np.where(mask == et, data + 120, data)
+            nib.save(nib.Nifti1Image(data.astype(np.int16), np.diag([1.0, 1.0, 1.0, 1.0])),
+                     folder / f"{subject}{separator}{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), folder / f"{subject}{separator}seg.nii.gz")
+    return root
 
 
 def make_brats(root: Path) -> Path:

@@ -72,11 +72,64 @@ def test_empty_modality(small_manifest):
     assert _messages(small_manifest) == ["s2: s2_t2.nii.gz: empty modality (every voxel is 0)"]
 
 
-def test_segmentation_values_outside_brats_labels(small_manifest):
+def _write_seg(manifest, subject, values):
     seg = np.zeros((7, 8, 9), np.uint8)
-    seg[1, 1, 1], seg[2, 2, 2] = 3, 5
-    nib.save(nib.Nifti1Image(seg, np.eye(4)), small_manifest.parent / "s1" / "s1_seg.nii.gz")
-    assert _messages(small_manifest) == ["s1: s1_seg.nii.gz: segmentation values 3, 5 outside {0, 1, 2, 4}"]
+    for k, value in enumerate(values):
+        seg[1 + k, 1, 1] = value
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), manifest.parent / subject / f"{subject}_seg.nii.gz")
+
+
+def _convention(manifest, name):
+    raw = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    raw["label_convention"] = name  # the convention is the dataset's: every row
+    raw.to_csv(manifest, index=False)
+    _write_seg(manifest, "s2", [1, 2])  # valid in every convention
+
+
+def test_segmentation_values_outside_brats_labels(small_manifest):
+    _write_seg(small_manifest, "s1", [3, 5])
+    [message] = _messages(small_manifest)
+    assert message.startswith("s1: s1_seg.nii.gz: segmentation values 3, 5 outside {0, 1, 2, 4} (label convention "
+                              "brats)")
+    assert "set the manifest's label_convention to brats2023" in message  # the likely cause, named
+
+
+def test_label_three_is_accepted_where_the_convention_says_so(small_manifest):
+    _write_seg(small_manifest, "s1", [1, 2, 3])
+    _convention(small_manifest, "brats2023")
+    assert _messages(small_manifest) == []
+
+
+def test_label_four_is_refused_in_a_brats2023_dataset_and_named_as_post_treatment(small_manifest):
+    _write_seg(small_manifest, "s1", [3, 4])
+    _convention(small_manifest, "brats2023")
+    [message] = _messages(small_manifest)
+    assert message.startswith("s1: s1_seg.nii.gz: segmentation values 4 outside {0, 1, 2, 3} (label convention "
+                              "brats2023)") and "label_convention brats2024" in message
+
+
+def test_msd_masks_use_labels_one_to_three(small_manifest):
+    _write_seg(small_manifest, "s1", [1, 2, 3])
+    _convention(small_manifest, "msd")
+    assert _messages(small_manifest) == []
+    _write_seg(small_manifest, "s1", [4])
+    assert _messages(small_manifest)[0].startswith("s1: s1_seg.nii.gz: segmentation values 4 outside {0, 1, 2, 3}")
+
+
+def test_unknown_label_convention(small_manifest):
+    _edit(small_manifest, "label_convention", 0, "brats2019")
+    assert _messages(small_manifest) == ["s1: label_convention: label_convention value 'brats2019' is not one of "
+                                         "brats, brats2023, brats2024, msd or blank"]
+
+
+def test_one_dataset_with_two_label_conventions(small_manifest):
+    raw = pd.read_csv(small_manifest, dtype=str, keep_default_na=False)
+    raw["dataset"] = "release"
+    raw["label_convention"] = ["", "brats2023"]
+    raw.to_csv(small_manifest, index=False)
+    _write_seg(small_manifest, "s2", [1, 3])
+    assert _messages(small_manifest) == ["s2: label_convention: dataset 'release' mixes label conventions brats, "
+                                         "brats2023 (s1 is brats); a dataset labels every mask one way"]
 
 
 @pytest.mark.parametrize("column,value,expected", [

@@ -62,3 +62,34 @@ def test_bad_modalities_and_unknown_sites_raise(tiny_cache):
         CaseDataset(tiny_cache, modalities=("dwi",))
     with pytest.raises(ConfigError, match="mars"):
         CaseDataset(tiny_cache, sites=["mars"])
+
+
+def test_collate_pads_as_monai_does_and_records_each_cases_region():
+    from monai.data.utils import pad_list_data_collate
+
+    torch.manual_seed(0)
+    cases = [{"image": torch.randn(2, depth, 8, 9), "seg": torch.randint(0, 4, (1, depth, 8, 9)),
+              "labels": torch.tensor([1, 0, -1, 2]), "subject": f"s{depth}"} for depth in (7, 4, 5)]
+    ours, monai = collate_cases([dict(c) for c in cases]), pad_list_data_collate([dict(c) for c in cases])
+    for key in ("image", "seg", "labels"):
+        assert type(ours[key]) is torch.Tensor and torch.equal(ours[key], torch.as_tensor(monai[key]))
+    assert ours["subject"] == ["s7", "s4", "s5"]
+    assert ours["region"][:, 0].tolist() == [[0, 7], [1, 5], [1, 6]]  # symmetric: the odd voxel goes after
+    assert ours["region"][:, 1:].tolist() == [[[0, 8], [0, 9]]] * 3
+
+
+def test_collate_to_a_fixed_depth_pads_shallow_and_centre_crops_deep_cases():
+    deep, shallow = torch.arange(9.0).reshape(1, 9, 1, 1), torch.ones(1, 3, 1, 1)
+    batch = collate_cases([{"image": deep}, {"image": shallow}], depth=5)
+    assert batch["image"].shape == (2, 1, 5, 1, 1)
+    assert batch["image"][0].flatten().tolist() == [2, 3, 4, 5, 6]
+    assert batch["image"][1].flatten().tolist() == [0, 1, 1, 1, 0]
+    assert batch["region"][:, 0].tolist() == [[0, 5], [1, 4]]
+
+
+def test_stored_view_reads_the_cache_types_without_converting(tiny_cache):
+    ds = CaseDataset(tiny_cache, modalities=MODALITY_SETS["T1+T2"])
+    stored = ds.stored()[0]
+    assert stored["image"].dtype == torch.float16 and stored["seg"].dtype == torch.uint8
+    assert torch.equal(stored["image"].float(), ds[0]["image"]) and torch.equal(stored["seg"].long(), ds[0]["seg"])
+    assert ds.cache_max_depth == int(read_index(tiny_cache)["depth"].max())

@@ -7,7 +7,8 @@ from gliofed.errors import ManifestError
 
 def test_read_resolves_paths_and_encodes_unknown_as_minus_one(small_manifest):
     df = read_manifest(small_manifest)
-    assert list(df.columns) == [*COLUMNS, "seg_regions"] and set(df["seg_regions"]) == {""}
+    assert list(df.columns) == [*COLUMNS, "seg_regions", "label_convention"] and set(df["seg_regions"]) == {""}
+    assert set(df["label_convention"]) == {"brats"}  # blank: BraTS 2017-2021 labels
     assert df.loc[0, "t1"] == str((small_manifest.parent / "s1" / "s1_t1.nii.gz").resolve())
     assert df.loc[1, "idh"] == -1 and df.loc[1, "codeletion"] == -1 and df.loc[1, "grade"] == 2
     assert pd.isna(df.loc[1, "age"]) and df.loc[0, "age"] == 44.0

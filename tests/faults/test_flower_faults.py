@@ -4,7 +4,6 @@ request refused by a SuperNode whose operator did not allow it. The SuperNode th
 ``tests/federated/test_flower.py::test_a_node_that_disappears_mid_run_is_left_out_and_the_round_finishes``."""
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,14 +13,12 @@ pytest.importorskip("flwr")
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict  # noqa: E402
 
 from gliofed.errors import PolicyError  # noqa: E402
-from gliofed.federated.flower.launcher import LocalFederation  # noqa: E402
 from gliofed.federated.protocol.payload import Payload  # noqa: E402
 from gliofed.federated.protocol.records import payload_to_record  # noqa: E402
 from gliofed.federated.server.rounds import SiteFailure, one_line  # noqa: E402
 from gliofed.federated.server.server_app import decode_reply, distill_overrides  # noqa: E402
 
 os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
-APP_DIR = Path(__file__).resolve().parents[2]  # the repository: its pyproject.toml carries [tool.flwr.app]
 
 
 @pytest.fixture(autouse=True)
@@ -73,17 +70,14 @@ def test_distill_overrides_from_the_run_config():
 
 
 @pytest.mark.flower
-def test_the_exfiltration_request_is_refused_over_flower(tiny_cache, tmp_path):
-    with LocalFederation(APP_DIR, tmp_path / "work") as fed:
-        # brats21's operator opted in locally (teaching); upenn runs the default policy
-        fed.add_site("brats21", cache=tiny_cache, node_config={"policy-allow-real-init": True,
-                                                               "policy-refuse-flagged": False, "policy-min-scale": 1})
-        fed.add_site("upenn", cache=tiny_cache)
-        history = fed.run({"strategy": "distill", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 2,
-                           "min-sites": 1, "round-timeout": 240, "distill": "init=real_unsafe,scale=1,steps=0",
-                           "out-dir": str(tmp_path / "out")}, timeout=480)
+def test_the_exfiltration_request_is_refused_over_flower(loopback, tmp_path):
+    # the shared federation (tests/conftest.py): upenn's operator opted in locally (teaching), brats21 runs the
+    # default policy
+    history = loopback.run({"strategy": "distill", "num-server-rounds": 1, "preset": "tiny", "min-nodes": 2,
+                            "min-sites": 1, "round-timeout": 240, "distill": "init=real_unsafe,scale=1,steps=0",
+                            "out-dir": str(tmp_path / "out")}, timeout=480)
     (round_one,) = history["rounds"]
-    assert list(round_one["excluded"]) == ["upenn"]
-    assert round_one["excluded"]["upenn"].startswith(
-        "PolicyError: site upenn refuses the 'distill' request: initialisation 'real_unsafe' copies patients")
-    assert round_one["bytes_up"]["upenn"] == 0 and round_one["bytes_up"]["brats21"] > 0
+    assert list(round_one["excluded"]) == ["brats21"]
+    assert round_one["excluded"]["brats21"].startswith(
+        "PolicyError: site brats21 refuses the 'distill' request: initialisation 'real_unsafe' copies patients")
+    assert round_one["bytes_up"]["brats21"] == 0 and round_one["bytes_up"]["upenn"] > 0

@@ -583,7 +583,7 @@ def test_real_blocks_are_the_sites_own_and_do_not_depend_on_the_request():
 
 
 def test_matching_targets_fewer_cases_than_the_minimum_back_are_left_out(tiny_cache):
-    from gliofed.federated.site.condense import _levels, real_targets
+    from gliofed.federated.site.condense.matching import _levels, real_targets
     from gliofed.vocab import MARKER_CLASSES, MARKERS
 
     dataset = CaseDataset(tiny_cache, split="train", sites=["brats21", "tcga_lgg"])

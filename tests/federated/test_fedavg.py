@@ -54,3 +54,21 @@ def test_site_discloses_its_masked_and_labelled_case_counts(tiny_cache):
     assert reply.meta["n_masked"] == 0 and reply.meta["n_cases"] == site.n_cases > 0
     assert reply.meta["n_labelled"]["idh"] == 0  # REMBRANDT never records IDH
     assert set(reply.meta["n_labelled"]) == {"idh", "codeletion", "mgmt", "grade"}
+
+
+def test_a_site_that_trained_before_answers_as_a_fresh_site_and_keeps_its_batches(tiny_cache):
+    # a site keeps its training batches and network across rounds: nothing of an earlier round may leak into a reply
+    model = small_model()
+    first, later = site_settings(model, seed=3, epochs=1), site_settings(model, seed=4, epochs=1)
+    later["train"]["augment"] = first["train"]["augment"] = True
+    broadcast = Payload("model", state_to_arrays(model), {})
+    kept = Site("brats21", tiny_cache)
+    kept.handle("train", broadcast, first)
+    batches, network = kept._Site__batches, kept._Site__network
+    reply = kept.handle("train", broadcast, later)
+    fresh = Site("brats21", tiny_cache).handle("train", broadcast, later)
+    assert kept._Site__batches is batches and kept._Site__network is network
+    assert reply.meta == fresh.meta
+    assert all(np.array_equal(reply.arrays[k], fresh.arrays[k]) for k in fresh.arrays)
+    kept.handle("train", broadcast, {**later, "train": {**later["train"], "batch_size": 2}})
+    assert kept._Site__batches is not batches  # other batch settings: other batches

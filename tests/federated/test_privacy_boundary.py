@@ -86,4 +86,6 @@ def test_site_answers_only_with_declared_payloads(tiny_cache):
 def test_site_keeps_its_cases_private(tiny_cache):
     site = Site("brats21", tiny_cache)
     public = {name for name in dir(site) if not name.startswith("_")}
-    assert public == {"name", "n_cases", "handle", "raw_bytes", "privacy_audit", "policy"}
+    # audit_payload and privacy_spent return reports (correlations, flags, epsilon), never cases; n_held_out is a count
+    assert public == {"name", "n_cases", "n_held_out", "handle", "raw_bytes", "privacy_audit", "audit_payload",
+                      "privacy_spent", "policy"}

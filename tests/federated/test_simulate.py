@@ -85,3 +85,17 @@ def test_distillation_uploads_less_than_fedavg_on_the_same_sites(tiny_cache):
     _, distill = run_experiment(tiny_cache, "distill", small_config(), rounds=1,
                                 distill={"steps": 1, "server_epochs": 1}, progress=False)
     assert distill.to_frame()["bytes_up"].iloc[0] < fedavg.to_frame()["bytes_up"].iloc[0]
+
+
+def test_a_run_saved_before_a_setting_existed_resumes_with_that_settings_default():
+    from gliofed.config import TrainConfig
+    from gliofed.errors import ConfigError
+    from gliofed.federated.simulate import check_resume
+
+    strategy = FedAvg()
+    older = {key: value for key, value in small_config().to_dict().items() if key not in ("augment_on", "eval_batch")}
+    state = {"config": older, "strategy": {"identity": strategy.identity()}}
+    check_resume(state, strategy, small_config(), "run")  # the defaults are what that older gliofed did
+    with pytest.raises(ConfigError, match="augment_on 'auto' \\(now 'device'\\)"):
+        check_resume(state, strategy, small_config(augment_on="device"), "run")
+    assert TrainConfig().eval_batch == "auto"

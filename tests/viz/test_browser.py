@@ -135,3 +135,18 @@ def test_reload_keeps_the_figure(session):
 
 def test_no_console_errors(session):
     assert session.page.errors == []
+
+
+def test_label_and_grad_cam_colours_differ_as_drawn(session):
+    """The colours the browser's figure holds: every ground-truth fill and the prediction outline far (CIE76 ΔE)
+    from every colour of the Grad-CAM scale."""
+    from gliofed.viz.colours import MIN_SEPARATION, palette_separation
+
+    traces = session.page.evaluate("""() => Array.from(
+        document.querySelector('.gliofed-viewer .gliofed-figure .js-plotly-plot').data,
+        t => ({type: t.type, name: t.name, colorscale: t.colorscale || null}))""")
+    scales = {(t["type"], t["name"]): t["colorscale"] for t in traces}
+    truth = [c for _, c in scales[("heatmap", "truth")] if not c.replace(" ", "").startswith("rgba(0,0,0,0")]
+    labels = set(truth) | {c for _, c in scales[("contour", "prediction")]}
+    assert len(labels) == 4
+    assert palette_separation(labels, scales[("heatmap", "cam")]) >= MIN_SEPARATION

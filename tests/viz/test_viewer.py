@@ -220,3 +220,14 @@ def test_case_views_take_the_spacing_from_the_cache_index(tiny_cache, small_mode
     index.to_csv(cache / "index.csv", index=False)
     views = viewer_module.case_views(small_model, CaseDataset(cache, split="test"), max_cases=1, heads=("idh",))
     assert views[0].spacing == (9.9375, 5.5, 4.25)
+
+
+def test_label_colours_and_the_grad_cam_scale_differ():
+    from gliofed.viz.colours import MIN_SEPARATION, palette_separation
+
+    figure = SliceViewer([make_case()]).figure
+    truth = [c for _, c in figure.data[TRUTH].colorscale if not c.startswith("rgba(0,0,0,0)")]
+    labels = {*truth, *(c for _, c in figure.data[PREDICTION].colorscale)}
+    assert len(labels) == 4  # core, oedema, enhancing, prediction
+    assert palette_separation(labels, figure.data[CAM].colorscale) >= MIN_SEPARATION
+    assert palette_separation(labels, "Plasma") < MIN_SEPARATION  # the old scale ended in the enhancing yellow

@@ -13,7 +13,7 @@ from gliofed.errors import DataError
 from gliofed.vocab import MODALITIES
 
 __all__ = ["CuratedCase", "Vocabulary", "VOCABULARIES", "encode", "nifti_problem", "read_table", "find_column",
-           "grade_code", "sex_code", "age_value", "apply_label_table"]
+           "grade_code", "sex_code", "age_value", "apply_label_table", "mask_values", "settle_label_convention"]
 
 #: tokens that mean "unknown" in the public label files (compared case-insensitively)
 UNKNOWN_TOKENS = {"", "na", "n/a", "nan", "none", "nos", "nos/nec", "nec", "not available", "not applicable",
@@ -26,7 +26,11 @@ class CuratedCase:
 
     ``paths`` holds absolute NIfTI paths for the four contrasts and ``seg`` (missing keys = not found);
     ``labels`` the manifest codes (-1 unknown); ``notes`` odd label values that were treated as unknown;
-    ``aliases`` IDs of the same patient in other datasets (used by ``--merge`` to remove duplicates).
+    ``aliases`` IDs of the same patient in other datasets (used by ``--merge`` to remove duplicates);
+    ``label_convention`` how its dataset labels masks (:mod:`gliofed.data.conventions`; blank = ``brats``) and
+    ``seg_values`` the labels its mask holds (when they were read). A case whose contrasts live in one 4-D file (MSD)
+    has ``split_from`` (that file) and ``channels`` (contrast -> index in its 4th axis) instead of contrast paths:
+    :meth:`~gliofed.data.sources.CurationResult.write` writes them as 3-D files.
     """
 
     subject_id: str
@@ -39,6 +43,10 @@ class CuratedCase:
     seg_regions: str = ""
     aliases: set[str] = field(default_factory=set)
     source_id: str = ""
+    label_convention: str = ""
+    seg_values: tuple[int, ...] = ()
+    split_from: str = ""
+    channels: dict[str, int] = field(default_factory=dict)
     status: str = "included"
     reason: str = ""
     notes: list[str] = field(default_factory=list)
@@ -207,3 +215,76 @@ def apply_label_table(path: str | Path, cases: Mapping[str, CuratedCase], column
                 case.sex = sex_code(value)
         if extra is not None:
             extra(case, row)
+
+
+def mask_values(path: str | Path) -> tuple[int, ...]:
+    """The distinct labels of a mask file (sorted).
+
+    Raises:
+        ValueError: a value that is not a whole number (a probability map or a resampled mask).
+    """
+    import nibabel as nib
+    import numpy as np
+
+    data = np.asanyarray(nib.load(str(path)).dataobj)
+    values = np.unique(data)
+    if not np.all(np.isfinite(values)) or not np.all(values == np.round(values)):
+        raise ValueError("holds values that are not whole-number labels")
+    return tuple(int(v) for v in values)
+
+
+def settle_label_convention(cases: Sequence[CuratedCase], forced: str | None = None, progress: bool = True) -> str:
+    """Decide the dataset's label convention from its file names and confirm it from its masks' values.
+
+    Every included case with a mask is read once (its distinct values go to ``case.seg_values``). Without
+    ``forced``: BraTS 2023+ file names give ``brats2023``, or ``brats2024`` when some mask holds label 4 (the
+    post-treatment release's resection cavity); the older names give ``brats``, or ``brats2023`` when the masks use
+    3 and never 4 (a BraTS 2023+ release renamed to the old pattern). Every case gets the convention; a case whose
+    mask holds a value outside it is excluded with the reason.
+
+    Args:
+        cases: one dataset's cases (``label_convention`` set from their layout: ``brats`` or ``brats2023`` from
+            the file names, ``msd``).
+        forced: a convention chosen by the user (``gliofed curate --label-convention``), or None.
+        progress: show a progress bar while reading the masks.
+
+    Returns:
+        the convention.
+
+    Raises:
+        DataError: the cases follow both file namings (two releases under one root).
+    """
+    from tqdm.auto import tqdm
+
+    from gliofed.data.conventions import CONVENTIONS, DEFAULT_CONVENTION, convention
+
+    namings = {c.label_convention or DEFAULT_CONVENTION for c in cases}
+    if len(namings) > 1 and forced is None:
+        examples = {c.label_convention or DEFAULT_CONVENTION: c.source_id for c in cases}
+        raise DataError(f"the folder holds cases named like BraTS 2017-2021 ({examples['brats']}) and like BraTS "
+                        f"2023+ ({examples['brats2023']}); curate each release into its own manifest and combine them "
+                        "with --merge.")
+    with_masks = [c for c in cases if c.status == "included" and "seg" in c.paths]
+    for case in tqdm(with_masks, desc="read masks", unit="mask", disable=not progress or len(with_masks) < 20):
+        try:
+            case.seg_values = mask_values(case.paths["seg"])
+        except Exception as error:  # noqa: BLE001 - any reader failure excludes the case, with the reason
+            case.exclude(f"unreadable mask: {Path(case.paths['seg']).name} "
+                         f"{error if isinstance(error, ValueError) else type(error).__name__}")
+    seen = set().union(*(c.seg_values for c in with_masks if c.status == "included"))
+    if forced is not None:
+        name = convention(forced).name
+    elif namings == {"brats2023"}:
+        name = "brats2024" if 4 in seen else "brats2023"
+    elif namings == {DEFAULT_CONVENTION}:
+        name = "brats2023" if 3 in seen and 4 not in seen else DEFAULT_CONVENTION
+    else:  # a layout with its own convention (MSD)
+        name = convention(namings.pop()).name
+    allowed = CONVENTIONS[name].values
+    for case in cases:
+        case.label_convention = name
+        bad = sorted(set(case.seg_values) - allowed)
+        if bad:
+            case.exclude(f"segmentation values {', '.join(map(str, bad))} outside {CONVENTIONS[name].shown} "
+                         f"(label convention {name}: {CONVENTIONS[name].description})")
+    return name

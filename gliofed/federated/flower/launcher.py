@@ -80,8 +80,11 @@ class LocalFederation:
         if self.version >= HTTP_APIS:  # one port for every API
             self.serverappio = self.control = self.fleet
         bin_dir = str(Path(sys.executable).parent)
-        self.env = {**os.environ, "FLWR_HOME": str(self.work_dir / "flwr_home"),
-                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        # a Jupyter kernel sets FORCE_COLOR, and `flwr` then wraps its JSON answers in colour codes that no parser
+        # reads: the processes started here get plain text
+        inherited = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "CLICOLOR_FORCE")}
+        self.env = {**inherited, "FLWR_HOME": str(self.work_dir / "flwr_home"),
+                    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "NO_COLOR": "1",
                     "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""), "PYTHONUNBUFFERED": "1"}
         home = self.work_dir / "flwr_home"
         home.mkdir(exist_ok=True)

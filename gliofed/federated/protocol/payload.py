@@ -24,13 +24,13 @@ import numpy as np
 
 from gliofed.errors import PayloadError
 from gliofed.fileio import json_default
-from gliofed.vocab import DISTILL_INITS, MARKER_CLASSES, MARKERS, MODALITIES
+from gliofed.vocab import DISTILL_INITS, MARKER_CLASSES, MARKERS, MODALITIES, REGIONS
 
 if TYPE_CHECKING:  # torch is imported where weights are converted: a Flower app starts without it
     import torch
 
-__all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "validate", "validate_reply", "state_to_arrays",
-           "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC"]
+__all__ = ["Payload", "PayloadError", "DECLARED", "REQUIRED_META", "SITE_METRICS", "validate", "validate_reply",
+           "state_to_arrays", "arrays_to_state", "MAX_N_CASES", "MAX_SYNTHETIC", "MAX_WEIGHT_GROWTH"]
 
 
 #: payload kind (:data:`~gliofed.vocab.PAYLOAD_KINDS`) -> field name prefixes it may carry (arrays) and metadata keys
@@ -38,13 +38,17 @@ DECLARED: dict[str, dict[str, tuple[str, ...]]] = {
     "model": {"arrays": ("w:",), "meta": ("round", "strategy")},
     # n_masked: cases with a segmentation mask; n_labelled: {marker: cases with a known label} (FedAvg weights
     # the decoder and each marker head by them)
-    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss")},
+    # dp: what a differentially private reply spent (mechanism, noise_multiplier, max_norm, delta, epsilon,
+    # epsilon_total); withheld: synthetic volumes the site's audit kept back
+    "weights_update": {"arrays": ("w:",), "meta": ("site", "n_cases", "n_masked", "n_labelled", "loss", "dp")},
     "distilled_set": {
         "arrays": ("syn_images", "syn_masks", "syn_labels", "soft:", "counts:", "bn:"),
-        "meta": ("site", "n_cases", "shape", "scale", "init", "temperature"),
+        "meta": ("site", "n_cases", "shape", "scale", "init", "temperature", "dp", "withheld"),
     },
     "raw_cases": {"arrays": ("cases",), "meta": ("site", "n_cases")},  # centralized baseline: pooling by design
     "site_info": {"arrays": (), "meta": ("site", "n_cases", "raw_bytes")},  # what pooling a site's cases moves
+    # the global model's quick metrics on a site's held-out cases (n_cases of them): numbers in [0, 1] or null
+    "site_metrics": {"arrays": (), "meta": ("site", "n_cases", "metrics")},
     "nothing": {"arrays": (), "meta": ("site",)},
 }
 #: payload kind -> metadata keys a reply must carry (the other declared keys are optional)
@@ -54,10 +58,18 @@ REQUIRED_META: dict[str, tuple[str, ...]] = {
     "distilled_set": ("site", "n_cases", "shape", "scale", "init", "temperature"),
     "raw_cases": ("site", "n_cases"),
     "site_info": ("site", "n_cases", "raw_bytes"),
+    "site_metrics": ("site", "n_cases", "metrics"),
     "nothing": ("site",),
 }
+#: the metrics a ``site_metrics`` reply may carry (:func:`gliofed.metrics.quick_metrics`' names): Dice per region and
+#: AUC per marker, each a number in [0, 1] or null (not computable on the site's cases)
+SITE_METRICS: tuple[str, ...] = (*(f"dice_{region}" for region in REGIONS), *(f"auc_{marker}" for marker in MARKERS))
 #: largest ``n_cases`` a site may claim (a weight of 1e30 would replace the global model)
 MAX_N_CASES = 10_000_000
+#: how far a weight of a site's update may reach: this many times the largest magnitude of the same tensor in the
+#: model the server sent (at least 1). Local training moves weights by a small fraction of that; a weight of 1e30,
+#: or an update scaled by 10^5, does not pass
+MAX_WEIGHT_GROWTH = 1e4
 #: most synthetic volumes in one distilled set
 MAX_SYNTHETIC = 4096
 #: largest cache-grid side and down-sampling scale a distilled set may declare
@@ -207,6 +219,47 @@ def _check_meta(payload: Payload) -> None:
         _int_in(meta, "raw_bytes", 0, 2**62)
     if "strategy" in meta and not isinstance(meta["strategy"], str):
         raise PayloadError(f"payload metadata 'strategy' = {_short(meta['strategy'])} is not a string.")
+    if "withheld" in meta:
+        _int_in(meta, "withheld", 0, MAX_SYNTHETIC)
+    if "dp" in meta:
+        _check_dp(meta["dp"])
+    if "metrics" in meta:
+        _check_metrics(meta["metrics"])
+
+
+#: the keys of a reply's ``dp`` metadata and their types
+_DP_META = {"mechanism": str, "noise_multiplier": float, "max_norm": float, "delta": float, "epsilon": float,
+            "epsilon_total": float}
+
+
+def _check_dp(dp) -> None:
+    """A reply's ``dp`` metadata: exactly the keys of :data:`_DP_META`, a known mechanism, positive finite numbers
+    (epsilon may be inf), delta in (0, 1)."""
+    from gliofed.dp import MECHANISMS
+
+    if not isinstance(dp, Mapping) or set(dp) != set(_DP_META):
+        raise PayloadError(f"payload metadata 'dp' = {_short(dp)} is not a mapping of {', '.join(_DP_META)}.")
+    if dp["mechanism"] not in MECHANISMS or dp["mechanism"] == "off":
+        raise PayloadError(f"payload metadata 'dp.mechanism' = {_short(dp['mechanism'])} is not a DP mechanism.")
+    for key in ("noise_multiplier", "max_norm", "epsilon", "epsilon_total"):
+        value = dp[key]
+        if not _is_real(value) or math.isnan(float(value)) or float(value) < 0 or (
+                key in ("noise_multiplier", "max_norm") and not math.isfinite(float(value))):
+            raise PayloadError(f"payload metadata 'dp.{key}' = {_short(value)} is not a non-negative number.")
+    if not _is_real(dp["delta"]) or not 0 < float(dp["delta"]) < 1:
+        raise PayloadError(f"payload metadata 'dp.delta' = {_short(dp['delta'])} is not in (0, 1).")
+
+
+def _check_metrics(metrics) -> None:
+    """A ``site_metrics`` reply's metrics: a mapping of :data:`SITE_METRICS` names to numbers in [0, 1] or null."""
+    if not isinstance(metrics, Mapping):
+        raise PayloadError(f"payload metadata 'metrics' = {_short(metrics)} is not a mapping of metric names.")
+    for name, value in metrics.items():
+        if name not in SITE_METRICS:
+            raise PayloadError(f"payload metric {_short(name)} is not one of {', '.join(SITE_METRICS)}.")
+        if value is not None and (not _is_real(value) or not math.isfinite(float(value))
+                                  or not 0.0 <= float(value) <= 1.0):
+            raise PayloadError(f"payload metric {name!r} = {_short(value)} is not a number in [0, 1] or null.")
 
 
 def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:
@@ -225,6 +278,26 @@ def _check_against(payload: Payload, reference: Mapping[str, np.ndarray]) -> Non
             raise PayloadError(f"payload field {name!r} has shape {array.shape}, the broadcast model {ref.shape}.")
         if array.dtype != ref.dtype:
             raise PayloadError(f"payload field {name!r} has dtype {array.dtype}, the broadcast model {ref.dtype}.")
+
+
+def _check_values(payload: Payload, reference: Mapping[str, np.ndarray]) -> None:
+    """The value checks a distilled set's statistics get, for a weights update: BatchNorm variances >= 0 and step
+    counters >= 0, and every float weight within :data:`MAX_WEIGHT_GROWTH` times the largest magnitude of that
+    tensor in the broadcast model (a poisoned site cannot make the average non-finite or drag it arbitrarily far)."""
+    for name, array in payload.arrays.items():
+        if not name.startswith("w:") or not array.size:
+            continue
+        if name.endswith(".running_var") and float(array.min()) < 0:
+            raise PayloadError(f"payload field {name!r} holds a negative variance ({float(array.min()):.3g}).")
+        if name.endswith(".num_batches_tracked") and int(array.min()) < 0:
+            raise PayloadError(f"payload field {name!r} holds a negative count ({int(array.min())}).")
+        if array.dtype.kind == "f":
+            sent = np.asarray(reference[name])
+            limit = MAX_WEIGHT_GROWTH * max(1.0, float(np.max(np.abs(sent))) if sent.size else 1.0)
+            largest = float(np.max(np.abs(array.astype(np.float64))))
+            if largest > limit:
+                raise PayloadError(f"payload field {name!r} reaches {largest:.3g}, beyond {limit:.3g} "
+                                   f"({MAX_WEIGHT_GROWTH:.0e} times the broadcast model's largest value there).")
 
 
 def _check_bn(name: str, array: np.ndarray, reference: Mapping[str, np.ndarray] | None) -> None:
@@ -316,7 +389,9 @@ def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, n
     typed and in range (``site`` a non-empty str, ``n_cases`` an int in [1, :data:`MAX_N_CASES`] — never a
     bool —, optional ``n_masked`` an int in [0, ``n_cases``], ``loss`` a finite number or None, ...); for
     ``weights_update`` and ``model`` with a ``reference``: exactly the reference's ``w:`` fields with equal
-    shapes and dtypes; for ``distilled_set``: every field present, dtypes, shapes consistent with ``shape``
+    shapes and dtypes, and for ``weights_update`` their values (:func:`_check_values`: BatchNorm variances and
+    counters >= 0, magnitudes within :data:`MAX_WEIGHT_GROWTH` times the broadcast model's); for
+    ``distilled_set``: every field present, dtypes, shapes consistent with ``shape``
     and ``scale``, mask classes 0..3, label codes in range per marker, soft tables in [0, 1] with rows
     summing to 1 (classes seen) or 0 (unseen, per ``counts``), counts non-negative and at most ``n_cases``.
 
@@ -338,6 +413,8 @@ def validate_reply(reply: Payload, expected_kind: str, reference: Mapping[str, n
     _check_meta(reply)
     if reply.kind in ("weights_update", "model") and reference is not None:
         _check_against(reply, reference)
+        if reply.kind == "weights_update":
+            _check_values(reply, reference)
     elif reply.kind == "distilled_set":
         _check_distilled(reply, reference)
 

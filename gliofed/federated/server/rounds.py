@@ -24,7 +24,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gliofed.errors import PayloadError
-from gliofed.federated.protocol import MAX_PAYLOAD_BYTES, Payload, Request, round_seed, validate_reply
+from gliofed.federated.protocol import (
+    MAX_PAYLOAD_BYTES,
+    Payload,
+    Request,
+    round_seed,
+    site_request,
+    state_to_arrays,
+    validate_reply,
+)
+from gliofed.federated.protocol.payload import SITE_METRICS
 from gliofed.federated.protocol.settings import SERVER_INDEX
 from gliofed.fileio import to_json
 from gliofed.vocab import REPLY_KINDS
@@ -33,8 +42,11 @@ if TYPE_CHECKING:
     from gliofed.config import TrainConfig
     from gliofed.federated.server.strategies import Strategy
 
-__all__ = ["Exchange", "RoundResult", "History", "SiteFailure", "federated_round", "run_rounds", "one_line",
-           "check_reply"]
+__all__ = ["Exchange", "RoundResult", "History", "SiteFailure", "federated_round", "federated_evaluation", "run_rounds",
+           "one_line", "check_reply", "EVALUATION_INDEX"]
+
+#: the participant index offset of the seeds of federated evaluation requests (apart from the training requests')
+EVALUATION_INDEX = 20_000
 
 log = logging.getLogger("gliofed.federated")
 
@@ -94,7 +106,7 @@ def check_reply(site: str, reply: Payload, task: str, outgoing: Payload, max_byt
 
 def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Sequence[str], config: TrainConfig,
                     exchange: Exchange, min_sites: int = 1,
-                    max_payload_bytes: int | None = MAX_PAYLOAD_BYTES) -> RoundResult:
+                    max_payload_bytes: int | None = MAX_PAYLOAD_BYTES, rounds: int | None = None) -> RoundResult:
     """One round: the strategy's requests (:meth:`Strategy.configure_round`) go out through ``exchange``, every
     reply is validated (:func:`check_reply`), the strategy checks who answered (:meth:`Strategy.check_answers`) and
     aggregates the valid replies into ``model`` (:meth:`Strategy.aggregate`).
@@ -102,9 +114,17 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
     A participant whose reply fails (error, refusal, no answer, or a reply that :func:`check_reply` refuses) is left
     out of the round with a one-line reason (:func:`one_line`); whether the round goes on without it is the
     strategy's rule (default: at least ``min_sites`` valid replies, else :class:`FederationError`).
+
+    With ``rounds`` (the run's last round), every ``train`` request also carries ``schedule``: ``{"round": rnd,
+    "rounds": rounds}``, where the round stands in the run, so that a site's learning rate follows the run's
+    schedule (``TrainConfig.lr_schedule``) across rounds.
     """
     model.cpu()
     requests = strategy.configure_round(model, rnd, list(sites), config)
+    if rounds is not None:
+        for request in requests.values():
+            if request.task == "train":
+                request.settings["schedule"] = {"round": int(rnd), "rounds": int(rounds)}
     answers = exchange(requests)
     excluded, replies = {}, {}
     for site, request in requests.items():
@@ -124,6 +144,43 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
     info = strategy.aggregate(model, replies, rnd)
     model.cpu()
     return RoundResult(bytes_up, bytes_down, excluded, info)
+
+
+def federated_evaluation(strategy: Strategy, model: nn.Module, rnd: int, sites: Sequence[str], config: TrainConfig,
+                         exchange: Exchange, max_payload_bytes: int | None = MAX_PAYLOAD_BYTES) -> dict:
+    """Federated evaluation after round ``rnd``: the global model goes to every site with the task ``evaluate``; each
+    answers with its ``site_metrics`` (the model's quick metrics on its own held-out cases, and how many there were),
+    validated like every reply (:func:`check_reply`). No case, prediction or per-case score reaches the server.
+
+    Returns:
+        the entries of the round's record: ``site_metrics`` (site -> its metrics and ``n_cases``), ``metrics`` (each
+        metric's mean over the sites that report it, weighted by their held-out cases) and ``evaluation_excluded``
+        (site -> the one-line reason it reported nothing: a refusal, e.g. too few held-out cases, an error, a reply
+        that failed validation).
+    """
+    model.cpu()
+    outgoing = Payload("model", state_to_arrays(model), {"round": rnd, "strategy": strategy.name})
+    requests = {site: site_request(config, model, round_seed(config.seed, rnd, EVALUATION_INDEX + index), "evaluate",
+                                   outgoing) for index, site in enumerate(sites)}
+    answers = exchange(requests)
+    site_metrics, excluded = {}, {}
+    for site, request in requests.items():
+        reply = answers.get(site, TimeoutError("no reply"))
+        try:
+            if isinstance(reply, BaseException):
+                raise reply
+            check_reply(site, reply, request.task, outgoing, max_payload_bytes)
+        except Exception as error:  # this site reports nothing this round, with its reason
+            excluded[site] = one_line(error)
+            log.warning("round %d: site %s reported no evaluation: %s", rnd, site, excluded[site])
+            continue
+        site_metrics[site] = {**reply.meta["metrics"], "n_cases": int(reply.meta["n_cases"])}
+    pooled = {}
+    for name in SITE_METRICS:
+        reported = [(m[name], m["n_cases"]) for m in site_metrics.values() if m.get(name) is not None]
+        weight = sum(n for _, n in reported)
+        pooled[name] = sum(v * n for v, n in reported) / weight if weight else None
+    return {"metrics": pooled, "site_metrics": site_metrics, "evaluation_excluded": excluded}
 
 
 def run_rounds(strategy: Strategy, model: nn.Module, sites: Sequence[str], config: TrainConfig,
@@ -156,12 +213,12 @@ def run_rounds(strategy: Strategy, model: nn.Module, sites: Sequence[str], confi
     for rnd in bar:
         started = time.perf_counter()
         result = federated_round(strategy, model, rnd, sites, config, transport(rnd), min_sites=min_sites,
-                                 max_payload_bytes=max_payload_bytes)
+                                 max_payload_bytes=max_payload_bytes, rounds=rounds)
         entries = evaluate(rnd, model) if evaluate is not None else {}
         history.append({"round": rnd, "wall_s": time.perf_counter() - started, **entries, **result.record()})
         metrics = entries.get("metrics") or {}
-        bar.set_postfix(dice_WT=f"{metrics.get('dice_WT', float('nan')):.2f}",
-                        auc_idh=f"{metrics.get('auc_idh', float('nan')):.2f}")
+        shown = {k: float("nan") if metrics.get(k) is None else metrics[k] for k in ("dice_WT", "auc_idh")}
+        bar.set_postfix(dice_WT=f"{shown['dice_WT']:.2f}", auc_idh=f"{shown['auc_idh']:.2f}")
         if after_round is not None:
             after_round(rnd, history)
     return history

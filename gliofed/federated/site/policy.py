@@ -10,7 +10,8 @@ Node config keys (``flower-supernode --node-config 'site="a" cache="..." policy-
 fields below with the prefix ``policy-``: ``policy-tasks`` ("describe,train,distill"), ``policy-min-scale``,
 ``policy-max-synthetic``, ``policy-max-bytes``, ``policy-allow-real-init``, ``policy-refuse-flagged``,
 ``policy-max-steps``, ``policy-max-real-batch``, ``policy-max-epochs``, ``policy-max-batch-size``,
-``policy-max-workers``, ``policy-min-group``, ``policy-device``.
+``policy-max-workers``, ``policy-min-group``, ``policy-device``, ``policy-require-dp``, ``policy-max-epsilon``,
+``policy-max-delta``.
 
 >>> SitePolicy().violations("distill", {"distill": {"init": "real_unsafe", "scale": 1, "steps": 0}})[:1]
 ["initialisation 'real_unsafe' copies patients and this site's operator has not allowed it"]
@@ -32,6 +33,9 @@ __all__ = ["SitePolicy", "PolicyError", "NODE_CONFIG_PREFIX"]
 #: node config keys that set the policy start with this
 NODE_CONFIG_PREFIX = "policy-"
 
+
+#: DP mechanisms (:data:`gliofed.dp.MECHANISMS`) that apply to each task that releases something learnt
+DP_MECHANISMS_BY_TASK = {"train": ("dp_sgd", "clipped_update"), "distill": ("gaussian",)}
 
 #: initialisations of condensation that copy no patient
 SAFE_INITS = ("class_stats", "noise")
@@ -65,6 +69,13 @@ class SitePolicy:
             refused, and so is any distillation at a site with fewer training cases. Not a request setting: the
             server cannot lower it. Must not exceed ``max_real_batch``.
         device: the device the site trains on, whatever the request says (default ``None``: the request's).
+        require_dp: refuse every ``train`` and ``distill`` request that asks for no differential privacy (default
+            False). A request's DP is its ``dp`` setting (:class:`~gliofed.dp.DPSettings`): DP-SGD or a clipped,
+            noised update for ``train``, the Gaussian mechanism on the summaries for ``distill``.
+        max_epsilon: the most privacy, in epsilon at the request's delta, this site spends over all the DP
+            requests it answers (composed by its accountant); a request that would go past it is refused (default
+            inf: no limit; set it with ``require_dp``).
+        max_delta: the largest delta a DP request may use (default 1e-5).
     """
 
     tasks: tuple[str, ...] = TASKS
@@ -81,6 +92,9 @@ class SitePolicy:
     max_workers: int = 4
     min_group: int = 3
     device: str | None = None
+    require_dp: bool = False
+    max_epsilon: float = math.inf
+    max_delta: float = 1e-5
 
     def __post_init__(self) -> None:
         tasks = tuple(self.tasks.split(",")) if isinstance(self.tasks, str) else tuple(self.tasks)
@@ -97,6 +111,13 @@ class SitePolicy:
                               f"({self.max_real_batch}), so every distillation request would be refused.")
         if not isinstance(self.max_steps, int) or self.max_steps < 0 or self.max_workers < 0:
             raise ConfigError("site policy: max_steps and max_workers must be integers >= 0.")
+        if isinstance(self.max_epsilon, bool) or not isinstance(self.max_epsilon, (int, float)) \
+                or math.isnan(self.max_epsilon) or self.max_epsilon <= 0:
+            raise ConfigError(f"site policy: max_epsilon must be a positive number (inf: no limit), not "
+                              f"{self.max_epsilon!r}.")
+        if isinstance(self.max_delta, bool) or not isinstance(self.max_delta, (int, float)) \
+                or not 0 < self.max_delta < 1:
+            raise ConfigError(f"site policy: max_delta must be in (0, 1), not {self.max_delta!r}.")
         if not 0 < self.audit_quantile <= 1:
             raise ConfigError(f"site policy: audit_quantile must be in (0, 1], not {self.audit_quantile!r}.")
 
@@ -148,6 +169,7 @@ class SitePolicy:
             found += _bounded("mu", settings.get("mu", 0.0), 0.0, 1e3, integer=False)
             if not isinstance(settings.get("keep_optimizer", False), bool):
                 found.append(f"keep_optimizer {settings['keep_optimizer']!r} is not true or false")
+            found += _schedule_violations(settings.get("schedule"))
         found += _bounded("batch_size", train.get("batch_size", 1), 1, self.max_batch_size)
         found += _bounded("num_workers", train.get("num_workers", 0), 0, self.max_workers)
         found += _bounded("lr", train.get("lr", 1e-3), 0.0, 10.0, integer=False, open_low=True)
@@ -178,11 +200,62 @@ class SitePolicy:
         if found:
             raise PolicyError(f"site {site} refuses the {task!r} request: {'; '.join(found)}.")
 
+    def privacy_violations(self, task: str, dp, epsilon_after: float | None) -> list[str]:
+        """Every way a request's differential privacy (``dp``, a :class:`~gliofed.dp.DPSettings`) oversteps this
+        policy, given the epsilon this site would have spent after answering it (``epsilon_after``; None when the
+        request asks for no DP); empty when allowed. Only ``train`` and ``distill`` release anything learnt from the
+        training cases; ``evaluate`` releases metrics of the held-out cases without noise, which a site that requires
+        DP does not send."""
+        if task == "evaluate" and self.require_dp:
+            return ["this site requires differential privacy and federated evaluation releases its held-out cases' "
+                    "metrics without it"]
+        if task not in ("train", "distill"):
+            return []
+        if not dp.enabled:
+            if self.require_dp:
+                bound = f"at most epsilon {self.max_epsilon:g}" if math.isfinite(self.max_epsilon) else "any epsilon"
+                return [f"this site requires differential privacy ({bound} at delta {self.max_delta:g}) and the "
+                        f"request asks for none"]
+            return []
+        found = []
+        allowed = DP_MECHANISMS_BY_TASK[task]
+        if dp.mechanism not in allowed:
+            found.append(f"DP mechanism {dp.mechanism!r} does not apply to a {task!r} request (use "
+                         f"{' or '.join(repr(m) for m in allowed)})")
+        if dp.delta > self.max_delta:
+            found.append(f"DP delta {dp.delta:g} is above this site's maximum of {self.max_delta:g}")
+        if epsilon_after is not None and epsilon_after > self.max_epsilon:
+            found.append(f"it would bring the privacy this site has spent to epsilon {epsilon_after:.2f} at delta "
+                         f"{dp.delta:g}, above its maximum of {self.max_epsilon:g}")
+        return found
+
+    def check_privacy(self, site: str, task: str, dp, epsilon_after: float | None) -> None:
+        """Raise :class:`PolicyError` (one line naming the site and every violation) unless the request's
+        differential privacy is allowed (:meth:`privacy_violations`)."""
+        found = self.privacy_violations(task, dp, epsilon_after)
+        if found:
+            raise PolicyError(f"site {site} refuses the {task!r} request: {'; '.join(found)}.")
+
     def check_reply_size(self, site: str, nbytes: int) -> None:
         """Raise :class:`PolicyError` when a reply of ``nbytes`` would exceed :attr:`max_bytes`."""
         if nbytes > self.max_bytes:
             raise PolicyError(f"site {site} refuses to send a reply of {nbytes:,} bytes (its limit is "
                               f"{self.max_bytes:,} bytes).")
+
+
+#: most rounds a request's schedule may name
+MAX_ROUNDS = 1_000_000
+
+
+def _schedule_violations(schedule) -> list[str]:
+    """A ``train`` request's ``schedule`` (where the round stands in the run) must be ``{"round": r, "rounds": n}``
+    with 1 <= r <= n, or absent."""
+    if schedule is None:
+        return []
+    if not isinstance(schedule, Mapping) or set(schedule) != {"round", "rounds"}:
+        return [f"schedule {str(schedule)[:60]!r} is not {{round, rounds}}"]
+    found = _bounded("schedule rounds", schedule["rounds"], 1, MAX_ROUNDS)
+    return found or _bounded("schedule round", schedule["round"], 1, schedule["rounds"])
 
 
 def _coerce(name: str, default, value):
@@ -202,7 +275,10 @@ def _coerce(name: str, default, value):
             raise ConfigError(f"node config policy-{name.replace('_', '-')} must be an integer, not {value!r}.")
         return int(number)
     if isinstance(default, float):
-        return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"node config policy-{name.replace('_', '-')} must be a number, not {value!r}.") from None
     return str(value)
 
 

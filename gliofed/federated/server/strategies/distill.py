@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from gliofed.dp import DPSettings
 from gliofed.federated.protocol import DistillSettings, Payload
 from gliofed.federated.protocol.synthetic import upsample_synthetic
 from gliofed.federated.server.strategies.base import Strategy
@@ -59,20 +60,28 @@ class DistillFederation(Strategy):
     Args:
         settings: :class:`DistillSettings` (or a dict of its fields).
         seed: seeds the server's data order.
+        dp: the differential-privacy dial sent to every site (:class:`~gliofed.dp.DPSettings` or its dict; default
+            off): ``"gaussian"`` releases every summary of the site's cases through the Gaussian mechanism with
+            per-case clipping. The round's info records each site's epsilon.
     """
 
     name = "distill"
     task = "distill"
 
-    def __init__(self, settings: DistillSettings | dict | None = None, seed: int = 0) -> None:
+    def __init__(self, settings: DistillSettings | dict | None = None, seed: int = 0,
+                 dp: DPSettings | dict | None = None) -> None:
         super().__init__(local_epochs=0)
+        self.dp = dp if isinstance(dp, DPSettings) else DPSettings.from_dict(dp)
         self.settings = settings if isinstance(settings, DistillSettings) else DistillSettings(**(settings or {}))
         self.seed = seed
         #: (round, site, payload) of the synthetic sets kept from earlier rounds
         self.memory: list[tuple[int, str, Payload]] = []
 
     def site_settings(self, rnd: int) -> dict:
-        return {"distill": dataclasses.asdict(self.settings)}
+        settings = {"distill": dataclasses.asdict(self.settings)}
+        if self.dp.enabled:  # absent when off: a run without DP asks exactly what it asked before
+            settings["dp"] = self.dp.to_dict()
+        return settings
 
     def _load_bn(self, model: nn.Module, replies: dict[str, Payload]) -> None:
         """Set the model's BatchNorm statistics to the case-weighted mean of the sites' real statistics."""
@@ -105,7 +114,7 @@ class DistillFederation(Strategy):
         current = [self._unpack(payload, device) for _, payload in sorted(replies.items())]
         earlier = [self._unpack(payload, device) for _, _, payload in self.memory]
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.settings.server_lr)
-        loss_fn = MultiTaskLoss()
+        loss_fn = MultiTaskLoss(seg_output=getattr(model, "config", {}).get("seg_output", "classes"))
         rng = np.random.default_rng([self.seed, rnd])
         model.train()
         if self.settings.freeze_bn:
@@ -133,7 +142,11 @@ class DistillFederation(Strategy):
         if self.settings.memory_rounds > 0:
             self.memory += [(rnd, site, payload) for site, payload in sorted(replies.items())]
         model.eval()
-        return {"server_loss": float(np.mean(losses)) if losses else float("nan"), "memory_sets": len(earlier)}
+        info = {"server_loss": float(np.mean(losses)) if losses else float("nan"), "memory_sets": len(earlier),
+                "withheld": {site: int(p.meta.get("withheld", 0)) for site, p in replies.items()}}
+        if self.dp.enabled:
+            info["dp"] = {site: p.meta.get("dp") for site, p in replies.items()}
+        return info
 
     def state_dict(self) -> dict:
         return {"memory": [(rnd, site, payload.kind, payload.arrays, payload.meta)

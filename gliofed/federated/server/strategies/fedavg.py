@@ -15,6 +15,10 @@ Options every weight-sharing strategy (FedAvg, FedProx, FedAvgM, FedAdam, FedBN)
   of starting fresh (the site's own state: nothing more leaves it).
 - ``transport="float16"``: weights travel in float16 both ways (the server sends float16, a site answers in the
   precision it was sent); the server's model stays float32. Halves the bytes, rounds every weight each round.
+- ``aggregation="median"`` or ``"trimmed-mean"`` (FedAvg and FedProx) replaces the weighted mean by a robust,
+  unweighted one (:mod:`~gliofed.federated.server.strategies.aggregation`) against a site that sends scaled or
+  poisoned updates.
+- ``dp``: the differential-privacy dial sent to every site (:class:`~gliofed.dp.DPSettings`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,10 @@ import math
 import numpy as np
 from torch import nn
 
+from gliofed.dp import DPSettings
 from gliofed.errors import ConfigError
 from gliofed.federated.protocol import Payload, Request
+from gliofed.federated.server.strategies.aggregation import check_aggregation, coordinate_median, trimmed_mean
 from gliofed.federated.server.strategies.base import Strategy, weighted_average
 from gliofed.vocab import MARKERS
 
@@ -73,7 +79,14 @@ class FedAvg(Strategy):
 
     Args:
         local_epochs: local epochs per round (default 1).
-        partial_weights: weight task-specific parameters by the cases that train them (default True).
+        partial_weights: weight task-specific parameters by the cases that train them (default True; the mean only).
+        dp: the differential-privacy dial sent to every site (:class:`~gliofed.dp.DPSettings` or its dict; default
+            off): ``"dp_sgd"`` (needs a GroupNorm model) or ``"clipped_update"``. Each site accounts what it spends
+            and says so in its reply (``meta["dp"]``); the round's info records it per site.
+        aggregation: ``"mean"`` (default: the weighted mean above), ``"median"`` (coordinate-wise median) or
+            ``"trimmed-mean"`` (coordinate-wise mean after cutting ``trim`` of the sites at each end), as Flower's
+            FedAvg, FedMedian and FedTrimmedAvg.
+        trim: the fraction the trimmed mean cuts at each end (default 0.2).
         lr_schedule: ``"constant"`` (default) or ``"cosine"`` (see the module docstring; needs ``rounds``).
         rounds: the run's rounds (the cosine schedule's length).
         keep_optimizer: sites keep their optimizer state across rounds (default False: a fresh optimizer per round).
@@ -86,9 +99,12 @@ class FedAvg(Strategy):
     name = "fedavg"
     task = "train"
 
-    def __init__(self, local_epochs: int = 1, partial_weights: bool = True, lr_schedule: str = "constant",
-                 rounds: int | None = None, keep_optimizer: bool = False, transport: str = "float32") -> None:
+    def __init__(self, local_epochs: int = 1, partial_weights: bool = True,
+                 dp: DPSettings | dict | None = None, aggregation: str = "mean", trim: float = 0.2, *,
+                 lr_schedule: str = "constant", rounds: int | None = None, keep_optimizer: bool = False,
+                 transport: str = "float32") -> None:
         super().__init__(local_epochs)
+        check_aggregation(aggregation, trim)
         if lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"learning-rate schedule {lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}.")
         if lr_schedule != "constant" and (isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1):
@@ -97,6 +113,8 @@ class FedAvg(Strategy):
         if transport not in TRANSPORTS:
             raise ConfigError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}.")
         self.partial_weights = partial_weights
+        self.dp = dp if isinstance(dp, DPSettings) else DPSettings.from_dict(dp)
+        self.aggregation, self.trim = aggregation, float(trim)
         self.lr_schedule, self.rounds = lr_schedule, rounds
         self.keep_optimizer, self.transport = bool(keep_optimizer), transport
 
@@ -106,14 +124,20 @@ class FedAvg(Strategy):
                 "keep_optimizer": self.keep_optimizer, "transport": self.transport}
 
     def identity(self) -> dict:
+        """The name and site settings with the options, plus the server's aggregation when it is not the default
+        mean (a resume with another aggregation is another run)."""
         identity = super().identity()
         identity["settings"] = {**identity["settings"], "options": self.options()}
+        if self.aggregation != "mean":
+            identity["server"] = {"aggregation": self.aggregation, "trim": self.trim}
         return identity
 
     def site_settings(self, rnd: int) -> dict:
         settings = super().site_settings(rnd)
         if self.keep_optimizer:
             settings["keep_optimizer"] = True
+        if self.dp.enabled:  # absent when off: a run without DP asks exactly what it asked before
+            settings["dp"] = self.dp.to_dict()
         return settings
 
     def broadcast(self, site: str, model: nn.Module, rnd: int) -> Payload:
@@ -128,6 +152,10 @@ class FedAvg(Strategy):
         return payload
 
     def configure_round(self, model: nn.Module, rnd: int, sites: list[str], config) -> dict[str, Request]:
+        if self.lr_schedule != "constant" and getattr(config, "lr_schedule", "constant") != "constant":
+            raise ConfigError(f"the strategy's {self.lr_schedule} schedule over rounds and the training config's "
+                              f"{config.lr_schedule} schedule over epochs would both scale the learning rate; "
+                              "choose one.")
         requests = super().configure_round(model, rnd, sites, config)
         factor = schedule_factor(self.lr_schedule, rnd, self.rounds)
         if factor == 1.0:
@@ -139,12 +167,19 @@ class FedAvg(Strategy):
         return out
 
     def average(self, replies: dict[str, Payload]) -> dict[str, np.ndarray]:
-        """The replies' weighted average (:func:`weighted_average` with :func:`part_weights` unless
-        ``partial_weights=False``)."""
+        """The replies' aggregate: the weighted average (:func:`weighted_average` with :func:`part_weights` unless
+        ``partial_weights=False``), or the coordinate-wise median or trimmed mean (``aggregation``)."""
+        if self.aggregation == "median":
+            return coordinate_median([p.arrays for p in replies.values()])
+        if self.aggregation == "trimmed-mean":
+            return trimmed_mean([p.arrays for p in replies.values()], self.trim)
         updates = [(p.arrays, float(p.meta["n_cases"])) for p in replies.values()]
         parts = [part_weights(p) for p in replies.values()] if self.partial_weights else None
         return weighted_average(updates, parts)
 
     def aggregate(self, model: nn.Module, replies: dict[str, Payload], rnd: int) -> dict:
         self.load(model, self.average(replies))
-        return {"site_loss": {site: p.meta.get("loss") for site, p in replies.items()}}
+        info = {"site_loss": {site: p.meta.get("loss") for site, p in replies.items()}}
+        if self.dp.enabled:
+            info["dp"] = {site: p.meta.get("dp") for site, p in replies.items()}
+        return info

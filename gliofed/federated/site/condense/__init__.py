@@ -49,7 +49,7 @@ __all__ = ["soft_labels", "joint_labels", "group_labels", "real_blocks", "real_s
 
 
 def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: int, site: str,
-             *, min_group: int) -> Payload:
+             *, min_group: int, dp=None) -> Payload:
     """Soft labels + BatchNorm statistics + condensed synthetic set of one site's real cases under the global
     ``model``.
 
@@ -57,10 +57,17 @@ def condense(model: torch.nn.Module, dataset, settings: DistillSettings, seed: i
     are averaged in (see the module docstring) — the site operator's ``SitePolicy.min_group``, never the
     server's.
 
+    ``dp``: a :class:`~gliofed.dp.DPSettings` with the ``"gaussian"`` mechanism releases every summary of the cases
+    through one Gaussian mechanism first (:func:`~gliofed.federated.site.condense.private.condense_private`).
+
     Returns:
         ``distilled_set`` payload (:func:`build_payload`); meta ``site``, ``n_cases``, ``shape``
         (full-resolution D, H, W), ``scale``, ``init``, ``temperature``.
     """
+    if dp is not None and dp.enabled:
+        from gliofed.federated.site.condense.private import condense_private
+
+        return condense_private(model, dataset, settings, seed, site, min_group=min_group, dp=dp)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     model = model.eval()
