@@ -152,21 +152,31 @@ def _toml_loads(text: str):
     return tomllib.loads(text)
 
 
-def _type_problem(name: str, value, default) -> str | None:
-    """Why ``value`` cannot be the setting ``name`` whose default is ``default`` (None when it can)."""
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, tuple):
-        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
-    else:  # dicts
-        ok = isinstance(value, dict)
-    return None if ok else f"{name} must be {type(default).__name__.replace('tuple', 'a list')}, not {value!r}"
+#: the Python types a setting's annotation names (a setting may take more than one, e.g. ``compile: bool | str``)
+_ANNOTATED = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _accepts(kind: type, value) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind in (int, float):
+        return isinstance(value, kind) and not isinstance(value, bool)
+    if kind is tuple:
+        return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+    return isinstance(value, kind)
+
+
+def _type_problem(name: str, value, default, annotation: str = "") -> str | None:
+    """Why ``value`` cannot be the setting ``name`` whose default is ``default`` and whose annotation is
+    ``annotation`` (every simple type it names is accepted, e.g. ``int | str``); None when it can."""
+    named = [part.strip() for part in str(annotation).split("|") if part.strip() in _ANNOTATED]
+    kinds = [kind for part in named for kind in _ANNOTATED[part]]
+    if not kinds:
+        kinds = [type(default) if isinstance(default, bool | int | float | str | tuple) else dict]
+        named = ["a list" if kinds[0] is tuple else kinds[0].__name__]
+    if any(_accepts(kind, value) for kind in kinds):
+        return None
+    return f"{name} must be {' or '.join(named)}, not {value!r}"
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -203,13 +213,14 @@ def read_config_file(path: str | Path) -> dict:
         raise ConfigError(f"{path}: the settings must be a {suffix[1:].upper()} table of names and values.")
     values = {str(k).replace("-", "_"): v for k, v in values.items()}
     defaults = TrainConfig()
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    annotations = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+    known = set(annotations)
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown training setting(s) {', '.join(unknown)}; known: "
                           f"{', '.join(sorted(known))}.")
     for name, value in values.items():
-        problem = _type_problem(name, value, getattr(defaults, name))
+        problem = _type_problem(name, value, getattr(defaults, name), annotations[name])
         if problem:
             raise ConfigError(f"{path}: {problem}.")
     if "modalities" in values:

@@ -11,6 +11,7 @@ from gliofed.metrics import (
     results_table,
     segmentation_metrics,
 )
+from tests.fake_predictions import miscalibrated_predictions
 
 
 def _predictions(n=60, seed=0):
@@ -126,24 +127,10 @@ def test_hd95_is_in_mm_when_the_spacing_is_given():
     assert in_voxels == 2.0 and in_mm == 6.0
 
 
-def _miscalibrated(n=80, seed=0):
-    """A well-ranked but miscalibrated IDH head: every probability below 0.5, mutants always higher (AUC 1)."""
-    rng = np.random.default_rng(seed)
-    y = np.tile([0, 1], n // 2)
-    p = np.where(y == 1, 0.3, 0.1) + rng.uniform(0, 0.05, n)
-    frame = pd.DataFrame({"subject": [f"s{i}" for i in range(n)], "site": "a", "has_mask": False, "idh": y,
-                          "p_idh_0": 1 - p, "p_idh_1": p})
-    for marker, k in (("codeletion", 2), ("mgmt", 2), ("grade", 3)):
-        frame[marker] = -1
-        for c in range(k):
-            frame[f"p_{marker}_{c}"] = 1 / k
-    return frame
-
-
 def test_a_stored_youden_threshold_recovers_the_recall_that_0_5_loses():
     from gliofed.metrics import choose_thresholds
 
-    train, test = _miscalibrated(seed=0), _miscalibrated(seed=1)
+    train, test = miscalibrated_predictions(seed=0, n=80), miscalibrated_predictions(seed=1, n=80)
     fixed = classification_metrics(test, n_boot=0)
     assert _value(fixed, "idh", "recall")["value"] == 0 and _value(fixed, "idh", "AUC")["value"] == 1
     record = choose_thresholds(train)
@@ -184,8 +171,8 @@ def test_a_marker_with_one_class_gets_no_threshold():
 def test_table3_names_the_threshold_it_used():
     from gliofed.metrics import choose_thresholds, threshold_note
 
-    record = choose_thresholds(_miscalibrated(seed=0), method="f1")
-    table = results_table(classification_metrics(_miscalibrated(seed=1), n_boot=0, thresholds=record))
+    record = choose_thresholds(miscalibrated_predictions(seed=0, n=80), method="f1")
+    table = results_table(classification_metrics(miscalibrated_predictions(seed=1, n=80), n_boot=0, thresholds=record))
     assert table.loc["IDH", "threshold"] == f"{record['markers']['idh']:.2f}"
     assert "(" not in table.loc["IDH", "recall"]  # no bootstrap: the value alone, not "(nan-nan)"
     note = threshold_note(record)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,22 +16,9 @@ from gliofed.metrics import choose_thresholds, classification_metrics
 from gliofed.model import build_model
 from gliofed.runs import load_checkpoint, save_checkpoint
 from gliofed.vocab import MODALITIES
+from tests.fake_predictions import miscalibrated_predictions
 
 SMALL_MODEL = {"features": (4, 8, 16, 32), "hidden": 8}
-
-
-def _miscalibrated(seed: int, n: int = 60) -> pd.DataFrame:
-    """Predictions of a well-ranked (AUC 1) but miscalibrated IDH head: every probability under 0.5."""
-    rng = np.random.default_rng(seed)
-    y = np.tile([0, 1], n // 2)
-    p = np.where(y == 1, 0.3, 0.1) + rng.uniform(0, 0.05, n)
-    frame = pd.DataFrame({"subject": [f"s{i}" for i in range(n)], "site": "a", "has_mask": False, "idh": y,
-                          "p_idh_0": 1 - p, "p_idh_1": p})
-    for marker, k in (("codeletion", 2), ("mgmt", 2), ("grade", 3)):
-        frame[marker] = -1
-        for c in range(k):
-            frame[f"p_{marker}_{c}"] = 1 / k
-    return frame
 
 
 def _checkpoint(path, thresholds=None):
@@ -47,10 +33,10 @@ def _recall(table):
 
 
 def test_the_youden_threshold_travels_in_the_checkpoint_and_restores_recall(tmp_path):
-    record = choose_thresholds(_miscalibrated(seed=0))  # the training split
+    record = choose_thresholds(miscalibrated_predictions(seed=0, n=60))  # the training split
     _, _, state = load_checkpoint(_checkpoint(tmp_path / "model.safetensors", record))
     assert state["thresholds"] == record
-    test = _miscalibrated(seed=1)
+    test = miscalibrated_predictions(seed=1, n=60)
     assert _recall(classification_metrics(test, n_boot=0)) == 0  # the fixed 0.5
     assert _recall(classification_metrics(test, n_boot=0, thresholds=state["thresholds"])) > 0.5
 

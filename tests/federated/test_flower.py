@@ -65,16 +65,8 @@ def test_two_rounds_over_flower_match_the_simulator(loopback, tiny_cache, tmp_pa
         assert 0 <= record["site_metrics"]["upenn"]["dice_WT"] <= 1
     assert {s: d["device"] for s, d in history["sites"].items()} == dict.fromkeys(SITES, "cpu")
     assert history["preprocessing"]["size"] == 32
-    held_out = CaseDataset(tiny_cache, split="test", sites=list(SITES), seed=0).index["site"].value_counts()
-    for record in history["rounds"]:  # federated evaluation: every site's metrics on its own held-out cases
-        assert set(record["site_metrics"]) == set(SITES) and not record["evaluation_excluded"]
-        assert all(record["site_metrics"][s]["n_cases"] == held_out[s] for s in SITES)
-        assert all(0 <= record["site_metrics"][s]["dice_WT"] <= 1 for s in SITES)
-    assert {s: d["device"] for s, d in history["sites"].items()} == dict.fromkeys(SITES, "cpu")
-    assert history["preprocessing"]["size"] == 32
     model, _, checkpoint = load_checkpoint(tmp_path / strategy / "model.safetensors")
     assert checkpoint["extra"]["engine"] == "flower"
-    assert checkpoint["preprocessing"]["size"] == 32  # the sites' caches' record, not a run-config default
     assert checkpoint["preprocessing"]["size"] == 32  # the sites' caches' record, not a run-config default
     before = initial_model().state_dict()
     changed = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.equal(v, before[k])]

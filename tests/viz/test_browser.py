@@ -143,7 +143,7 @@ def test_label_and_grad_cam_colours_differ_as_drawn(session):
     from gliofed.viz.colours import MIN_SEPARATION, palette_separation
 
     traces = session.page.evaluate("""() => Array.from(
-        document.querySelector('.gliofed-viewer .gliofed-figure .js-plotly-plot').data,
+        document.querySelector('.gliofed-viewer .js-plotly-plot').data,
         t => ({type: t.type, name: t.name, colorscale: t.colorscale || null}))""")
     scales = {(t["type"], t["name"]): t["colorscale"] for t in traces}
     truth = [c for _, c in scales[("heatmap", "truth")] if not c.replace(" ", "").startswith("rgba(0,0,0,0")]

@@ -125,25 +125,33 @@ def federated_round(strategy: Strategy, model: nn.Module, rnd: int, sites: Seque
         for request in requests.values():
             if request.task == "train":
                 request.settings["schedule"] = {"round": int(rnd), "rounds": int(rounds)}
-    answers = exchange(requests)
-    excluded, replies = {}, {}
-    for site, request in requests.items():
-        reply = answers.get(site, TimeoutError("no reply"))
-        try:
-            if isinstance(reply, BaseException):
-                raise reply
-            check_reply(site, reply, request.task, request.payload, max_payload_bytes)
-        except Exception as error:  # a failing site is left out of this round, with its reason
-            excluded[site] = one_line(error)
-            log.warning("round %d: site %s left out: %s", rnd, site, excluded[site])
-            continue
-        replies[site] = reply
+    replies, excluded = _validated_answers(requests, exchange(requests), max_payload_bytes, rnd, "left out")
     strategy.check_answers(rnd, requests, replies, excluded, min_sites)
     bytes_up, bytes_down = strategy.traffic(list(sites), requests, replies)
     set_determinism(seed=round_seed(config.seed, rnd, SERVER_INDEX))
     info = strategy.aggregate(model, replies, rnd)
     model.cpu()
     return RoundResult(bytes_up, bytes_down, excluded, info)
+
+
+def _validated_answers(requests: dict[str, Request], answers: dict, max_payload_bytes: int | None, rnd: int,
+                       outcome: str) -> tuple[dict[str, Payload], dict[str, str]]:
+    """(replies that passed :func:`check_reply` against their request, site -> the one-line reason of each that did
+    not: an exception it raised, no answer, a reply failing validation); each failure is logged as ``round N: site S
+    <outcome>: reason``."""
+    replies, excluded = {}, {}
+    for site, request in requests.items():
+        reply = answers.get(site, TimeoutError("no reply"))
+        try:
+            if isinstance(reply, BaseException):
+                raise reply
+            check_reply(site, reply, request.task, request.payload, max_payload_bytes)
+        except Exception as error:  # this site is left out of what follows, with its reason
+            excluded[site] = one_line(error)
+            log.warning("round %d: site %s %s: %s", rnd, site, outcome, excluded[site])
+            continue
+        replies[site] = reply
+    return replies, excluded
 
 
 def federated_evaluation(strategy: Strategy, model: nn.Module, rnd: int, sites: Sequence[str], config: TrainConfig,
@@ -162,19 +170,10 @@ def federated_evaluation(strategy: Strategy, model: nn.Module, rnd: int, sites: 
     outgoing = Payload("model", state_to_arrays(model), {"round": rnd, "strategy": strategy.name})
     requests = {site: site_request(config, model, round_seed(config.seed, rnd, EVALUATION_INDEX + index), "evaluate",
                                    outgoing) for index, site in enumerate(sites)}
-    answers = exchange(requests)
-    site_metrics, excluded = {}, {}
-    for site, request in requests.items():
-        reply = answers.get(site, TimeoutError("no reply"))
-        try:
-            if isinstance(reply, BaseException):
-                raise reply
-            check_reply(site, reply, request.task, outgoing, max_payload_bytes)
-        except Exception as error:  # this site reports nothing this round, with its reason
-            excluded[site] = one_line(error)
-            log.warning("round %d: site %s reported no evaluation: %s", rnd, site, excluded[site])
-            continue
-        site_metrics[site] = {**reply.meta["metrics"], "n_cases": int(reply.meta["n_cases"])}
+    replies, excluded = _validated_answers(requests, exchange(requests), max_payload_bytes, rnd,
+                                           "reported no evaluation")
+    site_metrics = {site: {**reply.meta["metrics"], "n_cases": int(reply.meta["n_cases"])}
+                    for site, reply in replies.items()}
     pooled = {}
     for name in SITE_METRICS:
         reported = [(m[name], m["n_cases"]) for m in site_metrics.values() if m.get(name) is not None]
