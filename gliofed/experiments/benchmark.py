@@ -152,10 +152,7 @@ def benchmark_claims(benchmark: Benchmark | None = None, metrics: dict[str, str]
     benchmark = benchmark or load_benchmark()
     metrics = metrics or CLAIM_METRICS
     per_seed = benchmark.per_seed.rename(columns={"strategy": "arm"})
-    if "labels" in per_seed:
-        per_seed = per_seed[per_seed["labels"] == "truth"]
-    else:
-        per_seed = per_seed.assign(labels="truth")
+    per_seed = per_seed[per_seed["labels"] == "truth"] if "labels" in per_seed else per_seed.assign(labels="truth")
     pairs = list(dict.fromkeys(map(tuple, benchmark.differences[["a", "b"]].to_numpy().tolist())))
     differences = seed_differences(per_seed, pairs, [m for m in metrics if m in per_seed])
     rows = []

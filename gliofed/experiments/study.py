@@ -374,6 +374,7 @@ def run_arm(arm: Arm, cache: Path, test_cache: Path, run_dir: Path, config, dist
         options = dict(arm.options)
         if options.get("lr_schedule", "constant") != "constant":
             options.setdefault("rounds", arm.rounds)  # the schedule runs over the arm's rounds
+            config = config.replace(lr_schedule="constant")  # the strategy's schedule replaces the preset's
         strategy = make_strategy(arm.strategy, arm.local_epochs, arm.mu, settings, config.seed, options=options)
     else:
         strategy = strategy_factory(arm, settings, config.seed)
