@@ -9,9 +9,10 @@ same settings. Each strategy's final model is scored on the test split twice:
 
 Per strategy and metric (AUC IDH, 1p/19q, MGMT, grade; Dice WT, TC, ET; mean marker AUC = mean of IDH, 1p/19q
 and grade) the table gives the mean over seeds with a 95 % t-interval over seeds; paired differences against
-FedAvg, centralized and local-only come from a paired bootstrap over test cases (resampled within each seed,
-the difference averaged over seeds, 2,000 resamples). Dice is the mean over test cases with a mask. Local-only
-is the mean of the site models' scores (as in the simulator).
+FedAvg, centralized and local-only are paired over seeds (mean difference, 95 % t-interval over seeds, paired
+t-test: the seed is the unit of replication, :mod:`gliofed.experiments.stats`); beside them, as a scoring-noise
+figure only, a paired bootstrap over test cases (resampled within each seed, averaged over seeds). Dice is the
+mean over test cases with a mask. Local-only is the mean of the site models' scores (as in the simulator).
 
 Also per strategy: bytes up and down per client-round (measured on the serialised payloads), the site compute
 time per round (mean over sites and rounds of the time a site takes to answer), and the distillation upload at
@@ -57,22 +58,25 @@ from gliofed.data.cache import preprocess  # noqa: E402
 from gliofed.data.dataset import CaseDataset  # noqa: E402
 from gliofed.data.synth import make_cohort  # noqa: E402
 from gliofed.errors import ConfigError  # noqa: E402
+from gliofed.experiments import stats  # noqa: E402
 from gliofed.experiments.comparison import build_sites  # noqa: E402
+from gliofed.experiments.study import (  # noqa: E402
+    LABELS,
+    METRICS,
+    score,  # noqa: F401  (re-exported: callers score one model's predictions with it)
+    score_models,
+    seed_differences,
+    with_labels,
+)
 from gliofed.federated.protocol import DistillSettings  # noqa: E402
 from gliofed.federated.server.strategies import STRATEGIES, make_strategy  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
-from gliofed.metrics import fast_auc  # noqa: E402
 from gliofed.presets import train_preset  # noqa: E402
 from gliofed.runs import TrainingRun  # noqa: E402
 from gliofed.vocab import MARKERS  # noqa: E402
 
 PREDICTIONS_FILE = TrainingRun.PREDICTIONS
 
-#: the marker AUCs whose mean is the headline accuracy (MGMT is reported, but is by design a weak cue)
-HEADLINE_MARKERS = ("idh", "codeletion", "grade")
-METRICS = ("auc_idh", "auc_codeletion", "auc_mgmt", "auc_grade", "auc_mean", "dice_WT", "dice_TC", "dice_ET")
-LABELS = {"auc_idh": "AUC IDH", "auc_codeletion": "AUC 1p/19q", "auc_mgmt": "AUC MGMT", "auc_grade": "AUC grade",
-          "auc_mean": "mean marker AUC", "dice_WT": "Dice WT", "dice_TC": "Dice TC", "dice_ET": "Dice ET"}
 FULL_SIZE = (4, 155, 128, 128)
 
 #: settings per mode: cohort preset, subjects per site, cache size, seeds, rounds, strategies, model, device
@@ -128,61 +132,11 @@ class TimedSite:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _auc(y: np.ndarray, frame: pd.DataFrame, marker: str) -> float:
-    known = y >= 0
-    y, frame = y[known], frame[known]
-    if len(np.unique(y)) < 2:
-        return float("nan")
-    if marker != "grade":
-        return fast_auc(y == 1, frame[f"p_{marker}_1"].to_numpy())
-    aucs = [fast_auc(y == k, frame[f"p_grade_{k}"].to_numpy()) for k in range(3) if 0 < (y == k).sum() < len(y)]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def score(predictions: pd.DataFrame) -> dict[str, float]:
-    """Metrics of one model's test predictions (label columns already chosen: truth or manifest)."""
-    out = {f"auc_{m}": _auc(predictions[m].to_numpy(), predictions, m) for m in MARKERS}
-    out["auc_mean"] = float(np.mean([out[f"auc_{m}"] for m in HEADLINE_MARKERS]))
-    masked = predictions[predictions["has_mask"].astype(bool)]
-    for region in ("WT", "TC", "ET"):
-        out[f"dice_{region}"] = float(masked[f"dice_{region}"].mean()) if len(masked) else float("nan")
-    return out
-
-
-def score_models(predictions: pd.DataFrame, rows: np.ndarray | None = None) -> dict[str, float]:
-    """Mean over the evaluated models (one for global strategies, one per site for local-only) of :func:`score`,
-    on test cases ``rows`` (positions within each model's predictions, sorted by subject; default all)."""
-    scores = []
-    for _, group in predictions.groupby("model", sort=True):
-        group = group.sort_values("subject").reset_index(drop=True)
-        scores.append(score(group if rows is None else group.iloc[rows].reset_index(drop=True)))
-    return {k: float(np.nanmean([s[k] for s in scores])) if any(np.isfinite(s[k]) for s in scores) else float("nan")
-            for k in scores[0]}
-
-
-def with_labels(predictions: pd.DataFrame, truth: pd.DataFrame | None) -> pd.DataFrame:
-    """The predictions with the manifest's labels (``truth=None``) or the cohort's true labels."""
-    if truth is None:
-        return predictions
-    table = truth.set_index("subject_id")
-    frame = predictions.copy()
-    for marker in MARKERS:
-        frame[marker] = table.loc[frame["subject"], f"true_{marker}"].to_numpy()
-    return frame
-
-
 def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """Mean and 95 % t-interval over seeds (NaN bounds for a single seed)."""
-    from scipy import stats
-
-    values = np.asarray([v for v in values if np.isfinite(v)], float)
-    if not len(values):
-        return float("nan"), float("nan"), float("nan")
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, float("nan"), float("nan")
-    half = float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
-    return mean, mean - half, mean + half
+    """Mean and 95 % t-interval over seeds (NaN bounds for a single seed): :func:`gliofed.experiments.stats.t_interval`
+    as a tuple."""
+    interval = stats.t_interval(values)
+    return interval.mean, interval.lo, interval.hi
 
 
 def paired_differences(per_seed: dict[int, dict[str, pd.DataFrame]], a: str, b: str, n_boot: int,
@@ -392,6 +346,19 @@ def summarise(per_seed_rows: pd.DataFrame, costs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def seed_level(per_seed_rows: pd.DataFrame, case_bootstrap: pd.DataFrame) -> pd.DataFrame:
+    """The pairs of ``case_bootstrap`` (:func:`paired_differences` rows) compared over seeds (true labels):
+    ``diff``, ``lo``, ``hi``, ``t``, ``p``, ``n``, ``verdict`` from the paired t-test over seeds, with the case
+    bootstrap's interval kept as ``case_lo``, ``case_hi`` (scoring noise)."""
+    if case_bootstrap.empty:
+        return case_bootstrap
+    pairs = list(dict.fromkeys(map(tuple, case_bootstrap[["a", "b"]].to_numpy())))
+    rows = per_seed_rows[per_seed_rows["labels"] == "truth"].rename(columns={"strategy": "arm"})
+    seeds = seed_differences(rows, pairs, METRICS)[["a", "b", "metric", "diff", "lo", "hi", "t", "p", "n", "verdict"]]
+    cases = case_bootstrap.rename(columns={"diff": "case_diff", "lo": "case_lo", "hi": "case_hi"})
+    return seeds.merge(cases[["a", "b", "metric", "case_lo", "case_hi"]], on=["a", "b", "metric"], how="left")
+
+
 def markdown(summary: pd.DataFrame, differences: pd.DataFrame, uploads: dict, mode_name: str, mode: dict,
              distill: dict, device: str, elapsed: float, jobs: int = 1) -> str:
     date = dt.date.today().isoformat()
@@ -421,8 +388,9 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, uploads: dict, mo
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     if len(differences):
-        lines += ["**Paired differences** (true labels; paired bootstrap over test cases within each seed, averaged"
-                  " over seeds; [95 % interval]; * = interval excludes 0):", ""]
+        lines += ["**Paired differences over seeds** (true labels; mean of the per-seed differences [95 % t-interval"
+                  " over seeds]; * = interval excludes 0; with few seeds it is wide). The paired bootstrap over test"
+                  " cases in `differences.csv` (`case_lo`, `case_hi`) is scoring noise only, not a comparison:", ""]
         header = ["a − b", *(LABELS[m] for m in METRICS)]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for (a, b), group in differences.groupby(["a", "b"], sort=False):
@@ -431,8 +399,8 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, uploads: dict, mo
             for m in METRICS:
                 d = group.loc[m]
                 star = "*" if np.isfinite(d["lo"]) and (d["lo"] > 0 or d["hi"] < 0) else ""
-                cells.append(f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]{star}" if np.isfinite(d["diff"])
-                             else "–")
+                cells.append("–" if not np.isfinite(d["diff"]) else f"{d['diff']:+.2f}" if not np.isfinite(d["lo"])
+                              else f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]{star}")
             lines.append(f"| {a} − {b} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Upload per client-round at the seed's full-size model and input (4x155x128x128, serialised payloads):"
@@ -586,7 +554,7 @@ def main(argv: list[str] | None = None) -> int:
             if name != reference and reference in mode["strategies"] and frozenset((name, reference)) not in paired:
                 paired.add(frozenset((name, reference)))
                 differences += paired_differences(per_seed, name, reference, mode["n_boot"])
-    differences = pd.DataFrame(differences)
+    differences = seed_level(per_seed_rows, pd.DataFrame(differences))
     uploads = full_size_upload_bytes(distill)
     device = args.device_name or (torch.cuda.get_device_name() if mode["device"] == "cuda"
                                   else f"CPU ({platform.machine()}), {mode.get('threads', 1)} torch thread(s) per run")

@@ -210,7 +210,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
 
     make_cohort(args.out, preset=args.preset, seed=args.seed, difficulty=args.difficulty,
                 sites=tuple(args.sites.split(",")) if args.sites else None, cases_per_site=args.cases_per_site,
-                workers=args.workers)
+                workers=args.workers, cues=args.cues)
     return 0
 
 
@@ -529,6 +529,10 @@ def _add_synth(commands) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="reproduces the cohort and its train/test split exactly (default 0)")
     p.add_argument("--difficulty", type=unit_interval, default=0.5, help="0 (easy) .. 1 (hard); default 0.5")
+    p.add_argument("--cues", choices=["intensity", "morphology"], default="intensity",
+                   help="how markers show: intensity (default; per-tissue intensities and site-specific prevalence) "
+                        "or morphology (the harder cohort: equal tissue intensities, markers in shape and texture "
+                        "only, one prevalence for every site)")
     p.add_argument("--sites", help="comma-separated subset of sites (default: all five)")
     p.add_argument("--cases-per-site", type=positive_int, help="override the preset's subjects per site")
     p.add_argument("--workers", type=positive_int, default=1, help="processes that write cases in parallel "

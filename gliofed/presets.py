@@ -68,11 +68,11 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         "tiny", CohortPreset("tiny", 4, (40, 46), 10.0, 8, 32),
-        TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=3e-3, augment=False),
+        TrainConfig(epochs=1, batch_size=4, optimizer="adamw", lr=3e-3, augment=False, lr_schedule="poly"),
         {"steps": 2, "server_epochs": 2}),
     "workshop": Preset(
         "workshop", CohortPreset("workshop", 24, (80, 96), 6.0, 10, 48),
-        TrainConfig(epochs=12, batch_size=4, optimizer="adamw", lr=3e-3, weight_decay=1e-4),
+        TrainConfig(epochs=12, batch_size=4, optimizer="adamw", lr=3e-3, weight_decay=1e-4, lr_schedule="poly"),
         {"steps": 5, "server_epochs": 10, "real_batch": 12}),  # real_batch: cases whose class means are the targets
     "paper": Preset("paper", CohortPreset("paper", None, (128, 128), 1.0, 24, 128), TrainConfig(), {}),
 }

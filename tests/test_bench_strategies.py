@@ -68,6 +68,9 @@ def test_smoke_run_writes_table_csv_and_offline_figure(tmp_path):
     assert distill < fedavg
     table = (tmp_path / "table.md").read_text()
     assert "hidden true labels" in table and "manifest's known labels" in table and "distill − fedavg" in table
+    differences = pd.read_csv(tmp_path / "differences.csv")  # paired over seeds; the case bootstrap kept aside
+    assert {"diff", "lo", "hi", "p", "n", "verdict", "case_lo", "case_hi"} <= set(differences.columns)
+    assert (differences["n"] == 1).all() and differences["lo"].isna().all()  # one seed: no interval
     html = (tmp_path / "pareto.html").read_text()
     assert "plotly" in html and "cdn.plot.ly" not in html.split("<body>")[0]  # plotly.js inline: works offline
 

@@ -39,6 +39,18 @@ def test_synth_then_preprocess_from_the_command_line(tmp_path, capsys):
     assert "2 subjects written" in out and "2 preprocessed, 0 up to date, 0 skipped" in out
 
 
+def test_synth_cues_flag_makes_the_morphology_cohort(tmp_path, capsys):
+    import json
+
+    assert main(["synth", "--preset", "tiny", "--out", str(tmp_path / "c"), "--sites", "tcga_lgg",
+                 "--cases-per-site", "2", "--cues", "morphology"]) == 0
+    assert json.loads((tmp_path / "c" / "cohort.json").read_text())["cues"] == "morphology"
+    assert "cues morphology" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an unknown family: an argument error before any work
+        main(["synth", "--preset", "tiny", "--out", str(tmp_path / "d"), "--cues", "colour"])
+    assert not (tmp_path / "d").exists()
+
+
 def test_train_then_evaluate_write_checkpoint_predictions_and_metrics(tiny_cohort, tmp_path, capsys):
     import json
 

@@ -24,6 +24,23 @@ Tumour phenotypes (literature-grounded; strength scaled by ``difficulty``)
     A fraction of "atypical" subjects (growing with ``difficulty``) carry the phenotype of another
     profile, so no marker is perfectly predictable.
 
+Cue families (``cues``)
+    * ``"intensity"`` (default, the cohort above): markers shift tissue intensities (e.g. the T2-FLAIR
+      mismatch, calcification, enhancement strength) and lesion sizes, and each site has its own marker
+      prevalence. Per-case summaries (per-class intensity means and spreads, class fractions, tumour centre)
+      predict the markers well, and so does the site alone.
+    * ``"morphology"`` (the harder cohort): every lesion class (core, oedema, enhancing) keeps one intensity
+      table and one relative texture amplitude whatever the markers, and lesion volumes, the enhancing share of
+      the core and the tumour's place (deep white matter) are drawn alike for every profile. Each marker is a
+      choice between two **mirror images** (x -> -x) of one structure: IDH turns the streaks of the oedema's texture
+      along one in-plane diagonal or the other; grade IV against II/III those of the core, grade III against II
+      those of the enhancing nodule; 1p/19q elongates the whole lesion along one diagonal or the other; MGMT (a
+      weak cue, shown in 80 % of subjects) tilts its long axis up or down. Mirror images have equal intensity
+      statistics, also after any axis-aligned resize, so per-class means and spreads cannot tell the classes
+      apart; a network that sees orientation can. All sites draw markers from one shared mix
+      (:data:`SHARED_MIX`), so prevalence does not depend on the site; label availability, masks and scanners stay
+      per site.
+
 Sites (:data:`SITES`) follow the five institutions of the seed's Table 2: case counts, grade mix,
 marker prevalence, which labels are recorded, whether masks exist (REMBRANDT has none), and a scanner
 profile each (intensity gain/offset per contrast, bias field, Rician noise, slice thickness, storage
@@ -58,6 +75,8 @@ from gliofed.presets import COHORT_FILE, CohortPreset, get_preset
 from gliofed.vocab import MARKERS, MODALITIES
 
 __all__ = [
+    "CUES",
+    "SHARED_MIX",
     "ScannerProfile",
     "SiteProfile",
     "SITES",
@@ -150,6 +169,14 @@ SITES: tuple[SiteProfile, ...] = (
     ),
 )
 
+
+#: cue families :func:`make_cohort` accepts (see the module docstring)
+CUES = ("intensity", "morphology")
+
+#: the marker mix every site draws from in the ``"morphology"`` cohort (prevalence decoupled from the site):
+#: grades balanced, IDH mutation more common in lower grades, co-deletion only in IDH-mutant grade II/III
+SHARED_MIX = SiteProfile("shared", "all sites (morphology cohort)", 0, (1 / 3, 1 / 3, 1 / 3), (0.65, 0.5, 0.25), 0.5,
+                         0.45, {})
 
 #: brain bounding box of the MNI152 1 mm template (voxels), with a margin; computed once
 _MARGIN_VOX = 4
@@ -397,8 +424,139 @@ def _segmentation(regions: dict[str, np.ndarray]) -> np.ndarray:
     return seg
 
 
+# ----------------------------------------------------------------------------------------------------
+# The "morphology" cohort: the same intensities for every marker, cues in shape and texture only
+# ----------------------------------------------------------------------------------------------------
+
+#: one intensity table per lesion class (t1, t1ce, t2, flair), whatever the markers
+_MORPHOLOGY_LESION = {
+    "oedema": (0.62, 0.62, 0.90, 0.95),
+    "core": (0.45, 0.47, 0.94, 0.72),       # label 1
+    "enhancing": (0.55, 1.50, 0.75, 0.85),  # label 4
+}
+#: relative texture amplitude inside every lesion class (the class's spread is this x its mean, in every subject)
+_MORPHOLOGY_TEXTURE = 0.3
+#: texture correlation lengths (mm): along the streaks, across them in-plane, in depth
+_STREAK_MM = (20.0, 6.0, 6.0)
+#: lesion axes relative to its radius: along the long in-plane diagonal, across it, in depth (volume kept: product 1)
+_ELONGATION = (1.4, 1 / 1.4, 1.0)
+
+
+def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
+    """Cues of a subject in the ``"morphology"`` cohort. Every cue is a choice between two mirror images (x -> -x):
+    a streak or elongation along one in-plane diagonal or the other (sign +1 / -1). Sizes are drawn alike for every
+    profile."""
+    shown = dict(truth)
+    if rng.random() < 0.05 + 0.3 * difficulty:  # atypical presentation, as in the default cohort
+        shown["grade"] = int(np.clip(shown["grade"] + rng.choice([-1, 1]), 0, 2))
+    if rng.random() < 0.03 + 0.2 * difficulty:
+        shown["idh"] = 1 - shown["idh"]
+        shown["codeletion"] = 0
+    mgmt_shown = truth["mgmt"] if rng.random() < 0.8 else 1 - truth["mgmt"]  # MGMT: a weak cue by design
+    sign = lambda flag: 1.0 if flag else -1.0  # noqa: E731
+    return {
+        "radius_mm": float(rng.uniform(16, 24)),
+        "oedema_mm": float(rng.uniform(5, 14)),
+        "enhancing_share": float(rng.uniform(0.2, 0.35)),
+        "oedema_streaks": sign(shown["idh"]),                 # IDH: the oedema's texture diagonal
+        "core_streaks": sign(shown["grade"] == 2),             # grade IV against II/III: the core's texture diagonal
+        # grade III against II: the enhancing part's texture diagonal (grade IV: either, at random)
+        "enhancing_streaks": sign(shown["grade"] == 1) if shown["grade"] < 2 else float(rng.choice([-1.0, 1.0])),
+        "elongation": sign(shown["codeletion"]),              # 1p/19q: the whole lesion's long diagonal
+        "tilt": sign(mgmt_shown) * 0.25,                      # MGMT: the long axis tilts up or down, a little
+    }
+
+
+def _smallest(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
+    """The ``count`` voxels of ``allowed`` with the smallest ``score`` (a region of a fixed volume)."""
+    out = np.zeros(score.shape, bool)
+    candidates = np.flatnonzero(allowed)
+    if count <= 0 or not len(candidates):
+        return out
+    chosen = candidates[np.argsort(score.reshape(-1)[candidates], kind="stable")[: min(count, len(candidates))]]
+    out.reshape(-1)[chosen] = True
+    return out
+
+
+def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
+                               rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Core, oedema and enhancing regions: an ellipsoidal lesion elongated along an in-plane diagonal
+    (``pheno["elongation"]``: +1 along x = y, -1 along x = -y), its long axis tilted in depth by ``pheno["tilt"]``;
+    volumes that do not depend on the markers (boundaries moved at a fixed volume); the enhancing part one compact
+    nodule in the core."""
+    shape = maps.shape[1:]
+    brain = maps.sum(0) > 0.5
+    depth = ndimage.distance_transform_edt(brain, sampling=spacing)
+    reach = pheno["radius_mm"] * _ELONGATION[0]
+    allowed = (depth > reach + 4) & (maps[0] > 0.4)  # deep white matter, for every profile
+    if not allowed.any():
+        allowed = depth >= np.percentile(depth[brain], 90)
+    candidates = np.argwhere(allowed)
+    centre = candidates[rng.integers(len(candidates))]
+    grids = np.stack(np.meshgrid(*[(np.arange(n) - c) * s for n, c, s in zip(shape, centre, spacing)],
+                                 indexing="ij"))
+    jitter = np.deg2rad(rng.uniform(-8, 8))
+    angle = np.pi / 4 * pheno["elongation"] + jitter
+    long_axis = np.array([np.cos(angle), np.sin(angle), pheno["tilt"]])
+    long_axis /= np.linalg.norm(long_axis)
+    across = np.array([-np.sin(angle), np.cos(angle), 0.0])
+    up = np.cross(long_axis, across)
+    scales = np.array(_ELONGATION) * rng.uniform(0.92, 1.08, 3) * pheno["radius_mm"]
+    coords = [np.tensordot(axis, grids, axes=1) / scale for axis, scale in zip((long_axis, across, up), scales)]
+    r = np.sqrt(sum(c**2 for c in coords)).astype(np.float32)
+    tissue = (maps[0] + maps[1]) > 0.35
+    n_core = max(8, int(((r < 1.0) & brain).sum()))
+    core = _smallest(r + 0.08 * _smooth_noise(shape, spacing, 10, rng), brain, n_core)
+    ratio = 1.0 + pheno["oedema_mm"] / pheno["radius_mm"]
+    room = brain & tissue & ~core
+    oedema = _smallest(r + 0.2 * _smooth_noise(shape, spacing, 8, rng), room,
+                       int(((r < ratio) & (r >= 1.0) & brain & tissue).sum()))  # the plain shell's volume
+    inner = np.argwhere(core)
+    seed = inner[rng.integers(len(inner))]
+    offsets = np.meshgrid(*[(np.arange(n) - c) * sp for n, c, sp in zip(shape, seed, spacing)], indexing="ij")
+    nodule = _smallest(np.sqrt(sum(g**2 for g in offsets)), core, int(round(pheno["enhancing_share"] * core.sum())))
+    return {"oedema": oedema, "core": core & ~nodule, "enhancing": nodule}
+
+
+def _streaks(shape: tuple[int, ...], spacing: np.ndarray, diagonal: float, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean Gaussian texture stretched along the in-plane diagonal x = y (``diagonal`` > 0) or x = -y: white
+    noise filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and in
+    depth. The two textures are mirror images (x -> -x), so they have the same power, and the same power left after
+    any axis-aligned resampling (a preprocessing resize cannot tell them apart by their spread)."""
+    long_mm, short_mm, depth_mm = _STREAK_MM
+    direction = np.array([1.0, 1.0 if diagonal > 0 else -1.0, 0.0]) / math.sqrt(2)
+    across = np.array([1.0, -1.0 if diagonal > 0 else 1.0, 0.0]) / math.sqrt(2)
+    covariance = (long_mm**2 * np.outer(direction, direction) + short_mm**2 * np.outer(across, across)
+                  + depth_mm**2 * np.outer([0.0, 0.0, 1.0], [0.0, 0.0, 1.0]))
+    freqs = np.meshgrid(*[np.fft.fftfreq(n, d=d) for n, d in zip(shape, spacing)], indexing="ij")  # cycles / mm
+    quadratic = sum(covariance[i, j] * freqs[i] * freqs[j] for i in range(3) for j in range(3))
+    response = np.exp(-2 * math.pi**2 * quadratic)
+    field = np.fft.ifftn(np.fft.fftn(rng.standard_normal(shape)) * response).real
+    return field.astype(np.float32)
+
+
+def _render_morphology(maps: np.ndarray, regions: dict[str, np.ndarray], pheno: dict[str, float],
+                       spacing: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Noise-free intensities: every lesion class gets its one table value times ``1 + a * texture``, its texture
+    streaked along the diagonal its cue picks and standardised inside that class (so each class's mean and spread are
+    the same in every subject, whatever its markers); sharp class boundaries (no marker-dependent blur)."""
+    jitter = lambda values: np.array(values) * rng.normal(1.0, 0.04, 4)  # noqa: E731
+    image = sum(maps[i][None] * jitter(_HEALTHY[t])[:, None, None, None]
+                for i, t in enumerate(("wm", "gm", "csf")))
+    for name, mask in regions.items():
+        texture = _streaks(maps.shape[1:], spacing, pheno[f"{name}_streaks"], rng)
+        if not mask.any():
+            continue
+        inside = texture[mask]
+        spread = float(inside.std())
+        standard = (inside - inside.mean()) / spread if spread > 0 else np.zeros_like(inside)
+        values = np.array(_MORPHOLOGY_LESION[name], np.float32)
+        image[:, mask] = values[:, None] * (1 + _MORPHOLOGY_TEXTURE * standard)[None]
+    return np.clip(image, 0, None).astype(np.float32)
+
+
 def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficulty: float,
-                       seed: int | tuple[int, ...]) -> dict:
+                       seed: int | tuple[int, ...], cues: str = "intensity") -> dict:
     """Generate one subject in memory (RAS voxel order).
 
     Args:
@@ -406,19 +564,31 @@ def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficult
         shape: volume shape (x, y, z).
         difficulty: 0 (strong cues, little noise) .. 1 (weak cues, noisy, many atypical subjects).
         seed: anything :func:`numpy.random.default_rng` takes.
+        cues: ``"intensity"`` (default) or ``"morphology"`` (see the module docstring: the markers are drawn from
+            :data:`SHARED_MIX` whatever the site, and show in shape and texture only).
 
     Returns:
         dict with ``images`` int16 (4, x, y, z) in contrast order t1, t1ce, t2, flair; ``seg`` uint8
         (x, y, z) with BraTS values; ``spacing`` (mm); ``truth`` marker codes; ``age``; ``sex``.
     """
+    if cues not in CUES:
+        raise ConfigError(f"cues {cues!r} is not one of {', '.join(CUES)}.")
     rng = np.random.default_rng(seed)
     template, spacing = _anatomy(tuple(shape))
     maps = _random_warp(template, spacing, rng)
-    truth = _draw_profile(site, rng)
-    pheno = _phenotype(truth, difficulty, rng)
-    regions = _tumour_regions(maps, spacing, pheno, rng)
+    if cues == "morphology":
+        truth = _draw_profile(SHARED_MIX, rng)
+        pheno = _phenotype_morphology(truth, difficulty, rng)
+        regions = _tumour_regions_morphology(maps, spacing, pheno, rng)
+        image = _render_morphology(maps, regions, pheno, spacing, rng)
+        empty = np.zeros_like(regions["core"])
+        regions = {**regions, "necrosis": empty, "calcification": empty}
+    else:
+        truth = _draw_profile(site, rng)
+        pheno = _phenotype(truth, difficulty, rng)
+        regions = _tumour_regions(maps, spacing, pheno, rng)
+        image = _render(maps, regions, pheno, spacing, rng)
     brain = (maps.sum(0) > 0.5) | regions["core"]
-    image = _render(maps, regions, pheno, spacing, rng)
     mean_age = (40, 46, 62)[truth["grade"]] - 6 * truth["idh"]
     return {
         "images": _scanner(image, brain, site.scanner, difficulty, rng),
@@ -454,15 +624,15 @@ def _site_shape(site: SiteProfile, preset: CohortPreset) -> tuple[int, int, int]
 
 
 def _write_subject(task: tuple) -> dict:
-    site, shape, difficulty, seed, out_dir, subject_id = task
-    subject = synthesize_subject(site, shape, difficulty, seed)
+    site, shape, difficulty, seed, out_dir, subject_id, cues, all_masks = task
+    subject = synthesize_subject(site, shape, difficulty, seed, cues)
     affine = _storage_affine(subject["spacing"], shape, site.scanner.orientation)
     flip = site.scanner.orientation == "LAS"
     folder = Path(out_dir) / site.name / subject_id
     folder.mkdir(parents=True, exist_ok=True)
     row = {"subject_id": subject_id, "dataset": "synthetic", "site": site.name}
     volumes = dict(zip(MODALITIES, subject["images"]))
-    if site.has_masks:
+    if site.has_masks or all_masks:
         volumes["seg"] = subject["seg"]
     for key in (*MODALITIES, "seg"):
         if key not in volumes:
@@ -485,13 +655,15 @@ def _write_subject(task: tuple) -> dict:
 
 def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, difficulty: float = 0.5,
                 sites: tuple[str, ...] | None = None, cases_per_site: int | None = None, workers: int = 1,
-                test_size: float = 0.3, progress: bool = True, verbose: bool = True) -> pd.DataFrame:
+                test_size: float = 0.3, progress: bool = True, verbose: bool = True,
+                cues: str = "intensity", all_masks: bool = False) -> pd.DataFrame:
     """Generate the synthetic multi-site cohort and its manifest.
 
     Args:
         out_dir: destination; receives ``<site>/<subject>/...nii.gz``, ``manifest.csv`` and
             ``truth.csv`` (every subject's hidden true labels, for teaching; never read by training) and
-            ``cohort.json`` (the preset, seed, difficulty and subjects per site it was made with; written last).
+            ``cohort.json`` (the preset, seed, difficulty, cues and subjects per site it was made with; written
+            last).
         preset: ``tiny``, ``workshop`` or ``paper`` (:mod:`gliofed.presets`; default ``workshop``).
         seed: reproduces the cohort exactly (default 0).
         difficulty: 0..1, strength of the image cues and noise (default 0.5).
@@ -500,12 +672,19 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
         workers: processes (default 1); the result does not depend on it.
         test_size: fraction of each site's subjects put in the ``test`` split (default 0.3).
         progress: show a progress bar. verbose: print the summary.
+        cues: ``"intensity"`` (default) or ``"morphology"``: the harder cohort, whose markers keep every lesion
+            class's intensity mean and spread and show in shape and texture only, at a prevalence shared by all
+            sites (see the module docstring).
+        all_masks: write every subject's mask, also at sites that distribute none (REMBRANDT): for a test
+            cohort scored on every case (default False).
 
     Returns:
         the manifest (memory encoding), also written to ``out_dir/manifest.csv``.
     """
     if not 0.0 <= difficulty <= 1.0:
         raise ConfigError(f"difficulty {difficulty} is outside 0..1.")
+    if cues not in CUES:
+        raise ConfigError(f"cues {cues!r} is not one of {', '.join(CUES)}.")
     chosen = [s for s in SITES if sites is None or s.name in sites]
     unknown = set(sites or ()) - {s.name for s in SITES}
     if unknown:
@@ -524,7 +703,8 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
         n = config.cases_per_site or site.n_cases
         shape = _site_shape(site, config)
         for i in range(n):
-            tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}"))
+            tasks.append((site, shape, difficulty, (seed, site_index, i), str(out_dir), f"{site.name}_{i + 1:04d}",
+                          cues, all_masks))
     start = time.perf_counter()
     rows = process_map(_write_subject, tasks, workers, desc=f"synth {preset}", unit="subject", progress=progress,
                        chunksize=2)
@@ -535,11 +715,11 @@ def make_cohort(out_dir: str | Path, preset: str = "workshop", seed: int = 0, di
     write_manifest(manifest, out_dir / "manifest.csv")
     write_csv(out_dir / "truth.csv", truth)
     # the recipe this cohort was made for: `gliofed train` follows it when --preset is not given
-    record = {"preset": preset, "seed": seed, "difficulty": difficulty,
+    record = {"preset": preset, "seed": seed, "difficulty": difficulty, "cues": cues, "all_masks": all_masks,
               "subjects_per_site": {str(k): int(v) for k, v in manifest.groupby("site").size().items()}}
     atomic_write_text(out_dir / COHORT_FILE, to_json(record, indent=1) + "\n")  # last: the cohort is complete
     if verbose:
         print(f"{len(manifest)} subjects written to {out_dir} in {time.perf_counter() - start:.1f} s "
-              f"(preset {preset}, seed {seed}, difficulty {difficulty}).")
+              f"(preset {preset}, seed {seed}, difficulty {difficulty}, cues {cues}).")
         print(site_heterogeneity(manifest).to_string())
     return manifest

@@ -139,28 +139,34 @@ def benchmark_table(benchmark: Benchmark | None = None, columns: dict[str, str] 
 
 
 def benchmark_claims(benchmark: Benchmark | None = None, metrics: dict[str, str] | None = None) -> pd.DataFrame:
-    """Every paired difference of the benchmark with its verdict: ``shown`` when the 95 % interval excludes 0,
-    ``not shown`` when it straddles 0 (then no order is claimed).
+    """Every paired difference of the benchmark's strategy pairs, taken over **seeds** (each seed a new cohort and
+    training run: the unit of replication; :func:`gliofed.experiments.study.seed_differences`, true labels), with its
+    verdict: ``shown`` when the 95 % paired t-interval excludes 0, ``not shown`` when it contains 0 (then no order
+    is claimed). The case bootstrap of ``strategies_differences.csv`` measures scoring noise only and is not used.
 
     Returns:
-        ``a``, ``b``, ``metric`` (words), ``diff``, ``lo``, ``hi``, ``verdict``, ``sentence``.
+        ``a``, ``b``, ``metric`` (words), ``diff``, ``lo``, ``hi``, ``n`` (seeds), ``verdict``, ``sentence``.
     """
+    from gliofed.experiments.study import seed_differences
+
     benchmark = benchmark or load_benchmark()
     metrics = metrics or CLAIM_METRICS
+    per_seed = benchmark.per_seed.rename(columns={"strategy": "arm"})
+    per_seed = per_seed[per_seed["labels"] == "truth"] if "labels" in per_seed else per_seed.assign(labels="truth")
+    pairs = list(dict.fromkeys(map(tuple, benchmark.differences[["a", "b"]].to_numpy().tolist())))
+    differences = seed_differences(per_seed, pairs, [m for m in metrics if m in per_seed])
     rows = []
-    for r in benchmark.differences.itertuples():
-        if r.metric not in metrics:
-            continue
+    for r in differences.itertuples():
         a, b = STRATEGY_NAMES.get(r.a, r.a), STRATEGY_NAMES.get(r.b, r.b)
         shown = r.lo > 0 or r.hi < 0
-        interval = f"{r.diff:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]"
+        interval = f"{r.diff:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}] over {r.n} seeds"
         if shown:
             sentence = f"{a} {'beats' if r.diff > 0 else 'loses to'} {b} on {metrics[r.metric]} ({interval})"
         else:
-            sentence = f"{a} against {b} on {metrics[r.metric]}: not shown ({interval}, the interval straddles 0)"
+            sentence = f"{a} against {b} on {metrics[r.metric]}: not shown ({interval}, the interval contains 0)"
         rows.append({"a": r.a, "b": r.b, "metric": metrics[r.metric], "diff": r.diff, "lo": r.lo, "hi": r.hi,
-                     "verdict": "shown" if shown else "not shown", "sentence": sentence})
-    return pd.DataFrame(rows, columns=["a", "b", "metric", "diff", "lo", "hi", "verdict", "sentence"])
+                     "n": r.n, "verdict": "shown" if shown else "not shown", "sentence": sentence})
+    return pd.DataFrame(rows, columns=["a", "b", "metric", "diff", "lo", "hi", "n", "verdict", "sentence"])
 
 
 def _markdown_table(frame: pd.DataFrame) -> str:
@@ -192,8 +198,8 @@ def benchmark_markdown(benchmark: Benchmark | None = None, pairs: list[tuple[str
         wanted = {tuple(p) for p in pairs}
         claims = claims[[(a, b) in wanted for a, b in zip(claims["a"], claims["b"])]]
     shown, unshown = claims[claims["verdict"] == "shown"], claims[claims["verdict"] == "not shown"]
-    text.append("Paired differences (bootstrap over test cases within each seed), **shown** where the 95 % interval "
-                "excludes 0:")
+    text.append("Paired differences over seeds (each seed a new cohort and training run), **shown** where the 95 % "
+                "paired t-interval excludes 0:")
     text += [f"- {s}" for s in shown["sentence"]] or ["- none"]
     text += ["", "**Not shown**, so no order is claimed:"]
     text += [f"- {s}" for s in unshown["sentence"]] or ["- none"]

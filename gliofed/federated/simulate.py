@@ -12,6 +12,7 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -26,7 +27,8 @@ from gliofed.metrics import quick_metrics
 from gliofed.model import build_model
 from gliofed.runs import TrainingRun
 
-__all__ = ["FederationError", "History", "simulate", "in_process_exchange", "check_resume", "DATA_FIELDS"]
+__all__ = ["FederationError", "History", "simulate", "in_process_exchange", "check_resume", "routed_predictions",
+           "DATA_FIELDS"]
 
 log = logging.getLogger("gliofed.federated")
 
@@ -88,8 +90,32 @@ def check_resume(state: dict, strategy: Strategy, config: TrainConfig, where: st
                           "same settings or train into a new folder.")
 
 
+def routed_predictions(strategy: Strategy, model: torch.nn.Module, test_set, device, hd95: bool = True,
+                       progress: bool = False, batch_size: int = 1) -> pd.DataFrame | None:
+    """Predictions of a strategy whose model depends on the site (:meth:`Strategy.case_site_models`, FedBN): each
+    test case scored by the model of its own site (a site without one: the global model); None when the strategy
+    has no such models."""
+    routed = strategy.case_site_models(model)
+    if not routed:
+        return None
+    fallback = strategy.models_to_evaluate(model)["global"]
+    frames = []
+    for site in test_set.sites:
+        net = build_model(model.config)
+        strategy.load(net, routed.get(site, fallback))
+        frames.append(predict(net, test_set.for_site(site), device=device, progress=progress, hd95=hd95,
+                              batch_size=batch_size))
+    order = {subject: i for i, subject in enumerate(test_set.index["subject_id"])}  # the test set's case order
+    frame = pd.concat(frames, ignore_index=True)
+    return frame.iloc[np.argsort(frame["subject"].map(order).to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def _evaluate(strategy: Strategy, model: torch.nn.Module, test_set, device,
               hd95: bool = True, batch_size: int = 1) -> tuple[dict, dict, pd.DataFrame]:
+    routed = routed_predictions(strategy, model, test_set, device, hd95, batch_size=batch_size)
+    if routed is not None:  # one model per site (FedBN): each case scored by its own site's
+        site_metrics = {site: quick_metrics(group) for site, group in routed.groupby("site")}
+        return quick_metrics(routed), site_metrics, routed.assign(model="global")
     models = strategy.models_to_evaluate(model)
     scored = {}
     for name, arrays in models.items():

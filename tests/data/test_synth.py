@@ -124,3 +124,131 @@ def test_bad_arguments_raise_config_errors(tmp_path):
         make_cohort(tmp_path, preset="tiny", sites=("mars",))
     with pytest.raises(ConfigError, match="difficulty 2"):
         make_cohort(tmp_path, preset="tiny", difficulty=2)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The "morphology" cohort: markers in shape and texture only, prevalence shared by the sites
+# ----------------------------------------------------------------------------------------------------
+
+_CLASS_CODES = (0, 1, 2, 4)  # BraTS values: background brain, core, oedema, enhancing
+
+
+def _class_summaries(cues: str, n: int = 100, shape=(32, 36, 10)) -> pd.DataFrame:
+    """Per subject: true markers and, per lesion class and contrast, the voxel mean and spread after z-scoring the
+    brain (as preprocessing does)."""
+    rows = []
+    for i in range(n):
+        subject = synthesize_subject(SITES[i % len(SITES)], shape, 0.5, (41, i), cues)
+        image, seg = subject["images"].astype(float), subject["seg"]
+        brain = image.sum(0) > 0
+        z = (image - image[:, brain].mean(1)[:, None, None, None]) / image[:, brain].std(1)[:, None, None, None]
+        row = dict(subject["truth"])
+        for k in _CLASS_CODES:
+            chosen = (seg == k) & brain
+            for c in range(4):
+                row[f"mean_{k}_{c}"] = z[c][chosen].mean() if chosen.sum() > 1 else np.nan
+                row[f"sd_{k}_{c}"] = z[c][chosen].std() if chosen.sum() > 1 else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _smallest_p(table: pd.DataFrame) -> tuple[float, int]:
+    """Smallest Welch p-value over markers (grade: IV against II/III) and summary columns; number of tests."""
+    from scipy import stats
+
+    features = [c for c in table if c.startswith(("mean_", "sd_"))]
+    groups = {"idh": table["idh"] == 1, "codeletion": table["codeletion"] == 1, "mgmt": table["mgmt"] == 1,
+              "grade": table["grade"] == 2}
+    p_values = []
+    for chosen in groups.values():
+        for feature in features:
+            a, b = table.loc[chosen, feature].dropna(), table.loc[~chosen, feature].dropna()
+            if len(a) > 2 and len(b) > 2:
+                p_values.append(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    return float(np.min(p_values)), len(p_values)
+
+
+def test_morphology_cues_keep_every_lesion_class_intensity_mean_and_spread_equal_between_marker_classes():
+    """The harder cohort's markers do not move any tissue class's mean or spread beyond noise (Bonferroni at a
+    family-wise 1 % over every marker, class, contrast and statistic: these 128 correlated tests on noisy volumes
+    must not fail by chance), whereas the default cohort's do, by far."""
+    morphology_p, tests = _smallest_p(_class_summaries("morphology"))
+    intensity_p, _ = _smallest_p(_class_summaries("intensity"))
+    assert morphology_p > 0.01 / tests
+    assert intensity_p < 1e-6
+
+
+def test_morphology_prevalence_does_not_depend_on_the_site():
+    """Every site draws its markers from the shared mix (a chi-square test of independence finds nothing), whereas
+    the default cohort's sites differ in grade mix by design."""
+    from scipy import stats
+
+    def truths(cues):
+        return pd.DataFrame([{"site": site.name, **synthesize_subject(site, (16, 18, 6), 0.5, (5, s, i), cues)["truth"]}
+                             for s, site in enumerate(SITES) for i in range(30)])
+
+    shared, default = truths("morphology"), truths("intensity")
+    for marker in ("grade", "idh", "codeletion", "mgmt"):
+        assert stats.chi2_contingency(pd.crosstab(shared["site"], shared[marker])).pvalue > 0.01
+    assert stats.chi2_contingency(pd.crosstab(default["site"], default["grade"])).pvalue < 1e-6
+
+
+def _morphology_regions(seed: int, **pheno):
+    from gliofed.data.synth import _anatomy, _tumour_regions_morphology
+
+    maps, spacing = _anatomy((64, 72, 24))
+    base = {"radius_mm": 20.0, "oedema_mm": 8.0, "enhancing_share": 0.3, "elongation": 1.0, "tilt": 0.0}
+    return _tumour_regions_morphology(maps, spacing, {**base, **pheno}, np.random.default_rng(seed)), spacing
+
+
+def _long_axis(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    points = np.argwhere(mask) * spacing
+    _, vectors = np.linalg.eigh(np.cov((points - points.mean(0)).T))
+    return vectors[:, -1]
+
+
+def test_morphology_1p19q_elongates_the_lesion_along_one_diagonal_or_its_mirror_image_at_the_same_volume():
+    (plus, spacing), (minus, _) = _morphology_regions(3, elongation=1.0), _morphology_regions(3, elongation=-1.0)
+    for regions, sign in ((plus, 1), (minus, -1)):
+        axis = _long_axis(regions["core"] | regions["enhancing"], spacing)
+        assert sign * axis[0] * axis[1] > 0.35  # along x = y, or along x = -y
+    for name in ("core", "oedema", "enhancing"):
+        assert plus[name].sum() == pytest.approx(minus[name].sum(), rel=0.08) and plus[name].sum() > 0
+    lesion = plus["core"] | plus["enhancing"]
+    assert 0.2 <= plus["enhancing"].sum() / lesion.sum() <= 0.35 + 1e-9
+    assert ndimage.label(plus["enhancing"])[1] == 1  # the enhancing part: one compact nodule
+
+
+def test_morphology_textures_differ_in_orientation_not_in_power():
+    from gliofed.data.synth import _streaks
+
+    spacing = np.array([2.0, 2.0, 4.0])
+
+    def diagonal_correlation(field, sign, lag=4):  # 8 mm along x and 8 * sign mm along y
+        a = field[:-lag, :-lag] if sign > 0 else field[:-lag, lag:]
+        b = field[lag:, lag:] if sign > 0 else field[lag:, :-lag]
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    one = _streaks((64, 64, 8), spacing, 1.0, np.random.default_rng(0))
+    other = _streaks((64, 64, 8), spacing, -1.0, np.random.default_rng(0))
+    assert diagonal_correlation(one, 1) > diagonal_correlation(one, -1) + 0.3
+    assert diagonal_correlation(other, -1) > diagonal_correlation(other, 1) + 0.3
+    # the same power, also after an axis-aligned resize (as preprocessing does): mean variance over realisations
+    fields = {sign: [_streaks((48, 48, 8), spacing, sign, np.random.default_rng(s)) for s in range(40)]
+              for sign in (1.0, -1.0)}
+    def block_mean_y(field, k=4):  # an axis-aligned, anisotropic down-sampling: 4 voxels along y averaged
+        return field.reshape(field.shape[0], field.shape[1] // k, k, field.shape[2]).mean(2)
+
+    for resize in (lambda f: f, block_mean_y):
+        power = {sign: np.mean([resize(f).var() for f in fields[sign]]) for sign in fields}
+        assert power[1.0] == pytest.approx(power[-1.0], rel=0.06)
+
+
+def test_morphology_cohort_is_recorded_and_a_test_cohort_can_carry_every_mask(tmp_path):
+    make_cohort(tmp_path, preset="tiny", seed=1, sites=("rembrandt",), cases_per_site=2, cues="morphology",
+                all_masks=True, progress=False, verbose=False)
+    record = json.loads((tmp_path / "cohort.json").read_text())
+    assert record["cues"] == "morphology" and record["all_masks"] is True
+    assert (read_manifest(tmp_path / "manifest.csv")["seg"] != "").all()  # REMBRANDT distributes none otherwise
+    with pytest.raises(ConfigError, match="cues 'colour'"):
+        make_cohort(tmp_path / "x", preset="tiny", cues="colour")

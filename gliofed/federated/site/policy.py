@@ -167,6 +167,8 @@ class SitePolicy:
         if task == "train":
             found += _bounded("epochs", settings.get("epochs", 1), 0, self.max_epochs)
             found += _bounded("mu", settings.get("mu", 0.0), 0.0, 1e3, integer=False)
+            if not isinstance(settings.get("keep_optimizer", False), bool):
+                found.append(f"keep_optimizer {settings['keep_optimizer']!r} is not true or false")
             found += _schedule_violations(settings.get("schedule"))
         found += _bounded("batch_size", train.get("batch_size", 1), 1, self.max_batch_size)
         found += _bounded("num_workers", train.get("num_workers", 0), 0, self.max_workers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.data.transforms import augment_pipeline
 from gliofed.dp import Accountant, DPSettings, check_no_batchnorm, gaussian_sum
-from gliofed.engine import TrainBatches, fit, resolve_device, seed_everything
+from gliofed.engine import TrainBatches, fit, make_optimizer, resolve_device, seed_everything
 from gliofed.errors import ConfigError, PolicyError
 from gliofed.federated.protocol import DistillSettings, Payload, arrays_to_state, state_to_arrays
 from gliofed.federated.site.condense import condense
@@ -96,6 +97,8 @@ class Site:
         self.__held_out = _held_out(cache_dir, list(members or [name]), modalities, seed, external_site)
         self.__batches: TrainBatches | None = None
         self.__network: tuple[str, MultiTaskUNet] | None = None
+        #: the optimizer state of the last ``train`` request that asked to keep it (``keep_optimizer``); stays here
+        self.__optimizer_state: dict | None = None
 
     @property
     def policy(self) -> SitePolicy:
@@ -131,12 +134,15 @@ class Site:
                 quick metrics on the site's held-out cases: its ``test`` split; federated evaluation).
             model: the global model (``model`` payload).
             settings: ``train`` (TrainConfig as dict), ``epochs``, ``seed``, ``mu`` (FedProx),
-                ``distill`` (DistillSettings as dict).
+                ``keep_optimizer`` (train: continue from the optimizer state this site kept from its last such
+                request, with the request's learning rate, and keep the new state; the state never leaves the
+                site), ``distill`` (DistillSettings as dict).
 
         Returns:
-            ``weights_update`` (weights; meta ``n_cases``, ``n_masked``, ``n_labelled`` per marker, ``loss``),
-            ``distilled_set``, ``site_info`` or ``site_metrics`` (meta ``n_cases``: held-out cases, ``metrics``:
-            Dice per region and AUC per marker, null where not computable) payload.
+            ``weights_update`` (weights, in the precision of the model it was sent; meta ``n_cases``,
+            ``n_masked``, ``n_labelled`` per marker, ``loss``), ``distilled_set``, ``site_info`` or ``site_metrics``
+            (meta ``n_cases``: held-out cases, ``metrics``: Dice per region and AUC per marker, null where not
+            computable) payload.
 
         Raises:
             PolicyError: the request, or the reply it would produce, is outside this site's :attr:`policy`
@@ -206,7 +212,8 @@ class Site:
         seed_everything(seed)
         dp = dp or DPSettings()
         if task == "train":
-            return self._train(network, config, settings, seed, dp)
+            sent = {k: np.asarray(v).dtype for k, v in model.arrays.items()}
+            return self._train(network, config, settings, seed, dp, sent)
         if task == "evaluate":
             return self._evaluate(network, config)
         if task == "distill":
@@ -237,7 +244,7 @@ class Site:
         return self.__batches
 
     def _train(self, network: MultiTaskUNet, config: TrainConfig, settings: dict, seed: int,
-               dp: DPSettings | None = None) -> Payload:
+               dp: DPSettings | None = None, received_dtypes: dict | None = None) -> Payload:
         dp = dp or DPSettings()
         if dp.mechanism == "dp_sgd":
             try:
@@ -257,16 +264,20 @@ class Site:
 
         config = config.replace(seed=seed)
         epochs, schedule = int(settings["epochs"]), _schedule(settings)
+        keep = settings.get("keep_optimizer") is True
+        optimizer = self._optimizer(network, config) if keep else None
         if dp.mechanism == "dp_sgd":  # per-case clipped steps read the cases one by one, augmented per case
             self.__cases.transform = augment_pipeline(seed) if config.augment else None
             try:
-                history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False, dp=dp,
-                              schedule=schedule)
+                history = fit(network, self.__cases, config, epochs=epochs, optimizer=optimizer, extra_loss=extra,
+                              progress=False, dp=dp, schedule=schedule)
             finally:
                 self.__cases.transform = None
         else:
-            history = fit(network, self.__cases, config, epochs=epochs, extra_loss=extra, progress=False,
-                          batches=self._batches(config), schedule=schedule)
+            history = fit(network, self.__cases, config, epochs=epochs, optimizer=optimizer, extra_loss=extra,
+                          progress=False, batches=self._batches(config), schedule=schedule)
+        if keep:
+            self.__optimizer_state = copy.deepcopy(optimizer.state_dict())
         network.zero_grad(set_to_none=True)  # the weights leave; the gradients need not wait for the next round
         if before is not None:
             network.cpu()
@@ -277,9 +288,26 @@ class Site:
         labels = self.__cases.labels
         labelled = {marker: int((labels[:, j] >= 0).sum()) for j, marker in enumerate(MARKERS)}
         n_masked = int(self.__cases.index["has_mask"].astype(bool).sum())
-        return Payload("weights_update", state_to_arrays(network),
+        # answer in the precision the model came in (a server that sends float16 weights gets float16 back)
+        sent = received_dtypes or {}
+        arrays = {k: v.astype(sent[k]) if k in sent and v.dtype.kind == "f" and sent[k].kind == "f" else v
+                  for k, v in state_to_arrays(network).items()}
+        return Payload("weights_update", arrays,
                        {"site": self.name, "n_cases": self.n_cases, "n_masked": n_masked,
                         "n_labelled": labelled, "loss": loss})
+
+    def _optimizer(self, network: MultiTaskUNet, config: TrainConfig) -> torch.optim.Optimizer:
+        """A new optimizer for ``network``, continuing the kept state (moments, step counts) when this site has one
+        for an optimizer of the same kind and shape, with the request's learning rate and weight decay."""
+        optimizer = make_optimizer(network, config)
+        if self.__optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(copy.deepcopy(self.__optimizer_state))
+            except (ValueError, KeyError):  # another network or optimizer: start fresh
+                optimizer = make_optimizer(network, config)
+            for group in optimizer.param_groups:
+                group["lr"], group["weight_decay"] = config.lr, config.weight_decay
+        return optimizer
 
     @property
     def n_held_out(self) -> int:

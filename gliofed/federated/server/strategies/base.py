@@ -127,6 +127,12 @@ class Strategy:
         """Name -> weights of every model whose test metrics the history records (default: the global one)."""
         return {"global": state_to_arrays(model)}
 
+    def case_site_models(self, model: nn.Module) -> dict[str, dict[str, np.ndarray]]:
+        """Site -> the weights that score that site's test cases, where a strategy's model depends on the site
+        (FedBN); a case of a site not listed is scored by ``models_to_evaluate(model)["global"]``. Default: none
+        (every model of :meth:`models_to_evaluate` scores every case)."""
+        return {}
+
     def identity(self) -> dict:
         """What makes a run of this strategy the run it is: its name and the settings it sends sites (a resume must
         match it). Plain JSON types."""

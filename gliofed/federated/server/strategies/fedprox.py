@@ -15,13 +15,14 @@ class FedProx(FedAvg):
         mu: proximal weight (default 0.01).
         partial_weights, aggregation, trim: as in :class:`FedAvg` (default True, ``"mean"``, 0.2).
         dp: as in :class:`FedAvg` (default off).
+        options: :class:`FedAvg`'s further options (learning-rate schedule, kept optimizer state, transport).
     """
 
     name = "fedprox"
 
     def __init__(self, local_epochs: int = 1, mu: float = 0.01, partial_weights: bool = True, dp=None,
-                 aggregation: str = "mean", trim: float = 0.2) -> None:
-        super().__init__(local_epochs, partial_weights, dp, aggregation, trim)
+                 aggregation: str = "mean", trim: float = 0.2, **options) -> None:
+        super().__init__(local_epochs, partial_weights, dp, aggregation, trim, **options)
         self.mu = mu
 
     def site_settings(self, rnd: int) -> dict:

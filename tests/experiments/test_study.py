@@ -1,0 +1,177 @@
+"""gliofed.experiments.study (compute metering, seed-level tables) and benchmarks/bench_comparison.py (tasks,
+resume, merge)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gliofed.experiments import study as benchmark
+from gliofed.model import MultiTaskUNet
+
+T4 = 2.7764451051977934  # Student t, 97.5 %, 4 degrees of freedom
+
+_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_comparison.py"
+_spec = importlib.util.spec_from_file_location("bench_comparison", _PATH)
+bench = importlib.util.module_from_spec(_spec)
+sys.modules["bench_comparison"] = bench  # dataclasses look their module up
+_spec.loader.exec_module(bench)
+
+
+def _small_model() -> MultiTaskUNet:
+    torch.manual_seed(0)
+    return MultiTaskUNet(features=(4, 8, 16, 32), hidden=8)
+
+
+def test_compute_meter_counts_voxels_forward_and_three_times_under_autograd():
+    model = _small_model()
+    with benchmark.ComputeMeter() as meter:
+        with torch.no_grad():
+            model(torch.zeros(2, 4, 8, 16, 16))
+        model(torch.zeros(1, 4, 8, 16, 16))["seg"].sum().backward()  # a training step's forward
+    model(torch.zeros(1, 4, 8, 16, 16))  # after the meter: not counted
+    assert meter.forward_voxels == 2 * 8 * 16 * 16 and meter.grad_voxels == 8 * 16 * 16
+    assert meter.voxel_passes == 2 * 2048 + 3 * 2048
+
+
+def test_compute_meter_counts_a_frozen_network_under_autograd_when_its_input_needs_gradients():
+    model = _small_model().requires_grad_(False)
+    images = torch.zeros(3, 4, 4, 8, 8, requires_grad=True)  # condensation: gradients reach the input only
+    with benchmark.ComputeMeter() as meter:
+        model(images)
+        model(torch.zeros(3, 4, 4, 8, 8))  # nothing needs gradients: a plain forward
+    assert meter.grad_voxels == 3 * 256 and meter.forward_voxels == 3 * 256
+
+
+def _per_seed(b_values, differences, arm_a="a", arm_b="b"):
+    rows = []
+    for seed, (b, d) in enumerate(zip(b_values, differences)):
+        rows.append({"seed": seed, "arm": arm_b, "labels": "truth", "dice_WT": b})
+        rows.append({"seed": seed, "arm": arm_a, "labels": "truth", "dice_WT": b + d})
+    return pd.DataFrame(rows)
+
+
+def test_seed_summary_is_the_t_interval_over_seeds_per_arm_and_metric():
+    table = benchmark.seed_summary(_per_seed([1, 2, 3, 4, 5], [0] * 5), metrics=["dice_WT"]).set_index("arm")
+    assert table.loc["b", "n"] == 5 and table.loc["b", "mean"] == pytest.approx(3)
+    assert table.loc["b", "lo"] == pytest.approx(3 - T4 * math.sqrt(2.5 / 5))
+
+
+def test_seed_differences_pair_seeds_and_give_known_interval_ratio_and_verdict():
+    per_seed = _per_seed([0.5] * 5, [0.01, 0.02, 0.03, 0.04, 0.05])
+    per_seed = pd.concat([per_seed, pd.DataFrame([{"seed": 9, "arm": "a", "labels": "truth", "dice_WT": 0.0}])])
+    row = benchmark.seed_differences(per_seed, [("a", "b"), ("a", "absent")], metrics=["dice_WT"]).iloc[0]
+    assert row["n"] == 5  # seed 9 has no partner
+    assert row["diff"] == pytest.approx(0.03) and row["lo"] == pytest.approx(0.03 - T4 * math.sqrt(2.5e-4 / 5))
+    assert row["verdict"] == "a > b" and row["p"] < 0.05
+    # b is constant: Fieller's interval is the t-interval of a over b's mean
+    assert row["ratio"] == pytest.approx(0.53 / 0.5) and row["ratio_lo"] == pytest.approx((0.53 - (0.03 - row["lo"]))
+                                                                                          / 0.5)
+    assert row["log_ratio_lo"] < row["log_ratio"] < row["log_ratio_hi"]
+    assert np.isnan(row["boot_lo"])  # no bootstrap asked
+    assert len(benchmark.seed_differences(per_seed, [("a", "absent")], metrics=["dice_WT"])) == 0
+
+
+def test_scores_of_control_predictions_leave_dice_blank():
+    frame = pd.DataFrame({"subject": ["x", "y", "z", "w"], "site": "s", "model": "probe", "has_mask": True,
+                          "idh": [0, 1, 0, 1], "codeletion": [0, 1, 0, 1], "mgmt": [0, 1, 0, 1], "grade": [0, 1, 2, 0],
+                          **{f"p_{m}_{k}": [0.2, 0.8, 0.3, 0.7] if k == 1 else [0.8, 0.2, 0.7, 0.3]
+                             for m in ("idh", "codeletion", "mgmt") for k in (0, 1)},
+                          **{f"p_grade_{k}": [1 / 3] * 4 for k in range(3)}, "dice_WT": np.nan})
+    scores = benchmark.score_models(frame)
+    assert scores["auc_idh"] == 1.0 and np.isnan(scores["dice_WT"]) and np.isnan(scores["dice_TC"])
+
+
+@pytest.mark.slow  # about a minute on 2 idle cores: three cohorts, ten runs, four merges
+def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, capsys):
+    out = tmp_path / "bench"
+    assert bench.main(["--design", "smoke", "--out", str(out), "--n-boot", "20"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["done"] == 12 and not results["missing"] and len(results["code"]) == 1
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary["arm"]) == {"fedavg", "fedavg@r1", "fedavg_1round", "distill", "probe_summary", "site_only"}
+    truth = summary[summary["labels"] == "truth"]
+    assert (truth.loc[truth["metric"].str.startswith("auc"), "n"] == 2).all()
+    assert (truth.loc[truth["metric"].str.startswith("dice") & truth["arm"].isin(["probe_summary", "site_only"]),
+                      "n"] == 0).all()  # controls segment nothing
+    differences = pd.read_csv(out / "differences.csv")
+    assert {"diff", "lo", "hi", "p", "verdict", "ratio_lo", "boot_lo"} <= set(differences.columns)
+    costs = pd.read_csv(out / "costs.csv").set_index("arm")
+    assert costs.loc["distill", "site_voxel_passes"] > 0 and costs.loc["probe_summary", "site_voxel_passes"] == 0
+    assert costs.loc["distill", "bytes_up"] < costs.loc["fedavg", "bytes_up"]
+    assert costs.loc["fedavg@r1", "rounds"] == 1 and costs.loc["fedavg", "rounds"] == 2
+    assert costs.loc["fedavg@r1", "bytes_up"] == pytest.approx(costs.loc["fedavg", "bytes_up"] / 2, rel=1e-3)
+    # the model after round 1 of a 2-round run (resumed from its checkpoint) is the 1-round run's model
+    snapshot = pd.read_csv(out / "workshop" / "run_1_fedavg" / "test_predictions@r1.csv")
+    one_round = pd.read_csv(out / "workshop" / "run_1_fedavg_1round" / bench.TEST_PREDICTIONS)
+    pd.testing.assert_frame_equal(snapshot, one_round)
+    first = pd.read_csv(out / "per_seed.csv")
+    # the fixed test cohort: every case of it scored, REMBRANDT's included (it carries every mask)
+    predictions = pd.read_csv(out / "workshop" / "run_0_fedavg" / bench.TEST_PREDICTIONS)
+    assert len(predictions) == 5 * 3 and predictions["has_mask"].all()
+    capsys.readouterr()
+    assert bench.main(["--design", "smoke", "--out", str(out)]) == 0  # resumed: nothing left to run
+    assert "10 done, 0 to run" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first.drop(columns="wall_s"), pd.read_csv(out / "per_seed.csv").drop(
+        columns="wall_s"))
+    (out / "workshop" / "run_1_distill" / bench.COST).unlink()
+    pd.DataFrame({"arm": ["fedavg"], "tpr_at_1pct_fpr": [0.02]}).to_csv(tmp_path / "leak.csv", index=False)
+    assert bench.main(["--design", "smoke", "--out", str(out), "--merge-only", "--leakage",
+                       str(tmp_path / "leak.csv")]) == 0
+    assert json.loads((out / "results.json").read_text())["missing"] == ["workshop/seed 1/distill"]
+    leakage = pd.read_csv(out / "costs.csv").set_index("arm")["tpr_at_1pct_fpr"]
+    assert leakage["fedavg"] == 0.02 and leakage.drop("fedavg").isna().all()  # blank where not measured
+    assert "| 0.020 |" in (out / "table.md").read_text()
+    cost = json.loads((out / "workshop" / "run_0_fedavg" / bench.COST).read_text())
+    cost["settings"] = "other"
+    (out / "workshop" / "run_0_fedavg" / bench.COST).write_text(json.dumps(cost))
+    with pytest.raises(SystemExit):  # a run made otherwise is never reused, nor silently replaced
+        bench.main(["--design", "smoke", "--out", str(out), "--arms", "fedavg"])
+
+
+def test_every_tuned_strategy_gets_exactly_four_configurations_at_the_preregistered_budget():
+    assert set(bench.TUNING_GRID) == {"fedavg", "fedprox", "fedavgm", "fedadam", "fedbn", "distill"}
+    for arms in bench.TUNING_GRID.values():
+        assert len(arms) == 4 and len({a.name for a in arms}) == 4
+        for arm in arms:
+            expected = bench.DISTILL_ROUNDS if arm.strategy == "distill" else bench.ROUNDS_CPU[arm.local_epochs]
+            assert arm.rounds == expected
+    assert bench.DESIGNS["dev"].seeds == (10, 11)
+
+
+def test_tuning_choice_takes_the_best_criterion_and_the_cheaper_of_a_tie():
+    rows = []
+    for strategy, arms in bench.TUNING_GRID.items():
+        for i, arm in enumerate(arms):
+            for seed in (10, 11):
+                score = 0.6 + 0.01 * i if strategy != "fedavg" else [0.7, 0.702, 0.5, 0.6][i]
+                rows.append({"seed": seed, "arm": arm.name, "labels": "truth", "auc_mean": score, "dice_WT": score,
+                             "site_cpu_s": 100.0 - i})
+    table, choice = bench.tuning_choice(pd.DataFrame(rows))
+    assert choice["fedprox"] == bench.TUNING_GRID["fedprox"][3].name  # the best
+    assert choice["fedavg"] == bench.TUNING_GRID["fedavg"][1].name  # 0.702 vs 0.700: a tie, the cheaper
+    assert table["chosen"].sum() == 6 and len(table) == 24
+    missing = pd.DataFrame([r for r in rows if not (r["arm"] == "fedadam-e1-lr1e-3" and r["seed"] == 11)])
+    assert "fedadam" not in bench.tuning_choice(missing)[1]  # a configuration not run on every seed: no choice
+
+
+def test_the_prereg_design_holds_the_chosen_configurations_its_controls_and_snapshots():
+    chosen = {strategy: arms[1].name for strategy, arms in bench.TUNING_GRID.items()}
+    design = bench.prereg_design(chosen)
+    arms = {arm.name: arm for arm in design.arms}
+    assert design.seeds == tuple(range(200, 210)) and design.test_seeds == {"workshop": 9000, "hard": 9001}
+    assert arms["fedavg"].local_epochs == 2 and arms["fedavg"].snapshots == (("vp", bench.ROUNDS_VP[2]),)
+    assert arms["fedavg_fp16"].options["transport"] == "float16" and arms["fedavg_fp16"].rounds == arms["fedavg"].rounds
+    assert arms["distill_0step"].distill["steps"] == 0 and arms["distill_noise"].distill["init"] == "noise"
+    assert arms["distill"].distill == {"server_epochs": 20}  # the chosen distillation, and its controls share it
+    assert {"probe_summary", "probe_means", "site_only", "centralized", "local"} <= set(arms)
+    named = set(arms) | {"fedavg@vp"}
+    assert all(a in named and b in named for a, b in design.pairs)
