@@ -24,7 +24,9 @@ site's data); later rounds would dilute it further. Centralized pools raw scans 
 design) and local-only releases nothing: neither is attacked.
 
 DP sweep (``--phase dp``): the same attack on the FedAvg update trained by DP-SGD (GroupNorm theta) at each noise
-multiplier of ``dp_sigmas``, epsilon from the accountant; the privacy-utility curves come from
+multiplier of ``dp_sigmas``, epsilon from the accountant; ``--phase gaussian``: the distillation payload, part by
+part, with its summaries released through the Gaussian mechanism at each noise multiplier of ``gaussian_sigmas``
+(the same runs as the default payload, the target site's condensation only); the privacy-utility curves come from
 ``bench_privacy_utility.py``.
 
 Resumable: every run's statistics are saved as they are computed (``<out>/seed_<s>/run_<r>.npz``); rerun the same
@@ -74,10 +76,10 @@ MODES: dict[str, dict] = {
     "full": dict(preset="workshop", cases_per_site=24, size=32, seeds=(0, 1, 2), runs=12, runs_used=8,
                  theta_epochs=3, pool_sites=2, small_model=False,
                  distill={"steps": 5, "server_epochs": 10, "real_batch": 12},
-                 dp_sigmas=(0.5, 2.0), dp_runs=6, n_boot=1000),
+                 dp_sigmas=(0.5, 2.0), dp_runs=6, gaussian_sigmas=(0.5, 2.0), n_boot=1000),
     "smoke": dict(preset="tiny", cases_per_site=6, size=24, seeds=(0,), runs=4, theta_epochs=1, pool_sites=2,
                   small_model=True, distill={"steps": 1, "server_epochs": 1, "real_batch": 3},
-                  dp_sigmas=(1.0,), dp_runs=4, n_boot=50),
+                  dp_sigmas=(1.0,), dp_runs=4, gaussian_sigmas=(1.0,), n_boot=50),
 }
 #: the model releases attacked: (strategy, target) -> statistic kind
 MODEL_TARGETS = {("fedavg", "update"): "loss_drop", ("fedprox", "update"): "loss_drop",
@@ -190,12 +192,12 @@ def distill_model(theta: torch.nn.Module, payloads: dict, distill: dict, seed: i
     return model.eval()
 
 
-def condense_site(theta, data, distill: dict, seed: int, site: str):
+def condense_site(theta, data, distill: dict, seed: int, site: str, dp: DPSettings | None = None):
     from gliofed.federated.protocol import DistillSettings
     from gliofed.federated.site.condense import condense
 
     seed_everything(seed)
-    return condense(copy.deepcopy(theta).eval(), data, DistillSettings(**distill), seed, site, min_group=3)
+    return condense(copy.deepcopy(theta).eval(), data, DistillSettings(**distill), seed, site, min_group=3, dp=dp)
 
 
 def seed_setup(seed: int, mode: dict, work: Path, norm: str = "batch"):
@@ -375,6 +377,46 @@ def run_dp(seed: int, mode: dict, work: Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def gaussian_epsilon(sigma: float, delta: float = 1e-5) -> float:
+    """Epsilon of one Gaussian release of the summaries (one step at sample rate 1: what a site's accountant books for
+    one ``distill`` request under ``DPSettings("gaussian", sigma)``)."""
+    from gliofed.dp import Accountant
+
+    accountant = Accountant()
+    accountant.step(sigma, 1.0, 1)
+    return accountant.epsilon(delta)
+
+
+def run_gaussian(seed: int, mode: dict, work: Path) -> pd.DataFrame:
+    """The distillation payload with every summary released through the Gaussian mechanism (the DP dial's
+    ``"gaussian"``, clipping norm 1) at each noise multiplier of ``gaussian_sigmas``: the same runs, memberships and
+    part statistics as the default payload (:func:`run_leakage`), the target site's condensation only. Returns the
+    score frame with ``noise_multiplier`` and ``epsilon`` (one request)."""
+    config, train, pool, others, theta, records, folder = seed_setup(seed, mode, work)
+    runs = mode.get("runs_used", mode["runs"])
+    membership = membership_matrix(len(pool), mode["runs"], seed=seed)[:runs]
+    frames = []
+    for sigma in mode["gaussian_sigmas"]:
+        tag = f"gaussian_{sigma:g}"
+        for r in range(runs):
+            path = folder / f"{tag}_{r}.npz"
+            if path.is_file():
+                continue
+            started = time.perf_counter()
+            data = Subset(pool, np.flatnonzero(membership[r]))
+            payload = condense_site(theta, data, mode["distill"], 100 * seed + r, "target",
+                                    dp=DPSettings("gaussian", noise_multiplier=sigma, max_norm=1.0))
+            stats = {f"distill/{part}": values for part, values in part_statistics(payload.arrays, records).items()}
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **stats)
+            tmp.replace(path)
+            log(f"seed {seed} {tag} run {r + 1}/{runs}: {time.perf_counter() - started:.0f} s")
+        frame = attack_frames(folder, membership, pool, seed, runs, prefix=tag)
+        frame["strategy"] = "distill_gaussian"
+        frames.append(frame.assign(noise_multiplier=sigma, epsilon=gaussian_epsilon(sigma)))
+    return pd.concat(frames, ignore_index=True)
+
+
 def leakage_table(summary: pd.DataFrame, device: str, date: str) -> pd.DataFrame:
     """The leakage column per strategy and target (online LiRA): the CSV benchmark tables join on ``strategy``."""
     lira = summary[summary["attack"] == "lira"].copy()
@@ -415,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_membership")
-    parser.add_argument("--phase", choices=("leakage", "dp", "all"), default="all")
+    parser.add_argument("--phase", choices=("leakage", "dp", "gaussian", "all"), default="all")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the mode's seeds")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--n-boot", type=int, default=None, help="bootstrap resamples (default: the mode's)")
@@ -444,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
         for seed in mode["seeds"]:
             log(f"seed {seed}: DP-SGD runs")
             frames.append(run_dp(seed, mode, args.out))
+    if args.phase in ("gaussian", "all") and not args.report:
+        for seed in mode["seeds"]:
+            log(f"seed {seed}: Gaussian-release distillation runs")
+            frames.append(run_gaussian(seed, mode, args.out))
     scores = pd.concat(frames, ignore_index=True)
     scores.to_csv(args.out / f"scores_{args.phase}.csv.gz", index=False)
     by = ["strategy", "target", "kind", "attack"] + [c for c in ("noise_multiplier",) if c in scores.columns]
