@@ -135,6 +135,9 @@ def summarise(rows: pd.DataFrame, membership: pd.DataFrame | None) -> pd.DataFra
                 hit = membership[(membership["strategy"] == "fedavg") & (membership["target"] == "update")]
             elif row["strategy"] == "distill" and row["mechanism"] == "off":
                 hit = membership[(membership["strategy"] == "distill") & (membership["target"] == "payload")]
+            elif row["strategy"] == "distill" and row["mechanism"] == "gaussian" and "noise_multiplier" in membership:
+                hit = membership[(membership["strategy"] == "distill_gaussian") & (membership["target"] == "payload")
+                                 & np.isclose(membership["noise_multiplier"], row["noise_multiplier"])]
             else:
                 hit = membership.iloc[0:0]
             if len(hit):

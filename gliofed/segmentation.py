@@ -17,12 +17,15 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gliofed.errors import ConfigError
 from gliofed.vocab import REGIONS
+
+if TYPE_CHECKING:  # torch is imported where a tensor is made: predict's argument checks run before it loads
+    import torch
 
 __all__ = ["SEG_OUTPUTS", "seg_output_of", "region_targets", "seg_probabilities", "to_classes",
            "SegmentationInference", "predict_volume", "postprocess_mask", "POSTPROCESS_CANDIDATES",
@@ -42,12 +45,16 @@ def seg_output_of(model) -> str:
 
 def region_targets(seg: torch.Tensor) -> torch.Tensor:
     """Class maps (B, 1, D, H, W) with classes 0..3 -> float region masks (B, 3, D, H, W) in WT, TC, ET order."""
+    import torch
+
     return torch.cat([torch.isin(seg, torch.tensor(REGIONS[r], device=seg.device)) for r in REGION_NAMES],
                      dim=1).float()
 
 
 def seg_probabilities(logits: torch.Tensor, seg_output: str) -> torch.Tensor:
     """Softmax over the classes, or a sigmoid per region, of logits (B, K, D, H, W)."""
+    import torch
+
     return torch.sigmoid(logits.float()) if seg_output == "regions" else torch.softmax(logits.float(), dim=1)
 
 
@@ -57,6 +64,8 @@ def to_classes(probabilities: torch.Tensor, seg_output: str, threshold: float = 
     Classes: the most probable class. Regions (BraTS's conversion, which keeps them nested): oedema where WT is above
     ``threshold``, necrotic core where TC is, enhancing tumour where ET is, each later one overriding the earlier.
     """
+    import torch
+
     if seg_output != "regions":
         return probabilities.argmax(1)
     wt, tc, et = (probabilities[:, i] > threshold for i in range(3))

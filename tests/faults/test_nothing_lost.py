@@ -466,3 +466,14 @@ def test_an_unknown_external_site_is_refused_before_the_cache_refresh(cohort, tm
                  "--cache", str(tmp_path / "cache")])
     assert not (tmp_path / "cache").exists()
     assert "--external-site 'nosuch' is not a site of" in _one_line_error(capsys, code)
+
+
+def test_predicts_argument_and_header_checks_load_no_torch():
+    """A forged NIfTI header is refused before torch (about 250 MB) is imported: the modules ``gliofed predict``
+    imports before it checks the scans' headers import no torch (the memory bomb's peak stays under 200 MB)."""
+    code = ("import sys, gliofed.cli, gliofed.inference, gliofed.segmentation\n"
+            "from gliofed.segmentation import SegmentationInference\n"
+            "SegmentationInference(window=(4, 8, 8), flips=(2,))\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
