@@ -36,12 +36,12 @@ test: setup
 	@echo "make test: installing Debian's chromium with apt-get if it is missing (browser test; needs root)"
 	sh .ci/install-browser.sh
 	$(BIN)/ruff check gliofed tests benchmarks
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not flower"
 
 # minutes-long end-to-end checks (a fresh non-editable `pip install .` that runs every shipped notebook, and every
 # notebook's exercise solutions); CI runs them
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow or flower"
 
 clean:
 	rm -rf runs/demo data/tiny data/workshop .pytest_cache
