@@ -6,7 +6,8 @@
   that a notebook can draw how far the local models drift from the global one (FedAvg against FedProx).
 - :func:`distilled_sets`: what each site would upload under distillation (the synthetic volumes themselves), with
   the site's own privacy audit of them and the real-to-real distribution the audit compares against.
-- :func:`flagged_upload`: what a site does with a distilled set its audit flags: it refuses to send it.
+- :func:`flagged_upload`: what a site does with a distilled set its audit flags: it withholds the flagged volumes
+  (all flagged: it refuses to send the set).
 
 In the simulator the experimenter is every site's operator, so these functions read the sites' caches; the server
 side of the federation never does.
@@ -201,12 +202,11 @@ def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
 
 def flagged_upload(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, site: str,
                    distill: dict | None = None, seed: int = 0) -> str:
-    """Ask ``site``, under its operator's ordinary policy (which refuses to send a set its audit flags) but with
-    ``real_unsafe`` allowed, to distil from copies of its patients; return the one-line refusal the server gets
-    instead of the upload.
-
-    Raises:
-        AssertionError: the site sent the set (it must not).
+    """Ask ``site``, under its operator's ordinary policy (which withholds every synthetic volume its audit flags,
+    and refuses the whole set when every volume or another part fails) but with ``real_unsafe`` allowed, to distil
+    from copies of its patients; return, in one line, what the server gets: the refusal, or which volumes were
+    withheld and how many the audit let through (a copy the audit does not flag leaves: it is a screen, not a
+    guarantee; issue 30 measures what leaks).
     """
     cache_dir = Path(cache_dir)
     sites = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed).sites
@@ -215,7 +215,10 @@ def flagged_upload(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
     task, payload, settings = site_request(config, model, round_seed(seed, 0, sites.index(site)), "distill", outgoing,
                                            {"distill": {**(distill or {}), "init": "real_unsafe"}})
     try:
-        guard.handle(task, payload, settings)
+        reply = guard.handle(task, payload, settings)
     except PolicyError as refusal:
         return str(refusal)
-    raise AssertionError(f"site {site} sent a distilled set copied from its patients")
+    sent = len(reply.arrays["syn_images"])
+    withheld = int(reply.meta.get("withheld", 0))
+    return (f"site {site} withheld {withheld} flagged synthetic volume(s) and sent {sent} that its audit did not flag, "
+            "although every one started as a copy of a patient: the audit is a screen, not a guarantee.")
