@@ -12,6 +12,8 @@ DEMO_PRESET ?= workshop
 DEMO_DATA   ?= data/$(DEMO_PRESET)
 DEMO_ROUNDS ?= 2
 DEMO_ABLATION_EPOCHS ?= 1
+# the strategies notebooks 02 and 03 train and evaluate live (the benchmark's table in notebook 02 shows all five)
+DEMO_STRATEGIES ?= centralized,fedavg,distill
 
 .PHONY: demo test test-slow setup lab clean
 
@@ -26,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/gliofed synth --preset $(DEMO_PRESET) --out $(DEMO_DATA)
-	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS)
+	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS) -p strategies $(DEMO_STRATEGIES)
 
 # the notebooks in JupyterLab (http://localhost:8888; Ctrl-C stops it)
 lab: setup

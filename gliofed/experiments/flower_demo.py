@@ -15,7 +15,7 @@ import pandas as pd
 
 from gliofed.fileio import atomic_write_text
 
-__all__ = ["FLOWER_COMPONENTS", "FLOWER_RUN_CONFIG", "flower_app", "bytes_per_round"]
+__all__ = ["FLOWER_COMPONENTS", "FLOWER_RUN_CONFIG", "flower_app", "bytes_per_round", "wire_gap"]
 
 #: the apps a SuperLink runs (as in the repository's ``[tool.flwr.app.components]``)
 FLOWER_COMPONENTS = {"serverapp": "gliofed.federated.server.server_app:app",
@@ -64,3 +64,28 @@ def bytes_per_round(history: dict, strategy: str | None = None) -> pd.DataFrame:
                          "bytes_up": int(record.get("bytes_up", {}).get(site, 0)),
                          "excluded": (record.get("excluded") or {}).get(site, "")})
     return pd.DataFrame(rows, columns=["strategy", "round", "site", "bytes_down", "bytes_up", "excluded"])
+
+
+def wire_gap(simulated: list[dict], flower: list[dict]) -> pd.DataFrame:
+    """Two runs' round records (``History.rounds`` of the simulator, ``history["rounds"]`` of a Flower run) side by
+    side: one row per round, site and direction (``up``/``down``) with both byte counts and their ``difference``
+    (Flower minus simulator; a site missing from one run counts 0 there).
+
+    The same strategy, seed and sites send the same payloads: the same fields, shapes and dtypes. A FedAvg reply's
+    ``meta.json`` also carries the site's mean training loss as decimal text, and two processes' float32 training can
+    differ in the last bits on some CPUs, so that text (and the upload) may differ by a byte or two; nothing else may.
+
+    >>> wire_gap([{"round": 1, "bytes_up": {"a": 10}, "bytes_down": {"a": 5}}],
+    ...          [{"round": 1, "bytes_up": {"a": 11}, "bytes_down": {"a": 5}}])["difference"].tolist()
+    [0, 1]
+    """
+    rows = []
+    for first, second in zip(simulated, flower, strict=True):
+        for direction in ("down", "up"):
+            key = f"bytes_{direction}"
+            mine, theirs = first.get(key, {}), second.get(key, {})
+            for site in sorted(set(mine) | set(theirs)):
+                a, b = int(mine.get(site, 0)), int(theirs.get(site, 0))
+                rows.append({"round": second.get("round", first.get("round")), "site": site, "direction": direction,
+                             "simulator": a, "flower": b, "difference": b - a})
+    return pd.DataFrame(rows, columns=["round", "site", "direction", "simulator", "flower", "difference"])

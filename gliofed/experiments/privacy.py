@@ -3,6 +3,7 @@ upload (inside the site, :meth:`~gliofed.federated.site.Site.privacy_audit`); th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.federated.protocol import round_seed, site_request
 from gliofed.federated.protocol.payload import Payload, state_to_arrays
+from gliofed.federated.protocol.settings import DistillSettings
 from gliofed.federated.site import Site
 from gliofed.federated.site.policy import SitePolicy
 
@@ -39,9 +41,16 @@ def privacy_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainCo
 
 
 def outgoing_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, distill: dict | None = None,
-                   seed: int = 0) -> tuple[pd.DataFrame, list[str]]:
+                   seed: int = 0, made: Mapping | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Every part of what each site would upload under ``model`` (the default distillation payload), audited as the
     site does before upload (:meth:`Site.audit_payload`), and what its default policy then sends.
+
+    Args:
+        cache_dir, model, config, distill, seed: the sites' cache, the model, the training settings, the
+            distillation settings (the preset's), the request seed.
+        made: sets the sites already condensed under the same ``model``, ``distill`` and ``seed``, by ``(site,
+            init)`` (:attr:`~gliofed.experiments.teaching.DistilledSets.payloads`): a site's set made with the
+            settings' initialisation is audited instead of condensing it again (the same request gives the same set).
 
     Returns:
         (one row per site and part (per volume for synthetic volumes): ``site``, ``part``, ``item``, ``rule``,
@@ -51,13 +60,17 @@ def outgoing_audit(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
 
     train = CaseDataset(cache_dir, split="train", modalities=config.modalities, seed=config.seed)
     outgoing = Payload("model", state_to_arrays(model), {"round": 0, "strategy": "audit"})
+    init = DistillSettings(**(distill or {})).init
     tables, sentences = [], []
     for index, name in enumerate(train.sites):
         # the experimenter reads the set before the site's decision (teaching policy), then applies the decision
         site = Site(name, cache_dir, config.modalities, config.seed, policy=SitePolicy.teaching(allow_real_init=False))
-        task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
-                                               {"distill": dict(distill or {})})
-        report = site.audit_payload(site.handle(task, payload, settings))
+        reply = (made or {}).get((name, init))
+        if reply is None:
+            task, payload, settings = site_request(config, model, round_seed(seed, 0, index), "distill", outgoing,
+                                                   {"distill": dict(distill or {})})
+            reply = site.handle(task, payload, settings)
+        report = site.audit_payload(reply)
         keep, sentence, refusal = outgoing_decision(name, "distilled_set", report)
         volume = report["part"] == "synthetic_volume"
         report["uploaded"] = refusal is None

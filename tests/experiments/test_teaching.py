@@ -4,10 +4,13 @@ evidence, and a flagged set refused by its site."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
+from gliofed.experiments.privacy import outgoing_audit
 from gliofed.experiments.teaching import client_drift, distilled_sets, flagged_upload, library_average, toy_sites
+from gliofed.federated.site import Site
 from gliofed.model import build_model
 from gliofed.presets import get_preset, train_preset
 
@@ -66,3 +69,20 @@ def test_a_site_refuses_to_send_a_flagged_set(tiny_cache, model, config, sets):
     site = sets.audit[sets.audit["flagged"]]["site"].iloc[0]
     refusal = flagged_upload(tiny_cache, model, config, site, get_preset("tiny").distill)
     assert refusal.startswith(f"site {site} refuses to send its distilled set: the privacy audit flags")
+
+
+def test_the_outgoing_audit_audits_sets_already_made_instead_of_condensing_again(tiny_cache, model, config, sets,
+                                                                                 monkeypatch):
+    distill = get_preset("tiny").distill
+    fresh, said = outgoing_audit(tiny_cache, model, config, distill)
+    condensed, handle = [], Site.handle
+
+    def counting(self, *args, **kwargs):
+        condensed.append(self.name)
+        return handle(self, *args, **kwargs)
+
+    monkeypatch.setattr(Site, "handle", counting)
+    reused, said_again = outgoing_audit(tiny_cache, model, config, distill, made=sets.payloads)
+    assert condensed and not {"brats21", "upenn"} & set(condensed)  # their class_stats sets were audited as made
+    pd.testing.assert_frame_equal(fresh, reused)  # the same request gives the same set, so the same audit
+    assert said == said_again
