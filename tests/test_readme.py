@@ -30,6 +30,7 @@ def test_every_make_variable_the_readme_sets_exists_with_the_stated_default():
     assert f"`TORCH_SPEC` (default `{defaults['TORCH_SPEC']}`)" in README
     assert defaults["TORCH_INDEX"] == "" and "`TORCH_INDEX`" in README and "(default: unset)" in README
     assert f"it trains {defaults['DEMO_ROUNDS']} rounds and {defaults['DEMO_ABLATION_EPOCHS']} ablation" in README
+    assert f"(`DEMO_STRATEGIES`, default `{defaults['DEMO_STRATEGIES']}`," in README
 
 
 def test_the_torch_install_uses_the_index_only_when_one_is_named():
