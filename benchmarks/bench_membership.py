@@ -50,6 +50,8 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +69,7 @@ from gliofed.dp import DPSettings  # noqa: E402
 from gliofed.engine import fit, seed_everything  # noqa: E402
 from gliofed.experiments.leakage import PARTS, candidate_records, case_losses, part_statistics  # noqa: E402
 from gliofed.experiments.membership import membership_matrix, run_attack, score_frame, summarise  # noqa: E402
+from gliofed.fileio import atomic_write  # noqa: E402
 from gliofed.model import build_model  # noqa: E402
 from gliofed.presets import train_preset  # noqa: E402
 
@@ -90,6 +93,17 @@ ATTACK_KINDS = ("lira", "offline", "threshold")
 
 def log(message: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {message}", flush=True)
+
+
+def stored_run(path: Path, compute: Callable[[], dict[str, np.ndarray]], label: str) -> None:
+    """One resumable run: unless ``path`` already holds its statistics, ``compute()`` them and write them atomically
+    (an interrupted run leaves no partial file), logging the time under ``label``."""
+    if path.is_file():
+        return
+    started = time.perf_counter()
+    stats = compute()
+    atomic_write(path, lambda tmp: np.savez(tmp, **stats), keep_suffix=True)
+    log(f"{label}: {time.perf_counter() - started:.0f} s")
 
 
 class Subset:
@@ -126,9 +140,8 @@ def config_for(mode: dict, seed: int, norm: str = "batch"):
 def save_state(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    tmp.replace(path)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
 
 
 def load_state(model: torch.nn.Module, path: Path) -> torch.nn.Module:
@@ -239,7 +252,8 @@ def other_replies(seed: int, mode: dict, train, others, theta, config, folder: P
             replies["distill"][site] = Payload("distilled_set", arrays, meta)
         else:
             payload = condense_site(theta, data, mode["distill"], 2000 + index, site)
-            np.savez(path, __meta__=json.dumps(payload.meta), **payload.arrays)
+            atomic_write(path, partial(np.savez, __meta__=json.dumps(payload.meta), **payload.arrays),
+                         keep_suffix=True)
             replies["distill"][site] = payload
     return replies
 
@@ -251,16 +265,11 @@ def run_leakage(seed: int, mode: dict, work: Path) -> pd.DataFrame:
     membership = membership_matrix(len(pool), mode["runs"], seed=seed)[:runs]
     replies = other_replies(seed, mode, train, others, theta, config, folder)
     base_loss = case_losses(theta, records)
-    for r in range(runs):
-        path = folder / f"run_{r}.npz"
-        if path.is_file():
-            continue
-        started = time.perf_counter()
+
+    def one_run(r: int) -> dict[str, np.ndarray]:
         data = Subset(pool, np.flatnonzero(membership[r]))
-        stats: dict[str, np.ndarray] = {}
         payload = condense_site(theta, data, mode["distill"], 100 * seed + r, "target")
-        for part, values in part_statistics(payload.arrays, records).items():
-            stats[f"distill/{part}"] = values
+        stats = {f"distill/{part}": values for part, values in part_statistics(payload.arrays, records).items()}
         finals = {}
         for name, mu in (("fedavg", 0.0), ("fedprox", 0.01)):
             update, _ = local_update(theta, data, config, 100 * seed + r, mu)
@@ -270,10 +279,10 @@ def run_leakage(seed: int, mode: dict, work: Path) -> pd.DataFrame:
                                           100 * seed + r)
         for name, model in finals.items():
             stats[f"{name}/final_model"] = -case_losses(model, records)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **stats)
-        tmp.replace(path)
-        log(f"seed {seed} run {r + 1}/{runs}: {time.perf_counter() - started:.0f} s")
+        return stats
+
+    for r in range(runs):
+        stored_run(folder / f"run_{r}.npz", partial(one_run, r), f"seed {seed} run {r + 1}/{runs}")
     return attack_frames(folder, membership, pool, seed, runs)
 
 
@@ -348,23 +357,21 @@ def run_dp(seed: int, mode: dict, work: Path) -> pd.DataFrame:
     runs = mode["dp_runs"]
     membership = membership_matrix(len(pool), runs, seed=seed)
     base_loss = case_losses(theta, records)
+
+    def dp_run(sigma: float, r: int) -> dict[str, np.ndarray]:
+        data = Subset(pool, np.flatnonzero(membership[r]))
+        dp = DPSettings("dp_sgd", noise_multiplier=sigma, max_norm=1.0) if sigma > 0 else None
+        update, history = local_update(theta, data, config, 100 * seed + r, 0.0, dp)
+        epsilon = float(history[-1].get("epsilon", float("inf"))) if sigma > 0 else float("inf")
+        return {"fedavg/update": base_loss - case_losses(update, records), "epsilon": np.array([epsilon])}
+
     frames = []
     for sigma in (0.0, *mode["dp_sigmas"]):
         tag = f"dp_{sigma:g}"
         epsilons = []
         for r in range(runs):
             path = folder / f"{tag}_{r}.npz"
-            if not path.is_file():
-                started = time.perf_counter()
-                data = Subset(pool, np.flatnonzero(membership[r]))
-                dp = DPSettings("dp_sgd", noise_multiplier=sigma, max_norm=1.0) if sigma > 0 else None
-                update, history = local_update(theta, data, config, 100 * seed + r, 0.0, dp)
-                epsilon = float(history[-1].get("epsilon", float("inf"))) if sigma > 0 else float("inf")
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(tmp, **{"fedavg/update": base_loss - case_losses(update, records),
-                                 "epsilon": np.array([epsilon])})
-                tmp.replace(path)
-                log(f"seed {seed} {tag} run {r + 1}/{runs}: {time.perf_counter() - started:.0f} s")
+            stored_run(path, partial(dp_run, sigma, r), f"seed {seed} {tag} run {r + 1}/{runs}")
             with np.load(path) as stored:
                 epsilons.append(float(stored["epsilon"][0]))
         stored = [np.load(folder / f"{tag}_{r}.npz")["fedavg/update"] for r in range(runs)]
@@ -395,22 +402,19 @@ def run_gaussian(seed: int, mode: dict, work: Path) -> pd.DataFrame:
     config, train, pool, others, theta, records, folder = seed_setup(seed, mode, work)
     runs = mode.get("runs_used", mode["runs"])
     membership = membership_matrix(len(pool), mode["runs"], seed=seed)[:runs]
+
+    def gaussian_run(sigma: float, r: int) -> dict[str, np.ndarray]:
+        data = Subset(pool, np.flatnonzero(membership[r]))
+        payload = condense_site(theta, data, mode["distill"], 100 * seed + r, "target",
+                                dp=DPSettings("gaussian", noise_multiplier=sigma, max_norm=1.0))
+        return {f"distill/{part}": values for part, values in part_statistics(payload.arrays, records).items()}
+
     frames = []
     for sigma in mode["gaussian_sigmas"]:
         tag = f"gaussian_{sigma:g}"
         for r in range(runs):
-            path = folder / f"{tag}_{r}.npz"
-            if path.is_file():
-                continue
-            started = time.perf_counter()
-            data = Subset(pool, np.flatnonzero(membership[r]))
-            payload = condense_site(theta, data, mode["distill"], 100 * seed + r, "target",
-                                    dp=DPSettings("gaussian", noise_multiplier=sigma, max_norm=1.0))
-            stats = {f"distill/{part}": values for part, values in part_statistics(payload.arrays, records).items()}
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, **stats)
-            tmp.replace(path)
-            log(f"seed {seed} {tag} run {r + 1}/{runs}: {time.perf_counter() - started:.0f} s")
+            stored_run(folder / f"{tag}_{r}.npz", partial(gaussian_run, sigma, r),
+                       f"seed {seed} {tag} run {r + 1}/{runs}")
         frame = attack_frames(folder, membership, pool, seed, runs, prefix=tag)
         frame["strategy"] = "distill_gaussian"
         frames.append(frame.assign(noise_multiplier=sigma, epsilon=gaussian_epsilon(sigma)))

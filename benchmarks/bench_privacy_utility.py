@@ -48,6 +48,7 @@ import bench_membership  # noqa: E402
 
 from gliofed.dp import DPSettings  # noqa: E402
 from gliofed.experiments.comparison import run_experiment  # noqa: E402
+from gliofed.fileio import atomic_write_text  # noqa: E402
 from gliofed.presets import train_preset  # noqa: E402
 
 MODES: dict[str, dict] = {
@@ -95,9 +96,7 @@ def run_setting(setting: dict, seed: int, mode: dict, cohort_mode: dict, work: P
            **{k: float(v) for k, v in last["metrics"].items() if isinstance(v, (int, float))},
            "wall_s": time.perf_counter() - started}
     row["auc_mean"] = float(np.nanmean([row.get(k, np.nan) for k in HEADLINE]))
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(row))
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(row))
     return row
 
 
