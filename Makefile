@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(BIN)/gliofed synth --preset $(DEMO_PRESET) --out $(DEMO_DATA)
-	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS) -p strategies $(DEMO_STRATEGIES)
+	$(BIN)/gliofed notebooks run --out runs/demo -p preset $(DEMO_PRESET) -p data_dir $(DEMO_DATA) -p rounds $(DEMO_ROUNDS) -p ablation_epochs $(DEMO_ABLATION_EPOCHS) -p strategies "$(DEMO_STRATEGIES)"
 
 # the notebooks in JupyterLab (http://localhost:8888; Ctrl-C stops it)
 lab: setup

@@ -73,7 +73,11 @@ def wire_gap(simulated: list[dict], flower: list[dict]) -> pd.DataFrame:
 
     The same strategy, seed and sites send the same payloads: the same fields, shapes and dtypes. A FedAvg reply's
     ``meta.json`` also carries the site's mean training loss as decimal text, and two processes' float32 training can
-    differ in the last bits on some CPUs, so that text (and the upload) may differ by a byte or two; nothing else may.
+    differ in the last bits on some CPUs, so an upload may differ by exactly the difference in length of that text
+    (a byte or two); nothing else may.
+
+    Raises:
+        ValueError: the runs have different numbers of rounds, or a pair of records names different rounds.
 
     >>> wire_gap([{"round": 1, "bytes_up": {"a": 10}, "bytes_down": {"a": 5}}],
     ...          [{"round": 1, "bytes_up": {"a": 11}, "bytes_down": {"a": 5}}])["difference"].tolist()
@@ -81,6 +85,8 @@ def wire_gap(simulated: list[dict], flower: list[dict]) -> pd.DataFrame:
     """
     rows = []
     for first, second in zip(simulated, flower, strict=True):
+        if first.get("round", second.get("round")) != second.get("round", first.get("round")):
+            raise ValueError(f"round {first.get('round')} of one run lined up with round {second.get('round')}.")
         for direction in ("down", "up"):
             key = f"bytes_{direction}"
             mine, theirs = first.get(key, {}), second.get(key, {})

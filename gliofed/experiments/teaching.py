@@ -27,6 +27,7 @@ from gliofed.config import TrainConfig
 from gliofed.data.dataset import CaseDataset
 from gliofed.errors import PolicyError
 from gliofed.experiments.comparison import build_sites
+from gliofed.experiments.privacy import condensation_request
 from gliofed.federated.protocol import Payload, round_seed, site_request, state_to_arrays
 from gliofed.federated.server.rounds import federated_round
 from gliofed.federated.server.strategies import make_strategy, weighted_average
@@ -140,11 +141,14 @@ class DistilledSets:
             columns, ``init`` and ``site``).
         real_to_real: one row per real training case: ``site``, ``subject``, ``nn_corr`` (its highest correlation
             with another real case of its site, on the same grid and after the same centring as the audit).
+        request: what the sets were condensed under
+            (:func:`~gliofed.experiments.privacy.condensation_request`: model digest, seed, settings).
     """
 
     payloads: dict[tuple[str, str], Payload]
     audit: pd.DataFrame
     real_to_real: pd.DataFrame
+    request: dict = field(default_factory=dict)
 
 
 def _real_to_real(cache_dir: Path, config: TrainConfig, site: str, grid: tuple[int, ...]) -> pd.DataFrame:
@@ -197,7 +201,8 @@ def distilled_sets(cache_dir: str | Path, model: torch.nn.Module, config: TrainC
             reports.append(site.privacy_audit(payloads[(name, init)]))
         grid = tuple(payloads[(name, asked[0])].arrays["syn_images"].shape[2:])
         real.append(_real_to_real(cache_dir, config, name, grid))
-    return DistilledSets(payloads, pd.concat(reports, ignore_index=True), pd.concat(real, ignore_index=True))
+    return DistilledSets(payloads, pd.concat(reports, ignore_index=True), pd.concat(real, ignore_index=True),
+                         condensation_request(model, config, distill, seed))
 
 
 def flagged_upload(cache_dir: str | Path, model: torch.nn.Module, config: TrainConfig, site: str,

@@ -51,3 +51,5 @@ def test_wire_gap_lines_up_two_runs_by_round_site_and_direction():
     assert (gap.loc[gap["round"] == 1, "difference"] == 0).all()
     with pytest.raises(ValueError):  # runs of different lengths are not compared round by round
         wire_gap(simulated, flower[:1])
+    with pytest.raises(ValueError, match="round 1 of one run lined up with round 2"):
+        wire_gap(simulated[:1], flower[1:])

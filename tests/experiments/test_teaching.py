@@ -3,11 +3,14 @@ evidence, and a flagged set refused by its site."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from gliofed.errors import ConfigError, PolicyError
 from gliofed.experiments.privacy import outgoing_audit
 from gliofed.experiments.teaching import client_drift, distilled_sets, flagged_upload, library_average, toy_sites
 from gliofed.federated.site import Site
@@ -82,7 +85,25 @@ def test_the_outgoing_audit_audits_sets_already_made_instead_of_condensing_again
         return handle(self, *args, **kwargs)
 
     monkeypatch.setattr(Site, "handle", counting)
-    reused, said_again = outgoing_audit(tiny_cache, model, config, distill, made=sets.payloads)
+    reused, said_again = outgoing_audit(tiny_cache, model, config, distill, made=sets)
     assert condensed and not {"brats21", "upenn"} & set(condensed)  # their class_stats sets were audited as made
     pd.testing.assert_frame_equal(fresh, reused)  # the same request gives the same set, so the same audit
     assert said == said_again
+
+
+def test_the_outgoing_audit_refuses_sets_made_under_another_model_seed_or_settings(tiny_cache, model, config, sets):
+    distill = get_preset("tiny").distill
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).add_(1e-3)
+    for changed in ({"model": other}, {"seed": 1}, {"distill": {**distill, "steps": distill.get("steps", 30) + 1}},
+                    {"config": config.replace(lr=config.lr * 2)}):
+        asked = {"model": model, "config": config, "distill": distill, "seed": 0, **changed}
+        with pytest.raises(ConfigError, match="condensed under another model, seed or settings"):
+            outgoing_audit(tiny_cache, asked["model"], asked["config"], asked["distill"], asked["seed"], made=sets)
+
+
+def test_the_outgoing_audit_never_reuses_a_real_unsafe_set(tiny_cache, model, config, sets):
+    distill = {**get_preset("tiny").distill, "init": "real_unsafe"}  # sets holds upenn's real_unsafe set
+    with pytest.raises(PolicyError, match="copies patients and this site's operator has not allowed it"):
+        outgoing_audit(tiny_cache, model, config, distill, made=sets)
