@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import platform
 import subprocess
@@ -60,6 +59,7 @@ from gliofed.experiments.study import (  # noqa: E402
     with_labels,
 )
 from gliofed.presets import train_preset  # noqa: E402
+from gliofed.provenance import sources_fingerprint  # noqa: E402
 
 TEST_PREDICTIONS = "test_predictions.csv"
 COST = "cost.json"
@@ -213,19 +213,9 @@ if CHOSEN is not None:
 
 
 def source_fingerprint() -> str:
-    """SHA-256 over the package's Python sources, this script and the numerical packages' versions."""
-    import importlib.metadata
-
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "gliofed").rglob("*.py")) + [Path(__file__).resolve()]:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for package in ("torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "nibabel"):
-        try:
-            version = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            version = "absent"
-        digest.update(f"{package}=={version}\0".encode())
-    return digest.hexdigest()
+    """:func:`gliofed.provenance.sources_fingerprint` of the package and this script: a run made by other code, or
+    in another environment, is never reused."""
+    return sources_fingerprint([__file__])
 
 
 def git_commit() -> str:

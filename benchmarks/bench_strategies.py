@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import math
 import os
@@ -72,6 +71,7 @@ from gliofed.federated.protocol import DistillSettings  # noqa: E402
 from gliofed.federated.server.strategies import STRATEGIES, make_strategy  # noqa: E402
 from gliofed.federated.simulate import simulate  # noqa: E402
 from gliofed.presets import train_preset  # noqa: E402
+from gliofed.provenance import sources_fingerprint  # noqa: E402
 from gliofed.runs import TrainingRun  # noqa: E402
 from gliofed.vocab import MARKERS  # noqa: E402
 
@@ -294,20 +294,9 @@ def merged_distill(base: dict, text: str | None) -> dict:
 
 
 def source_fingerprint() -> str:
-    """SHA-256 over the package's Python sources, this script and the versions of the numerical packages: a run
-    made by other code, or in another environment, is never reused."""
-    import importlib.metadata
-
-    digest = hashlib.sha256()
-    for path in sorted((ROOT / "gliofed").rglob("*.py")) + [Path(__file__).resolve()]:
-        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for package in ("torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "nibabel"):
-        try:
-            version = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            version = "absent"
-        digest.update(f"{package}=={version}\0".encode())
-    return digest.hexdigest()
+    """:func:`gliofed.provenance.sources_fingerprint` of the package and this script: a run made by other code, or
+    in another environment, is never reused."""
+    return sources_fingerprint([__file__])
 
 
 def settings_key(name: str, mode: dict, distill: dict) -> str:

@@ -18,10 +18,13 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["software_provenance", "git_commit", "file_sha256", "cases_fingerprint", "TRACKED_VERSIONS"]
+__all__ = ["software_provenance", "git_commit", "file_sha256", "cases_fingerprint", "sources_fingerprint",
+           "TRACKED_VERSIONS", "NUMERICAL_PACKAGES"]
 
 #: the distributions whose versions a model records (they decide what the weights mean)
 TRACKED_VERSIONS = ("torch", "monai", "numpy")
+#: the distributions whose versions decide a benchmark run's numbers (:func:`sources_fingerprint`)
+NUMERICAL_PACKAGES = ("torch", "monai", "numpy", "scipy", "scikit-learn", "pandas", "nibabel")
 
 _PACKAGE = Path(__file__).resolve().parent
 
@@ -73,6 +76,20 @@ def software_provenance() -> dict:
     versions = {"gliofed": __version__, **{name: _version(name) for name in TRACKED_VERSIONS},
                 "python": platform.python_version()}
     return {"versions": versions, "commit": git_commit(), "platform": platform.platform(terse=True)}
+
+
+def sources_fingerprint(extra: Iterable[str | Path] = (), packages: Iterable[str] = NUMERICAL_PACKAGES) -> str:
+    """SHA-256 over gliofed's Python sources and the ``extra`` files (e.g. the benchmark script that asks), each with
+    its path relative to the folder holding the package, and the installed versions of ``packages`` ("absent" for
+    one that is not installed): a benchmark run made by other code, or in another environment, has another
+    fingerprint and is never reused."""
+    root = _PACKAGE.parent
+    digest = hashlib.sha256()
+    for path in sorted(_PACKAGE.rglob("*.py")) + [Path(e).resolve() for e in extra]:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for package in packages:
+        digest.update(f"{package}=={_version(package) or 'absent'}\0".encode())
+    return digest.hexdigest()
 
 
 def file_sha256(path: str | Path) -> str:

@@ -78,3 +78,18 @@ def test_the_card_shows_provenance_data_metrics_thresholds_use_and_limits(traine
     assert re.search(r"\| IDH \| \d+ \| [0-9.]+ \([0-9.]+-[0-9.]+\)", card)  # a metric with its interval
     assert "the F1-optimal point on the train split" in card or "fixed 0.5" in card
     assert out.read_text().strip() == card.strip().removesuffix(f"wrote {out}").strip()
+
+
+def test_the_sources_fingerprint_follows_the_extra_files_and_the_package_versions():
+    from gliofed.provenance import sources_fingerprint
+
+    script = Path(__file__).resolve().parent / "_fingerprint_probe.py"  # inside the checkout, like a benchmark script
+    try:
+        script.write_text("x = 1\n")
+        first = sources_fingerprint([script])
+        assert sources_fingerprint([script]) == first  # deterministic
+        script.write_text("x = 2\n")
+        assert sources_fingerprint([script]) != first  # another script's code, another fingerprint
+    finally:
+        script.unlink(missing_ok=True)
+    assert sources_fingerprint(packages=("torch",)) != sources_fingerprint(packages=("torch", "no-such-package"))
