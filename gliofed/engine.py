@@ -670,7 +670,8 @@ def _shape_batches(dataset: Dataset, batch_size: int) -> list[list[int]]:
 def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto", amp: bool = True,
             save_masks: str | Path | None = None, progress: bool = True, hd95: bool = True,
             postprocess: Callable[[np.ndarray], np.ndarray] | None = None,
-            inference: SegmentationInference | None = None, batch_size: int = 1) -> pd.DataFrame:
+            inference: SegmentationInference | None = None, batch_size: int = 1,
+            on_class_map: Callable[[np.ndarray, np.ndarray], None] | None = None) -> pd.DataFrame:
     """Run ``model`` on every case (no padding) and score it.
 
     Returns one row per case, in dataset order: ``subject``, ``site``, the true labels (-1 unknown),
@@ -683,7 +684,9 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
     ``inference`` chooses how the volume is segmented (:class:`~gliofed.segmentation.SegmentationInference`: default
     one whole-volume pass; sliding windows, test-time flips). ``batch_size`` (default 1): up to this many cases of
     one shape per forward pass (a cache's index gives the shapes; faster, especially on a GPU, but not bit-identical
-    to single cases: see :func:`eval_batch_size`).
+    to single cases: see :func:`eval_batch_size`). ``on_class_map`` is called with the (predicted, true) class maps
+    ((D, H, W) numpy arrays) of every case with a mask, as it is predicted (e.g.
+    :meth:`~gliofed.segmentation.PostprocessingChoice.add`, which chooses the post-processing in the same pass).
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval().to(device)
@@ -707,6 +710,8 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
             rows.append(_score_case({name: value[j:j + 1] for name, value in outputs.items()}, predicted[j:j + 1],
                                     seg[j:j + 1], bool(has_mask[j]), labels[j], batch["subject"][j],
                                     batch["site"][j], spacing, hd95, postprocess, save_masks))
+            if on_class_map is not None and bool(has_mask[j]):
+                on_class_map(predicted[j, 0].cpu().numpy(), seg[j, 0].cpu().numpy())
     ranked = sorted(range(len(rows)), key=order.__getitem__)
     return pd.DataFrame([rows[k] for k in ranked])
 

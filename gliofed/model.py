@@ -13,7 +13,7 @@ from torch import nn
 from gliofed.segmentation import SEG_OUTPUTS
 from gliofed.vocab import MARKER_CLASSES, REGIONS, SEG_CLASSES
 
-__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec"]
+__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec", "OneDNNConv3d", "prefer_onednn"]
 
 #: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
 HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
@@ -39,6 +39,36 @@ def norm_layer_spec(norm: str | tuple, features: Sequence[int]) -> str | tuple:
     if norm == "group":
         return ("group", {"num_groups": math.gcd(MAX_GROUPS, *[int(f) for f in features])})
     return norm
+
+
+class OneDNNConv3d(nn.Conv3d):
+    """A :class:`torch.nn.Conv3d` that, for float32 on the CPU, always takes oneDNN's convolution.
+
+    PyTorch picks its CPU kernel by a size rule: a float32 3D convolution of a single small volume (batch 1, fewer
+    than 20,480 values of batch x channels x depth x height) goes to the generic ``slow_conv3d`` (im2col + GEMM),
+    about 6x slower here than oneDNN on the same input (benchmarks/RESULTS.md), while a batch of two takes oneDNN.
+    Scoring, condensation and Grad-CAM read one case at a time, and CPU workshops use small volumes, so that rule
+    chose the slow kernel for most of their work. The weights, the state dict, every other device and dtype and
+    autocast are unchanged; the outputs agree with the generic kernel's to float32 rounding.
+    """
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (input.device.type == "cpu" and input.dtype == torch.float32 and weight.dtype == torch.float32
+                and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"
+                and isinstance(self.padding, tuple) and torch.backends.mkldnn.is_available()
+                and torch.backends.mkldnn.enabled):
+            return torch.ops.aten.mkldnn_convolution(input, weight, bias, list(self.padding), list(self.stride),
+                                                     list(self.dilation), self.groups)
+        return super()._conv_forward(input, weight, bias)
+
+
+def prefer_onednn(module: nn.Module) -> nn.Module:
+    """Make every plain :class:`torch.nn.Conv3d` of ``module`` a :class:`OneDNNConv3d` (in place: the same
+    parameters, buffers and hooks; only the class changes). Returns ``module``."""
+    for layer in module.modules():
+        if type(layer) is nn.Conv3d:
+            layer.__class__ = OneDNNConv3d
+    return module
 
 
 class _Down(nn.Module):
@@ -138,6 +168,7 @@ class MultiTaskUNet(nn.Module):
                            heads=dict(heads or HEADS))
         if seg_output != "classes":  # a classes model's config stays as earlier gliofed versions wrote it
             self.config["seg_output"] = seg_output
+        prefer_onednn(self)
 
     def forward(self, x: torch.Tensor, return_features: bool = False) -> dict[str, torch.Tensor]:
         x0 = self.conv_0(x)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # torch is imported where a tensor is made: predict's argumen
 
 __all__ = ["SEG_OUTPUTS", "seg_output_of", "region_targets", "seg_probabilities", "to_classes",
            "SegmentationInference", "predict_volume", "postprocess_mask", "POSTPROCESS_CANDIDATES",
-           "choose_postprocessing", "region_dice"]
+           "choose_postprocessing", "PostprocessingChoice", "region_dice"]
 
 #: the forms a segmentation head may output: one softmax over the four classes, or one sigmoid per region
 SEG_OUTPUTS = ("classes", "regions")
@@ -213,6 +213,36 @@ def region_dice(predicted: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return scores
 
 
+class PostprocessingChoice:
+    """:func:`choose_postprocessing` one case at a time: :meth:`add` each training case's (predicted, true) class
+    maps as they are predicted (nothing is kept but one running sum per option), then :meth:`result`.
+
+    Args:
+        candidates: smallest component sizes to try, in voxels (default :data:`POSTPROCESS_CANDIDATES`).
+    """
+
+    def __init__(self, candidates: Sequence[int] = POSTPROCESS_CANDIDATES):
+        self.options = [(int(c), False) for c in sorted(set(candidates))] + [(0, True)]
+        self.sums = np.zeros(len(self.options))
+        self.n = 0
+
+    def add(self, predicted: np.ndarray, truth: np.ndarray) -> None:
+        """Score every option on one case: its predicted and true class maps, in the preprocessed grid."""
+        self.n += 1
+        for i, (min_voxels, largest) in enumerate(self.options):
+            cleaned = postprocess_mask(predicted, min_voxels, largest)
+            self.sums[i] += float(np.mean(list(region_dice(cleaned, truth).values())))
+
+    def result(self) -> dict:
+        """The choice over the cases added so far (see :func:`choose_postprocessing`)."""
+        n = self.n
+        scores = [{"min_voxels": m, "keep_largest": k, "dice": float(s / n) if n else float("nan")}
+                  for (m, k), s in zip(self.options, self.sums)]
+        best = int(np.argmax(self.sums)) if n else 0
+        return {"min_voxels": self.options[best][0], "keep_largest": self.options[best][1], "scores": scores,
+                "cases": n}
+
+
 def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray]],
                           candidates: Sequence[int] = POSTPROCESS_CANDIDATES) -> dict:
     """Choose the post-processing on training cases: every candidate smallest component (and keeping only the largest
@@ -227,15 +257,7 @@ def choose_postprocessing(cases: Iterable[tuple[np.ndarray, np.ndarray]],
         ``{"min_voxels": int, "keep_largest": bool, "scores": [{"min_voxels", "keep_largest", "dice"} ...],
         "cases": n}``; off (``min_voxels`` 0) when there is no case.
     """
-    options = [(int(c), False) for c in sorted(set(candidates))] + [(0, True)]
-    sums = np.zeros(len(options))
-    n = 0
+    choice = PostprocessingChoice(candidates)
     for predicted, truth in cases:
-        n += 1
-        for i, (min_voxels, largest) in enumerate(options):
-            cleaned = postprocess_mask(predicted, min_voxels, largest)
-            sums[i] += float(np.mean(list(region_dice(cleaned, truth).values())))
-    scores = [{"min_voxels": m, "keep_largest": k, "dice": float(s / n) if n else float("nan")}
-              for (m, k), s in zip(options, sums)]
-    best = int(np.argmax(sums)) if n else 0
-    return {"min_voxels": options[best][0], "keep_largest": options[best][1], "scores": scores, "cases": n}
+        choice.add(predicted, truth)
+    return choice.result()

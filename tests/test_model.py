@@ -75,3 +75,46 @@ def test_group_norm_output_of_a_case_does_not_depend_on_its_batch():
     torch.testing.assert_close(net(x[:1])["seg"], net(x)["seg"][:1], atol=1e-5, rtol=1e-5)
     batch_norm = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).train()  # train-mode BatchNorm mixes cases
     assert not torch.allclose(batch_norm(x[:2])["seg"][:1], batch_norm(x)["seg"][:1], atol=1e-3)
+
+
+def _kernels(net, x) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        net(x)
+    return {event.key for event in prof.key_averages()}
+
+
+def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outputs_and_gradients():
+    from gliofed.model import OneDNNConv3d
+
+    torch.manual_seed(0)
+    net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).eval()
+    convs = [layer for layer in net.modules() if isinstance(layer, torch.nn.Conv3d)
+             and not isinstance(layer, torch.nn.ConvTranspose3d)]
+    assert convs and all(type(layer) is OneDNNConv3d for layer in convs)
+    assert list(net.state_dict()) == list(MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).state_dict())
+    x = torch.randn(1, 4, 6, 24, 24)  # batch 1, small: PyTorch's size rule alone would pick slow_conv3d
+    kernels = _kernels(net, x)
+    assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
+
+    fast_in = x.clone().requires_grad_(True)
+    fast = net(fast_in)
+    (fast["seg"].square().mean() + fast["idh"].sum()).backward()
+    fast_grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    torch.backends.mkldnn.enabled = False  # the generic kernel, as PyTorch's rule picks it
+    try:
+        assert "aten::slow_conv3d_forward" in _kernels(net, x)
+        slow_in = x.clone().requires_grad_(True)
+        slow = net(slow_in)
+        (slow["seg"].square().mean() + slow["idh"].sum()).backward()
+    finally:
+        torch.backends.mkldnn.enabled = True
+    for name in ("seg", *HEADS):
+        torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(fast_in.grad, slow_in.grad, atol=1e-6, rtol=1e-4)
+    compared = [(mine, p.grad) for mine, p in zip(fast_grads, net.parameters()) if p.grad is not None]
+    assert len(compared) > 10 and all(mine is not None for mine, _ in compared)
+    for mine, reference in compared:
+        torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-4)

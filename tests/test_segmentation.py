@@ -274,3 +274,29 @@ def test_training_records_the_chosen_post_processing_and_predict_applies_it(tiny
     predictor = Predictor(tiny_run, device="cpu")
     assert (predictor.min_voxels, predictor.keep_largest) == (recorded["min_voxels"], recorded["keep_largest"])
     assert Predictor(tiny_run, device="cpu", min_voxels=0, keep_largest=False).min_voxels == 0
+
+
+def test_choosing_post_processing_case_by_case_is_the_same_choice():
+    from gliofed.segmentation import PostprocessingChoice
+
+    cases = [_case(3), _case(5), _case(2), _case(0, true_lesion=3)]
+    choice = PostprocessingChoice(candidates=(0, 4, 8, 16))
+    for predicted, truth in cases:
+        choice.add(predicted, truth)
+    assert choice.result() == choose_postprocessing(cases, candidates=(0, 4, 8, 16))
+    assert PostprocessingChoice().result()["cases"] == 0 and PostprocessingChoice().result()["min_voxels"] == 0
+
+
+def test_one_prediction_of_the_training_split_chooses_thresholds_and_post_processing_as_two_would(tiny_run,
+                                                                                                 tiny_cache):
+    from gliofed.experiments.comparison import training_choices, training_postprocessing, training_thresholds
+    from gliofed.runs import load_checkpoint
+
+    model, config, state = load_checkpoint(tiny_run)
+    thresholds, postprocessing = training_choices(model, tiny_cache, config, "f1")
+    assert thresholds == training_thresholds(model, tiny_cache, config, "f1")
+    assert postprocessing == training_postprocessing(model, tiny_cache, config)
+    assert postprocessing["cases"] > 0
+    # and the run folder recorded exactly these (train_and_save makes one pass)
+    assert state["extra"]["postprocessing"] == training_postprocessing(model, tiny_cache, config)
+    assert state["thresholds"] == training_thresholds(model, tiny_cache, config)
