@@ -13,6 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_cpu_convolution  # noqa: E402
 import bench_data  # noqa: E402
 import bench_round_overhead  # noqa: E402
 import bench_train  # noqa: E402
@@ -79,3 +80,18 @@ def test_round_overhead_clock_counts_nested_work_once():
         pass
     taken = clock.take()
     assert taken["training"] == 0.0 and taken["model copies"] > 0.0 and clock.take()["model copies"] == 0.0
+
+
+def test_the_cpu_convolution_benchmark_compares_both_kernels_on_one_case(monkeypatch, capsys):
+    from gliofed.model import MultiTaskUNet, OneDNNConv3d
+
+    net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8)
+    plain = bench_cpu_convolution.generic(net)
+    assert not any(isinstance(layer, OneDNNConv3d) for layer in plain.modules())
+    assert any(isinstance(layer, OneDNNConv3d) for layer in net.modules())  # the original is untouched
+    monkeypatch.setattr(bench_cpu_convolution, "SHAPES", (("tiny", (1, 4, 3, 16, 16)),))
+    monkeypatch.setattr(sys, "argv", ["bench_cpu_convolution.py", "--turns", "1", "--repeats", "1"])
+    bench_cpu_convolution.main()
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tiny")]
+    assert [row.split(" | ")[1] for row in rows] == ["forward", "forward + backward"]
+    assert all(row.split(" | ")[4].endswith("x") for row in rows)
