@@ -50,7 +50,7 @@ class TrainConfig:
             ``"batch"``).
         eval_batch: cases of one shape per forward pass when a run scores its model (per-round curves, final
             predictions): an int, or ``"auto"`` (default: 8 on CUDA; 1 on the CPU, where batched passes are faster
-            but not bit-identical to single ones, so the CPU keeps the numbers of earlier versions).
+            but not bit-identical to single ones, so the CPU scores one case at a time, as it always has).
         depth_multiple: rounding of the automatic fixed depth (default 1: the deepest case itself, no voxel of
             padding more than needed; e.g. 16 lets caches whose deepest cases differ a little share compiled code).
         modalities: input contrasts (default all four; see :data:`gliofed.data.MODALITY_SETS`).

@@ -647,7 +647,7 @@ def fit_private(model: torch.nn.Module, train_set: Dataset, config: TrainConfig,
 
 def eval_batch_size(config: TrainConfig, device: torch.device | str) -> int:
     """Cases per forward pass when scoring: ``config.eval_batch``, ``"auto"`` -> 8 on CUDA, 1 on the CPU (batched
-    forward passes are not bit-identical to single ones, and the CPU keeps the numbers of earlier versions)."""
+    forward passes are not bit-identical to single ones; the CPU scores one case at a time, as it always has)."""
     if config.eval_batch != "auto":
         return int(config.eval_batch)
     return 8 if torch.device(device).type == "cuda" else 1
@@ -685,8 +685,9 @@ def predict(model: torch.nn.Module, dataset: Dataset, device: str | torch.device
     one whole-volume pass; sliding windows, test-time flips). ``batch_size`` (default 1): up to this many cases of
     one shape per forward pass (a cache's index gives the shapes; faster, especially on a GPU, but not bit-identical
     to single cases: see :func:`eval_batch_size`). ``on_class_map`` is called with the (predicted, true) class maps
-    ((D, H, W) numpy arrays) of every case with a mask, as it is predicted (e.g.
-    :meth:`~gliofed.segmentation.PostprocessingChoice.add`, which chooses the post-processing in the same pass).
+    ((D, H, W) numpy arrays) of every case with a mask, as it is predicted (dataset order with ``batch_size`` 1,
+    grouped by shape otherwise), e.g. :meth:`~gliofed.segmentation.PostprocessingChoice.add`, which chooses the
+    post-processing in the same pass.
     """
     device = resolve_device(device) if isinstance(device, str) else device
     model.eval().to(device)
@@ -745,9 +746,10 @@ def _score_case(outputs: dict, predicted: torch.Tensor, seg: torch.Tensor, has_m
 @torch.no_grad()
 def postprocessing_for(model: torch.nn.Module, dataset: Dataset, device: str | torch.device = "auto",
                        inference: SegmentationInference | None = None,
-                       candidates=POSTPROCESS_CANDIDATES, progress: bool = False) -> dict:
+                       candidates=POSTPROCESS_CANDIDATES, progress: bool = False, amp: bool = True) -> dict:
     """Choose the post-processing of ``model`` on ``dataset`` (its training cases): each case with a mask is predicted
-    once and :func:`~gliofed.segmentation.choose_postprocessing` tries every candidate on it.
+    once, as :func:`predict` predicts it (bf16 autocast on CUDA with ``amp``), and
+    :func:`~gliofed.segmentation.choose_postprocessing` tries every candidate on it.
 
     Returns:
         ``{"min_voxels", "keep_largest", "scores", "cases"}`` (see :func:`~gliofed.segmentation.choose_postprocessing`).
@@ -762,7 +764,8 @@ def postprocessing_for(model: torch.nn.Module, dataset: Dataset, device: str | t
             if not bool(torch.as_tensor(batch["has_mask"])[0]):
                 continue
             image, seg, _, _ = _to_device(batch, device, channels_last=False)
-            probabilities, _ = predict_volume(model, image, inference, seg_output)
+            with _autocast(device, amp):
+                probabilities, _ = predict_volume(model, image, inference, seg_output)
             yield to_classes(probabilities, seg_output)[0].cpu().numpy(), seg[0, 0].cpu().numpy()
 
     return choose_postprocessing(cases(), candidates)

@@ -48,12 +48,15 @@ class OneDNNConv3d(nn.Conv3d):
     than 20,480 values of batch x channels x depth x height) goes to the generic ``slow_conv3d`` (im2col + GEMM),
     about 6x slower here than oneDNN on the same input (benchmarks/RESULTS.md), while a batch of two takes oneDNN.
     Scoring, condensation and Grad-CAM read one case at a time, and CPU workshops use small volumes, so that rule
-    chose the slow kernel for most of their work. The weights, the state dict, every other device and dtype and
-    autocast are unchanged; the outputs agree with the generic kernel's to float32 rounding.
+    chose the slow kernel for most of their work. The weights, the state dict, every other device and dtype,
+    autocast, ``torch.compile`` (which traces the plain convolution), unbatched inputs and tensors that need 64-bit
+    indexing are unchanged; the outputs agree with the generic kernel's to float32 rounding (so a seeded CPU run's
+    numbers moved at that level when this class came in). Transposed convolutions are not affected.
     """
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if (input.device.type == "cpu" and input.dtype == torch.float32 and weight.dtype == torch.float32
+        if (input.device.type == "cpu" and input.dim() == 5 and input.dtype == torch.float32
+                and weight.dtype == torch.float32 and input.numel() < 2**31 and not torch.compiler.is_compiling()
                 and not torch.is_autocast_enabled("cpu") and self.padding_mode == "zeros"
                 and isinstance(self.padding, tuple) and torch.backends.mkldnn.is_available()
                 and torch.backends.mkldnn.enabled):

@@ -85,15 +85,30 @@ def _kernels(net, x) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
-def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outputs_and_gradients():
+def _plain(net):
+    """A copy of ``net`` with plain ``torch.nn.Conv3d`` layers (PyTorch's kernel choice)."""
+    import copy
+
+    from gliofed.model import OneDNNConv3d
+
+    twin = copy.deepcopy(net)
+    for layer in twin.modules():
+        if type(layer) is OneDNNConv3d:
+            layer.__class__ = torch.nn.Conv3d
+    return twin
+
+
+def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outputs_and_gradients(monkeypatch):
     from gliofed.model import OneDNNConv3d
 
     torch.manual_seed(0)
     net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).eval()
     convs = [layer for layer in net.modules() if isinstance(layer, torch.nn.Conv3d)
              and not isinstance(layer, torch.nn.ConvTranspose3d)]
-    assert convs and all(type(layer) is OneDNNConv3d for layer in convs)
-    assert list(net.state_dict()) == list(MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).state_dict())
+    assert len(convs) == 15 and all(type(layer) is OneDNNConv3d for layer in convs)
+    plain = _plain(net)
+    assert not any(isinstance(layer, OneDNNConv3d) for layer in plain.modules())
+    assert list(net.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     x = torch.randn(1, 4, 6, 24, 24)  # batch 1, small: PyTorch's size rule alone would pick slow_conv3d
     kernels = _kernels(net, x)
     assert "aten::mkldnn_convolution" in kernels and "aten::slow_conv3d_forward" not in kernels
@@ -103,14 +118,13 @@ def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outpu
     (fast["seg"].square().mean() + fast["idh"].sum()).backward()
     fast_grads = [None if p.grad is None else p.grad.clone() for p in net.parameters()]
     net.zero_grad()
-    torch.backends.mkldnn.enabled = False  # the generic kernel, as PyTorch's rule picks it
-    try:
-        assert "aten::slow_conv3d_forward" in _kernels(net, x)
-        slow_in = x.clone().requires_grad_(True)
-        slow = net(slow_in)
-        (slow["seg"].square().mean() + slow["idh"].sum()).backward()
-    finally:
-        torch.backends.mkldnn.enabled = True
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # the generic kernel, as PyTorch's rule picks it
+    assert "aten::slow_conv3d_forward" in _kernels(net, x)
+    slow_in = x.clone().requires_grad_(True)
+    slow = net(slow_in)
+    (slow["seg"].square().mean() + slow["idh"].sum()).backward()
+    monkeypatch.undo()
+    assert torch.backends.mkldnn.enabled
     for name in ("seg", *HEADS):
         torch.testing.assert_close(fast[name], slow[name], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(fast_in.grad, slow_in.grad, atol=1e-6, rtol=1e-4)
@@ -118,3 +132,19 @@ def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outpu
     assert len(compared) > 10 and all(mine is not None for mine, _ in compared)
     for mine, reference in compared:
         torch.testing.assert_close(mine, reference, atol=1e-5, rtol=1e-4)
+
+
+def test_onednn_convolutions_leave_compile_unbatched_inputs_and_autocast_as_pytorch_has_them():
+    from gliofed.model import OneDNNConv3d
+
+    torch.manual_seed(0)
+    net = MultiTaskUNet(features=(4, 8, 16, 32), hidden=8).eval()
+    x = torch.randn(1, 4, 3, 16, 16)
+    with torch.no_grad():
+        eager = net(x)["seg"]
+        compiled = torch.compile(net, backend="eager")(x)["seg"]  # traces the plain convolution
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-4)
+    conv = net.conv_0.conv_0.conv
+    assert type(conv) is OneDNNConv3d
+    single = torch.randn(4, 3, 8, 8)  # unbatched (C, D, H, W), as torch.nn.Conv3d accepts it
+    torch.testing.assert_close(conv(single), conv(single[None])[0], atol=1e-5, rtol=1e-4)

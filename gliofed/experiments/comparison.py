@@ -107,7 +107,8 @@ def training_thresholds(model: torch.nn.Module, cache_dir: str | Path, config: T
 def training_choices(model: torch.nn.Module, cache_dir: str | Path, config: TrainConfig, method: str = "youden",
                      external_site: str | None = None) -> tuple[dict, dict]:
     """:func:`training_thresholds` and :func:`training_postprocessing` from one prediction of the training split
-    (each case is predicted once; the same choices as the two calls, at half the cost).
+    (each case is predicted once, as :func:`~gliofed.engine.predict` predicts it; the same choices as the two calls,
+    at half the cost).
 
     Returns:
         (the thresholds record, the post-processing record).
