@@ -102,12 +102,16 @@ class Design:
 
 #: the distillation rounds of the dev and prereg designs; every other arm's rounds follow from the compute budget
 DISTILL_ROUNDS = 3
-#: rounds per local epochs at the site-CPU budget (PREREGISTRATION.md section 5: floor(3 x 40.3 / (E x 8.3)))
-ROUNDS_CPU = {1: 14, 2: 7, 3: 4}
-#: rounds per local epochs at the voxel-pass budget (floor(3 x 9.22 / (E x 4.81)))
+#: rounds per local epochs at the site-CPU budget: floor(3 x 12.0 / (E x 6.67)), from the calibration of 2026-12-05
+#: 06:22 UTC on fa0e5a5 (seed 10, one round per arm, 1 torch thread, idle; benchmarks/RESULTS.md). The calibration of
+#: 2026-12-04 (distillation 40.3 site CPU s a round, FedAvg 8.3: 14 / 7 / 4 rounds) predates OneDNNConv3d, which made
+#: distillation's single-case passes about 6x faster and left FedAvg's batches as they were.
+ROUNDS_CPU = {1: 5, 2: 2, 3: 1}
+#: rounds per local epochs at the voxel-pass budget (floor(3 x 9.22 / (E x 4.81)); voxel passes do not depend on the
+#: kernel)
 ROUNDS_VP = {1: 5, 2: 2, 3: 1}
-#: centralized epochs at the site-CPU budget (floor(3 x 40.3 / 9.5))
-CENTRALIZED_EPOCHS = 12
+#: centralized epochs at the site-CPU budget (floor(3 x 12.0 / 7.21))
+CENTRALIZED_EPOCHS = 4
 
 CONTROL_ARMS = (Arm("probe_summary", "probe_summary"), Arm("probe_means", "probe_means"),
                 Arm("site_only", "site_only"))
