@@ -24,13 +24,9 @@ SHAPES = (("tiny", (1, 4, 14, 32, 32)), ("workshop", (1, 4, 26, 48, 48)), ("full
 
 def generic(model: torch.nn.Module) -> torch.nn.Module:
     """A copy of ``model`` whose convolutions are plain ``torch.nn.Conv3d`` again (PyTorch picks the kernel)."""
-    from gliofed.model import OneDNNConv3d
+    from gliofed.model import plain_convolutions
 
-    twin = copy.deepcopy(model)
-    for layer in twin.modules():
-        if type(layer) is OneDNNConv3d:
-            layer.__class__ = torch.nn.Conv3d
-    return twin
+    return plain_convolutions(copy.deepcopy(model))
 
 
 def seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int, backward: bool) -> float:

@@ -13,7 +13,8 @@ from torch import nn
 from gliofed.segmentation import SEG_OUTPUTS
 from gliofed.vocab import MARKER_CLASSES, REGIONS, SEG_CLASSES
 
-__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec", "OneDNNConv3d", "prefer_onednn"]
+__all__ = ["MultiTaskUNet", "HEADS", "NORMS", "build_model", "norm_layer_spec", "OneDNNConv3d", "prefer_onednn",
+           "plain_convolutions"]
 
 #: classification heads and their class counts: idh 2, codeletion 2, mgmt 2, grade 3
 HEADS: dict[str, int] = {marker: len(classes) for marker, classes in MARKER_CLASSES.items()}
@@ -71,6 +72,16 @@ def prefer_onednn(module: nn.Module) -> nn.Module:
     for layer in module.modules():
         if type(layer) is nn.Conv3d:
             layer.__class__ = OneDNNConv3d
+    return module
+
+
+def plain_convolutions(module: nn.Module) -> nn.Module:
+    """The inverse of :func:`prefer_onednn`: every :class:`OneDNNConv3d` of ``module`` becomes a plain
+    :class:`torch.nn.Conv3d` again, so that PyTorch picks the kernel (in place; benchmarks and tests compare the
+    two). Returns ``module``."""
+    for layer in module.modules():
+        if type(layer) is OneDNNConv3d:
+            layer.__class__ = nn.Conv3d
     return module
 
 

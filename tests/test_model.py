@@ -85,19 +85,6 @@ def _kernels(net, x) -> set[str]:
     return {event.key for event in prof.key_averages()}
 
 
-def _plain(net):
-    """A copy of ``net`` with plain ``torch.nn.Conv3d`` layers (PyTorch's kernel choice)."""
-    import copy
-
-    from gliofed.model import OneDNNConv3d
-
-    twin = copy.deepcopy(net)
-    for layer in twin.modules():
-        if type(layer) is OneDNNConv3d:
-            layer.__class__ = torch.nn.Conv3d
-    return twin
-
-
 def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outputs_and_gradients(monkeypatch):
     from gliofed.model import OneDNNConv3d
 
@@ -106,7 +93,11 @@ def test_a_single_small_cpu_volume_takes_onednn_convolutions_with_the_same_outpu
     convs = [layer for layer in net.modules() if isinstance(layer, torch.nn.Conv3d)
              and not isinstance(layer, torch.nn.ConvTranspose3d)]
     assert len(convs) == 15 and all(type(layer) is OneDNNConv3d for layer in convs)
-    plain = _plain(net)
+    import copy
+
+    from gliofed.model import plain_convolutions
+
+    plain = plain_convolutions(copy.deepcopy(net))
     assert not any(isinstance(layer, OneDNNConv3d) for layer in plain.modules())
     assert list(net.state_dict()) == list(plain.state_dict())  # checkpoints load either way
     x = torch.randn(1, 4, 6, 24, 24)  # batch 1, small: PyTorch's size rule alone would pick slow_conv3d
