@@ -154,9 +154,13 @@ TUNING_GRID: dict[str, tuple[Arm, ...]] = {
                 Arm("distill-server-lr-1e-4", "distill", DISTILL_ROUNDS, distill={"server_lr": 1e-4})),
 }
 
-#: the configuration chosen per tuned strategy on the development seeds (PREREGISTRATION.md section 10); None until
-#: the tuning has run and its choice is recorded there
-CHOSEN: dict[str, str] | None = None
+#: the configuration chosen per tuned strategy on the development seeds 10-11 (the dev design's merge, main e2f0703,
+#: ``benchmarks/results/comparison_dev_tuning.csv``; PREREGISTRATION.md, issue 25, section 6)
+CHOSEN: dict[str, str] | None = {"fedavg": "fedavg-e1", "fedprox": "fedprox-e1", "fedavgm": "fedavgm-e1-lr1-m0.5",
+                                 "fedadam": "fedadam-e1-lr3e-3", "fedbn": "fedbn-e1",
+                                 "distill": "distill-server-epochs-20"}
+#: the centralized learnability reference: 3x the matched budget's epochs (not budget-matched; PREREGISTRATION.md)
+CENTRALIZED_REFERENCE_EPOCHS = 3 * CENTRALIZED_EPOCHS
 
 
 def prereg_design(chosen: dict[str, str]) -> Design:
@@ -164,7 +168,8 @@ def prereg_design(chosen: dict[str, str]) -> Design:
     :data:`TUNING_GRID`)."""
     grid = {arm.name: arm for arms in TUNING_GRID.values() for arm in arms}
     picked = {strategy: grid[name] for strategy, name in chosen.items()}
-    arms = [Arm("centralized", "centralized", CENTRALIZED_EPOCHS), Arm("local", "local", ROUNDS_CPU[1])]
+    arms = [Arm("centralized", "centralized", CENTRALIZED_EPOCHS),
+            Arm("centralized_12", "centralized", CENTRALIZED_REFERENCE_EPOCHS), Arm("local", "local", ROUNDS_CPU[1])]
     for strategy in ("fedavg", "fedprox", "fedavgm", "fedadam", "fedbn"):
         arm = dataclasses.replace(picked[strategy], name=strategy)
         if strategy == "fedavg":
@@ -182,7 +187,8 @@ def prereg_design(chosen: dict[str, str]) -> Design:
     pairs = ([("distill", b) for b in baselines] + [("centralized", "distill"), ("centralized", "fedavg")]
              + [(a, "local") for a in (*baselines, "distill")]
              + [("distill", "distill_0step"), ("distill", "distill_noise")]
-             + [(a, c) for c in ("probe_summary", "site_only") for a in ("centralized", "distill", "fedavg")]
+             + [(a, c) for c in ("probe_summary", "site_only")
+                for a in ("centralized", "centralized_12", "distill", "fedavg")]
              + [("distill", "fedavg@vp"), ("fedavg_fp16", "fedavg")])
     return Design(seeds=tuple(range(200, 210)), cohorts=("workshop", "hard"), arms=tuple(arms), pairs=tuple(pairs),
                   test_seeds={"workshop": 9000, "hard": 9001}, test_per_site=40)
@@ -199,6 +205,14 @@ DESIGNS: dict[str, Design] = {
     # are used for nothing else)
     "cohort_check": Design(seeds=(20, 21), cohorts=("workshop", "hard"), test_seeds={"workshop": 8100, "hard": 8101},
                            arms=(Arm("centralized", "centralized", 12), *CONTROL_ARMS)),
+    # the A0 check of the hard cohort (PREREGISTRATION.md, issue 25): one variant at the matched budget (centralized
+    # 4 epochs, FedAvg 5 x 1) and at 12 epochs, with the summary probe and the site-only baseline (seed 20, test
+    # cohort 8101)
+    "cohort_check_quick": Design(seeds=(20,), cohorts=("hard",), test_seeds={"workshop": 8100, "hard": 8101},
+                                 arms=(Arm("centralized", "centralized", CENTRALIZED_EPOCHS),
+                                       Arm("centralized_12", "centralized", 12),
+                                       Arm("fedavg", "fedavg", ROUNDS_CPU[1], local_epochs=1),
+                                       CONTROL_ARMS[0], CONTROL_ARMS[2])),
     # the smallest setting: the test's
     "smoke": Design(seeds=(0, 1), cohorts=("workshop",), preset="tiny", cases_per_site=None, size=24,
                     test_per_site=3, small_model=True, test_seeds={"workshop": 7000, "hard": 7001},

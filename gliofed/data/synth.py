@@ -32,14 +32,20 @@ Cue families (``cues``)
     * ``"morphology"`` (the harder cohort): every lesion class (core, oedema, enhancing) keeps one intensity
       table and one relative texture amplitude whatever the markers, and lesion volumes, the enhancing share of
       the core and the tumour's place (deep white matter) are drawn alike for every profile. Each marker is a
-      choice between two **mirror images** (x -> -x) of one structure: IDH turns the streaks of the oedema's texture
-      along one in-plane diagonal or the other; grade IV against II/III those of the core, grade III against II
-      those of the enhancing nodule; 1p/19q elongates the whole lesion along one diagonal or the other; MGMT (a
-      weak cue, shown in 80 % of subjects) tilts its long axis up or down. Mirror images have equal intensity
-      statistics, also after any axis-aligned resize, so per-class means and spreads cannot tell the classes
-      apart; a network that sees orientation can. All sites draw markers from one shared mix
-      (:data:`SHARED_MIX`), so prevalence does not depend on the site; label availability, masks and scanners stay
-      per site.
+      choice between two **up-down mirror images** (z -> -z) of one structure, all in the sagittal (y-z) plane:
+      IDH turns the streaks of the oedema's texture along one sagittal diagonal or the other; grade IV against
+      II/III those of the core, grade III against II those of the enhancing nodule; 1p/19q elongates the whole
+      lesion along one diagonal or the other. MGMT has **no image cue** (it is scored, as a marker that an image
+      cannot tell, though it correlates with IDH in :data:`SHARED_MIX`). Each subject's anatomy is itself mirrored
+      up-down at random, whatever its markers. Why up-down: preprocessing resizes in-plane only (the cache keeps
+      depth), slice by slice, so mirroring a subject up-down mirrors its preprocessed volume and leaves every
+      per-class mean, spread and fraction as it was, and the mirror maps one cue to the other; the left-right axis
+      is flipped at random by training augmentation (a left-right cue would be erased), and a front-back cue meets
+      the in-plane resize, which shifts the nearest-neighbour mask against the area-averaged image by a fraction
+      of a voxel in a fixed direction (such a cue gave a summary-statistics probe an IDH AUC of 0.74-0.87,
+      ``benchmarks/RESULTS.md``). So per-class means and spreads cannot tell the classes apart; a network that sees
+      orientation can. All sites draw markers from one shared mix (:data:`SHARED_MIX`), so prevalence does not
+      depend on the site; label availability, masks and scanners stay per site.
 
 Sites (:data:`SITES`) follow the five institutions of the seed's Table 2: case counts, grade mix,
 marker prevalence, which labels are recorded, whether masks exist (REMBRANDT has none), and a scanner
@@ -435,24 +441,24 @@ _MORPHOLOGY_LESION = {
     "enhancing": (0.55, 1.50, 0.75, 0.85),  # label 4
 }
 #: relative texture amplitude inside every lesion class (the class's spread is this x its mean, in every subject)
-_MORPHOLOGY_TEXTURE = 0.3
-#: texture correlation lengths (mm): along the streaks, across them in-plane, in depth
-_STREAK_MM = (20.0, 6.0, 6.0)
-#: lesion axes relative to its radius: along the long in-plane diagonal, across it, in depth (volume kept: product 1)
+_MORPHOLOGY_TEXTURE = 0.7
+#: texture correlation lengths (mm): along the streaks (a sagittal diagonal), across them in the sagittal plane, and
+#: left-right
+_STREAK_MM = (48.0, 12.0, 12.0)
+#: lesion axes relative to its radius: along the long sagittal diagonal, across it, left-right (volume kept: product 1)
 _ELONGATION = (1.4, 1 / 1.4, 1.0)
 
 
 def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.random.Generator) -> dict[str, float]:
-    """Cues of a subject in the ``"morphology"`` cohort. Every cue is a choice between two mirror images (x -> -x):
-    a streak or elongation along one in-plane diagonal or the other (sign +1 / -1). Sizes are drawn alike for every
-    profile."""
+    """Cues of a subject in the ``"morphology"`` cohort. Every cue is a choice between two up-down mirror images
+    (z -> -z): a streak or elongation along one sagittal diagonal (y = z, sign +1) or the other (y = -z, sign -1).
+    MGMT has none. Sizes are drawn alike for every profile."""
     shown = dict(truth)
     if rng.random() < 0.05 + 0.3 * difficulty:  # atypical presentation, as in the default cohort
         shown["grade"] = int(np.clip(shown["grade"] + rng.choice([-1, 1]), 0, 2))
     if rng.random() < 0.03 + 0.2 * difficulty:
         shown["idh"] = 1 - shown["idh"]
         shown["codeletion"] = 0
-    mgmt_shown = truth["mgmt"] if rng.random() < 0.8 else 1 - truth["mgmt"]  # MGMT: a weak cue by design
     sign = lambda flag: 1.0 if flag else -1.0  # noqa: E731
     return {
         "radius_mm": float(rng.uniform(16, 24)),
@@ -463,7 +469,6 @@ def _phenotype_morphology(truth: dict[str, int], difficulty: float, rng: np.rand
         # grade III against II: the enhancing part's texture diagonal (grade IV: either, at random)
         "enhancing_streaks": sign(shown["grade"] == 1) if shown["grade"] < 2 else float(rng.choice([-1.0, 1.0])),
         "elongation": sign(shown["codeletion"]),              # 1p/19q: the whole lesion's long diagonal
-        "tilt": sign(mgmt_shown) * 0.25,                      # MGMT: the long axis tilts up or down, a little
     }
 
 
@@ -480,10 +485,9 @@ def _smallest(score: np.ndarray, allowed: np.ndarray, count: int) -> np.ndarray:
 
 def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dict[str, float],
                                rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Core, oedema and enhancing regions: an ellipsoidal lesion elongated along an in-plane diagonal
-    (``pheno["elongation"]``: +1 along x = y, -1 along x = -y), its long axis tilted in depth by ``pheno["tilt"]``;
-    volumes that do not depend on the markers (boundaries moved at a fixed volume); the enhancing part one compact
-    nodule in the core."""
+    """Core, oedema and enhancing regions: an ellipsoidal lesion elongated along a sagittal diagonal
+    (``pheno["elongation"]``: +1 along y = z, -1 along y = -z); volumes that do not depend on the markers
+    (boundaries moved at a fixed volume); the enhancing part one compact nodule in the core."""
     shape = maps.shape[1:]
     brain = maps.sum(0) > 0.5
     depth = ndimage.distance_transform_edt(brain, sampling=spacing)
@@ -497,10 +501,9 @@ def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dic
                                  indexing="ij"))
     jitter = np.deg2rad(rng.uniform(-8, 8))
     angle = np.pi / 4 * pheno["elongation"] + jitter
-    long_axis = np.array([np.cos(angle), np.sin(angle), pheno["tilt"]])
-    long_axis /= np.linalg.norm(long_axis)
-    across = np.array([-np.sin(angle), np.cos(angle), 0.0])
-    up = np.cross(long_axis, across)
+    long_axis = np.array([0.0, np.cos(angle), np.sin(angle)])
+    across = np.array([0.0, -np.sin(angle), np.cos(angle)])
+    up = np.array([1.0, 0.0, 0.0])  # the third axis: left-right
     scales = np.array(_ELONGATION) * rng.uniform(0.92, 1.08, 3) * pheno["radius_mm"]
     coords = [np.tensordot(axis, grids, axes=1) / scale for axis, scale in zip((long_axis, across, up), scales)]
     r = np.sqrt(sum(c**2 for c in coords)).astype(np.float32)
@@ -519,15 +522,15 @@ def _tumour_regions_morphology(maps: np.ndarray, spacing: np.ndarray, pheno: dic
 
 
 def _streaks(shape: tuple[int, ...], spacing: np.ndarray, diagonal: float, rng: np.random.Generator) -> np.ndarray:
-    """Zero-mean Gaussian texture stretched along the in-plane diagonal x = y (``diagonal`` > 0) or x = -y: white
-    noise filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and in
-    depth. The two textures are mirror images (x -> -x), so they have the same power, and the same power left after
-    any axis-aligned resampling (a preprocessing resize cannot tell them apart by their spread)."""
-    long_mm, short_mm, depth_mm = _STREAK_MM
-    direction = np.array([1.0, 1.0 if diagonal > 0 else -1.0, 0.0]) / math.sqrt(2)
-    across = np.array([1.0, -1.0 if diagonal > 0 else 1.0, 0.0]) / math.sqrt(2)
+    """Zero-mean Gaussian texture stretched along the sagittal diagonal y = z (``diagonal`` > 0) or y = -z: white
+    noise filtered (in Fourier space) by an anisotropic Gaussian, long along that diagonal, short across it and
+    left-right. The two textures are up-down mirror images (z -> -z): an in-plane resize sees the same power in
+    both (a preprocessing resize cannot tell them apart by their spread)."""
+    long_mm, short_mm, side_mm = _STREAK_MM
+    direction = np.array([0.0, 1.0, 1.0 if diagonal > 0 else -1.0]) / math.sqrt(2)
+    across = np.array([0.0, 1.0, -1.0 if diagonal > 0 else 1.0]) / math.sqrt(2)
     covariance = (long_mm**2 * np.outer(direction, direction) + short_mm**2 * np.outer(across, across)
-                  + depth_mm**2 * np.outer([0.0, 0.0, 1.0], [0.0, 0.0, 1.0]))
+                  + side_mm**2 * np.outer([1.0, 0.0, 0.0], [1.0, 0.0, 0.0]))
     freqs = np.meshgrid(*[np.fft.fftfreq(n, d=d) for n, d in zip(shape, spacing)], indexing="ij")  # cycles / mm
     quadratic = sum(covariance[i, j] * freqs[i] * freqs[j] for i in range(3) for j in range(3))
     response = np.exp(-2 * math.pi**2 * quadratic)
@@ -577,6 +580,10 @@ def synthesize_subject(site: SiteProfile, shape: tuple[int, int, int], difficult
     template, spacing = _anatomy(tuple(shape))
     maps = _random_warp(template, spacing, rng)
     if cues == "morphology":
+        # the anatomy mirrored up-down at random, whatever the markers: the brain is not up-down symmetric, and the
+        # cues are up-down mirror choices (so neither choice meets other anatomy on average)
+        if rng.random() < 0.5:
+            maps = np.ascontiguousarray(maps[:, :, :, ::-1])
         truth = _draw_profile(SHARED_MIX, rng)
         pheno = _phenotype_morphology(truth, difficulty, rng)
         regions = _tumour_regions_morphology(maps, spacing, pheno, rng)

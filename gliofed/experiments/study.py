@@ -42,9 +42,11 @@ __all__ = ["METRICS", "LABELS", "HEADLINE_MARKERS", "Arm", "ComputeMeter", "Time
 
 #: the marker AUCs whose mean is the headline accuracy (MGMT is reported, but is by design a weak cue)
 HEADLINE_MARKERS = ("idh", "codeletion", "grade")
-METRICS = ("auc_idh", "auc_codeletion", "auc_mgmt", "auc_grade", "auc_mean", "dice_WT", "dice_TC", "dice_ET")
+METRICS = ("auc_idh", "auc_codeletion", "auc_mgmt", "auc_grade", "auc_mean", "auc_mean_above_chance", "dice_WT",
+           "dice_TC", "dice_ET")
 LABELS = {"auc_idh": "AUC IDH", "auc_codeletion": "AUC 1p/19q", "auc_mgmt": "AUC MGMT", "auc_grade": "AUC grade",
-          "auc_mean": "mean marker AUC", "dice_WT": "Dice WT", "dice_TC": "Dice TC", "dice_ET": "Dice ET"}
+          "auc_mean": "mean marker AUC", "auc_mean_above_chance": "mean marker AUC above chance",
+          "dice_WT": "Dice WT", "dice_TC": "Dice TC", "dice_ET": "Dice ET"}
 #: arms that train nothing: they are scored from per-case summaries or the site alone
 CONTROLS = ("probe_summary", "probe_means", "site_only")
 
@@ -170,9 +172,12 @@ def _auc(y: np.ndarray, frame: pd.DataFrame, marker: str) -> float:
 
 def score(predictions: pd.DataFrame) -> dict[str, float]:
     """Metrics of one model's test predictions (label columns already chosen: truth or manifest): AUC per marker
-    (grade: mean one-vs-rest), mean marker AUC (IDH, 1p/19q, grade), Dice per region (mean over masked cases)."""
+    (grade: mean one-vs-rest), mean marker AUC (IDH, 1p/19q, grade) and that mean minus 0.5 (above chance: the
+    quantity a ratio between two arms is taken of, as a ratio of AUCs near chance is near 1 whatever the arms learn),
+    Dice per region (mean over masked cases)."""
     out = {f"auc_{m}": _auc(predictions[m].to_numpy(), predictions, m) for m in MARKERS}
     out["auc_mean"] = float(np.mean([out[f"auc_{m}"] for m in HEADLINE_MARKERS]))
+    out["auc_mean_above_chance"] = out["auc_mean"] - 0.5
     masked = predictions[predictions["has_mask"].astype(bool)]
     for region in ("WT", "TC", "ET"):
         column = f"dice_{region}"

@@ -197,7 +197,7 @@ def _morphology_regions(seed: int, **pheno):
     from gliofed.data.synth import _anatomy, _tumour_regions_morphology
 
     maps, spacing = _anatomy((64, 72, 24))
-    base = {"radius_mm": 20.0, "oedema_mm": 8.0, "enhancing_share": 0.3, "elongation": 1.0, "tilt": 0.0}
+    base = {"radius_mm": 20.0, "oedema_mm": 8.0, "enhancing_share": 0.3, "elongation": 1.0}
     return _tumour_regions_morphology(maps, spacing, {**base, **pheno}, np.random.default_rng(seed)), spacing
 
 
@@ -207,11 +207,12 @@ def _long_axis(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return vectors[:, -1]
 
 
-def test_morphology_1p19q_elongates_the_lesion_along_one_diagonal_or_its_mirror_image_at_the_same_volume():
+def test_morphology_1p19q_elongates_the_lesion_along_one_sagittal_diagonal_or_its_mirror_image_at_the_same_volume():
     (plus, spacing), (minus, _) = _morphology_regions(3, elongation=1.0), _morphology_regions(3, elongation=-1.0)
     for regions, sign in ((plus, 1), (minus, -1)):
         axis = _long_axis(regions["core"] | regions["enhancing"], spacing)
-        assert sign * axis[0] * axis[1] > 0.35  # along x = y, or along x = -y
+        assert sign * axis[1] * axis[2] > 0.35  # along y = z, or along y = -z (up-down mirror images)
+        assert abs(axis[0]) < 0.3  # not left-right, which training augmentation flips
     for name in ("core", "oedema", "enhancing"):
         assert plus[name].sum() == pytest.approx(minus[name].sum(), rel=0.08) and plus[name].sum() > 0
     lesion = plus["core"] | plus["enhancing"]
@@ -219,29 +220,47 @@ def test_morphology_1p19q_elongates_the_lesion_along_one_diagonal_or_its_mirror_
     assert ndimage.label(plus["enhancing"])[1] == 1  # the enhancing part: one compact nodule
 
 
-def test_morphology_textures_differ_in_orientation_not_in_power():
+def test_morphology_textures_differ_in_sagittal_orientation_not_in_power_left_after_an_in_plane_resize():
     from gliofed.data.synth import _streaks
 
-    spacing = np.array([2.0, 2.0, 4.0])
+    spacing = np.array([6.0, 4.0, 4.0])  # (x, y, z): the streaks lie in the y-z plane
 
-    def diagonal_correlation(field, sign, lag=4):  # 8 mm along x and 8 * sign mm along y
-        a = field[:-lag, :-lag] if sign > 0 else field[:-lag, lag:]
-        b = field[lag:, lag:] if sign > 0 else field[lag:, :-lag]
+    def diagonal_correlation(field, sign, lag=3):  # 12 mm along y and 12 * sign mm along z
+        a = field[:, :-lag, :-lag] if sign > 0 else field[:, :-lag, lag:]
+        b = field[:, lag:, lag:] if sign > 0 else field[:, lag:, :-lag]
         return np.corrcoef(a.ravel(), b.ravel())[0, 1]
 
-    one = _streaks((64, 64, 8), spacing, 1.0, np.random.default_rng(0))
-    other = _streaks((64, 64, 8), spacing, -1.0, np.random.default_rng(0))
+    one = _streaks((8, 64, 64), spacing, 1.0, np.random.default_rng(0))
+    other = _streaks((8, 64, 64), spacing, -1.0, np.random.default_rng(0))
     assert diagonal_correlation(one, 1) > diagonal_correlation(one, -1) + 0.3
     assert diagonal_correlation(other, -1) > diagonal_correlation(other, 1) + 0.3
-    # the same power, also after an axis-aligned resize (as preprocessing does): mean variance over realisations
-    fields = {sign: [_streaks((48, 48, 8), spacing, sign, np.random.default_rng(s)) for s in range(40)]
+    # the same power, also after the in-plane (x-y) down-sampling preprocessing does: mean variance over realisations
+    fields = {sign: [_streaks((8, 48, 48), spacing, sign, np.random.default_rng(s)) for s in range(60)]
               for sign in (1.0, -1.0)}
-    def block_mean_y(field, k=4):  # an axis-aligned, anisotropic down-sampling: 4 voxels along y averaged
-        return field.reshape(field.shape[0], field.shape[1] // k, k, field.shape[2]).mean(2)
 
-    for resize in (lambda f: f, block_mean_y):
+    def block_mean_xy(field, k=4):  # 2 voxels along x and 4 along y averaged, depth (z) kept
+        x, y, z = field.shape
+        return field.reshape(x // 2, 2, y // k, k, z).mean((1, 3))
+
+    for resize in (lambda f: f, block_mean_xy):
         power = {sign: np.mean([resize(f).var() for f in fields[sign]]) for sign in fields}
         assert power[1.0] == pytest.approx(power[-1.0], rel=0.06)
+
+
+def test_morphology_anatomy_is_mirrored_up_down_at_random_whatever_the_markers():
+    """The brain is not up-down symmetric; the cues are up-down mirror choices. Each subject's anatomy is mirrored
+    at random (about half of them), so neither choice of a cue meets other anatomy on average."""
+    from gliofed.data.synth import _anatomy
+
+    template = _anatomy((16, 18, 12))[0].sum(0) > 0.5
+    profile = template.sum((0, 1))  # brain voxels per axial slice: not symmetric (the brain widens upwards)
+    assert not np.allclose(profile, profile[::-1], rtol=0.05)
+    mirrored = []
+    for i in range(40):
+        image = synthesize_subject(SITES[0], (16, 18, 12), 0.5, (9, i), "morphology")["images"][0] > 0
+        per_slice = image.sum((0, 1))
+        mirrored.append(np.corrcoef(per_slice, profile[::-1])[0, 1] > np.corrcoef(per_slice, profile)[0, 1])
+    assert 0.2 < np.mean(mirrored) < 0.8
 
 
 def test_morphology_cohort_is_recorded_and_a_test_cohort_can_carry_every_mask(tmp_path):

@@ -88,6 +88,10 @@ def test_scores_of_control_predictions_leave_dice_blank():
                           **{f"p_grade_{k}": [1 / 3] * 4 for k in range(3)}, "dice_WT": np.nan})
     scores = benchmark.score_models(frame)
     assert scores["auc_idh"] == 1.0 and np.isnan(scores["dice_WT"]) and np.isnan(scores["dice_TC"])
+    # grade's constant scores give AUC 0.5: the mean of IDH, 1p/19q and grade is 2.5 / 3, and its part above chance
+    # (what the preregistered ratio is taken of) is that minus 0.5
+    assert scores["auc_mean"] == pytest.approx(2.5 / 3)
+    assert scores["auc_mean_above_chance"] == pytest.approx(2.5 / 3 - 0.5)
 
 
 @pytest.mark.slow  # about a minute on 2 idle cores: three cohorts, ten runs, four merges
