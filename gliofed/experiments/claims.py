@@ -24,14 +24,15 @@ import pandas as pd
 from gliofed.experiments.stats import RatioInterval, ratio_verdict
 from gliofed.experiments.study import LABELS, METRICS, seed_differences, seed_summary
 
-__all__ = ["NAMES", "README_SOURCE", "load_per_seed", "difference_sentence", "ratio_sentence", "front_door",
+__all__ = ["NAMES", "README_SOURCE", "PREREG_ARMS", "PREREG_PAIRS", "PREREG_RATIOS", "load_per_seed",
+           "difference_sentence", "ratio_sentence", "control_readings", "front_door",
            "replace_block", "readme_block", "BLOCK_BEGIN", "BLOCK_END", "main"]
 
 #: how arms read in sentences
 NAMES = {"distill": "distillation", "fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM",
          "fedadam": "FedAdam", "fedbn": "FedBN", "fedavg_fp16": "FedAvg (fp16)", "centralized": "centralized",
-         "local": "local-only", "distill_0step": "distillation, 0 condensation steps",
-         "distill_noise": "distillation, noise start", "probe_summary": "summary-statistics probe",
+         "local": "local-only", "distill_0step": "distillation with 0 condensation steps",
+         "distill_noise": "distillation from noise", "probe_summary": "summary-statistics probe",
          "probe_means": "class-means probe", "site_only": "site-only baseline",
          "centralized_12": "centralized at 3x the budget", "fedavg@vp": "FedAvg at the voxel-pass budget"}
 
@@ -130,7 +131,84 @@ def _table(summary: pd.DataFrame, arms: Sequence[str], metrics: Sequence[str]) -
     return lines
 
 
-def front_door(per_seed: pd.DataFrame, source: str, cohort: str = "workshop",
+#: the preregistered comparison's report (``benchmarks/PREREGISTRATION.md``, issue 25): arms in the table, the paired
+#: comparisons stated as sentences, and the primary ratio targets (a, b, metric, threshold)
+PREREG_ARMS = ("centralized", "centralized_12", "local", "fedavg", "fedavg_fp16", "fedprox", "fedavgm", "fedadam",
+               "fedbn", "distill", "distill_0step", "distill_noise", "probe_summary", "site_only")
+PREREG_PAIRS = (("distill", "fedavg"), ("distill", "fedprox"), ("distill", "fedavgm"), ("distill", "fedadam"),
+                ("distill", "fedbn"), ("centralized", "distill"), ("centralized", "fedavg"), ("fedavg", "local"),
+                ("distill", "local"), ("distill", "distill_0step"), ("distill", "distill_noise"),
+                ("centralized", "probe_summary"), ("centralized_12", "probe_summary"), ("distill", "probe_summary"),
+                ("fedavg", "probe_summary"), ("centralized", "site_only"), ("fedavg_fp16", "fedavg"))
+PREREG_RATIOS = (("distill", "fedavg", "auc_mean_above_chance", 0.95), ("distill", "fedavg", "dice_WT", 0.95))
+
+
+def _verdict(differences: pd.DataFrame, a: str, b: str, metric: str):
+    match = differences[(differences["a"] == a) & (differences["b"] == b) & (differences["metric"] == metric)]
+    return match.iloc[0] if len(match) else None
+
+
+def control_readings(differences: pd.DataFrame, cohort: str) -> list[str]:
+    """The preregistered readings of the controls (PREREGISTRATION.md, issue 25, section 1) as sentences, from one
+    cohort's paired differences (true labels): what condensation adds over its start (S4) and whether per-case
+    summary statistics reach what the CNN reaches (S5). A reading whose comparison is absent is left out."""
+    lines = []
+    zero = [_verdict(differences, "distill", "distill_0step", m) for m in ("auc_mean", "dice_WT")]
+    if any(r is not None for r in zero):
+        if any(r is not None and r["verdict"] == "a > b" for r in zero):
+            lines.append("Condensation adds to its initialisation: distillation is above its 0-step control "
+                         "(interval above 0 on mean marker AUC or Dice WT).")
+        else:
+            lines.append("Condensation's value is not shown: distillation cannot be told from its 0-step control "
+                         "(the synthetic sets' start) on mean marker AUC or Dice WT.")
+    probe = _verdict(differences, "centralized", "probe_summary", "auc_mean")
+    if probe is not None:
+        if probe["verdict"] == "a > b":
+            lines.append(f"On the `{cohort}` cohort the centralized CNN reads more than per-case summary statistics "
+                         f"(mean marker AUC {_signed(probe['diff'])} [{_signed(probe['lo'])}, "
+                         f"{_signed(probe['hi'])}] over the summary-statistics probe).")
+        else:
+            lines.append(f"The `{cohort}` cohort is too easy a test of condensation: per-case summary statistics "
+                         f"reach what the centralized CNN reaches (mean marker AUC {_signed(probe['diff'])} "
+                         f"[{_signed(probe['lo'])}, {_signed(probe['hi'])}] over the probe; not above 0).")
+    reference = _verdict(differences, "centralized_12", "probe_summary", "auc_mean")
+    if reference is not None:
+        state = ("above" if reference["verdict"] == "a > b" else "below" if reference["verdict"] == "a < b"
+                 else "not shown to differ from")
+        lines.append(f"The learnability reference (centralized at 3× the budget) is {state} the probe on mean marker "
+                     f"AUC: {_signed(reference['diff'])} [{_signed(reference['lo'])}, {_signed(reference['hi'])}].")
+    return lines
+
+
+def _cohort_section(rows: pd.DataFrame, cohort: str, arms: Sequence[str], pairs: Sequence[tuple[str, str]],
+                    metrics: Sequence[str], ratios: Sequence[tuple[str, str, str, float]], readings: bool,
+                    heading: bool) -> list[str]:
+    summary = seed_summary(rows, METRICS)
+    wanted = list(dict.fromkeys([*map(tuple, pairs), *((a, b) for a, b, _, _ in ratios)]))  # each pair once
+    differences = seed_differences(rows, wanted, METRICS)
+    seeds = sorted(rows["seed"].unique())
+    lines = []
+    if heading:
+        lines += [f"**Cohort `{cohort}`**: seeds {', '.join(map(str, seeds))}.", ""]
+    lines += _table(summary, arms, metrics) + [""]
+    chosen = differences[differences["metric"].isin(metrics)] if len(differences) else differences
+    if len(chosen):
+        chosen = chosen[[tuple(x) in set(map(tuple, pairs)) for x in chosen[["a", "b"]].to_numpy()]]
+    shown = [difference_sentence(r) for _, r in chosen.iterrows() if r["verdict"] != "not shown"]
+    unshown = [difference_sentence(r) for _, r in chosen.iterrows() if r["verdict"] == "not shown"]
+    lines += ["**Shown** (seed-level interval excludes 0):", ""] + [f"- {s}" for s in shown or ["none."]] + [""]
+    lines += ["**Not shown** (interval contains 0; not claimed):", ""] + [f"- {s}" for s in unshown or ["none."]]
+    lines.append("")
+    for a, b, metric, threshold in ratios:
+        match = _verdict(differences, a, b, metric) if len(differences) else None
+        if match is not None:
+            lines.append(f"- {ratio_sentence(match, threshold)}")
+    if readings and len(differences):
+        lines += [f"- {s}" for s in control_readings(differences, cohort)]
+    return lines + [""]
+
+
+def front_door(per_seed: pd.DataFrame, source: str, cohort: str | Sequence[str] = "workshop",
                arms: Sequence[str] = ("centralized", "fedavg", "fedprox", "distill", "local"),
                pairs: Sequence[tuple[str, str]] = (("distill", "fedavg"), ("distill", "fedprox"),
                                                    ("centralized", "fedavg"), ("centralized", "distill"),
@@ -138,39 +216,33 @@ def front_door(per_seed: pd.DataFrame, source: str, cohort: str = "workshop",
                                                    ("fedprox", "fedavg")),
                metrics: Sequence[str] = ("auc_mean", "dice_WT", "dice_TC"),
                ratios: Sequence[tuple[str, str, str, float]] = (("distill", "fedavg", "auc_mean", 0.95),
-                                                                ("distill", "fedavg", "dice_WT", 0.95))) -> str:
-    """The README's comparison block (Markdown) from a per-seed table: each arm's mean [95 % t-interval over
-    seeds] (true labels), then every paired comparison of ``pairs`` on ``metrics`` as a sentence — those whose
-    seed-level interval excludes 0 under "shown", the rest under "not shown" — and the ratio targets.
+                                                                ("distill", "fedavg", "dice_WT", 0.95)),
+               readings: bool = False) -> str:
+    """The README's comparison block (Markdown) from a per-seed table: per cohort, each arm's mean [95 % t-interval
+    over seeds] (true labels), then every paired comparison of ``pairs`` on ``metrics`` as a sentence — those whose
+    seed-level interval excludes 0 under "shown", the rest under "not shown" — the ratio targets and, with
+    ``readings``, the preregistered readings of the controls (:func:`control_readings`). A cohort with no rows is
+    said to have no results yet.
 
     Args:
         per_seed: :func:`load_per_seed`'s table.
         source: what the numbers are (file, seeds, date), printed first.
-        cohort: which cohort's rows.
+        cohort: which cohort's rows (or several, each its own section).
         arms, pairs, metrics: what to report. ratios: (a, b, metric, threshold) targets.
     """
-    rows = per_seed[(per_seed["cohort"] == cohort) & (per_seed["labels"] == "truth")]
-    rows = rows[rows["arm"].isin(set(arms) | {x for p in pairs for x in p})]
-    summary = seed_summary(rows, METRICS)
-    wanted = list(dict.fromkeys([*map(tuple, pairs), *((a, b) for a, b, _, _ in ratios)]))  # each pair once
-    differences = seed_differences(rows, wanted, METRICS)
-    seeds = sorted(rows["seed"].unique())
-    lines = [BLOCK_BEGIN, "", f"{source} Seeds {', '.join(map(str, seeds))}; true labels; mean over seeds "
-             f"[95 % t-interval over seeds]. A difference is claimed only where its 95 % paired t-interval over "
-             f"seeds excludes 0.", ""]
-    lines += _table(summary, arms, metrics) + [""]
-    chosen = differences[differences["metric"].isin(metrics)]
-    chosen = chosen[[tuple(x) in set(pairs) for x in chosen[["a", "b"]].to_numpy()]]
-    shown = [difference_sentence(r) for _, r in chosen.iterrows() if r["verdict"] != "not shown"]
-    unshown = [difference_sentence(r) for _, r in chosen.iterrows() if r["verdict"] == "not shown"]
-    lines += ["**Shown** (seed-level interval excludes 0):", ""] + [f"- {s}" for s in shown or ["none."]] + [""]
-    lines += ["**Not shown** (interval contains 0; not claimed):", ""] + [f"- {s}" for s in unshown or ["none."]]
-    lines.append("")
-    for a, b, metric, threshold in ratios:
-        match = differences[(differences["a"] == a) & (differences["b"] == b) & (differences["metric"] == metric)]
-        if len(match):
-            lines.append(f"- {ratio_sentence(match.iloc[0], threshold)}")
-    lines += ["", BLOCK_END]
+    cohorts = [cohort] if isinstance(cohort, str) else list(cohort)
+    lines = [BLOCK_BEGIN, "", f"{source} True labels; mean over seeds [95 % t-interval over seeds]. A difference is "
+             f"claimed only where its 95 % paired t-interval over seeds excludes 0.", ""]
+    for name in cohorts:
+        rows = per_seed[(per_seed["cohort"] == name) & (per_seed["labels"] == "truth")]
+        rows = rows[rows["arm"].isin(set(arms) | {x for p in pairs for x in p})]
+        if rows.empty:
+            lines += [f"**Cohort `{name}`**: no results yet; nothing is claimed for it.", ""]
+            continue
+        if len(cohorts) == 1:
+            lines += [f"Seeds {', '.join(map(str, sorted(rows['seed'].unique())))}.", ""]
+        lines += _cohort_section(rows, name, arms, pairs, metrics, ratios, readings, heading=len(cohorts) > 1)
+    lines.append(BLOCK_END)
     return "\n".join(lines)
 
 

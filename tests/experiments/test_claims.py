@@ -58,3 +58,45 @@ def test_replace_block_needs_exactly_one_block():
     assert claims.replace_block(f"a\n{claims.BLOCK_BEGIN}\nold\n{claims.BLOCK_END}\nb", block) == f"a\n{block}\nb"
     with pytest.raises(ValueError, match="exactly one"):
         claims.replace_block("no block here", block)
+
+
+def _difference(a, b, metric, diff, lo, hi):
+    return {"a": a, "b": b, "metric": metric, "diff": diff, "lo": lo, "hi": hi, "p": 0.01, "n": 10,
+            "verdict": "a > b" if lo > 0 else "a < b" if hi < 0 else "not shown"}
+
+
+def test_control_readings_follow_the_preregistered_rules():
+    adds = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", 0.01, -0.02, 0.04),
+                         _difference("distill", "distill_0step", "dice_WT", 0.05, 0.01, 0.09),
+                         _difference("centralized", "probe_summary", "auc_mean", 0.01, -0.03, 0.05),
+                         _difference("centralized_12", "probe_summary", "auc_mean", 0.15, 0.08, 0.22)])
+    lines = claims.control_readings(adds, "hard")
+    assert lines[0].startswith("Condensation adds to its initialisation")
+    assert "`hard` cohort is too easy" in lines[1] and "+0.01 [−0.03, +0.05]" in lines[1]
+    assert "reference (centralized at 3× the budget) is above the probe" in lines[2] and "+0.15" in lines[2]
+    same = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", 0.01, -0.02, 0.04),
+                         _difference("centralized", "probe_summary", "auc_mean", 0.2, 0.1, 0.3)])
+    lines = claims.control_readings(same, "workshop")
+    assert lines[0].startswith("Condensation's value is not shown")
+    assert "CNN reads more than per-case summary statistics" in lines[1] and len(lines) == 2
+    assert claims.control_readings(same.iloc[:0], "workshop") == []
+
+
+def test_front_door_reports_each_cohort_and_says_when_one_has_no_results():
+    rows = []
+    for seed in range(5):
+        for arm, auc, wt in (("distill", 0.80, 0.70), ("fedavg", 0.70, 0.70), ("distill_0step", 0.60, 0.70)):
+            rows.append({"cohort": "workshop", "seed": seed, "arm": arm, "labels": "truth",
+                         "auc_mean": auc + 0.01 * seed, "auc_mean_above_chance": auc + 0.01 * seed - 0.5,
+                         "dice_WT": wt + 0.01 * (seed % 2),
+                         "dice_TC": 0.3})
+    per_seed = pd.DataFrame(rows).reindex(columns=[*pd.DataFrame(rows).columns, "auc_idh", "auc_codeletion",
+                                                   "auc_mgmt", "auc_grade", "dice_ET"])
+    block = claims.front_door(per_seed, "Test.", cohort=("workshop", "hard"), arms=claims.PREREG_ARMS,
+                              pairs=claims.PREREG_PAIRS, ratios=claims.PREREG_RATIOS, readings=True)
+    assert "**Cohort `workshop`**: seeds 0, 1, 2, 3, 4." in block
+    assert "**Cohort `hard`**: no results yet; nothing is claimed for it." in block
+    assert "distillation − FedAvg, mean marker AUC: +0.10 [+0.10, +0.10]" in block  # a constant difference
+    assert "distillation's mean marker AUC above chance is 145.5 % of FedAvg's" in block  # 0.32 / 0.22
+    assert "Condensation adds to its initialisation" in block
+    assert block.startswith(claims.BLOCK_BEGIN) and block.endswith(claims.BLOCK_END)
