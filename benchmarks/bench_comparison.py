@@ -551,9 +551,21 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFra
     return "\n".join(lines) + "\n"
 
 
+def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
+    """The names of the points ``(name, cost, accuracy)`` that no other point dominates (another costs no more and is
+    at least as accurate, and is strictly better in one of the two), cheapest first. Points with a non-finite value
+    are left out."""
+    finite = [p for p in points if np.isfinite(p[1]) and np.isfinite(p[2])]
+    front = [p for p in finite if not any(q[1] <= p[1] and q[2] >= p[2] and (q[1] < p[1] or q[2] > p[2])
+                                          for q in finite)]
+    return [p[0] for p in sorted(front, key=lambda p: (p[1], -p[2]))]
+
+
 def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
     """Mean marker AUC and Dice WT (true labels; t-interval bars) against site CPU seconds, site voxel passes,
-    bytes up and bytes up + down per run; one row of panels per cohort; offline HTML (plotly.js inline)."""
+    bytes up and bytes up + down per run; one row of panels per cohort and metric; each panel's Pareto front
+    (:func:`pareto_front`) joined by a dashed line. A cost of 0 (a probe computes or sends nothing) is drawn at a tenth
+    of the panel's smallest positive cost, as the log axis has no 0. Offline HTML (plotly.js inline)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -561,28 +573,42 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> Non
     xs = (("site_gvox", "site compute (Gvox passes)"), ("site_cpu_s", "site CPU seconds"),
           ("bytes_up", "bytes up (run)"), ("bytes_total", "bytes up + down (run)"))
     metrics = (("auc_mean", "mean marker AUC"), ("dice_WT", "Dice WT"))
-    figure = make_subplots(rows=len(cohorts) * 2, cols=len(xs), vertical_spacing=0.06, horizontal_spacing=0.05,
-                           subplot_titles=[f"{c}: {m[1]} vs {x[1]}" for c in cohorts for m in metrics for x in xs])
+    figure = make_subplots(rows=len(cohorts) * 2, cols=len(xs), vertical_spacing=0.12 / len(cohorts),
+                           horizontal_spacing=0.05,
+                           subplot_titles=[f"{c}: {m[1]}" for c in cohorts for m in metrics for _ in xs])
     costs = costs.assign(bytes_total=costs["bytes_up"] + costs["bytes_down"])
     for i, cohort in enumerate(cohorts):
         part = summary[(summary["cohort"] == cohort) & (summary["labels"] == "truth")]
         cost = costs[costs["cohort"] == cohort].set_index("arm")
-        for j, (metric, _) in enumerate(metrics):
-            rows = part[part["metric"] == metric]
+        for j, (metric, metric_title) in enumerate(metrics):
+            rows = part[(part["metric"] == metric) & part["arm"].isin(cost.index) & np.isfinite(part["mean"])]
             for k, (x_name, x_title) in enumerate(xs):
-                for _, r in rows.iterrows():
-                    if r["arm"] not in cost.index or not np.isfinite(r["mean"]):
-                        continue
-                    x = max(float(cost.loc[r["arm"], x_name]), 1.0)  # nothing sent or computed: drawn at 1
+                position = dict(row=2 * i + j + 1, col=k + 1)
+                values = {r["arm"]: float(cost.loc[r["arm"], x_name]) for _, r in rows.iterrows()}
+                positive = [v for v in values.values() if v > 0]
+                floor = min(positive) / 10 if positive else 1.0
+                points = [(r["arm"], values[r["arm"]] if values[r["arm"]] > 0 else floor, float(r["mean"]))
+                          for _, r in rows.iterrows()]
+                for (arm, x, y), (_, r) in zip(points, rows.iterrows()):
                     err = [r["hi"] - r["mean"]] if np.isfinite(r["hi"]) else None
                     figure.add_trace(go.Scatter(
-                        x=[x], y=[r["mean"]], mode="markers+text", text=[r["arm"]], textposition="top center",
-                        name=r["arm"], showlegend=False,
+                        x=[x], y=[y], mode="markers+text", text=[arm], textposition="top center",
+                        textfont=dict(size=9), name=arm, showlegend=False,
+                        hovertext=f"{arm}: {y:.3f}, {x_title} {values[arm]:.3g}",
                         error_y=dict(type="data", array=err, arrayminus=[r["mean"] - r["lo"]] if err else None,
-                                     visible=err is not None)), row=2 * i + j + 1, col=k + 1)
-                figure.update_xaxes(type="log", title_text=x_title, row=2 * i + j + 1, col=k + 1)
-    figure.update_layout(title="gliofed strategy comparison: accuracy against cost (log x; 0 drawn at 1)",
-                         height=420 * len(cohorts) * 2, width=1700)
+                                     visible=err is not None)), **position)
+                front = pareto_front(points)
+                by_name = {arm: (x, y) for arm, x, y in points}
+                if len(front) > 1:
+                    figure.add_trace(go.Scatter(x=[by_name[a][0] for a in front], y=[by_name[a][1] for a in front],
+                                                mode="lines", line=dict(dash="dash", color="grey", shape="hv"),
+                                                showlegend=False, hoverinfo="skip"), **position)
+                figure.update_xaxes(type="log", title_text=x_title, title_standoff=2, **position)
+                if k == 0:
+                    figure.update_yaxes(title_text=metric_title, **position)
+    figure.update_layout(title="gliofed strategy comparison: accuracy against cost (log x; a cost of 0 is drawn at a "
+                               "tenth of the smallest; dashed: the Pareto front)",
+                         height=520 * len(cohorts) * 2, width=1700, margin=dict(t=90))
     tmp = path.with_suffix(".tmp.html")
     figure.write_html(tmp, include_plotlyjs=True, full_html=True)
     tmp.replace(path)

@@ -179,3 +179,28 @@ def test_the_prereg_design_holds_the_chosen_configurations_its_controls_and_snap
     assert {"probe_summary", "probe_means", "site_only", "centralized", "local"} <= set(arms)
     named = set(arms) | {"fedavg@vp"}
     assert all(a in named and b in named for a, b in design.pairs)
+
+
+def test_pareto_front_keeps_the_points_no_other_point_dominates():
+    points = [("free", 0.0, 0.5), ("cheap", 1.0, 0.6), ("worse", 2.0, 0.55), ("tie", 1.0, 0.6),
+              ("dear", 5.0, 0.9), ("dearer", 9.0, 0.9), ("nan", float("nan"), 1.0)]
+    assert bench.pareto_front(points) == ["free", "cheap", "tie", "dear"]  # ties dominate neither; "dearer" loses
+    assert bench.pareto_front([]) == []
+
+
+def test_pareto_figure_draws_every_arm_and_puts_a_zero_cost_below_the_smallest(tmp_path):
+    summary = pd.DataFrame([{"cohort": "workshop", "labels": "truth", "arm": arm, "metric": metric, "n": 10,
+                             "mean": mean, "lo": mean - 0.05, "hi": mean + 0.05}
+                            for arm, mean in (("fedavg", 0.8), ("distill", 0.7), ("probe_summary", 0.75))
+                            for metric in ("auc_mean", "dice_WT")])
+    costs = pd.DataFrame([{"cohort": "workshop", "arm": "fedavg", "site_gvox": 0.2, "site_cpu_s": 30.0,
+                           "bytes_up": 5e7, "bytes_down": 5e7},
+                          {"cohort": "workshop", "arm": "distill", "site_gvox": 0.3, "site_cpu_s": 36.0,
+                           "bytes_up": 1e6, "bytes_down": 2e7},
+                          {"cohort": "workshop", "arm": "probe_summary", "site_gvox": 0.0, "site_cpu_s": 0.0,
+                           "bytes_up": 0.0, "bytes_down": 0.0}])
+    bench.pareto_figure(summary, costs, tmp_path / "pareto.html")
+    html = (tmp_path / "pareto.html").read_text()
+    assert html.count('"text":["fedavg"]') == 8 and html.count('"text":["probe_summary"]') == 8
+    assert '"x":[0.02]' in html  # the probe's 0 Gvox drawn at a tenth of fedavg's 0.2 (not at 1, above every arm)
+    assert '"dash":"dash"' in html and not (tmp_path / "pareto.tmp.html").exists()
