@@ -506,9 +506,13 @@ def _bytes(value: float) -> str:
     return f"{value / 1e6:.1f} MB" if value >= 1e5 else f"{value / 1e3:.1f} kB"
 
 
+#: the metrics of the paired-differences table in ``table.md`` (``differences.csv`` has every metric)
+DIFFERENCE_METRICS = ("auc_mean", "auc_mean_above_chance", "dice_WT", "dice_TC")
+
+
 def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFrame, result: dict) -> str:
     """The tables for RESULTS.md: per cohort, every arm's mean [95 % t-interval over seeds] (true labels) with its
-    costs, then the paired differences over seeds."""
+    costs, then the paired differences over seeds on :data:`DIFFERENCE_METRICS`."""
     lines = [f"Code {', '.join(c[:12] for c in result['code'])} (commit {', '.join(result['commits'])}); devices: "
              f"{'; '.join(result['devices'])}; runs finished {result['finished'][0]} – {result['finished'][1]}; "
              f"{result['done']} runs done, {len(result['missing'])} missing.", ""]
@@ -535,8 +539,8 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFra
                       else ""]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        diff = differences[(differences["cohort"] == cohort) & (differences["labels"] == "truth")] \
-            if len(differences) else differences
+        diff = differences[(differences["cohort"] == cohort) & (differences["labels"] == "truth")
+                           & differences["metric"].isin(DIFFERENCE_METRICS)] if len(differences) else differences
         if len(diff):
             lines += ["Paired differences over seeds (a − b, true labels): mean [95 % t-interval], paired t-test p; "
                       "ratio a / b with Fieller's interval; verdict by the preregistered rule:", ""]

@@ -89,6 +89,9 @@ def test_federated_notebook_renders_the_benchmark_from_its_csvs(trained_tiny):
     shown = ["".join(output["data"]["text/markdown"]) for cell in notebook["cells"] if cell["cell_type"] == "code"
              for output in cell.get("outputs", []) if "text/markdown" in output.get("data", {})]
     assert rendered in shown  # the executed notebook shows exactly what the CSVs say (lines joined as nbformat splits)
+    from gliofed.experiments.claims import comparison_block
+
+    assert comparison_block() in shown  # and the preregistered comparison, from its shipped per-seed CSV
     assert "by hand and the library agree on every weight" in text and "refuses to send its distilled set" in text
 
 

@@ -34,23 +34,60 @@ def test_ratio_sentences_follow_the_preregistered_rule():
     assert "not shown" in claims.ratio_sentence({**row, "ratio_bounded": False}, 0.95)
 
 
-def test_the_readme_comparison_block_is_generated_from_the_results_csv():
+def test_the_readme_and_results_comparison_blocks_are_generated_from_the_results_csv():
     assert claims.main(["--root", str(ROOT), "--check"]) == 0
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert claims.readme_block(ROOT) in readme
+    for name in claims.BLOCK_FILES:
+        assert claims.readme_block(ROOT) in (ROOT / name).read_text(encoding="utf-8")
+
+
+def _prereg_rows(seeds, cohort="workshop", distill_wt=0.70):
+    rows = []
+    for seed in seeds:
+        for arm, auc, wt in (("distill", 0.80, distill_wt), ("fedavg", 0.70, 0.70), ("distill_0step", 0.60, 0.70),
+                             ("centralized", 0.85, 0.80), ("probe_summary", 0.84, float("nan"))):
+            rows.append({"cohort": cohort, "seed": seed, "arm": arm, "labels": "truth",
+                         "auc_mean": auc + 0.01 * seed, "auc_mean_above_chance": auc + 0.01 * seed - 0.5,
+                         "dice_WT": wt + 0.01 * (seed % 2), "dice_TC": 0.3, "commit": "abc123",
+                         "device": "CPU (test)", "finished": f"2026-12-05T08:{seed % 60:02d}:00+00:00"})
+    frame = pd.DataFrame(rows)
+    return frame.reindex(columns=[*frame.columns, "auc_idh", "auc_codeletion", "auc_mgmt", "auc_grade", "dice_ET"])
 
 
 def test_a_changed_results_csv_makes_the_readme_block_stale_and_the_generator_rewrites_it(tmp_path):
     source = Path(claims.README_SOURCE["per_seed"])
     (tmp_path / source.parent).mkdir(parents=True)
-    frame = pd.read_csv(ROOT / source)
-    frame.loc[frame["strategy"] == "distill", "dice_WT"] += 0.2  # another result
-    frame.to_csv(tmp_path / source, index=False)
-    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    for name in claims.BLOCK_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / name, tmp_path / name)
+    seeds = claims.README_SOURCE["seeds"]
+    _prereg_rows(seeds).to_csv(tmp_path / source, index=False)
     assert claims.main(["--root", str(tmp_path), "--check"]) == 1
     assert claims.main(["--root", str(tmp_path)]) == 0
     assert claims.main(["--root", str(tmp_path), "--check"]) == 0
-    assert "distillation − FedAvg, Dice WT: +0.17" in (tmp_path / "README.md").read_text(encoding="utf-8")
+    text = (tmp_path / "README.md").read_text(encoding="utf-8")
+    assert "distillation − FedAvg, mean marker AUC: +0.10 [+0.10, +0.10]" in text and "Code commit abc123" in text
+    assert "**Cohort `hard`**: no results yet" in text
+    _prereg_rows(seeds, distill_wt=0.90).to_csv(tmp_path / source, index=False)  # another result
+    assert claims.main(["--root", str(tmp_path), "--check"]) == 1
+    assert claims.main(["--root", str(tmp_path)]) == 0
+    for name in claims.BLOCK_FILES:
+        assert "distillation − FedAvg, Dice WT: +0.20" in (tmp_path / name).read_text(encoding="utf-8")
+
+
+def test_a_cohort_missing_a_preregistered_seed_is_reported_incomplete_and_claims_nothing():
+    per_seed = pd.concat([_prereg_rows(range(200, 210)), _prereg_rows(range(200, 206), cohort="hard")])
+    block = claims.front_door(per_seed, "Test.", cohort=("workshop", "hard"), arms=claims.PREREG_ARMS,
+                              pairs=claims.PREREG_PAIRS, ratios=claims.PREREG_RATIOS, readings=True,
+                              seeds_required=range(200, 210))
+    workshop, hard = block.split("**Cohort `hard`**")
+    assert "distillation − FedAvg" in workshop
+    assert hard.startswith(": run incomplete (6 of 10 preregistered seeds finished); nothing is claimed for it yet.")
+    assert "distillation" not in hard
+
+
+def test_without_the_results_file_the_readme_block_claims_nothing(tmp_path):
+    block = claims.readme_block(tmp_path)
+    assert "no results yet, and nothing is claimed" in block and "|" not in block
 
 
 def test_replace_block_needs_exactly_one_block():

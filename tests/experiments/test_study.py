@@ -181,6 +181,17 @@ def test_the_prereg_design_holds_the_chosen_configurations_its_controls_and_snap
     assert all(a in named and b in named for a, b in design.pairs)
 
 
+def test_the_frozen_prereg_design_is_the_tuning_csvs_choice_with_the_learnability_reference():
+    """CHOSEN (frozen with the preregistration) is what the committed tuning results chose, and the prereg design
+    adds the centralized reference at 3x the budget's epochs."""
+    tuning = pd.read_csv(Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "comparison_dev_tuning.csv")
+    chosen = tuning[tuning["chosen"].astype(bool)]
+    assert bench.CHOSEN == dict(zip(chosen["strategy"], chosen["arm"]))
+    arms = {arm.name: arm for arm in bench.DESIGNS["prereg"].arms}
+    assert arms["centralized_12"].rounds == 3 * arms["centralized"].rounds == 3 * bench.CENTRALIZED_EPOCHS
+    assert ("centralized_12", "probe_summary") in bench.DESIGNS["prereg"].pairs
+
+
 def test_pareto_front_keeps_the_points_no_other_point_dominates():
     points = [("free", 0.0, 0.5), ("cheap", 1.0, 0.6), ("worse", 2.0, 0.55), ("tie", 1.0, 0.6),
               ("dear", 5.0, 0.9), ("dearer", 9.0, 0.9), ("nan", float("nan"), 1.0)]
