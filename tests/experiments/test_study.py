@@ -186,7 +186,7 @@ def test_the_frozen_prereg_design_is_the_tuning_csvs_choice_with_the_learnabilit
     adds the centralized reference at 3x the budget's epochs."""
     tuning = pd.read_csv(Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "comparison_dev_tuning.csv")
     chosen = tuning[tuning["chosen"].astype(bool)]
-    assert bench.CHOSEN == dict(zip(chosen["strategy"], chosen["arm"]))
+    assert dict(zip(chosen["strategy"], chosen["arm"])) == bench.CHOSEN
     arms = {arm.name: arm for arm in bench.DESIGNS["prereg"].arms}
     assert arms["centralized_12"].rounds == 3 * arms["centralized"].rounds == 3 * bench.CENTRALIZED_EPOCHS
     assert ("centralized_12", "probe_summary") in bench.DESIGNS["prereg"].pairs
