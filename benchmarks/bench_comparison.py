@@ -589,11 +589,12 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> Non
             for k, (x_name, x_title) in enumerate(xs):
                 position = dict(row=2 * i + j + 1, col=k + 1)
                 values = {r["arm"]: float(cost.loc[r["arm"], x_name]) for _, r in rows.iterrows()}
+                known = rows[[np.isfinite(values[a]) for a in rows["arm"]]]  # an unknown cost is not drawn
                 positive = [v for v in values.values() if v > 0]
                 floor = min(positive) / 10 if positive else 1.0
                 points = [(r["arm"], values[r["arm"]] if values[r["arm"]] > 0 else floor, float(r["mean"]))
-                          for _, r in rows.iterrows()]
-                for (arm, x, y), (_, r) in zip(points, rows.iterrows()):
+                          for _, r in known.iterrows()]
+                for (arm, x, y), (_, r) in zip(points, known.iterrows()):
                     err = [r["hi"] - r["mean"]] if np.isfinite(r["hi"]) else None
                     figure.add_trace(go.Scatter(
                         x=[x], y=[y], mode="markers+text", text=[arm], textposition="top center",

@@ -15,6 +15,7 @@ True
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -99,11 +100,16 @@ def difference_sentence(row) -> str:
     return f"{body}: not shown."
 
 
-def ratio_sentence(row, threshold: float) -> str:
+def ratio_sentence(row, threshold: float, denominator: float | None = None) -> str:
     """A ratio target as a sentence: ``mean(a) / mean(b)`` over seeds with its 95 % Fieller interval and the
     preregistered verdict against ``threshold`` (met where the lower bound reaches it, missed where the upper bound
-    is below it, else not shown)."""
+    is below it, else not shown). ``denominator``: ``mean(b)`` where known; a target "a ≥ t × b" presumes b > 0 (for
+    a score above chance, that b learned something), so with ``mean(b) <= 0`` it is not shown, whatever the
+    interval."""
     a, b, metric = _name(row["a"]), _name(row["b"]), LABELS.get(row["metric"], row["metric"])
+    if denominator is not None and not denominator > 0:
+        return (f"{a}'s {metric} against {b}'s over {int(row['n'])} seeds: {b}'s mean is {denominator:.2f}, not "
+                f"above 0, so a ratio says nothing: the ≥ {100 * threshold:.0f} % target is not shown.")
     interval = RatioInterval(row["ratio"], row["ratio_lo"], row["ratio_hi"], int(row["n"]), "fieller",
                              bool(row["ratio_bounded"]))
     verdict = ratio_verdict(interval, threshold)
@@ -149,16 +155,27 @@ def _verdict(differences: pd.DataFrame, a: str, b: str, metric: str):
     return match.iloc[0] if len(match) else None
 
 
-def control_readings(differences: pd.DataFrame, cohort: str) -> list[str]:
+def control_readings(differences: pd.DataFrame, cohort: str, summary: pd.DataFrame | None = None) -> list[str]:
     """The preregistered readings of the controls (PREREGISTRATION.md, issue 25, section 1) as sentences, from one
     cohort's paired differences (true labels): what condensation adds over its start (S4) and whether per-case
-    summary statistics reach what the CNN reaches (S5). A reading whose comparison is absent is left out."""
+    summary statistics reach what the CNN reaches (S5). A reading whose comparison is absent is left out.
+
+    Args:
+        differences: the cohort's paired differences (``seed_differences``).
+        cohort: its name, for the sentences.
+        summary: the cohort's ``seed_summary``; where the probe's own mean marker AUC is not shown above chance,
+            the S5 sentence says so (a CNN at chance and a probe at chance make a cohort look "easy" that is hard).
+    """
     lines = []
     zero = [_verdict(differences, "distill", "distill_0step", m) for m in ("auc_mean", "dice_WT")]
     if any(r is not None for r in zero):
-        if any(r is not None and r["verdict"] == "a > b" for r in zero):
+        verdicts = {r["verdict"] for r in zero if r is not None}
+        if "a > b" in verdicts:
             lines.append("Condensation adds to its initialisation: distillation is above its 0-step control "
                          "(interval above 0 on mean marker AUC or Dice WT).")
+        elif "a < b" in verdicts:
+            lines.append("Condensation is not shown to add to its initialisation, and takes from it: distillation is "
+                         "below its 0-step control (interval below 0 on mean marker AUC or Dice WT).")
         else:
             lines.append("Condensation's value is not shown: distillation cannot be told from its 0-step control "
                          "(the synthetic sets' start) on mean marker AUC or Dice WT.")
@@ -169,9 +186,18 @@ def control_readings(differences: pd.DataFrame, cohort: str) -> list[str]:
                          f"(mean marker AUC {_signed(probe['diff'])} [{_signed(probe['lo'])}, "
                          f"{_signed(probe['hi'])}] over the summary-statistics probe).")
         else:
-            lines.append(f"The `{cohort}` cohort is too easy a test of condensation: per-case summary statistics "
-                         f"reach what the centralized CNN reaches (mean marker AUC {_signed(probe['diff'])} "
-                         f"[{_signed(probe['lo'])}, {_signed(probe['hi'])}] over the probe; not above 0).")
+            sentence = (f"The `{cohort}` cohort is too easy a test of condensation: per-case summary statistics "
+                        f"reach what the centralized CNN reaches (mean marker AUC {_signed(probe['diff'])} "
+                        f"[{_signed(probe['lo'])}, {_signed(probe['hi'])}] over the probe; not above 0).")
+            level = None
+            if summary is not None and len(summary):
+                match = summary[(summary["arm"] == "probe_summary") & (summary["metric"] == "auc_mean")]
+                level = match.iloc[0] if len(match) else None
+            if level is not None and not (np.isfinite(level["lo"]) and level["lo"] > 0.5):
+                sentence += (f" But the probe itself is not shown above chance (mean marker AUC {level['mean']:.2f} "
+                             f"[{level['lo']:.2f}, {level['hi']:.2f}]): the CNN learned little at this budget, which "
+                             "says the markers are hard to learn here, not that the cohort is easy.")
+            lines.append(sentence)
     reference = _verdict(differences, "centralized_12", "probe_summary", "auc_mean")
     if reference is not None:
         state = ("above" if reference["verdict"] == "a > b" else "below" if reference["verdict"] == "a < b"
@@ -203,9 +229,10 @@ def _cohort_section(rows: pd.DataFrame, cohort: str, arms: Sequence[str], pairs:
     for a, b, metric, threshold in ratios:
         match = _verdict(differences, a, b, metric) if len(differences) else None
         if match is not None:
-            lines.append(f"- {ratio_sentence(match, threshold)}")
+            level = summary[(summary["arm"] == b) & (summary["metric"] == metric)]
+            lines.append(f"- {ratio_sentence(match, threshold, float(level['mean'].iloc[0]) if len(level) else None)}")
     if readings and len(differences):
-        lines += [f"- {s}" for s in control_readings(differences, cohort)]
+        lines += [f"- {s}" for s in control_readings(differences, cohort, summary)]
     return lines + [""]
 
 
@@ -230,8 +257,8 @@ def front_door(per_seed: pd.DataFrame, source: str, cohort: str | Sequence[str] 
         source: what the numbers are (file, seeds, date), printed first.
         cohort: which cohort's rows (or several, each its own section).
         arms, pairs, metrics: what to report. ratios: (a, b, metric, threshold) targets.
-        seeds_required: the preregistered seeds; a cohort that lacks any of them is reported as incomplete, with no
-            table and no claim.
+        seeds_required: the preregistered seeds; a cohort where any of them lacks any arm of ``arms`` or ``pairs`` is
+            reported as incomplete, with no table and no claim (rows of other seeds are ignored).
     """
     cohorts = [cohort] if isinstance(cohort, str) else list(cohort)
     lines = [BLOCK_BEGIN, "", f"{source} True labels; mean over seeds [95 % t-interval over seeds]. A difference is "
@@ -242,11 +269,15 @@ def front_door(per_seed: pd.DataFrame, source: str, cohort: str | Sequence[str] 
         if rows.empty:
             lines += [f"**Cohort `{name}`**: no results yet; nothing is claimed for it.", ""]
             continue
-        missing = sorted(set(seeds_required) - set(rows["seed"]))
-        if missing:
-            lines += [f"**Cohort `{name}`**: run incomplete ({len(set(seeds_required)) - len(missing)} of "
-                      f"{len(set(seeds_required))} preregistered seeds finished); nothing is claimed for it yet.", ""]
-            continue
+        if seeds_required:
+            rows = rows[rows["seed"].isin(set(seeds_required))]
+            wanted = set(arms) | {x for p in pairs for x in p}
+            finished = [seed for seed in sorted(set(seeds_required))
+                        if wanted <= set(rows.loc[rows["seed"] == seed, "arm"])]
+            if len(finished) < len(set(seeds_required)):
+                lines += [f"**Cohort `{name}`**: run incomplete ({len(finished)} of {len(set(seeds_required))} "
+                          "preregistered seeds finished with every arm); nothing is claimed for it yet.", ""]
+                continue
         if len(cohorts) == 1:
             lines += [f"Seeds {', '.join(map(str, sorted(rows['seed'].unique())))}.", ""]
         lines += _cohort_section(rows, name, arms, pairs, metrics, ratios, readings, heading=len(cohorts) > 1)
@@ -277,7 +308,9 @@ def source_note(per_seed: pd.DataFrame, path: str) -> str:
     span = f"{finished.min()[:16]} – {finished.max()[:16]} UTC" if len(finished) else "unknown"
     return (f"Source: `{path}`, the preregistered comparison (`benchmarks/PREREGISTRATION.md`, issue 25): fresh "
             f"seeds, every federated arm at distillation's site compute, one fixed test cohort of 200 cases per "
-            f"cohort kind. Code commit {listed('commit')}; {listed('device')}; runs finished {span}.")
+            f"cohort kind. Code commit {listed('commit')}; {listed('device')}; runs finished {span}. Listed here: the "
+            f"headline comparisons; every preregistered pair and metric (and the plain AUC ratio, which carries no "
+            f"claim) is in `benchmarks/results/comparison_differences.csv` and `benchmarks/RESULTS.md`.")
 
 
 def comparison_block(path: str | Path | None = None, shown_as: str | None = None) -> str:
@@ -322,7 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in BLOCK_FILES:
         path = Path(args.root) / name
         text = path.read_text(encoding="utf-8")
-        updated = replace_block(text, block)
+        try:
+            updated = replace_block(text, block)
+        except ValueError as error:
+            print(f"error: {path}: {error}", file=sys.stderr)
+            return 2
         if updated == text:
             continue
         stale = True

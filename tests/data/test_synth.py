@@ -271,3 +271,30 @@ def test_morphology_cohort_is_recorded_and_a_test_cohort_can_carry_every_mask(tm
     assert (read_manifest(tmp_path / "manifest.csv")["seg"] != "").all()  # REMBRANDT distributes none otherwise
     with pytest.raises(ConfigError, match="cues 'colour'"):
         make_cohort(tmp_path / "x", preset="tiny", cues="colour")
+
+
+def test_preprocessing_commutes_with_an_up_down_mirror_so_the_hard_cohorts_cues_leave_class_statistics_alone(tmp_path):
+    """The hard cohort's cues are up-down mirror choices. Its claim: preprocessing (orientation, foreground crop,
+    in-plane resize, normalisation) maps a subject mirrored up-down to the mirrored preprocessed volume, so every
+    per-class mean, spread and fraction is the same for both choices (the lesion centre's height only changes sign).
+    Checked on a written case: the case against its own mirror image, through the cache's real pipeline."""
+    from gliofed.data.transforms import preprocess_pipeline
+
+    make_cohort(tmp_path / "c", preset="tiny", seed=3, sites=("brats21",), cases_per_site=1, cues="morphology",
+                progress=False, verbose=False)
+    row = read_manifest(tmp_path / "c" / "manifest.csv").iloc[0]
+    keys = ("t1", "t1ce", "t2", "flair", "seg")
+    mirrored = {}
+    for key in keys:
+        image = nib.load(tmp_path / "c" / row[key])
+        path = tmp_path / f"mirrored_{key}.nii.gz"
+        nib.save(nib.Nifti1Image(np.ascontiguousarray(np.asarray(image.dataobj)[:, :, ::-1]), image.affine,
+                                 image.header), path)
+        mirrored[key] = str(path)
+    pipeline = preprocess_pipeline(24)
+    plain = pipeline({"subject_id": "a", **{k: str(tmp_path / "c" / row[k]) for k in keys}})
+    flipped = pipeline({"subject_id": "b", **mirrored})
+    # cache layout (C, D, H, W): depth is axis 1
+    assert np.allclose(np.asarray(flipped["image"]), np.asarray(plain["image"]).copy()[:, ::-1], atol=1e-5)
+    assert np.array_equal(np.asarray(flipped["seg"]), np.asarray(plain["seg"]).copy()[:, ::-1])
+    assert len(np.unique(np.asarray(plain["seg"]))) == 4  # every class present: the check is not vacuous

@@ -26,6 +26,14 @@ def test_a_difference_is_claimed_only_where_its_seed_level_interval_excludes_zer
     assert claims.difference_sentence(_row(0.05, float("nan"), float("nan"), n=1)).endswith("not shown.")
 
 
+def test_a_ratio_target_over_a_denominator_not_above_zero_is_not_shown():
+    # both arms below chance: Fieller's interval is bounded and above 0.95, but "a >= 0.95 x b" means nothing
+    row = _row(0, 0, 0, metric="auc_mean_above_chance", ratio=1.41, ratio_lo=1.1, ratio_hi=1.8, ratio_bounded=True)
+    assert "target is met" in claims.ratio_sentence(row, 0.95)
+    text = claims.ratio_sentence(row, 0.95, denominator=-0.08)
+    assert text.endswith("target is not shown.") and "FedAvg's mean is -0.08, not above 0" in text
+
+
 def test_ratio_sentences_follow_the_preregistered_rule():
     row = _row(0, 0, 0, ratio=1.01, ratio_lo=0.96, ratio_hi=1.07, ratio_bounded=True)
     assert "target is met" in claims.ratio_sentence(row, 0.95) and "96–107 %" in claims.ratio_sentence(row, 0.95)
@@ -43,8 +51,10 @@ def test_the_readme_and_results_comparison_blocks_are_generated_from_the_results
 def _prereg_rows(seeds, cohort="workshop", distill_wt=0.70):
     rows = []
     for seed in seeds:
-        for arm, auc, wt in (("distill", 0.80, distill_wt), ("fedavg", 0.70, 0.70), ("distill_0step", 0.60, 0.70),
-                             ("centralized", 0.85, 0.80), ("probe_summary", 0.84, float("nan"))):
+        named = {"distill": (0.80, distill_wt), "fedavg": (0.70, 0.70), "distill_0step": (0.60, 0.70),
+                 "centralized": (0.85, 0.80), "probe_summary": (0.84, float("nan"))}
+        every = dict.fromkeys([*claims.PREREG_ARMS, *(x for pair in claims.PREREG_PAIRS for x in pair)], (0.6, 0.6))
+        for arm, (auc, wt) in {**every, **named}.items():
             rows.append({"cohort": cohort, "seed": seed, "arm": arm, "labels": "truth",
                          "auc_mean": auc + 0.01 * seed, "auc_mean_above_chance": auc + 0.01 * seed - 0.5,
                          "dice_WT": wt + 0.01 * (seed % 2), "dice_TC": 0.3, "commit": "abc123",
@@ -81,8 +91,27 @@ def test_a_cohort_missing_a_preregistered_seed_is_reported_incomplete_and_claims
                               seeds_required=range(200, 210))
     workshop, hard = block.split("**Cohort `hard`**")
     assert "distillation − FedAvg" in workshop
-    assert hard.startswith(": run incomplete (6 of 10 preregistered seeds finished); nothing is claimed for it yet.")
+    assert hard.startswith(": run incomplete (6 of 10 preregistered seeds finished with every arm); nothing is "
+                           "claimed for it yet.")
     assert "distillation" not in hard
+    # a seed where only some arms finished (the merge writes the finished ones) is not a finished seed
+    partial = pd.concat([_prereg_rows(range(200, 209)), _prereg_rows([209]).query("arm == 'probe_summary'")])
+    block = claims.front_door(partial, "Test.", cohort="workshop", arms=claims.PREREG_ARMS, pairs=claims.PREREG_PAIRS,
+                              ratios=claims.PREREG_RATIOS, seeds_required=range(200, 210))
+    assert "run incomplete (9 of 10 preregistered seeds finished with every arm)" in block and "target" not in block
+    # rows of seeds outside the preregistered ones are ignored
+    extra = pd.concat([_prereg_rows(range(200, 210)), _prereg_rows([5], distill_wt=0.1)])
+    block = claims.front_door(extra, "Test.", cohort="workshop", arms=claims.PREREG_ARMS, pairs=claims.PREREG_PAIRS,
+                              ratios=claims.PREREG_RATIOS, seeds_required=range(200, 210))
+    assert "over 10 seeds" in block and "over 11 seeds" not in block
+
+
+def test_the_generator_stops_with_one_line_when_a_text_lacks_its_block(tmp_path, capsys):
+    for name in claims.BLOCK_FILES:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("no block\n")
+    assert claims.main(["--root", str(tmp_path), "--check"]) == 2
+    assert "README.md: the text must hold exactly one comparison block" in capsys.readouterr().err
 
 
 def test_without_the_results_file_the_readme_block_claims_nothing(tmp_path):
@@ -111,6 +140,14 @@ def test_control_readings_follow_the_preregistered_rules():
     assert lines[0].startswith("Condensation adds to its initialisation")
     assert "`hard` cohort is too easy" in lines[1] and "+0.01 [−0.03, +0.05]" in lines[1]
     assert "reference (centralized at 3× the budget) is above the probe" in lines[2] and "+0.15" in lines[2]
+    worse = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.05, -0.09, -0.01)])
+    assert claims.control_readings(worse, "workshop")[0].startswith(
+        "Condensation is not shown to add to its initialisation, and takes from it")
+    at_chance = pd.DataFrame([{"arm": "probe_summary", "metric": "auc_mean", "n": 10, "mean": 0.52, "lo": 0.49,
+                               "hi": 0.55}])
+    easy = claims.control_readings(adds, "hard", at_chance)[1]
+    assert "too easy" in easy
+    assert "the probe itself is not shown above chance (mean marker AUC 0.52 [0.49, 0.55])" in easy
     same = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", 0.01, -0.02, 0.04),
                          _difference("centralized", "probe_summary", "auc_mean", 0.2, 0.1, 0.3)])
     lines = claims.control_readings(same, "workshop")

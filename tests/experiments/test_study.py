@@ -209,9 +209,13 @@ def test_pareto_figure_draws_every_arm_and_puts_a_zero_cost_below_the_smallest(t
                           {"cohort": "workshop", "arm": "distill", "site_gvox": 0.3, "site_cpu_s": 36.0,
                            "bytes_up": 1e6, "bytes_down": 2e7},
                           {"cohort": "workshop", "arm": "probe_summary", "site_gvox": 0.0, "site_cpu_s": 0.0,
-                           "bytes_up": 0.0, "bytes_down": 0.0}])
+                           "bytes_up": 0.0, "bytes_down": 0.0},
+                          {"cohort": "workshop", "arm": "unknown_cost", "site_gvox": float("nan"),
+                           "site_cpu_s": float("nan"), "bytes_up": float("nan"), "bytes_down": float("nan")}])
+    summary = pd.concat([summary, summary[summary["arm"] == "distill"].assign(arm="unknown_cost", mean=0.99)])
     bench.pareto_figure(summary, costs, tmp_path / "pareto.html")
     html = (tmp_path / "pareto.html").read_text()
     assert html.count('"text":["fedavg"]') == 8 and html.count('"text":["probe_summary"]') == 8
     assert '"x":[0.02]' in html  # the probe's 0 Gvox drawn at a tenth of fedavg's 0.2 (not at 1, above every arm)
     assert '"dash":"dash"' in html and not (tmp_path / "pareto.tmp.html").exists()
+    assert '"text":["unknown_cost"]' not in html  # an unknown cost is neither drawn as free nor on the front
