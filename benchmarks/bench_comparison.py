@@ -360,11 +360,13 @@ def _atomic_csv(frame: pd.DataFrame, path: Path) -> None:
 
 
 def scored_arms(design: Design) -> list[tuple[str, str, str | None]]:
-    """(table name, arm name, snapshot label) of every arm the design scores: each arm, then its snapshots."""
+    """(table name, arm name, snapshot label) of every arm the design scores: each arm, then its snapshots. A
+    snapshot at or after the arm's last round is the arm's final model, which a run does not write twice: it is not
+    scored separately (nor listed as missing)."""
     out = []
     for arm in design.arms:
         out.append((arm.name, arm.name, None))
-        out += [(f"{arm.name}@{label}", arm.name, label) for label, _ in arm.snapshots]
+        out += [(f"{arm.name}@{label}", arm.name, label) for label, r in arm.snapshots if int(r) < arm.rounds]
     return out
 
 

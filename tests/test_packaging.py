@@ -142,4 +142,5 @@ def test_the_benchmark_results_ship_inside_the_package():
 
     assert RESULTS_DIR.is_relative_to(PACKAGE) and sorted(p.name for p in RESULTS_DIR.glob("strategies_*.csv")) == [
         "strategies_differences.csv", "strategies_per_seed.csv", "strategies_summary.csv"]
+    assert (RESULTS_DIR / "comparison_per_seed.csv").is_file()  # notebook 02's preregistered comparison
     assert "benchmark_results/*.csv" in _pyproject()["tool"]["setuptools"]["package-data"]["gliofed"]

@@ -91,6 +91,7 @@ def test_a_cohort_missing_a_preregistered_seed_is_reported_incomplete_and_claims
                               seeds_required=range(200, 210))
     workshop, hard = block.split("**Cohort `hard`**")
     assert "distillation − FedAvg" in workshop
+    assert "probe, Dice WT" not in workshop  # a probe has no Dice: no sentence rather than "too few seeds"
     assert hard.startswith(": run incomplete (6 of 10 preregistered seeds finished with every arm); nothing is "
                            "claimed for it yet.")
     assert "distillation" not in hard

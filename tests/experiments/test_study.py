@@ -192,6 +192,12 @@ def test_the_frozen_prereg_design_is_the_tuning_csvs_choice_with_the_learnabilit
     assert ("centralized_12", "probe_summary") in bench.DESIGNS["prereg"].pairs
 
 
+def test_a_snapshot_at_the_last_round_is_the_final_model_and_is_not_scored_twice():
+    arms = (bench.Arm("fedavg", "fedavg", 5, snapshots=(("vp", 5), ("r2", 2))),)
+    names = [name for name, _, _ in bench.scored_arms(bench.Design(seeds=(0,), cohorts=("workshop",), arms=arms))]
+    assert names == ["fedavg", "fedavg@r2"]
+
+
 def test_pareto_front_keeps_the_points_no_other_point_dominates():
     points = [("free", 0.0, 0.5), ("cheap", 1.0, 0.6), ("worse", 2.0, 0.55), ("tie", 1.0, 0.6),
               ("dear", 5.0, 0.9), ("dearer", 9.0, 0.9), ("nan", float("nan"), 1.0)]
