@@ -567,15 +567,20 @@ def pareto_front(points: list[tuple[str, float, float]]) -> list[str]:
     return [p[0] for p in sorted(front, key=lambda p: (p[1], -p[2]))]
 
 
-def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> None:
+def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path):
     """Mean marker AUC and Dice WT (true labels; t-interval bars) against site CPU seconds, site voxel passes,
     bytes up and bytes up + down per run; one row of panels per cohort and metric; each panel's Pareto front
     (:func:`pareto_front`) joined by a dashed line. A cost of 0 (a probe computes or sends nothing) is drawn at a tenth
-    of the panel's smallest positive cost, as the log axis has no 0. Offline HTML (plotly.js inline)."""
+    of the panel's smallest positive cost, as the log axis has no 0. Each arm has one colour in every panel and one
+    legend entry. Writes offline HTML (plotly.js inline) and returns the figure."""
     import plotly.graph_objects as go
+    from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     cohorts = list(summary["cohort"].unique())
+    palette = qualitative.Dark24
+    colour = {arm: palette[i % len(palette)] for i, arm in enumerate(sorted(summary["arm"].unique()))}
+    legend = set()  # each arm once in the legend, one colour in every panel
     xs = (("site_gvox", "site compute (Gvox passes)"), ("site_cpu_s", "site CPU seconds"),
           ("bytes_up", "bytes up (run)"), ("bytes_total", "bytes up + down (run)"))
     metrics = (("auc_mean", "mean marker AUC"), ("dice_WT", "Dice WT"))
@@ -600,10 +605,12 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> Non
                     err = [r["hi"] - r["mean"]] if np.isfinite(r["hi"]) else None
                     figure.add_trace(go.Scatter(
                         x=[x], y=[y], mode="markers+text", text=[arm], textposition="top center",
-                        textfont=dict(size=9), name=arm, showlegend=False,
+                        textfont=dict(size=9, color=colour[arm]), name=arm, legendgroup=arm,
+                        showlegend=arm not in legend, marker=dict(color=colour[arm], size=8),
                         hovertext=f"{arm}: {y:.3f}, {x_title} {values[arm]:.3g}",
                         error_y=dict(type="data", array=err, arrayminus=[r["mean"] - r["lo"]] if err else None,
-                                     visible=err is not None)), **position)
+                                     visible=err is not None, color=colour[arm])), **position)
+                    legend.add(arm)
                 front = pareto_front(points)
                 by_name = {arm: (x, y) for arm, x, y in points}
                 if len(front) > 1:
@@ -614,11 +621,12 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path) -> Non
                 if k == 0:
                     figure.update_yaxes(title_text=metric_title, **position)
     figure.update_layout(title="gliofed strategy comparison: accuracy against cost (log x; a cost of 0 is drawn at a "
-                               "tenth of the smallest; dashed: the Pareto front)",
+                               "tenth of the smallest; dashed: the Pareto front; one colour per arm)",
                          height=520 * len(cohorts) * 2, width=1700, margin=dict(t=90))
     tmp = path.with_suffix(".tmp.html")
     figure.write_html(tmp, include_plotlyjs=True, full_html=True)
     tmp.replace(path)
+    return figure
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -100,12 +100,14 @@ def difference_sentence(row) -> str:
     return f"{body}: not shown."
 
 
-def ratio_sentence(row, threshold: float, denominator: float | None = None) -> str:
+def ratio_sentence(row, threshold: float, denominator: float | None = None,
+                   numerator: float | None = None) -> str:
     """A ratio target as a sentence: ``mean(a) / mean(b)`` over seeds with its 95 % Fieller interval and the
     preregistered verdict against ``threshold`` (met where the lower bound reaches it, missed where the upper bound
     is below it, else not shown). ``denominator``: ``mean(b)`` where known; a target "a ≥ t × b" presumes b > 0 (for
     a score above chance, that b learned something), so with ``mean(b) <= 0`` it is not shown, whatever the
-    interval."""
+    interval. ``numerator``: ``mean(a)`` where known; with an unbounded interval (b's mean not told from 0) the
+    sentence gives the two means rather than a ratio that says nothing."""
     a, b, metric = _name(row["a"]), _name(row["b"]), LABELS.get(row["metric"], row["metric"])
     if denominator is not None and not denominator > 0:
         return (f"{a}'s {metric} against {b}'s over {int(row['n'])} seeds: {b}'s mean is {denominator:.2f}, not "
@@ -114,6 +116,10 @@ def ratio_sentence(row, threshold: float, denominator: float | None = None) -> s
                              bool(row["ratio_bounded"]))
     verdict = ratio_verdict(interval, threshold)
     if not interval.bounded:
+        if numerator is not None and denominator is not None:
+            return (f"{a}'s {metric} is {_signed(numerator)} against {b}'s {_signed(denominator)} over {interval.n} "
+                    f"seeds: the ratio's Fieller interval is unbounded ({b}'s mean cannot be told from 0), so the "
+                    f"≥ {100 * threshold:.0f} % target is not shown.")
         spread = "an unbounded interval"
     else:
         spread = f"95 % interval {100 * interval.lo:.0f}–{100 * interval.hi:.0f} %"
@@ -167,18 +173,26 @@ def control_readings(differences: pd.DataFrame, cohort: str, summary: pd.DataFra
             the S5 sentence says so (a CNN at chance and a probe at chance make a cohort look "easy" that is hard).
     """
     lines = []
-    zero = [_verdict(differences, "distill", "distill_0step", m) for m in ("auc_mean", "dice_WT")]
-    if any(r is not None for r in zero):
-        verdicts = {r["verdict"] for r in zero if r is not None}
-        if "a > b" in verdicts:
-            lines.append("Condensation adds to its initialisation: distillation is above its 0-step control "
-                         "(interval above 0 on mean marker AUC or Dice WT).")
-        elif "a < b" in verdicts:
-            lines.append("Condensation is not shown to add to its initialisation, and takes from it: distillation is "
-                         "below its 0-step control (interval below 0 on mean marker AUC or Dice WT).")
+    zero = {m: _verdict(differences, "distill", "distill_0step", m) for m in ("auc_mean", "dice_WT")}
+    zero = {m: r for m, r in zero.items() if r is not None}
+    if zero:
+        def listed(verdict):
+            return "; ".join(f"{LABELS[m]} {_signed(r['diff'])} [{_signed(r['lo'])}, {_signed(r['hi'])}]"
+                             for m, r in zero.items() if r["verdict"] == verdict)
+        above, below, unshown = listed("a > b"), listed("a < b"), listed("not shown")
+        if above:
+            sentence = f"Condensation adds to its initialisation: distillation − its 0-step control, {above}"
+        elif below:
+            sentence = (f"Condensation is not shown to add to its initialisation, and takes from it: distillation − "
+                        f"its 0-step control, {below}")
         else:
-            lines.append("Condensation's value is not shown: distillation cannot be told from its 0-step control "
-                         "(the synthetic sets' start) on mean marker AUC or Dice WT.")
+            sentence = ("Condensation's value is not shown: distillation cannot be told from its 0-step control (the "
+                        f"synthetic sets' start): {unshown}")
+        if above and below:
+            sentence += f"; but it takes from it on {below}"
+        if (above or below) and unshown:
+            sentence += f"; not shown on {unshown}"
+        lines.append(sentence + ".")
     probe = _verdict(differences, "centralized", "probe_summary", "auc_mean")
     if probe is not None:
         if probe["verdict"] == "a > b":
@@ -186,17 +200,22 @@ def control_readings(differences: pd.DataFrame, cohort: str, summary: pd.DataFra
                          f"(mean marker AUC {_signed(probe['diff'])} [{_signed(probe['lo'])}, "
                          f"{_signed(probe['hi'])}] over the summary-statistics probe).")
         else:
-            sentence = (f"The `{cohort}` cohort is too easy a test of condensation: per-case summary statistics "
-                        f"reach what the centralized CNN reaches (mean marker AUC {_signed(probe['diff'])} "
-                        f"[{_signed(probe['lo'])}, {_signed(probe['hi'])}] over the probe; not above 0).")
+            result = (f"mean marker AUC {_signed(probe['diff'])} [{_signed(probe['lo'])}, {_signed(probe['hi'])}] "
+                      "over the probe; not above 0")
             level = None
             if summary is not None and len(summary):
                 match = summary[(summary["arm"] == "probe_summary") & (summary["metric"] == "auc_mean")]
                 level = match.iloc[0] if len(match) else None
             if level is not None and not (np.isfinite(level["lo"]) and level["lo"] > 0.5):
-                sentence += (f" But the probe itself is not shown above chance (mean marker AUC {level['mean']:.2f} "
-                             f"[{level['lo']:.2f}, {level['hi']:.2f}]): the CNN learned little at this budget, which "
-                             "says the markers are hard to learn here, not that the cohort is easy.")
+                sentence = (f"On the `{cohort}` cohort the centralized CNN is not shown above per-case summary "
+                            f"statistics ({result}), the preregistered condition for calling a cohort too easy a "
+                            f"test of condensation; but the probe itself is not shown above chance (mean marker AUC "
+                            f"{level['mean']:.2f} [{level['lo']:.2f}, {level['hi']:.2f}]): at this budget the CNN "
+                            "learned little, which says the markers are hard to learn here, not that the cohort is "
+                            "easy, so the 'too easy' reading is not made.")
+            else:
+                sentence = (f"The `{cohort}` cohort is too easy a test of condensation: per-case summary statistics "
+                            f"reach what the centralized CNN reaches ({result}).")
             lines.append(sentence)
     reference = _verdict(differences, "centralized_12", "probe_summary", "auc_mean")
     if reference is not None:
@@ -230,8 +249,9 @@ def _cohort_section(rows: pd.DataFrame, cohort: str, arms: Sequence[str], pairs:
     for a, b, metric, threshold in ratios:
         match = _verdict(differences, a, b, metric) if len(differences) else None
         if match is not None:
-            level = summary[(summary["arm"] == b) & (summary["metric"] == metric)]
-            lines.append(f"- {ratio_sentence(match, threshold, float(level['mean'].iloc[0]) if len(level) else None)}")
+            means = [summary[(summary["arm"] == arm) & (summary["metric"] == metric)]["mean"] for arm in (b, a)]
+            denominator, numerator = (float(m.iloc[0]) if len(m) else None for m in means)
+            lines.append(f"- {ratio_sentence(match, threshold, denominator, numerator)}")
     if readings and len(differences):
         lines += [f"- {s}" for s in control_readings(differences, cohort, summary)]
     return lines + [""]

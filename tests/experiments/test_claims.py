@@ -42,6 +42,17 @@ def test_ratio_sentences_follow_the_preregistered_rule():
     assert "not shown" in claims.ratio_sentence({**row, "ratio_bounded": False}, 0.95)
 
 
+def test_an_unbounded_ratio_gives_the_two_means_not_a_percentage():
+    # FedAvg's mean above chance is positive but not told from 0: a ratio of -52 % would say nothing
+    row = _row(-0.05, -0.10, -0.001, metric="auc_mean_above_chance", ratio=-0.519, ratio_lo=float("-inf"),
+               ratio_hi=float("inf"), ratio_bounded=False)
+    text = claims.ratio_sentence(row, 0.95, denominator=0.033, numerator=-0.017)
+    assert text == ("distillation's mean marker AUC above chance is −0.02 against FedAvg's +0.03 over 10 seeds: the "
+                    "ratio's Fieller interval is unbounded (FedAvg's mean cannot be told from 0), so the ≥ 95 % "
+                    "target is not shown.")
+    assert "%" not in text.split("≥")[0]
+
+
 def test_the_readme_and_results_comparison_blocks_are_generated_from_the_results_csv():
     assert claims.main(["--root", str(ROOT), "--check"]) == 0
     for name in claims.BLOCK_FILES:
@@ -138,7 +149,8 @@ def test_control_readings_follow_the_preregistered_rules():
                          _difference("centralized", "probe_summary", "auc_mean", 0.01, -0.03, 0.05),
                          _difference("centralized_12", "probe_summary", "auc_mean", 0.15, 0.08, 0.22)])
     lines = claims.control_readings(adds, "hard")
-    assert lines[0].startswith("Condensation adds to its initialisation")
+    assert lines[0] == ("Condensation adds to its initialisation: distillation − its 0-step control, Dice WT +0.05 "
+                        "[+0.01, +0.09]; not shown on mean marker AUC +0.01 [−0.02, +0.04].")
     assert "`hard` cohort is too easy" in lines[1] and "+0.01 [−0.03, +0.05]" in lines[1]
     assert "reference (centralized at 3× the budget) is above the probe" in lines[2] and "+0.15" in lines[2]
     worse = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.05, -0.09, -0.01)])
@@ -147,8 +159,16 @@ def test_control_readings_follow_the_preregistered_rules():
     at_chance = pd.DataFrame([{"arm": "probe_summary", "metric": "auc_mean", "n": 10, "mean": 0.52, "lo": 0.49,
                                "hi": 0.55}])
     easy = claims.control_readings(adds, "hard", at_chance)[1]
-    assert "too easy" in easy
+    assert easy.startswith("On the `hard` cohort the centralized CNN is not shown above per-case summary statistics")
     assert "the probe itself is not shown above chance (mean marker AUC 0.52 [0.49, 0.55])" in easy
+    assert easy.endswith("so the 'too easy' reading is not made.") and "cohort is too easy" not in easy
+    learned = at_chance.assign(mean=0.80, lo=0.75, hi=0.85)  # a probe above chance: the preregistered reading
+    assert "The `hard` cohort is too easy a test" in claims.control_readings(adds, "hard", learned)[1]
+    mixed = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.03, -0.05, -0.01),
+                          _difference("distill", "distill_0step", "dice_WT", 0.05, 0.01, 0.09)])
+    assert claims.control_readings(mixed, "hard")[0] == (
+        "Condensation adds to its initialisation: distillation − its 0-step control, Dice WT +0.05 [+0.01, +0.09]; "
+        "but it takes from it on mean marker AUC −0.03 [−0.05, −0.01].")
     same = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", 0.01, -0.02, 0.04),
                          _difference("centralized", "probe_summary", "auc_mean", 0.2, 0.1, 0.3)])
     lines = claims.control_readings(same, "workshop")

@@ -219,8 +219,14 @@ def test_pareto_figure_draws_every_arm_and_puts_a_zero_cost_below_the_smallest(t
                           {"cohort": "workshop", "arm": "unknown_cost", "site_gvox": float("nan"),
                            "site_cpu_s": float("nan"), "bytes_up": float("nan"), "bytes_down": float("nan")}])
     summary = pd.concat([summary, summary[summary["arm"] == "distill"].assign(arm="unknown_cost", mean=0.99)])
-    bench.pareto_figure(summary, costs, tmp_path / "pareto.html")
+    figure = bench.pareto_figure(summary, costs, tmp_path / "pareto.html")
     html = (tmp_path / "pareto.html").read_text()
+    points = [t for t in figure.data if t.mode == "markers+text"]
+    for arm in ("fedavg", "distill", "probe_summary"):
+        mine = [t for t in points if t.name == arm]
+        assert len(mine) == 8 and len({t.marker.color for t in mine}) == 1  # one colour in every panel
+        assert sum(bool(t.showlegend) for t in mine) == 1  # one legend entry
+    assert len({t.marker.color for t in points}) == 3  # and a different one for each arm
     assert html.count('"text":["fedavg"]') == 8 and html.count('"text":["probe_summary"]') == 8
     assert '"x":[0.02]' in html  # the probe's 0 Gvox drawn at a tenth of fedavg's 0.2 (not at 1, above every arm)
     assert '"dash":"dash"' in html and not (tmp_path / "pareto.tmp.html").exists()
