@@ -370,6 +370,13 @@ def scored_arms(design: Design) -> list[tuple[str, str, str | None]]:
     return out
 
 
+def final_snapshots(design: Design) -> dict[str, str]:
+    """``{"arm@label": "arm"}`` for every snapshot at or after its arm's last round: the arm's final model, which
+    :func:`scored_arms` does not score twice; a pair naming one is that arm's pair."""
+    return {f"{arm.name}@{label}": arm.name for arm in design.arms for label, r in arm.snapshots
+            if int(r) >= arm.rounds}
+
+
 def done(out: Path, cohort: str, seed: int, arm: str, key: str | None, label: str | None = None) -> dict | None:
     """The cost row of a finished task (its predictions and cost file exist; with ``key``, made with that
     settings key), else None; ``label``: one of the arm's snapshots."""
@@ -425,14 +432,18 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
               "devices": sorted({c.get("device", "unknown") for c in costs}),
               "finished": [min((c["finished"] for c in costs), default=None),
                            max((c["finished"] for c in costs), default=None)],
-              "done": len(costs), "missing": missing, "merged": dt.datetime.now(dt.timezone.utc).isoformat()}
+              "done": len(costs), "missing": missing, "merged": dt.datetime.now(dt.timezone.utc).isoformat(),
+              "merged_by": git_commit()}  # the code that wrote the tables (the runs name their own in "commits")
     if per_seed.empty:
         (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
         return result
     per_seed = per_seed.merge(cost_frame.drop(columns=["settings"], errors="ignore"), on=["cohort", "seed", "arm"])
     summary = seed_summary(per_seed)
     bootstrap = {"predictions": boot, "n_boot": n_boot, "labels": "truth"} if n_boot > 0 else None
-    differences = seed_differences(per_seed, design.pairs, bootstrap=bootstrap)
+    aliases = final_snapshots(design)
+    pairs = list(dict.fromkeys((aliases.get(a, a), aliases.get(b, b)) for a, b in design.pairs))
+    differences = seed_differences(per_seed, pairs, bootstrap=bootstrap)
+    result["final_snapshots"] = aliases  # named in table.md: their comparisons are their arm's
     cost_table = cost_summary(cost_frame)
     cost_table["tpr_at_1pct_fpr"] = np.nan
     if leakage is not None:
@@ -509,7 +520,7 @@ def _bytes(value: float) -> str:
 
 
 #: the metrics of the paired-differences table in ``table.md`` (``differences.csv`` has every metric)
-DIFFERENCE_METRICS = ("auc_mean", "auc_mean_above_chance", "dice_WT", "dice_TC")
+DIFFERENCE_METRICS = ("auc_mean", "auc_mean_above_chance", "dice_WT", "dice_TC", "dice_ET")
 
 
 def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFrame, result: dict) -> str:
@@ -518,6 +529,9 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFra
     lines = [f"Code {', '.join(c[:12] for c in result['code'])} (commit {', '.join(result['commits'])}); devices: "
              f"{'; '.join(result['devices'])}; runs finished {result['finished'][0]} – {result['finished'][1]}; "
              f"{result['done']} runs done, {len(result['missing'])} missing.", ""]
+    for snapshot, arm in result.get("final_snapshots", {}).items():
+        lines += [f"`{snapshot}` is `{arm}`'s final model (a snapshot at its last round): its comparisons are "
+                  f"`{arm}`'s.", ""]
     for cohort in summary["cohort"].unique():
         part = summary[(summary["cohort"] == cohort) & (summary["labels"] == "truth")]
         seeds = int(part["n"].max()) if len(part) else 0
@@ -572,14 +586,18 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path):
     bytes up and bytes up + down per run; one row of panels per cohort and metric; each panel's Pareto front
     (:func:`pareto_front`) joined by a dashed line. A cost of 0 (a probe computes or sends nothing) is drawn at a tenth
     of the panel's smallest positive cost, as the log axis has no 0. Each arm has one colour in every panel and one
-    legend entry. Writes offline HTML (plotly.js inline) and returns the figure."""
+    legend entry (and a marker shape, so that near colours differ). Writes offline HTML (plotly.js inline) and
+    returns the figure."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
     from plotly.subplots import make_subplots
 
     cohorts = list(summary["cohort"].unique())
     palette = qualitative.Dark24
-    colour = {arm: palette[i % len(palette)] for i, arm in enumerate(sorted(summary["arm"].unique()))}
+    symbols = ("circle", "square", "diamond", "triangle-up", "x", "star", "triangle-down", "cross")
+    ordered = sorted(summary["arm"].unique())
+    colour = {arm: palette[i % len(palette)] for i, arm in enumerate(ordered)}
+    symbol = {arm: symbols[i % len(symbols)] for i, arm in enumerate(ordered)}  # near colours, other shapes
     legend = set()  # each arm once in the legend, one colour in every panel
     xs = (("site_gvox", "site compute (Gvox passes)"), ("site_cpu_s", "site CPU seconds"),
           ("bytes_up", "bytes up (run)"), ("bytes_total", "bytes up + down (run)"))
@@ -606,7 +624,7 @@ def pareto_figure(summary: pd.DataFrame, costs: pd.DataFrame, path: Path):
                     figure.add_trace(go.Scatter(
                         x=[x], y=[y], mode="markers+text", text=[arm], textposition="top center",
                         textfont=dict(size=9, color=colour[arm]), name=arm, legendgroup=arm,
-                        showlegend=arm not in legend, marker=dict(color=colour[arm], size=8),
+                        showlegend=arm not in legend, marker=dict(color=colour[arm], symbol=symbol[arm], size=9),
                         hovertext=f"{arm}: {y:.3f}, {x_title} {values[arm]:.3g}",
                         error_y=dict(type="data", array=err, arrayminus=[r["mean"] - r["lo"]] if err else None,
                                      visible=err is not None, color=colour[arm])), **position)

@@ -153,15 +153,29 @@ def test_control_readings_follow_the_preregistered_rules():
                         "[+0.01, +0.09]; not shown on mean marker AUC +0.01 [−0.02, +0.04].")
     assert "`hard` cohort is too easy" in lines[1] and "+0.01 [−0.03, +0.05]" in lines[1]
     assert "reference (centralized at 3× the budget) is above the probe" in lines[2] and "+0.15" in lines[2]
-    worse = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.05, -0.09, -0.01)])
-    assert claims.control_readings(worse, "workshop")[0].startswith(
-        "Condensation is not shown to add to its initialisation, and takes from it")
+    worse = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.05, -0.09, -0.01),
+                          _difference("distill", "distill_0step", "dice_WT", 0.01, -0.02, 0.04)])
+    assert claims.control_readings(worse, "workshop")[0] == (
+        "Condensation is not shown to add to its initialisation, and takes from it: distillation − its 0-step "
+        "control, mean marker AUC −0.05 [−0.09, −0.01]; not shown on Dice WT +0.01 [−0.02, +0.04].")
+    # a comparison with no seed scored by both arms (n = 0) gives no reading, never "+nan [+nan, +nan]"
+    empty = pd.DataFrame([{**_difference("distill", "distill_0step", "auc_mean", 0, 0, 0), "n": 0,
+                           "diff": float("nan"), "lo": float("nan"), "hi": float("nan"), "verdict": "not shown"}])
+    assert claims.control_readings(empty, "workshop") == []
     at_chance = pd.DataFrame([{"arm": "probe_summary", "metric": "auc_mean", "n": 10, "mean": 0.52, "lo": 0.49,
                                "hi": 0.55}])
     easy = claims.control_readings(adds, "hard", at_chance)[1]
     assert easy.startswith("On the `hard` cohort the centralized CNN is not shown above per-case summary statistics")
     assert "the probe itself is not shown above chance (mean marker AUC 0.52 [0.49, 0.55])" in easy
-    assert easy.endswith("so the 'too easy' reading is not made.") and "cohort is too easy" not in easy
+    assert easy.endswith("deviation D1), the 'too easy' reading is not made.") and "cohort is too easy" not in easy
+    assert "neither reads the markers" not in easy  # centralized's own level unknown: no claim that it is at chance
+    cnn_at_chance = pd.concat([at_chance, at_chance.assign(arm="centralized", mean=0.54, lo=0.48, hi=0.60)])
+    assert ("the centralized CNN is not shown above chance either (mean marker AUC 0.54 [0.48, 0.60]): at this "
+            "budget neither reads the markers") in claims.control_readings(adds, "hard", cnn_at_chance)[1]
+    cnn_learned = pd.concat([at_chance, at_chance.assign(arm="centralized", mean=0.60, lo=0.55, hi=0.65)])
+    resolved = claims.control_readings(adds, "hard", cnn_learned)[1]
+    assert "the centralized CNN is above chance (mean marker AUC 0.60 [0.55, 0.65]) but its lead over the probe is " \
+           "not resolved" in resolved and "neither reads" not in resolved
     learned = at_chance.assign(mean=0.80, lo=0.75, hi=0.85)  # a probe above chance: the preregistered reading
     assert "The `hard` cohort is too easy a test" in claims.control_readings(adds, "hard", learned)[1]
     mixed = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", -0.03, -0.05, -0.01),
@@ -172,7 +186,8 @@ def test_control_readings_follow_the_preregistered_rules():
     same = pd.DataFrame([_difference("distill", "distill_0step", "auc_mean", 0.01, -0.02, 0.04),
                          _difference("centralized", "probe_summary", "auc_mean", 0.2, 0.1, 0.3)])
     lines = claims.control_readings(same, "workshop")
-    assert lines[0].startswith("Condensation's value is not shown")
+    assert lines[0] == ("Condensation's value is not shown: distillation cannot be told from its 0-step control "
+                        "(the synthetic sets' start): mean marker AUC +0.01 [−0.02, +0.04].")
     assert "CNN reads more than per-case summary statistics" in lines[1] and len(lines) == 2
     assert claims.control_readings(same.iloc[:0], "workshop") == []
 
@@ -195,3 +210,19 @@ def test_front_door_reports_each_cohort_and_says_when_one_has_no_results():
     assert "distillation's mean marker AUC above chance is 145.5 % of FedAvg's" in block  # 0.32 / 0.22
     assert "Condensation adds to its initialisation" in block
     assert block.startswith(claims.BLOCK_BEGIN) and block.endswith(claims.BLOCK_END)
+
+
+def test_front_door_gives_an_unbounded_primary_ratio_as_the_two_arms_means():
+    rows = []
+    for seed in range(6):
+        wobble = (-1) ** seed * 0.04  # FedAvg's mean above chance +0.01, its interval across 0
+        for arm, above in (("distill", -0.02 + 0.005 * seed), ("fedavg", 0.01 + wobble)):
+            rows.append({"cohort": "hard", "seed": seed, "arm": arm, "labels": "truth", "auc_mean": 0.5 + above,
+                         "auc_mean_above_chance": above, "dice_WT": 0.5, "dice_TC": 0.3})
+    per_seed = pd.DataFrame(rows).reindex(columns=[*pd.DataFrame(rows).columns, "auc_idh", "auc_codeletion",
+                                                   "auc_mgmt", "auc_grade", "dice_ET"])
+    block = claims.front_door(per_seed, "Test.", cohort="hard", arms=("distill", "fedavg"),
+                              pairs=(("distill", "fedavg"),),
+                              ratios=(("distill", "fedavg", "auc_mean_above_chance", 0.95),))
+    assert ("distillation's mean marker AUC above chance is −0.01 against FedAvg's +0.01 over 6 seeds: the ratio's "
+            "Fieller interval is unbounded") in block  # a's mean first, b's second

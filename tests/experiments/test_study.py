@@ -100,6 +100,7 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
     assert bench.main(["--design", "smoke", "--out", str(out), "--n-boot", "20"]) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["done"] == 12 and not results["missing"] and len(results["code"]) == 1
+    assert results["merged_by"] == bench.git_commit()  # the merging code is named beside the runs' commits
     summary = pd.read_csv(out / "summary.csv")
     assert set(summary["arm"]) == {"fedavg", "fedavg@r1", "fedavg_1round", "distill", "probe_summary", "site_only"}
     truth = summary[summary["labels"] == "truth"]
@@ -194,8 +195,17 @@ def test_the_frozen_prereg_design_is_the_tuning_csvs_choice_with_the_learnabilit
 
 def test_a_snapshot_at_the_last_round_is_the_final_model_and_is_not_scored_twice():
     arms = (bench.Arm("fedavg", "fedavg", 5, snapshots=(("vp", 5), ("r2", 2))),)
-    names = [name for name, _, _ in bench.scored_arms(bench.Design(seeds=(0,), cohorts=("workshop",), arms=arms))]
+    design = bench.Design(seeds=(0,), cohorts=("workshop",), arms=arms, pairs=(("fedavg@vp", "fedavg@r2"),))
+    names = [name for name, _, _ in bench.scored_arms(design)]
     assert names == ["fedavg", "fedavg@r2"]
+    assert bench.final_snapshots(design) == {"fedavg@vp": "fedavg"}  # its pairs are the arm's, and table.md says so
+    assert bench.final_snapshots(bench.DESIGNS["prereg"]) == {"fedavg@vp": "fedavg"}
+    result = {"code": ["abc"], "commits": ["c1"], "devices": ["CPU"], "finished": ["t0", "t1"], "done": 1,
+              "missing": [], "final_snapshots": {"fedavg@vp": "fedavg"}}
+    text = bench.markdown(pd.DataFrame(columns=["cohort", "labels", "arm", "metric", "n", "mean", "lo", "hi"]),
+                          pd.DataFrame(), pd.DataFrame(columns=["cohort", "arm"]), result)
+    assert "`fedavg@vp` is `fedavg`'s final model (a snapshot at its last round): its comparisons are `fedavg`'s." \
+        in text
 
 
 def test_pareto_front_keeps_the_points_no_other_point_dominates():
@@ -224,7 +234,7 @@ def test_pareto_figure_draws_every_arm_and_puts_a_zero_cost_below_the_smallest(t
     points = [t for t in figure.data if t.mode == "markers+text"]
     for arm in ("fedavg", "distill", "probe_summary"):
         mine = [t for t in points if t.name == arm]
-        assert len(mine) == 8 and len({t.marker.color for t in mine}) == 1  # one colour in every panel
+        assert len(mine) == 8 and len({(t.marker.color, t.marker.symbol) for t in mine}) == 1  # the same in each panel
         assert sum(bool(t.showlegend) for t in mine) == 1  # one legend entry
     assert len({t.marker.color for t in points}) == 3  # and a different one for each arm
     assert html.count('"text":["fedavg"]') == 8 and html.count('"text":["probe_summary"]') == 8
