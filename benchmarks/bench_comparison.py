@@ -394,10 +394,11 @@ def done(out: Path, cohort: str, seed: int, arm: str, key: str | None, label: st
 
 
 def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int = 0,
-          leakage: Path | None = None) -> dict:
+          leakage: Path | None = None, jobs: int = 1) -> dict:
     """Tables from the finished tasks of ``design`` in ``out`` (see the module docstring); returns results.json's
     content. ``leakage``: a CSV with columns ``arm``, ``tpr_at_1pct_fpr`` (and optionally ``cohort``) — the
     membership-inference results of issue 30 — joined into ``costs.csv`` and the table (blank where absent).
+    ``n_boot``: two-level bootstrap resamples (0: none), its pairs in ``jobs`` processes.
 
     Raises:
         ConfigError: the finished runs were made by different code (without ``allow_mixed_code``)."""
@@ -439,7 +440,8 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
         return result
     per_seed = per_seed.merge(cost_frame.drop(columns=["settings"], errors="ignore"), on=["cohort", "seed", "arm"])
     summary = seed_summary(per_seed)
-    bootstrap = {"predictions": boot, "n_boot": n_boot, "labels": "truth"} if n_boot > 0 else None
+    bootstrap = ({"predictions": boot, "n_boot": n_boot, "labels": "truth", "jobs": jobs} if n_boot > 0
+                 else None)
     aliases = final_snapshots(design)
     pairs = list(dict.fromkeys((aliases.get(a, a), aliases.get(b, b)) for a, b in design.pairs))
     differences = seed_differences(per_seed, pairs, bootstrap=bootstrap)
@@ -669,13 +671,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cohorts", nargs="+", choices=sorted(COHORTS), help="only these cohort kinds")
     parser.add_argument("--seeds", type=int, nargs="+", help="only these seeds of the design")
     parser.add_argument("--arms", nargs="+", help="only these arms of the design")
-    parser.add_argument("--jobs", type=int, default=1, help="tasks in parallel processes (default 1)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="tasks (and the merge's bootstrap pairs) in parallel processes (default 1)")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="K/N: run every N-th task from the K-th")
     parser.add_argument("--merge-only", action="store_true", help="run nothing; write the tables from done tasks")
     parser.add_argument("--allow-mixed-code", action="store_true", help="merge runs made by different code")
     parser.add_argument("--n-boot", type=int, default=0, help="two-level bootstrap resamples in the merge (0: none)")
     parser.add_argument("--leakage", type=Path, help="CSV of arm, tpr_at_1pct_fpr (issue 30) for the table's column")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: need at least 1")
+    if args.n_boot < 0:
+        parser.error(f"--n-boot {args.n_boot}: need 0 (no bootstrap) or more")
     design = DESIGNS[args.design]
     for name, chosen, known in (("seeds", args.seeds, design.seeds), ("arms", args.arms,
                                                                        [a.name for a in design.arms]),
@@ -732,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                 cost = run_task(*task)
                 log(f"{cost['cohort']} seed {cost['seed']} {cost['arm']}: {cost['wall_s']:.0f} s")
     try:
-        result = merge(design, out, args.allow_mixed_code, args.n_boot, args.leakage)
+        result = merge(design, out, args.allow_mixed_code, args.n_boot, args.leakage, jobs=args.jobs)
     except ConfigError as error:
         parser.error(str(error))
     log(f"merged {result['done']} run(s) into {out}; missing {len(result['missing'])}"

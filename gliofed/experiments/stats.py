@@ -195,20 +195,22 @@ def ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0
 
 
 def two_level_bootstrap(sizes: Sequence[int], statistic: Callable[[list[tuple[int, np.ndarray]]], float],
-                        n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> tuple[float, float, np.ndarray]:
+                        n_boot: int = 2000, confidence: float = 0.95, seed: int = 0):
     """Percentile interval of a statistic under a two-level bootstrap: seeds are drawn with replacement, then,
     inside every drawn seed, its test cases with replacement.
 
     Args:
         sizes: test cases per seed (seed ``s`` has cases ``0 .. sizes[s] - 1``).
         statistic: called with one resample: a list of ``(seed index, case indices)``, one entry per drawn seed
-            (a seed drawn twice appears twice, with its own case draw); returns a number (NaN is skipped).
+            (a seed drawn twice appears twice, with its own case draw); returns a number, or a 1-D array of several
+            statistics taken on the same draw (NaN is skipped, per statistic).
         n_boot: resamples (default 2000).
         confidence: coverage (default 0.95).
         seed: seeds the resampling.
 
     Returns:
-        (lo, hi, the finite resampled values).
+        A number: (lo, hi, the finite resampled values). An array of k: (lo, hi) arrays of k, and the
+        ``(n_boot, k)`` resampled values (NaN kept); a statistic with no finite value has NaN bounds.
     """
     rng = np.random.default_rng(seed)
     n_seeds = len(sizes)
@@ -217,14 +219,20 @@ def two_level_bootstrap(sizes: Sequence[int], statistic: Callable[[list[tuple[in
     values = []
     for _ in range(n_boot):
         draw = [(int(s), rng.integers(0, sizes[s], sizes[s])) for s in rng.integers(0, n_seeds, n_seeds)]
-        value = float(statistic(draw))
-        if np.isfinite(value):
-            values.append(value)
+        values.append(np.asarray(statistic(draw), float))
     values = np.asarray(values, float)
-    if not len(values):
-        return float("nan"), float("nan"), values
     tail = (1 - confidence) / 2
-    return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail)), values
+    if values.ndim == 1:
+        values = values[np.isfinite(values)]
+        if not len(values):
+            return float("nan"), float("nan"), values
+        return float(np.quantile(values, tail)), float(np.quantile(values, 1 - tail)), values
+    lo, hi = np.full(values.shape[1], np.nan), np.full(values.shape[1], np.nan)
+    for k in range(values.shape[1]):
+        column = values[:, k][np.isfinite(values[:, k])]
+        if len(column):
+            lo[k], hi[k] = np.quantile(column, tail), np.quantile(column, 1 - tail)
+    return lo, hi, values
 
 
 def difference_verdict(test: PairedTest) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -241,8 +242,9 @@ def seed_differences(per_seed: pd.DataFrame, pairs: Iterable[tuple[str, str]], m
         per_seed: as for :func:`seed_summary`; seeds are paired by the ``seed`` column.
         pairs: (a, b) arm names; a pair with an arm the table lacks is skipped.
         metrics: the metric columns to compare.
-        bootstrap: ``{(cohort, seed, arm): predictions with the chosen labels}``, ``"n_boot"``, ``"seed"``: adds
-            ``boot_lo``, ``boot_hi`` (the mean over drawn seeds of ``a - b``, test cases redrawn in each).
+        bootstrap: ``{"predictions": {(cohort, seed, arm): predictions with the chosen labels}, "n_boot",
+            "seed", "labels", "jobs"}``: adds ``boot_lo``, ``boot_hi`` (the mean over drawn seeds of ``a - b``, test
+            cases redrawn in each; every metric of a pair from the same draws; pairs in ``jobs`` processes).
     """
     frame = per_seed if "cohort" in per_seed else per_seed.assign(cohort="")
     rows = []
@@ -268,31 +270,80 @@ def seed_differences(per_seed: pd.DataFrame, pairs: Iterable[tuple[str, str]], m
                        "log_ratio": log.ratio if log else float("nan"), "log_ratio_lo": log.lo if log else float("nan"),
                        "log_ratio_hi": log.hi if log else float("nan"),
                        "boot_lo": float("nan"), "boot_hi": float("nan")}
-                if bootstrap is not None and labels == bootstrap.get("labels", "truth"):
-                    row["boot_lo"], row["boot_hi"] = _bootstrap_difference(bootstrap, cohort, seeds, a, b, metric)
                 rows.append(row)
-    return pd.DataFrame(rows)
+    frame_out = pd.DataFrame(rows)
+    if bootstrap is not None and len(frame_out):
+        labels = bootstrap.get("labels", "truth")
+        tasks = {}
+        for (cohort, a, b), _ in frame_out[frame_out["labels"] == labels].groupby(["cohort", "a", "b"],
+                                                                                     sort=False):
+            seeds = sorted(set(frame["seed"][(frame["cohort"] == cohort) & (frame["arm"] == a)])
+                           & set(frame["seed"][(frame["cohort"] == cohort) & (frame["arm"] == b)]))
+            tasks[(cohort, a, b)] = seeds
+        bounds = _bootstrap_differences(bootstrap, tasks, list(metrics))
+        for index, row in frame_out.iterrows():
+            key = (row["cohort"], row["a"], row["b"])
+            if row["labels"] == labels and key in bounds:
+                frame_out.loc[index, ["boot_lo", "boot_hi"]] = bounds[key][row["metric"]]
+    return frame_out
 
 
-def _bootstrap_difference(bootstrap: dict, cohort, seeds: list, a: str, b: str, metric: str) -> tuple[float, float]:
-    predictions = bootstrap["predictions"]
-    usable = [s for s in seeds if (cohort, s, a) in predictions and (cohort, s, b) in predictions]
-    if not usable:
-        return float("nan"), float("nan")
-    frames = [(predictions[(cohort, s, a)], predictions[(cohort, s, b)]) for s in usable]
+def _sorted_models(predictions: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each evaluated model's predictions sorted by subject (the order :func:`score_models`' ``rows`` index)."""
+    return [group.sort_values("subject").reset_index(drop=True)
+            for _, group in predictions.groupby("model", sort=True)]
+
+
+def _scores_on(models: list[pd.DataFrame], rows: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
+    """:func:`score_models` on presorted model frames, as an array over ``metrics``."""
+    scores = [score(group.iloc[rows].reset_index(drop=True)) for group in models]
+    out = []
+    for metric in metrics:
+        values = [s[metric] for s in scores]
+        out.append(float(np.nanmean(values)) if any(np.isfinite(v) for v in values) else float("nan"))
+    return np.asarray(out, float)
+
+
+def _bootstrap_pair(task: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level bootstrap of ``a - b`` (mean over drawn seeds, cases redrawn in each) on every metric at once,
+    from the same draws: ``task`` = (list of (a's frame, b's frame) per seed, metrics, n_boot, seed)."""
+    frames, metrics, n_boot, seed = task
+    models = [(_sorted_models(fa), _sorted_models(fb)) for fa, fb in frames]
     sizes = [fa["subject"].nunique() for fa, _ in frames]
 
-    def statistic(draw) -> float:
-        values = []
-        for index, rows in draw:
-            fa, fb = frames[index]
-            values.append(score_models(fa, rows)[metric] - score_models(fb, rows)[metric])
-        values = [v for v in values if np.isfinite(v)]
-        return float(np.mean(values)) if values else float("nan")
+    def statistic(draw) -> np.ndarray:
+        values = np.asarray([_scores_on(models[index][0], rows, metrics) - _scores_on(models[index][1], rows, metrics)
+                             for index, rows in draw], float)
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a metric with no finite value in this draw: NaN
+            return np.nanmean(values, axis=0)
 
-    lo, hi, _ = stats.two_level_bootstrap(sizes, statistic, bootstrap.get("n_boot", 200),
-                                          seed=bootstrap.get("seed", 0))
+    lo, hi, _ = stats.two_level_bootstrap(sizes, statistic, n_boot, seed=seed)
     return lo, hi
+
+
+def _bootstrap_differences(bootstrap: dict, tasks: dict, metrics: list[str]) -> dict:
+    """``{(cohort, a, b): {metric: (lo, hi)}}`` for every pair of ``tasks`` (``{(cohort, a, b): seeds}``), each pair's
+    metrics from one set of draws; pairs run in ``bootstrap["jobs"]`` processes (default 1)."""
+    predictions = bootstrap["predictions"]
+    work, keys = [], []
+    for (cohort, a, b), seeds in tasks.items():
+        usable = [s for s in seeds if (cohort, s, a) in predictions and (cohort, s, b) in predictions]
+        if not usable:
+            continue
+        frames = [(predictions[(cohort, s, a)], predictions[(cohort, s, b)]) for s in usable]
+        work.append((frames, metrics, bootstrap.get("n_boot", 200), bootstrap.get("seed", 0)))
+        keys.append((cohort, a, b))
+    jobs = int(bootstrap.get("jobs", 1))
+    if jobs > 1 and len(work) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(jobs) as pool:
+            results = list(pool.map(_bootstrap_pair, work))
+    else:
+        results = [_bootstrap_pair(task) for task in work]
+    return {key: {metric: (float(lo[k]), float(hi[k])) for k, metric in enumerate(metrics)}
+            for key, (lo, hi) in zip(keys, results)}
 
 
 # ---------------------------------------------------------------------------------------------------------------

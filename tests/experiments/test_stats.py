@@ -100,6 +100,16 @@ def test_two_level_bootstrap_resamples_cases_inside_a_seed():
     assert lo < 4.5 < hi
 
 
+def test_two_level_bootstrap_of_several_statistics_takes_each_from_the_same_draws():
+    cases = np.arange(10.0)
+    lo, hi, draws = stats.two_level_bootstrap(
+        [10], lambda draw: np.array([cases[draw[0][1]].mean(), -cases[draw[0][1]].mean(), np.nan]), n_boot=500, seed=3)
+    one_lo, one_hi, one = stats.two_level_bootstrap([10], lambda draw: cases[draw[0][1]].mean(), n_boot=500, seed=3)
+    assert draws.shape == (500, 3) and np.array_equal(draws[:, 0], one) and np.array_equal(draws[:, 1], -one)
+    assert (lo[0], hi[0]) == (one_lo, one_hi) and (lo[1], hi[1]) == pytest.approx((-one_hi, -one_lo))
+    assert np.isnan(lo[2]) and np.isnan(hi[2])  # a statistic never finite has no interval
+
+
 def test_verdicts_follow_the_preregistered_rules():
     assert stats.difference_verdict(stats.PairedTest(0.05, 0.01, 0.09, 3.0, 0.01, 10)) == "a > b"
     assert stats.difference_verdict(stats.PairedTest(-0.05, -0.09, -0.01, -3.0, 0.01, 10)) == "a < b"

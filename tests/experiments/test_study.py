@@ -80,6 +80,47 @@ def test_seed_differences_pair_seeds_and_give_known_interval_ratio_and_verdict()
     assert len(benchmark.seed_differences(per_seed, [("a", "absent")], metrics=["dice_WT"])) == 0
 
 
+def _model_predictions(rng, n, model="global", shift=0.0):
+    frame = {"subject": [f"s{i:03d}" for i in range(n)], "site": "s", "model": model, "has_mask": True}
+    for marker, classes in (("idh", 2), ("codeletion", 2), ("mgmt", 2), ("grade", 3)):
+        truth = rng.integers(0, classes, n)
+        logits = rng.normal(size=(n, classes)) + shift * np.eye(classes)[truth]
+        probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        frame[marker] = truth
+        frame.update({f"p_{marker}_{k}": probabilities[:, k] for k in range(classes)})
+    frame.update({f"dice_{r}": rng.uniform(0, 1, n) for r in ("WT", "TC", "ET")})
+    return pd.DataFrame(frame)
+
+
+def test_the_two_level_bootstrap_of_a_pair_is_each_metrics_own_bootstrap_from_the_same_draws():
+    rng = np.random.default_rng(0)
+    seeds = [0, 1, 2]
+    predictions = {("c", s, "a"): _model_predictions(rng, 12, shift=1.5) for s in seeds}
+    predictions |= {("c", s, "b"): pd.concat([_model_predictions(rng, 12, model=f"site{k}") for k in range(2)])
+                    for s in seeds}  # b: two models (local-only), scored as their mean
+    per_seed = pd.DataFrame([{"cohort": "c", "seed": s, "arm": arm, "labels": "truth",
+                              **benchmark.score_models(predictions[("c", s, arm)])} for s in seeds for arm in "ab"])
+    metrics = ["auc_idh", "auc_mean", "dice_WT"]
+    bootstrap = {"predictions": predictions, "n_boot": 40, "seed": 5, "labels": "truth"}
+    table = benchmark.seed_differences(per_seed, [("a", "b")], metrics, bootstrap=bootstrap).set_index("metric")
+    frames = [(predictions[("c", s, "a")], predictions[("c", s, "b")]) for s in seeds]
+    for metric in metrics:  # the straightforward bootstrap, one metric at a time through score_models
+        def statistic(draw, metric=metric):  # a drawn seed whose cases give no score (one class) is left out
+            values = [benchmark.score_models(frames[i][0], rows)[metric]
+                      - benchmark.score_models(frames[i][1], rows)[metric] for i, rows in draw]
+            values = [v for v in values if np.isfinite(v)]
+            return float(np.mean(values)) if values else float("nan")
+        lo, hi, _ = benchmark.stats.two_level_bootstrap([12, 12, 12], statistic, 40, seed=5)
+        assert (table.loc[metric, "boot_lo"], table.loc[metric, "boot_hi"]) == pytest.approx((lo, hi))
+    assert table.loc["auc_idh", "boot_lo"] < table.loc["auc_idh", "boot_hi"]
+    parallel = benchmark.seed_differences(per_seed, [("a", "b"), ("b", "a")], metrics,
+                                          bootstrap={**bootstrap, "jobs": 2})
+    first = parallel[(parallel["a"] == "a")].set_index("metric")
+    assert np.allclose(first[["boot_lo", "boot_hi"]], table[["boot_lo", "boot_hi"]])  # processes change nothing
+    second = parallel[(parallel["a"] == "b")].set_index("metric")
+    assert np.allclose(second["boot_lo"], -table["boot_hi"]) and np.allclose(second["boot_hi"], -table["boot_lo"])
+
+
 def test_scores_of_control_predictions_leave_dice_blank():
     frame = pd.DataFrame({"subject": ["x", "y", "z", "w"], "site": "s", "model": "probe", "has_mask": True,
                           "idh": [0, 1, 0, 1], "codeletion": [0, 1, 0, 1], "mgmt": [0, 1, 0, 1], "grade": [0, 1, 2, 0],
@@ -191,6 +232,13 @@ def test_the_frozen_prereg_design_is_the_tuning_csvs_choice_with_the_learnabilit
     arms = {arm.name: arm for arm in bench.DESIGNS["prereg"].arms}
     assert arms["centralized_12"].rounds == 3 * arms["centralized"].rounds == 3 * bench.CENTRALIZED_EPOCHS
     assert ("centralized_12", "probe_summary") in bench.DESIGNS["prereg"].pairs
+
+
+@pytest.mark.parametrize("flags", [["--jobs", "0"], ["--n-boot", "-1"]])
+def test_bad_jobs_or_bootstrap_counts_stop_before_any_work(tmp_path, flags, capsys):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--design", "smoke", "--out", str(tmp_path / "bench"), *flags])
+    assert stop.value.code == 2 and flags[0] in capsys.readouterr().err and not (tmp_path / "bench").exists()
 
 
 def test_a_snapshot_at_the_last_round_is_the_final_model_and_is_not_scored_twice():
