@@ -434,7 +434,8 @@ def merge(design: Design, out: Path, allow_mixed_code: bool = False, n_boot: int
               "finished": [min((c["finished"] for c in costs), default=None),
                            max((c["finished"] for c in costs), default=None)],
               "done": len(costs), "missing": missing, "merged": dt.datetime.now(dt.timezone.utc).isoformat(),
-              "merged_by": git_commit()}  # the code that wrote the tables (the runs name their own in "commits")
+              "merged_by": git_commit(),  # the code that wrote the tables (the runs name their own in "commits")
+              "n_boot": n_boot}
     if per_seed.empty:
         (out / "results.json").write_text(json.dumps(result, indent=1, default=str))
         return result
@@ -560,15 +561,22 @@ def markdown(summary: pd.DataFrame, differences: pd.DataFrame, costs: pd.DataFra
         diff = differences[(differences["cohort"] == cohort) & (differences["labels"] == "truth")
                            & differences["metric"].isin(DIFFERENCE_METRICS)] if len(differences) else differences
         if len(diff):
+            booted = "boot_lo" in diff and np.isfinite(diff["boot_lo"].to_numpy(float)).any()
             lines += ["Paired differences over seeds (a − b, true labels): mean [95 % t-interval], paired t-test p; "
-                      "ratio a / b with Fieller's interval; verdict by the preregistered rule:", ""]
-            header = ["a − b", "metric", "n", "difference", "p", "ratio [Fieller]", "verdict"]
+                      "ratio a / b with Fieller's interval; verdict by the preregistered rule"
+                      + (f"; beside them, the two-level bootstrap's 95 % interval (seeds, then test cases; "
+                         f"{result.get('n_boot', '?')} resamples; it decides nothing)" if booted else "") + ":", ""]
+            header = ["a − b", "metric", "n", "difference", "p", "ratio [Fieller]", "verdict",
+                      *(["bootstrap [seeds, cases]"] if booted else [])]
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
             for _, r in diff.iterrows():
                 ratio = (f"{r['ratio']:.3f} [{r['ratio_lo']:.3f}, {r['ratio_hi']:.3f}]" if r["ratio_bounded"]
                          else "unbounded")
-                lines.append(f"| {r['a']} − {r['b']} | {LABELS[r['metric']]} | {int(r['n'])} | "
-                             f"{_cell(r['diff'], r['lo'], r['hi'])} | {r['p']:.3g} | {ratio} | {r['verdict']} |")
+                boot = ([f"[{r['boot_lo']:.2f}, {r['boot_hi']:.2f}]" if np.isfinite(r["boot_lo"]) else "–"]
+                        if booted else [])
+                lines.append("| " + " | ".join([f"{r['a']} − {r['b']}", LABELS[r["metric"]], str(int(r["n"])),
+                                                _cell(r["diff"], r["lo"], r["hi"]), f"{r['p']:.3g}", ratio,
+                                                r["verdict"], *boot]) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
 

@@ -150,6 +150,8 @@ def test_smoke_design_runs_resumes_and_merges_with_seed_level_tables(tmp_path, c
                       "n"] == 0).all()  # controls segment nothing
     differences = pd.read_csv(out / "differences.csv")
     assert {"diff", "lo", "hi", "p", "verdict", "ratio_lo", "boot_lo"} <= set(differences.columns)
+    assert np.isfinite(differences["boot_lo"]).any() and results["n_boot"] == 20
+    assert "| bootstrap [seeds, cases] |" in (out / "table.md").read_text()  # beside the t-intervals
     costs = pd.read_csv(out / "costs.csv").set_index("arm")
     assert costs.loc["distill", "site_voxel_passes"] > 0 and costs.loc["probe_summary", "site_voxel_passes"] == 0
     assert costs.loc["distill", "bytes_up"] < costs.loc["fedavg", "bytes_up"]
