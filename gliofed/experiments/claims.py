@@ -354,8 +354,8 @@ def source_note(per_seed: pd.DataFrame, path: str) -> str:
             f"claim) is in `benchmarks/results/comparison_differences.csv` and `benchmarks/RESULTS.md`. The ratio "
             f"targets are the primary claims; every difference below is a secondary, exploratory comparison at 95 % "
             f"each, with no correction for their number, and rests on one fixed test cohort per kind (the seeds' "
-            f"spread does not include the test cohort's own sampling; the two-level bootstrap beside it in "
-            f"`benchmarks/RESULTS.md` does).")
+            f"spread does not include the test cohort's own sampling; the two-level bootstrap of the differences, "
+            f"in `benchmarks/RESULTS.md`'s merge tables, does).")
 
 
 def comparison_block(path: str | Path | None = None, shown_as: str | None = None) -> str:

@@ -277,8 +277,9 @@ def seed_differences(per_seed: pd.DataFrame, pairs: Iterable[tuple[str, str]], m
         tasks = {}
         for (cohort, a, b), _ in frame_out[frame_out["labels"] == labels].groupby(["cohort", "a", "b"],
                                                                                      sort=False):
-            seeds = sorted(set(frame["seed"][(frame["cohort"] == cohort) & (frame["arm"] == a)])
-                           & set(frame["seed"][(frame["cohort"] == cohort) & (frame["arm"] == b)]))
+            scope = (frame["cohort"] == cohort) & (frame["labels"] == labels)
+            seeds = sorted(set(frame["seed"][scope & (frame["arm"] == a)])
+                           & set(frame["seed"][scope & (frame["arm"] == b)]))
             tasks[(cohort, a, b)] = seeds
         bounds = _bootstrap_differences(bootstrap, tasks, list(metrics))
         for index, row in frame_out.iterrows():
@@ -327,6 +328,8 @@ def _bootstrap_differences(bootstrap: dict, tasks: dict, metrics: list[str]) -> 
     metrics from one set of draws; pairs run in ``bootstrap["jobs"]`` processes (default 1)."""
     predictions = bootstrap["predictions"]
     work, keys = [], []
+    if int(bootstrap.get("n_boot", 200)) <= 0:
+        return {}  # no resamples: no interval (boot_lo, boot_hi stay NaN)
     for (cohort, a, b), seeds in tasks.items():
         usable = [s for s in seeds if (cohort, s, a) in predictions and (cohort, s, b) in predictions]
         if not usable:

@@ -119,6 +119,23 @@ def test_the_two_level_bootstrap_of_a_pair_is_each_metrics_own_bootstrap_from_th
     assert np.allclose(first[["boot_lo", "boot_hi"]], table[["boot_lo", "boot_hi"]])  # processes change nothing
     second = parallel[(parallel["a"] == "b")].set_index("metric")
     assert np.allclose(second["boot_lo"], -table["boot_hi"]) and np.allclose(second["boot_hi"], -table["boot_lo"])
+    # a probe segments nothing: its Dice difference has no interval; the manifest's rows are not bootstrapped; a seed
+    # scored only under the other label source is not drawn; no resamples, no interval
+    for s in seeds:
+        predictions[("c", s, "probe")] = _model_predictions(rng, 12, model="probe").assign(dice_WT=np.nan)
+    predictions |= {("c", 7, arm): _model_predictions(rng, 12, shift=3.0) for arm in "ab"}  # drawn if a truth seed
+    probe_rows = pd.DataFrame([{"cohort": "c", "seed": s, "arm": "probe", "labels": "truth",
+                                **benchmark.score_models(predictions[("c", s, "probe")])} for s in seeds])
+    both = pd.concat([per_seed, probe_rows, per_seed.assign(labels="manifest"),
+                      per_seed[per_seed["seed"] == 0].assign(seed=7, labels="manifest")])
+    mixed = benchmark.seed_differences(both, [("a", "probe"), ("a", "b")], metrics, bootstrap=bootstrap)
+    truth = mixed[mixed["labels"] == "truth"].set_index(["b", "metric"])
+    assert np.isnan(truth.loc[("probe", "dice_WT"), "boot_lo"]) and np.isfinite(truth.loc[("probe", "auc_idh"),
+                                                                                         "boot_lo"])
+    assert np.allclose(truth.loc["b"][["boot_lo", "boot_hi"]], table[["boot_lo", "boot_hi"]])  # seed 7: manifest only
+    assert mixed.loc[mixed["labels"] == "manifest", "boot_lo"].isna().all()
+    none = benchmark.seed_differences(per_seed, [("a", "b")], metrics, bootstrap={**bootstrap, "n_boot": 0})
+    assert none["boot_lo"].isna().all() and none["boot_hi"].isna().all()
 
 
 def test_scores_of_control_predictions_leave_dice_blank():
