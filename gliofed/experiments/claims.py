@@ -166,6 +166,14 @@ def _verdict(differences: pd.DataFrame, a: str, b: str, metric: str):
     return match.iloc[0]
 
 
+def _level(summary: pd.DataFrame | None, arm: str, metric: str):
+    """One arm's row of a cohort's ``seed_summary`` on ``metric`` (mean, lo, hi), or None where absent."""
+    if summary is None or not len(summary):
+        return None
+    match = summary[(summary["arm"] == arm) & (summary["metric"] == metric)]
+    return match.iloc[0] if len(match) else None
+
+
 def control_readings(differences: pd.DataFrame, cohort: str, summary: pd.DataFrame | None = None) -> list[str]:
     """The preregistered readings of the controls (PREREGISTRATION.md, issue 25, section 1) as sentences, from one
     cohort's paired differences (true labels): what condensation adds over its start (S4) and whether per-case
@@ -209,15 +217,9 @@ def control_readings(differences: pd.DataFrame, cohort: str, summary: pd.DataFra
         else:
             result = (f"mean marker AUC {_signed(probe['diff'])} [{_signed(probe['lo'])}, {_signed(probe['hi'])}] "
                       "over the probe; not above 0")
-            level = None
-            if summary is not None and len(summary):
-                match = summary[(summary["arm"] == "probe_summary") & (summary["metric"] == "auc_mean")]
-                level = match.iloc[0] if len(match) else None
+            level = _level(summary, "probe_summary", "auc_mean")
             if level is not None and not (np.isfinite(level["lo"]) and level["lo"] > 0.5):
-                cnn = None
-                if summary is not None and len(summary):
-                    match = summary[(summary["arm"] == "centralized") & (summary["metric"] == "auc_mean")]
-                    cnn = match.iloc[0] if len(match) else None
+                cnn = _level(summary, "centralized", "auc_mean")
                 if cnn is None or not np.isfinite(cnn["lo"]):
                     why = "a probe at chance cannot show that summary statistics reach what the CNN reaches"
                 elif cnn["lo"] > 0.5:
@@ -269,8 +271,8 @@ def _cohort_section(rows: pd.DataFrame, cohort: str, arms: Sequence[str], pairs:
     for a, b, metric, threshold in ratios:
         match = _verdict(differences, a, b, metric) if len(differences) else None
         if match is not None:
-            means = [summary[(summary["arm"] == arm) & (summary["metric"] == metric)]["mean"] for arm in (b, a)]
-            denominator, numerator = (float(m.iloc[0]) if len(m) else None for m in means)
+            denominator, numerator = (float(r["mean"]) if r is not None else None
+                                      for r in (_level(summary, arm, metric) for arm in (b, a)))
             lines.append(f"- {ratio_sentence(match, threshold, denominator, numerator)}")
     if readings and len(differences):
         lines += [f"- {s}" for s in control_readings(differences, cohort, summary)]

@@ -189,10 +189,19 @@ def score(predictions: pd.DataFrame) -> dict[str, float]:
 def score_models(predictions: pd.DataFrame, rows: np.ndarray | None = None) -> dict[str, float]:
     """Mean over the evaluated models (one for global strategies, one per site for local-only) of :func:`score`,
     on test cases ``rows`` (positions within each model's predictions, sorted by subject; default all)."""
-    scores = []
-    for _, group in predictions.groupby("model", sort=True):
-        group = group.sort_values("subject").reset_index(drop=True)
-        scores.append(score(group if rows is None else group.iloc[rows].reset_index(drop=True)))
+    return _mean_scores(_sorted_models(predictions), rows)
+
+
+def _sorted_models(predictions: pd.DataFrame) -> list[pd.DataFrame]:
+    """Each evaluated model's predictions sorted by subject (the order :func:`score_models`' ``rows`` index)."""
+    return [group.sort_values("subject").reset_index(drop=True)
+            for _, group in predictions.groupby("model", sort=True)]
+
+
+def _mean_scores(models: list[pd.DataFrame], rows: np.ndarray | None = None) -> dict[str, float]:
+    """:func:`score` of each presorted model frame on ``rows`` (default all), averaged over the models (NaN where
+    no model has a finite value)."""
+    scores = [score(group if rows is None else group.iloc[rows].reset_index(drop=True)) for group in models]
     return {k: float(np.nanmean([s[k] for s in scores])) if any(np.isfinite(s[k]) for s in scores) else float("nan")
             for k in scores[0]}
 
@@ -289,22 +298,6 @@ def seed_differences(per_seed: pd.DataFrame, pairs: Iterable[tuple[str, str]], m
     return frame_out
 
 
-def _sorted_models(predictions: pd.DataFrame) -> list[pd.DataFrame]:
-    """Each evaluated model's predictions sorted by subject (the order :func:`score_models`' ``rows`` index)."""
-    return [group.sort_values("subject").reset_index(drop=True)
-            for _, group in predictions.groupby("model", sort=True)]
-
-
-def _scores_on(models: list[pd.DataFrame], rows: np.ndarray, metrics: Sequence[str]) -> np.ndarray:
-    """:func:`score_models` on presorted model frames, as an array over ``metrics``."""
-    scores = [score(group.iloc[rows].reset_index(drop=True)) for group in models]
-    out = []
-    for metric in metrics:
-        values = [s[metric] for s in scores]
-        out.append(float(np.nanmean(values)) if any(np.isfinite(v) for v in values) else float("nan"))
-    return np.asarray(out, float)
-
-
 def _bootstrap_pair(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     """The two-level bootstrap of ``a - b`` (mean over drawn seeds, cases redrawn in each) on every metric at once,
     from the same draws: ``task`` = (list of (a's frame, b's frame) per seed, metrics, n_boot, seed)."""
@@ -313,8 +306,11 @@ def _bootstrap_pair(task: tuple) -> tuple[np.ndarray, np.ndarray]:
     sizes = [fa["subject"].nunique() for fa, _ in frames]
 
     def statistic(draw) -> np.ndarray:
-        values = np.asarray([_scores_on(models[index][0], rows, metrics) - _scores_on(models[index][1], rows, metrics)
-                             for index, rows in draw], float)
+        values = []
+        for index, rows in draw:
+            a, b = (_mean_scores(side, rows) for side in models[index])
+            values.append([a[metric] - b[metric] for metric in metrics])
+        values = np.asarray(values, float)
         with np.errstate(all="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a metric with no finite value in this draw: NaN
             return np.nanmean(values, axis=0)
@@ -326,16 +322,16 @@ def _bootstrap_pair(task: tuple) -> tuple[np.ndarray, np.ndarray]:
 def _bootstrap_differences(bootstrap: dict, tasks: dict, metrics: list[str]) -> dict:
     """``{(cohort, a, b): {metric: (lo, hi)}}`` for every pair of ``tasks`` (``{(cohort, a, b): seeds}``), each pair's
     metrics from one set of draws; pairs run in ``bootstrap["jobs"]`` processes (default 1)."""
-    predictions = bootstrap["predictions"]
+    predictions, n_boot = bootstrap["predictions"], int(bootstrap.get("n_boot", 200))
     work, keys = [], []
-    if int(bootstrap.get("n_boot", 200)) <= 0:
+    if n_boot <= 0:
         return {}  # no resamples: no interval (boot_lo, boot_hi stay NaN)
     for (cohort, a, b), seeds in tasks.items():
         usable = [s for s in seeds if (cohort, s, a) in predictions and (cohort, s, b) in predictions]
         if not usable:
             continue
         frames = [(predictions[(cohort, s, a)], predictions[(cohort, s, b)]) for s in usable]
-        work.append((frames, metrics, bootstrap.get("n_boot", 200), bootstrap.get("seed", 0)))
+        work.append((frames, metrics, n_boot, bootstrap.get("seed", 0)))
         keys.append((cohort, a, b))
     jobs = int(bootstrap.get("jobs", 1))
     if jobs > 1 and len(work) > 1:
